@@ -1,0 +1,3 @@
+//! cmtp-bench
+
+fn main() {}

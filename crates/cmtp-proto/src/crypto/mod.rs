@@ -1,0 +1,1 @@
+//! Crypto system 1 primitives (PROTOCOL.md §Crypto).

@@ -1,0 +1,3 @@
+//! cmtp
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! cmtpd
+
+fn main() {}
