@@ -2,8 +2,37 @@
 //!
 //! This crate holds everything both ends of a CMTP connection must agree on,
 //! and nothing else: no sockets, no async runtime, no clock reads (callers pass
-//! `now` in). The normative description is `docs/PROTOCOL.md`; each module
-//! names the section it implements.
+//! `now` in), randomness only from a caller's RNG. The normative description is
+//! `docs/PROTOCOL.md`; each module names the section it implements.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`wire`] | integers, NUL-terminated strings, the bounded reader |
+//! | [`limits`] | every limit of the protocol |
+//! | [`names`] | [`names::Account`], [`names::Domain`], [`names::Address`] |
+//! | [`banner`] | the connection banner, SMTP detection and refusals |
+//! | [`command`] | command framing, incremental decoder, encoder |
+//! | [`reply`] | reply framing, streaming decoder, the signed binding |
+//! | [`message`] | the message format and its streaming reader |
+//! | [`crypto`] | keys, signatures, sealed boxes, xzibit, OPAQUE |
+//!
+//! ```
+//! use cmtp_proto::command::{decode_command, Command};
+//! let mut input = b"OHAI\0KEYREQUEST\0alice\0\0".to_vec();
+//! let mut seen = Vec::new();
+//! while let Some((cmd, used)) = decode_command(&input).unwrap() {
+//!     seen.push(cmd.word());
+//!     input.drain(..used);
+//! }
+//! assert_eq!(seen, ["OHAI", "KEYREQUEST"]);
+//! ```
 #![forbid(unsafe_code)]
 
+pub mod banner;
+pub mod command;
 pub mod crypto;
+pub mod limits;
+pub mod message;
+pub mod names;
+pub mod reply;
+pub mod wire;
