@@ -54,7 +54,11 @@ pub fn ready_line(domain: &Domain, software: &str) -> String {
 
 /// The banner of a server refusing the connection for now.
 pub fn busy_line(domain: &Domain, reason: &str) -> String {
-    let reason: String = reason.chars().filter(|c| !c.is_control()).take(200).collect();
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
     format!("421 {domain} {PROTOCOL_TOKEN} {reason}\r\n")
 }
 
@@ -64,7 +68,9 @@ pub fn smtp_refusal(domain: &Domain, verb: &str) -> String {
     if verb.eq_ignore_ascii_case("QUIT") {
         format!("221 2.0.0 {domain} closing: this is a CMTP server\r\n")
     } else {
-        format!("554 5.5.0 {domain} this is a CMTP server ({PROTOCOL_TOKEN}), SMTP is not spoken here\r\n")
+        format!(
+            "554 5.5.0 {domain} this is a CMTP server ({PROTOCOL_TOKEN}), SMTP is not spoken here\r\n"
+        )
     }
 }
 
@@ -74,9 +80,15 @@ pub fn smtp_refusal(domain: &Domain, verb: &str) -> String {
 pub fn decode_banner(buf: &[u8]) -> Result<Option<(Banner, usize)>, ()> {
     let window = &buf[..buf.len().min(MAX_BANNER)];
     let Some(lf) = window.iter().position(|&b| b == b'\n') else {
-        return if buf.len() >= MAX_BANNER { Err(()) } else { Ok(None) };
+        return if buf.len() >= MAX_BANNER {
+            Err(())
+        } else {
+            Ok(None)
+        };
     };
-    let line = String::from_utf8_lossy(&window[..lf]).trim_end_matches('\r').to_owned();
+    let line = String::from_utf8_lossy(&window[..lf])
+        .trim_end_matches('\r')
+        .to_owned();
     Ok(Some((classify(&line), lf + 1)))
 }
 
@@ -121,7 +133,12 @@ mod tests {
         let line = ready_line(&d(), "cmtpd 0.1.0");
         let (b, n) = decode_banner(line.as_bytes()).unwrap().unwrap();
         assert_eq!(n, line.len());
-        assert_eq!(b, Banner::Ready { domain: "a.test".into() });
+        assert_eq!(
+            b,
+            Banner::Ready {
+                domain: "a.test".into()
+            }
+        );
     }
 
     #[test]
@@ -139,9 +156,13 @@ mod tests {
 
     #[test]
     fn an_smtp_greeting_is_recognised() {
-        let (b, _) = decode_banner(b"220 mx.example ESMTP Postfix\r\n").unwrap().unwrap();
+        let (b, _) = decode_banner(b"220 mx.example ESMTP Postfix\r\n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(b, Banner::Smtp { .. }));
-        let (b, _) = decode_banner(b"220-mx.example ESMTP\r\n220 more\r\n").unwrap().unwrap();
+        let (b, _) = decode_banner(b"220-mx.example ESMTP\r\n220 more\r\n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(b, Banner::Smtp { .. }));
     }
 

@@ -116,9 +116,15 @@ fn shape(word: &[u8]) -> Option<Shape> {
         b"KEYREQUEST" => s(2, None),
         b"LOGIN" => s(1, Some((KE1_LEN, KE1_LEN))),
         b"LOGINFINISH" => s(0, Some((KE3_LEN, KE3_LEN))),
-        b"REGISTER" => s(2, Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN))),
+        b"REGISTER" => s(
+            2,
+            Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
+        ),
         b"REGFINISH" => s(0, Some((1, MAX_COMMAND_BLOB))),
-        b"PASSWORD" => s(0, Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN))),
+        b"PASSWORD" => s(
+            0,
+            Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
+        ),
         b"FETCH" | b"DELETE" => s(1, None),
         _ => None,
     }
@@ -305,7 +311,9 @@ pub fn decode_command(buf: &[u8]) -> Result<Option<(Command, usize)>, CommandDec
             }
         }
     }
-    build(word, &strs, blob).map(|c| Some((c, pos))).map_err(|kind| CommandDecodeError::skip(kind, pos))
+    build(word, &strs, blob)
+        .map(|c| Some((c, pos)))
+        .map_err(|kind| CommandDecodeError::skip(kind, pos))
 }
 
 fn bad(index: usize, e: impl ToString) -> CommandError {
@@ -333,18 +341,25 @@ fn message_id(index: usize, s: &str) -> Result<u64, CommandError> {
         && s.bytes().all(|b| b.is_ascii_digit())
         && (s == "0" || !s.starts_with('0'));
     if !canonical {
-        return Err(bad(index, "a message id is a decimal number without leading zeros"));
+        return Err(bad(
+            index,
+            "a message id is a decimal number without leading zeros",
+        ));
     }
     s.parse().map_err(|_| bad(index, "message id out of range"))
 }
 
 fn invite_token(index: usize, s: &str) -> Result<String, CommandError> {
     let ok = s.len() <= MAX_INVITE
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(s.to_owned())
     } else {
-        Err(bad(index, "an invite token is up to 128 characters of A-Z a-z 0-9 - _"))
+        Err(bad(
+            index,
+            "an invite token is up to 128 characters of A-Z a-z 0-9 - _",
+        ))
     }
 }
 
@@ -512,7 +527,10 @@ mod tests {
     #[test]
     fn a_word_of_sixteen_bytes_is_framed_seventeen_is_too_long() {
         let e = err(b"ABCDEFGHIJKLMNOP\0");
-        assert_eq!(e.kind, CommandError::UnknownCommand("ABCDEFGHIJKLMNOP".into()));
+        assert_eq!(
+            e.kind,
+            CommandError::UnknownCommand("ABCDEFGHIJKLMNOP".into())
+        );
         assert_eq!(e.resume_at, Some(17));
         let e = err(b"ABCDEFGHIJKLMNOPQ\0");
         assert_eq!(e, CommandDecodeError::fatal(CommandError::WordTooLong));
@@ -524,7 +542,10 @@ mod tests {
         let mut ok = b"FETCH\0".to_vec();
         ok.extend(std::iter::repeat_n(b'1', 255));
         ok.push(0);
-        assert!(matches!(err(&ok).kind, CommandError::BadArgument { index: 0, .. }));
+        assert!(matches!(
+            err(&ok).kind,
+            CommandError::BadArgument { index: 0, .. }
+        ));
         let mut long = b"KEYREQUEST\0".to_vec();
         long.extend(std::iter::repeat_n(b'a', 256));
         assert_eq!(
@@ -595,10 +616,22 @@ mod tests {
 
     #[test]
     fn message_ids_are_canonical_decimals() {
-        assert_eq!(one(b"FETCH\00\0"), Command::Fetch { id: 0 });
-        assert_eq!(one(b"DELETE\018446744073709551615\0"), Command::Delete { id: u64::MAX });
-        for bad in [&b"FETCH\0\0"[..], b"FETCH\001\0", b"FETCH\0-1\0", b"FETCH\018446744073709551616\0", b"FETCH\0 1\0"] {
-            assert!(matches!(err(bad).kind, CommandError::BadArgument { .. }), "{bad:?}");
+        assert_eq!(one(b"FETCH\x000\0"), Command::Fetch { id: 0 });
+        assert_eq!(
+            one(b"DELETE\x0018446744073709551615\0"),
+            Command::Delete { id: u64::MAX }
+        );
+        for bad in [
+            &b"FETCH\0\0"[..],
+            b"FETCH\x0001\0",
+            b"FETCH\0-1\0",
+            b"FETCH\x0018446744073709551616\0",
+            b"FETCH\0 1\0",
+        ] {
+            assert!(
+                matches!(err(bad).kind, CommandError::BadArgument { .. }),
+                "{bad:?}"
+            );
         }
     }
 
@@ -607,7 +640,10 @@ mod tests {
         let mut b = b"REGISTER\0alice\0tok en\0".to_vec();
         b.extend_from_slice(&32u32.to_be_bytes());
         b.extend_from_slice(&[0; 32]);
-        assert!(matches!(err(&b).kind, CommandError::BadArgument { index: 1, .. }));
+        assert!(matches!(
+            err(&b).kind,
+            CommandError::BadArgument { index: 1, .. }
+        ));
     }
 
     #[test]
@@ -628,13 +664,25 @@ mod tests {
             Just(Command::Help),
             Just(Command::Obai),
             Just(Command::List),
-            (proptest::option::of(account.clone()), proptest::option::of(domain))
+            (
+                proptest::option::of(account.clone()),
+                proptest::option::of(domain)
+            )
                 .prop_map(|(user, domain)| Command::KeyRequest { user, domain }),
             (account.clone(), bytes(KE1_LEN)).prop_map(|(user, ke1)| Command::Login { user, ke1 }),
             bytes(KE3_LEN).prop_map(|ke3| Command::LoginFinish { ke3 }),
-            (account, "[A-Za-z0-9_-]{0,40}", bytes(REGISTRATION_REQUEST_LEN))
-                .prop_map(|(user, invite, request)| Command::Register { user, invite, request }),
-            proptest::collection::vec(any::<u8>(), 1..600).prop_map(|bundle| Command::RegFinish { bundle }),
+            (
+                account,
+                "[A-Za-z0-9_-]{0,40}",
+                bytes(REGISTRATION_REQUEST_LEN)
+            )
+                .prop_map(|(user, invite, request)| Command::Register {
+                    user,
+                    invite,
+                    request
+                }),
+            proptest::collection::vec(any::<u8>(), 1..600)
+                .prop_map(|bundle| Command::RegFinish { bundle }),
             bytes(REGISTRATION_REQUEST_LEN).prop_map(|request| Command::Password { request }),
             any::<u64>().prop_map(|id| Command::Fetch { id }),
             any::<u64>().prop_map(|id| Command::Delete { id }),

@@ -15,6 +15,10 @@
 //! | [`reply`] | reply framing, streaming decoder, the signed binding |
 //! | [`message`] | the message format and its streaming reader |
 //! | [`crypto`] | keys, signatures, sealed boxes, xzibit, OPAQUE |
+//! | [`content`] | inner body, attachments, sender signature, crypto systems 0 and 1 |
+//! | [`statements`] | key statements, rotations, receipts, trailers |
+//! | [`payload`] | reply bodies and extension payloads |
+//! | [`account`] | the client's side of registration and login |
 //!
 //! ```
 //! use cmtp_proto::command::{decode_command, Command};
@@ -28,11 +32,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod banner;
 pub mod command;
+pub mod content;
 pub mod crypto;
 pub mod limits;
 pub mod message;
 pub mod names;
+pub mod payload;
 pub mod reply;
+pub mod statements;
 pub mod wire;

@@ -131,7 +131,8 @@ impl RawEnvelope {
     /// required; an empty source account means the source domain's server.
     pub fn parse(&self) -> Result<Envelope, EnvelopeError> {
         let s = |i: usize| {
-            std::str::from_utf8(&self.names[i]).map_err(|_| EnvelopeError::InvalidUtf8(FIELD_NAMES[i]))
+            std::str::from_utf8(&self.names[i])
+                .map_err(|_| EnvelopeError::InvalidUtf8(FIELD_NAMES[i]))
         };
         let name = |i: usize, e: NameError| EnvelopeError::InvalidName {
             field: FIELD_NAMES[i],
@@ -371,9 +372,12 @@ impl MessageReader {
     ) -> Result<(usize, Option<MessageEvent<'a>>), MessageError> {
         match self.state {
             State::Head => self.head(input),
-            State::Log { left } => Ok(self.chunk(input, left, |left| State::Log { left }, MessageEvent::Log)),
+            State::Log { left } => {
+                Ok(self.chunk(input, left, |left| State::Log { left }, MessageEvent::Log))
+            }
             State::Body { left } => {
-                let (n, ev) = self.chunk(input, left, |left| State::Body { left }, MessageEvent::Body);
+                let (n, ev) =
+                    self.chunk(input, left, |left| State::Body { left }, MessageEvent::Body);
                 self.hasher.update(&input[..n]);
                 Ok((n, ev))
             }
@@ -393,7 +397,12 @@ impl MessageReader {
                 Ok((n, Some(MessageEvent::AttachmentStart { index, len })))
             }
             State::Att { index, left } => {
-                let (n, ev) = self.chunk(input, left, |left| State::Att { index, left }, MessageEvent::Attachment);
+                let (n, ev) = self.chunk(
+                    input,
+                    left,
+                    |left| State::Att { index, left },
+                    MessageEvent::Attachment,
+                );
                 self.hasher.update(&input[..n]);
                 Ok((n, ev))
             }
@@ -693,7 +702,10 @@ impl Message {
                     attachments.push(Vec::with_capacity(usize::try_from(len).unwrap_or(0)));
                 }
                 Some(MessageEvent::Attachment(b)) => {
-                    attachments.last_mut().expect("started").extend_from_slice(b);
+                    attachments
+                        .last_mut()
+                        .expect("started")
+                        .extend_from_slice(b);
                 }
                 Some(MessageEvent::End { trailer, .. }) => {
                     if pos != buf.len() {
@@ -733,7 +745,11 @@ pub(crate) mod tests {
     }
 
     /// Feeds `stream` in pieces of `step` bytes and collects what the reader says.
-    fn read_split(stream: &[u8], step: usize, limits: MessageLimits) -> Result<(Vec<String>, usize), MessageError> {
+    fn read_split(
+        stream: &[u8],
+        step: usize,
+        limits: MessageLimits,
+    ) -> Result<(Vec<String>, usize), MessageError> {
         let mut r = MessageReader::new(limits);
         let mut events = Vec::new();
         let mut buf: Vec<u8> = Vec::new();
@@ -750,7 +766,9 @@ pub(crate) mod tests {
                 let stop = ev.is_none();
                 match ev {
                     Some(MessageEvent::Envelope(e)) => events.push(format!("env {:?}", e.parse())),
-                    Some(MessageEvent::Log(b)) | Some(MessageEvent::Body(b)) | Some(MessageEvent::Attachment(b)) => body.extend_from_slice(b),
+                    Some(MessageEvent::Log(b))
+                    | Some(MessageEvent::Body(b))
+                    | Some(MessageEvent::Attachment(b)) => body.extend_from_slice(b),
                     Some(MessageEvent::AttachmentStart { index, len }) => {
                         events.push(format!("data {}", hex::encode(&body)));
                         body.clear();
@@ -758,7 +776,11 @@ pub(crate) mod tests {
                     }
                     Some(MessageEvent::End { trailer, hash }) => {
                         events.push(format!("data {}", hex::encode(&body)));
-                        events.push(format!("end {} {}", hex::encode(trailer), hex::encode(hash)));
+                        events.push(format!(
+                            "end {} {}",
+                            hex::encode(trailer),
+                            hex::encode(hash)
+                        ));
                     }
                     None => {}
                 }
@@ -797,7 +819,8 @@ pub(crate) mod tests {
     fn the_hash_ignores_the_log() {
         let mut m = sample(vec![b"x".to_vec()]);
         let h = m.hash();
-        m.log.extend_from_slice(b"2026-11-26T00:00:01Z b.test relayed\n");
+        m.log
+            .extend_from_slice(b"2026-11-26T00:00:01Z b.test relayed\n");
         assert_eq!(m.hash(), h);
         m.body[0] ^= 1;
         assert_ne!(m.hash(), h);
@@ -826,14 +849,20 @@ pub(crate) mod tests {
 
     #[test]
     fn an_unknown_version_is_refused() {
-        assert_eq!(first_error(&header(2, 0, 0, 0), limits()), MessageError::UnsupportedVersion(2));
+        assert_eq!(
+            first_error(&header(2, 0, 0, 0), limits()),
+            MessageError::UnsupportedVersion(2)
+        );
     }
 
     #[test]
     fn an_attachment_count_of_2_pow_32_minus_1_is_refused() {
         assert_eq!(
             first_error(&header(1, u32::MAX, 0, 0), limits()),
-            MessageError::TooManyAttachments { count: u32::MAX, max: 64 }
+            MessageError::TooManyAttachments {
+                count: u32::MAX,
+                max: 64
+            }
         );
     }
 
@@ -841,13 +870,19 @@ pub(crate) mod tests {
     fn a_body_length_of_2_pow_64_minus_1_is_refused_without_overflow() {
         assert_eq!(
             first_error(&header(1, 0, 0, u64::MAX), limits()),
-            MessageError::TooBig { size: None, max: limits().max_message_size }
+            MessageError::TooBig {
+                size: None,
+                max: limits().max_message_size
+            }
         );
     }
 
     #[test]
     fn a_body_just_over_the_limit_is_refused_and_just_under_is_not() {
-        let l = MessageLimits { max_message_size: 1000, ..limits() };
+        let l = MessageLimits {
+            max_message_size: 1000,
+            ..limits()
+        };
         // header 24 + names "b\0b.test\0a\0a.test\0" (18) + trailer 64 = 106
         let mut ok = header(1, 0, 0, 1000 - 106);
         ok.extend_from_slice(b"b\0b.test\0a\0a.test\0");
@@ -855,37 +890,58 @@ pub(crate) mod tests {
         assert!(events[0].starts_with("env Ok"));
         let mut over = header(1, 0, 0, 1000 - 105);
         over.extend_from_slice(b"b\0b.test\0a\0a.test\0");
-        assert_eq!(first_error(&over, l), MessageError::TooBig { size: Some(1001), max: 1000 });
+        assert_eq!(
+            first_error(&over, l),
+            MessageError::TooBig {
+                size: Some(1001),
+                max: 1000
+            }
+        );
     }
 
     #[test]
     fn a_log_over_the_limit_is_refused() {
         assert_eq!(
             first_error(&header(1, 0, 1 << 20, 0), limits()),
-            MessageError::LogTooLong { len: 1 << 20, max: limits().max_log }
+            MessageError::LogTooLong {
+                len: 1 << 20,
+                max: limits().max_log
+            }
         );
     }
 
     #[test]
     fn an_attachment_length_over_the_limit_is_refused_when_it_is_read() {
-        let l = MessageLimits { max_message_size: 4096, ..limits() };
+        let l = MessageLimits {
+            max_message_size: 4096,
+            ..limits()
+        };
         let mut m = sample(vec![vec![1; 10]]);
         m.log.clear();
         let mut bytes = m.to_bytes();
         let at = bytes.len() - 64 - 10 - 8;
         bytes[at..at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert!(matches!(first_error(&bytes, l), MessageError::TooBig { size: None, .. }));
+        assert!(matches!(
+            first_error(&bytes, l),
+            MessageError::TooBig { size: None, .. }
+        ));
     }
 
     #[test]
     fn a_name_field_without_nul_is_refused() {
         let mut b = header(1, 0, 0, 0);
         b.extend(std::iter::repeat_n(b'a', 300));
-        assert_eq!(first_error(&b, limits()), MessageError::FieldTooLong("destination account"));
+        assert_eq!(
+            first_error(&b, limits()),
+            MessageError::FieldTooLong("destination account")
+        );
         let mut b = header(1, 0, 0, 0);
         b.extend_from_slice(b"bob\0");
         b.extend(std::iter::repeat_n(b'a', 256));
-        assert_eq!(first_error(&b, limits()), MessageError::FieldTooLong("destination domain"));
+        assert_eq!(
+            first_error(&b, limits()),
+            MessageError::FieldTooLong("destination domain")
+        );
     }
 
     #[test]
@@ -906,10 +962,16 @@ pub(crate) mod tests {
     #[test]
     fn a_truncated_message_and_trailing_bytes_are_errors() {
         let bytes = sample(vec![b"a".to_vec()]).to_bytes();
-        assert_eq!(Message::decode(&bytes[..bytes.len() - 1], limits()), Err(MessageDecodeError::Truncated));
+        assert_eq!(
+            Message::decode(&bytes[..bytes.len() - 1], limits()),
+            Err(MessageDecodeError::Truncated)
+        );
         let mut longer = bytes.clone();
         longer.push(0);
-        assert_eq!(Message::decode(&longer, limits()), Err(MessageDecodeError::TrailingBytes(1)));
+        assert_eq!(
+            Message::decode(&longer, limits()),
+            Err(MessageDecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]

@@ -211,12 +211,17 @@ mod tests {
 
     #[test]
     fn accounts_are_folded_to_lower_case() {
-        assert_eq!(Account::parse("Alice.Smith").unwrap().as_str(), "alice.smith");
+        assert_eq!(
+            Account::parse("Alice.Smith").unwrap().as_str(),
+            "alice.smith"
+        );
     }
 
     #[test]
     fn accounts_that_could_be_paths_are_refused() {
-        for bad in ["..", ".", "/", "a/b", "../etc", "a..b", ".a", "a.", "a\0b", "a\nb", "a b", "a\\b"] {
+        for bad in [
+            "..", ".", "/", "a/b", "../etc", "a..b", ".a", "a.", "a\0b", "a\nb", "a b", "a\\b",
+        ] {
             assert!(Account::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -225,7 +230,10 @@ mod tests {
     fn accounts_outside_the_allow_list_are_refused_with_the_character() {
         assert_eq!(Account::parse("al*ce"), Err(NameError::BadCharacter('*')));
         assert_eq!(Account::parse("ålice"), Err(NameError::BadCharacter('å')));
-        assert_eq!(Account::parse("a\u{7f}"), Err(NameError::BadCharacter('\u{7f}')));
+        assert_eq!(
+            Account::parse("a\u{7f}"),
+            Err(NameError::BadCharacter('\u{7f}'))
+        );
     }
 
     #[test]
@@ -240,7 +248,10 @@ mod tests {
 
     #[test]
     fn domains_are_normalised() {
-        assert_eq!(Domain::parse("Mail.Example.ORG.").unwrap().as_str(), "mail.example.org");
+        assert_eq!(
+            Domain::parse("Mail.Example.ORG.").unwrap().as_str(),
+            "mail.example.org"
+        );
         assert_eq!(Domain::parse("localhost").unwrap().as_str(), "localhost");
     }
 
@@ -255,7 +266,10 @@ mod tests {
         assert_eq!(Domain::parse(&"a".repeat(64)), Err(NameError::LabelTooLong));
         let long = vec!["a".repeat(63); 4].join(".");
         assert_eq!(long.len(), 255);
-        assert_eq!(Domain::parse(&long), Err(NameError::TooLong { len: 255, max: 253 }));
+        assert_eq!(
+            Domain::parse(&long),
+            Err(NameError::TooLong { len: 255, max: 253 })
+        );
     }
 
     #[test]

@@ -444,10 +444,16 @@ mod tests {
     fn a_status_word_over_sixteen_bytes_is_refused() {
         let mut b = 1u32.to_be_bytes().to_vec();
         b.extend_from_slice(b"ABCDEFGHIJKLMNOPQ\0");
-        assert!(matches!(ReplyHeader::decode(&b), Err(ReplyError::BadStatus(_))));
+        assert!(matches!(
+            ReplyHeader::decode(&b),
+            Err(ReplyError::BadStatus(_))
+        ));
         let mut b = 1u32.to_be_bytes().to_vec();
         b.extend_from_slice(b"success\0");
-        assert!(matches!(ReplyHeader::decode(&b), Err(ReplyError::BadStatus(_))));
+        assert!(matches!(
+            ReplyHeader::decode(&b),
+            Err(ReplyError::BadStatus(_))
+        ));
     }
 
     #[test]

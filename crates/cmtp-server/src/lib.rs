@@ -1,1 +1,36 @@
-//! cmtp-server
+//! `cmtp-server`: the cmtpd daemon as a library.
+//!
+//! [`Server::start`] binds the configured addresses and serves CMTP on each
+//! connection with a [`session`] driver around the sans-IO `cmtp-proto` core:
+//! the banner, the seven seed commands and the extensions (registration,
+//! login, mailbox), signed replies, limits and timeouts. Accepted mail goes
+//! into the `cmtp-store` backend (SQLite by default) before SUCCESS is sent;
+//! mail for other domains goes into the relay queue, which [`relay`] delivers
+//! through DNS discovery ([`remote`]). [`admin`] holds what the `cmtpd`
+//! subcommands do (init, users, invites, queue).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cfg = cmtp_server::config::Config::new("a.example", std::path::Path::new("/var/lib/cmtpd"));
+//! let server = cmtp_server::Server::start(cfg).await?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod auth;
+pub mod config;
+mod help;
+pub mod keyfile;
+pub mod limiter;
+mod mail;
+mod mailbox;
+pub mod relay;
+pub mod remote;
+mod server;
+mod session;
+pub mod state;
+
+pub use server::Server;

@@ -1,0 +1,24 @@
+//! The HELP text.
+
+/// What HELP answers.
+pub(crate) const TEXT: &str = "\
+cmtpd speaks CMTP/1, the Cipher Mail Transport Protocol (docs/PROTOCOL.md).
+Commands are NUL-terminated words, each argument NUL-terminated; some carry
+a binary payload (u32 length + bytes). Every reply is signed.
+
+  OHAI                      greeting: domain, key, nonce, limits
+  MAIL <message>            deliver one self-describing message
+  KEYREQUEST <user> <domain> key statement of user@domain; empty user: the
+                            server's key; empty domain: this server's domain
+  NOOP                      does nothing, answers SUCCESS
+  LOGIN <user> <KE1>        start an OPAQUE login (then LOGINFINISH <KE3>)
+  HELP                      this text
+  OBAI                      close the connection
+  REGISTER <user> <invite> <request>   start a registration (then REGFINISH)
+  PASSWORD <request>        start a password change (logged in)
+  LIST                      list your mailbox (logged in)
+  FETCH <id>                fetch one message (logged in)
+  DELETE <id>               delete one message (logged in)
+
+Use the cmtp client (`cmtp --help`) rather than typing these by hand.
+";

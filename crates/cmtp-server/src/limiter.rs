@@ -1,0 +1,143 @@
+//! Connection counting and login rate limiting (in memory, per node).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts open connections in total and per peer address.
+#[derive(Debug, Default)]
+pub struct ConnectionTracker {
+    inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// A connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    tracker: Arc<ConnectionTracker>,
+    ip: IpAddr,
+}
+
+impl ConnectionTracker {
+    /// Takes a slot for `ip` unless a limit is reached (the reason is returned).
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        max_per_peer: usize,
+    ) -> Result<ConnectionSlot, &'static str> {
+        let mut g = self.inner.lock().expect("tracker lock");
+        if g.0 >= max {
+            return Err("too many connections");
+        }
+        let n = g.1.entry(ip).or_insert(0);
+        if *n >= max_per_peer {
+            return Err("too many connections from your address");
+        }
+        *n += 1;
+        g.0 += 1;
+        Ok(ConnectionSlot {
+            tracker: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.inner.lock().expect("tracker lock").0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut g = self.tracker.inner.lock().expect("tracker lock");
+        g.0 -= 1;
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Remembers recent failures per key and says when a key has too many.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    window: Duration,
+    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl FailureLimiter {
+    /// A limiter counting failures within `window`.
+    pub fn new(window: Duration) -> Self {
+        FailureLimiter {
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `key` has at least `limit` failures in the window.
+    pub fn is_limited(&self, key: &str, limit: u32, now: Instant) -> bool {
+        let mut g = self.failures.lock().expect("limiter lock");
+        match g.get_mut(key) {
+            Some(q) => {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.window)
+                {
+                    q.pop_front();
+                }
+                q.len() >= limit as usize
+            }
+            None => false,
+        }
+    }
+
+    /// Records a failure of `key`.
+    pub fn record(&self, key: &str, now: Instant) {
+        let mut g = self.failures.lock().expect("limiter lock");
+        if g.len() > 100_000 {
+            // Bound memory under a flood of distinct keys: forget stale entries.
+            let window = self.window;
+            g.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
+        }
+        let q = g.entry(key.to_owned()).or_default();
+        q.push_back(now);
+        if q.len() > 1000 {
+            q.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_hold_and_slots_are_released() {
+        let t = Arc::new(ConnectionTracker::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = t.acquire(a, 3, 2).unwrap();
+        let _s2 = t.acquire(a, 3, 2).unwrap();
+        assert!(t.acquire(a, 3, 2).is_err());
+        let _s3 = t.acquire(b, 3, 2).unwrap();
+        assert!(t.acquire(b, 3, 2).is_err());
+        drop(s1);
+        assert_eq!(t.open(), 2);
+        t.acquire(a, 3, 2).unwrap();
+    }
+
+    #[test]
+    fn failures_expire_after_the_window() {
+        let l = FailureLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.record("alice", t0);
+        }
+        assert!(l.is_limited("alice", 3, t0));
+        assert!(!l.is_limited("bob", 3, t0));
+        assert!(!l.is_limited("alice", 3, t0 + Duration::from_secs(11)));
+    }
+}

@@ -1,0 +1,318 @@
+//! The relay queue runner: delivers queued mail to other domains, retries
+//! with exponential backoff, and bounces with one signed DELIVERYFAILURE
+//! notice into the sender's mailbox (PROTOCOL.md §10.3).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmtp_client::ClientError;
+use cmtp_proto::content::Content;
+use cmtp_proto::crypto::PublicKey;
+use cmtp_proto::message::Source;
+use cmtp_proto::names::{Address, Domain};
+use cmtp_proto::payload::{DeliveryFailure, FailureReason};
+use cmtp_proto::reply::Status;
+use cmtp_proto::statements::{Receipt, sign_trailer};
+use cmtp_store::{BlobReader, MessageBody, NewDelivery, OutboundEntry, Store};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::remote::RemoteError;
+use crate::state::{Shared, now, rfc3339};
+
+/// How one delivery attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    /// Try again later.
+    Retry(String),
+    /// Give up and bounce.
+    Bounce(FailureReason, String),
+}
+
+/// Runs the queue until shutdown.
+pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: mpsc::Sender<()>) {
+    let cfg = sh.cfg.relay.clone();
+    let slots = Arc::new(Semaphore::new(cfg.parallel));
+    let mut per_domain: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let free = slots.available_permits();
+        if free > 0 {
+            let t = now();
+            match sh
+                .store
+                .lease_due(t, &sh.node, t + cfg.lease_secs, free)
+                .await
+            {
+                Ok(entries) => {
+                    for e in entries {
+                        let sem = per_domain
+                            .entry(e.dest_domain.clone())
+                            .or_insert_with(|| Arc::new(Semaphore::new(cfg.per_destination)))
+                            .clone();
+                        let slot = slots.clone().acquire_owned().await.expect("semaphore open");
+                        let sh = sh.clone();
+                        tokio::spawn(async move {
+                            let _dest = sem.acquire_owned().await.expect("semaphore open");
+                            attempt(&sh, e).await;
+                            drop(slot);
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the relay queue failed"),
+            }
+            if let Ok(stats) = sh.store.queue_stats(now()).await {
+                metrics::gauge!("cmtp_queue_messages").set(stats.total as f64);
+                metrics::gauge!("cmtp_queue_due").set(stats.due as f64);
+                metrics::gauge!("cmtp_queue_bytes").set(stats.bytes as f64);
+                metrics::gauge!("cmtp_queue_oldest_seconds")
+                    .set(stats.oldest_age.unwrap_or(0) as f64);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
+            _ = sh.queue_wakeup.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn attempt(sh: &Shared, e: OutboundEntry) {
+    let outcome = if now() >= e.expires_at {
+        Outcome::Bounce(
+            FailureReason::Expired,
+            format!(
+                "gave up after {} attempts over {}; last error: {}",
+                e.attempts,
+                humantime::format_duration(Duration::from_secs(
+                    e.expires_at.saturating_sub(e.created_at)
+                )),
+                e.last_error.clone().unwrap_or_else(|| "none".into())
+            ),
+        )
+    } else {
+        deliver(sh, &e).await
+    };
+    let id = e.id;
+    match outcome {
+        Outcome::Delivered => {
+            tracing::info!(id, to = %e.destination, "relayed");
+            metrics::counter!("cmtp_relay_total", "result" => "delivered").increment(1);
+            if let Err(err) = sh.store.complete(id, &sh.node).await {
+                tracing::error!(id, error = %err, "marking a relayed message done failed; it may be sent again (the destination de-duplicates it)");
+            }
+        }
+        Outcome::Retry(why) => {
+            let cfg = &sh.cfg.relay;
+            let delay = cfg
+                .first_retry_secs
+                .saturating_mul(1u64 << e.attempts.min(30))
+                .min(cfg.max_retry_secs)
+                .max(1);
+            let next = (now() + delay).min(e.expires_at);
+            tracing::info!(id, to = %e.destination, attempt = e.attempts + 1, retry_in = delay, error = %why, "relay deferred");
+            metrics::counter!("cmtp_relay_total", "result" => "deferred").increment(1);
+            if let Err(err) = sh.store.retry_later(id, &sh.node, next, &why).await {
+                tracing::error!(id, error = %err, "rescheduling failed");
+            }
+        }
+        Outcome::Bounce(reason, why) => {
+            tracing::info!(id, to = %e.destination, %reason, error = %why, "relay failed; notifying the sender");
+            metrics::counter!("cmtp_relay_total", "result" => "bounced").increment(1);
+            match notice(sh, &e, reason, &why).await {
+                Ok(n) => {
+                    if let Err(err) = sh.store.fail_with_notice(id, &sh.node, &why, n).await {
+                        tracing::error!(id, error = %err, "storing the delivery failure notice failed; will retry");
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(id, error = %err, "building the delivery failure notice failed; dropping the message");
+                    let _ = sh.store.complete(id, &sh.node).await;
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: &RemoteError) -> Outcome {
+    match e {
+        RemoteError::KeyChanged { .. } | RemoteError::DnsMismatch { .. } => {
+            Outcome::Bounce(FailureReason::KeyChanged, e.to_string())
+        }
+        RemoteError::Discovery(d) if d.is_permanent() => {
+            Outcome::Bounce(FailureReason::NoDestination, e.to_string())
+        }
+        e if e.is_transient() => Outcome::Retry(e.to_string()),
+        e => Outcome::Bounce(FailureReason::NoDestination, e.to_string()),
+    }
+}
+
+async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
+    let Ok(domain) = Domain::parse(&e.dest_domain) else {
+        return Outcome::Bounce(
+            FailureReason::NoDestination,
+            format!("invalid domain {}", e.dest_domain),
+        );
+    };
+    let key: PublicKey = match sh.remote.server_key(&domain, now()).await {
+        Ok(k) => k,
+        Err(err) => return classify(&err),
+    };
+    let mut conn = match sh.remote.connect(&domain, Some(key)).await {
+        Ok(c) => c,
+        Err(RemoteError::Client {
+            error: ClientError::KeyMismatch { .. },
+            ..
+        }) => {
+            // Perhaps a rotation: fetch the bundle and check the chain.
+            match sh.remote.refresh_server_key(&domain, now()).await {
+                Ok(_) => {
+                    return Outcome::Retry(
+                        "the server key rotated; retrying with the new key".into(),
+                    );
+                }
+                Err(err) => return classify(&err),
+            }
+        }
+        Err(err) => return classify(&err),
+    };
+    let send = async {
+        let mail = conn.begin_mail().await?;
+        let mut reader = BlobReader::new(sh.store.clone(), e.blob);
+        loop {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => conn.send_bytes(&chunk).await?,
+                Ok(None) => break,
+                Err(err) => {
+                    return Err(ClientError::Io(format!(
+                        "reading the queued message: {err}"
+                    )));
+                }
+            }
+        }
+        conn.finish_mail(mail).await
+    };
+    let reply = match send.await {
+        Ok(r) => r,
+        // A broken connection or protocol error mid-message: the message may
+        // or may not have arrived; retrying is safe (the destination
+        // de-duplicates by hash).
+        Err(err) => return Outcome::Retry(format!("{domain}: {err}")),
+    };
+    conn.close().await;
+    match &reply.status {
+        Status::Success => match Receipt::decode(&reply.body) {
+            Ok(r) if r.verify(&key, &e.hash).is_ok() => Outcome::Delivered,
+            _ => Outcome::Retry(format!("{domain} answered SUCCESS without a valid receipt")),
+        },
+        Status::DeliveryFailure => {
+            let f = DeliveryFailure::decode(&reply.body).ok();
+            let reason = f
+                .as_ref()
+                .and_then(|f| f.reason)
+                .unwrap_or(FailureReason::Refused);
+            let text = f
+                .map(|f| format!("{}: {}", f.word, f.text))
+                .unwrap_or_else(|| reply.text());
+            Outcome::Bounce(reason, format!("{domain} refused the message: {text}"))
+        }
+        s if s.is_transient() => Outcome::Retry(format!("{domain}: {s}: {}", reply.text())),
+        s => Outcome::Bounce(
+            FailureReason::Refused,
+            format!("{domain}: {s}: {}", reply.text()),
+        ),
+    }
+}
+
+/// The DELIVERYFAILURE notice for the sender of `e`: a message from this
+/// server, sealed to the sender and signed by the server key.
+async fn notice(
+    sh: &Shared,
+    e: &OutboundEntry,
+    reason: FailureReason,
+    why: &str,
+) -> anyhow::Result<NewDelivery> {
+    let user = sh
+        .store
+        .user(&e.sender)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the sender {} no longer exists", e.sender))?;
+    let sender_key = PublicKey::from_bytes(&user.identity_pk)?;
+    let to = Address::parse(&format!("{}@{}", e.sender, sh.domain))?;
+    let t = now();
+    let content = Content {
+        subject: format!("Undeliverable: {}", e.destination),
+        date: rfc3339(t),
+        text: format!(
+            "Reason: {reason}\nDestination: {}\nOriginal-Hash: {}\nAttempts: {}\nDetail: {why}\n\n\
+             Your message to {} could not be delivered.\n",
+            e.destination,
+            hex::encode(e.hash),
+            e.attempts + 1,
+            e.destination
+        ),
+        ..Content::default()
+    };
+    let mut msg = content.seal_as(
+        Source::server(sh.domain.clone()),
+        &sh.key,
+        &to,
+        &sender_key,
+        &mut rand_core::OsRng,
+    )?;
+    let hash = msg.hash();
+    msg.trailer = sign_trailer(&sh.key, &hash);
+    msg.log = format!(
+        "{} {} delivery failure notice for {}\n",
+        rfc3339(t),
+        sh.domain,
+        e.destination
+    )
+    .into_bytes();
+    let bytes = msg.to_bytes();
+    Ok(NewDelivery {
+        account: e.sender.clone(),
+        hash,
+        source: Source::server(sh.domain.clone()).to_string(),
+        received_at: t,
+        version: msg.version,
+        attachment_count: 0,
+        size: bytes.len() as u64,
+        body: MessageBody::Inline(bytes.into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_dns_failures_bounce_and_transient_ones_retry() {
+        use cmtp_client::discovery::DiscoveryError;
+        let nx = RemoteError::Discovery(DiscoveryError::NoSuchDomain {
+            domain: "x.test".into(),
+        });
+        assert!(matches!(
+            classify(&nx),
+            Outcome::Bounce(FailureReason::NoDestination, _)
+        ));
+        let tmp = RemoteError::Discovery(DiscoveryError::Temporary {
+            name: "x.test".into(),
+            record_type: "SRV".into(),
+            reason: "timeout".into(),
+        });
+        assert!(matches!(classify(&tmp), Outcome::Retry(_)));
+        let changed = RemoteError::KeyChanged {
+            domain: "b.test".into(),
+            pinned: "a".into(),
+            got: "b".into(),
+        };
+        assert!(matches!(
+            classify(&changed),
+            Outcome::Bounce(FailureReason::KeyChanged, _)
+        ));
+    }
+}

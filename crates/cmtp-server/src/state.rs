@@ -1,0 +1,182 @@
+//! What every connection and background task of one server shares.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cmtp_proto::crypto::IdentityKey;
+use cmtp_proto::crypto::opaque::{KsfParams, ServerSetup};
+use cmtp_proto::limits::MessageLimits;
+use cmtp_proto::names::{Account, Domain};
+use cmtp_proto::statements::{KeyStatement, ServerKeyBundle};
+use cmtp_store::{AnyStore, Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::limiter::{ConnectionTracker, FailureLimiter};
+use crate::remote::Remote;
+
+/// The software name and version announced in banners and greetings.
+pub const SOFTWARE: &str = concat!("cmtpd ", env!("CARGO_PKG_VERSION"));
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC time of `secs`.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Shared state of one server (one node).
+pub struct Shared {
+    /// The configuration.
+    pub cfg: Config,
+    /// The served domain.
+    pub domain: Domain,
+    /// The server key.
+    pub key: IdentityKey,
+    /// The store.
+    pub store: AnyStore,
+    /// The OPAQUE server setup (shared by all nodes through the store).
+    pub opaque: ServerSetup,
+    /// Message limits.
+    pub limits: MessageLimits,
+    /// Open connections.
+    pub conns: Arc<ConnectionTracker>,
+    /// Failed logins per account and per address.
+    pub login_failures: FailureLimiter,
+    /// Other domains: discovery, keys, connections.
+    pub remote: Remote,
+    /// This node's name (queue leases).
+    pub node: String,
+    /// Wakes the relay queue runner when mail was queued.
+    pub queue_wakeup: Notify,
+    bundle: Mutex<Option<(Vec<u8>, u64)>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("domain", &self.domain)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Name under which the OPAQUE server setup is kept in the store.
+pub const OPAQUE_SETUP_SECRET: &str = "opaque-server-setup-v1";
+
+impl Shared {
+    /// Assembles the shared state; loads or creates the OPAQUE setup.
+    pub async fn new(cfg: Config, key: IdentityKey, store: AnyStore) -> anyhow::Result<Shared> {
+        let candidate = ServerSetup::generate(&mut rand_core::OsRng);
+        let bytes = store
+            .secret_get_or_init(OPAQUE_SETUP_SECRET, candidate.to_bytes().to_vec())
+            .await?;
+        let opaque = ServerSetup::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("stored OPAQUE setup: {e}"))?;
+        let remote = Remote::new(&cfg, store.clone())?;
+        let node = cfg.node_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "node".into()),
+                std::process::id()
+            )
+        });
+        Ok(Shared {
+            domain: cfg.domain(),
+            limits: cfg.limits.message_limits(),
+            login_failures: FailureLimiter::new(Duration::from_secs(
+                cfg.accounts.login_window_secs,
+            )),
+            conns: Arc::new(ConnectionTracker::default()),
+            cfg,
+            key,
+            store,
+            opaque,
+            remote,
+            node,
+            queue_wakeup: Notify::new(),
+            bundle: Mutex::new(None),
+        })
+    }
+
+    /// The weakest KSF parameters accepted.
+    pub fn ksf_floor(&self) -> KsfParams {
+        self.cfg.accounts.ksf_floor()
+    }
+
+    fn validity(&self) -> u64 {
+        self.cfg.accounts.statement_validity_days * 24 * 3600
+    }
+
+    /// The server key bundle (self-signed statement), re-issued when half its
+    /// validity has passed.
+    pub fn server_bundle(&self, now: u64) -> Vec<u8> {
+        let mut g = self.bundle.lock().expect("bundle lock");
+        let validity = self.validity();
+        if let Some((bytes, issued)) = &*g
+            && now >= *issued
+            && now < issued + validity / 2
+        {
+            return bytes.clone();
+        }
+        let statement = KeyStatement::issue(
+            &self.key,
+            None,
+            self.domain.clone(),
+            self.key.public(),
+            now,
+            now + validity,
+        );
+        let bytes = ServerKeyBundle {
+            statement,
+            rotations: Vec::new(),
+        }
+        .to_bytes();
+        *g = Some((bytes.clone(), now));
+        bytes
+    }
+
+    /// The key statement of a local user, issued (and stored) anew when half
+    /// its validity has passed. `None` if there is no such user.
+    pub async fn local_statement(
+        &self,
+        account: &Account,
+        now: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let validity = self.validity();
+        if let Some(s) = self.store.key_statement(account.as_str()).await?
+            && now + validity / 2 < s.expires_at
+            && let Ok(parsed) = KeyStatement::decode(&s.statement)
+            && parsed.issued_at <= now
+        {
+            return Ok(Some(s.statement));
+        }
+        let Some(user) = self.store.user(account.as_str()).await? else {
+            return Ok(None);
+        };
+        let key = cmtp_proto::crypto::PublicKey::from_bytes(&user.identity_pk)
+            .map_err(|e| StoreError::Corrupt(format!("identity key of {account}: {e}")))?;
+        let statement = KeyStatement::issue(
+            &self.key,
+            Some(account.clone()),
+            self.domain.clone(),
+            key,
+            now,
+            now + validity,
+        );
+        let bytes = statement.to_bytes();
+        self.store
+            .put_key_statement(account.as_str(), bytes.clone(), now + validity)
+            .await?;
+        Ok(Some(bytes))
+    }
+}

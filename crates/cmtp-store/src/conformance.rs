@@ -1,0 +1,1362 @@
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! Each public `async fn` here checks one behaviour on a fresh, empty store.
+//! [`conformance_suite!`](crate::conformance_suite) turns all of them into
+//! `#[tokio::test]`s for a backend, given a factory:
+//!
+//! ```ignore
+//! async fn new_store() -> (cmtp_store::SqliteStore, tempfile::TempDir) { ... }
+//! cmtp_store::conformance_suite!(new_store);
+//! ```
+//!
+//! The factory returns the store and a guard dropped at the end of the test
+//! (a temporary directory, a throwaway database cluster, ...). The suite
+//! panics on the first failed check, like any test.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use crate::{
+    BlobReader, BlobRef, Credentials, MAX_CHUNK, MessageBody, NewDelivery, NewOutbound, NewUser,
+    Retention, Store, StoreError,
+};
+
+/// Generates one `#[tokio::test]` per conformance case, each on a fresh store
+/// from `$factory`, an `async fn() -> (impl Store, impl Sized)` (the second
+/// value is a guard kept alive until the case ends). The calling crate needs
+/// `tokio` (with the `macros` and `rt-multi-thread` features).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::conformance_suite!(@cases $factory;
+            users_lifecycle,
+            invites,
+            credentials_update,
+            secret_race,
+            key_statements,
+            inline_delivery,
+            staged_delivery,
+            staged_misuse,
+            deduplication,
+            dedup_retention,
+            mailbox_isolation,
+            delete_message,
+            delete_user_takes_mail,
+            queue_lease_cycle,
+            queue_retry_later,
+            queue_fail_with_notice,
+            queue_list_stats_retry_all,
+            queue_dedup,
+            queue_concurrent_leases,
+            pins,
+            statement_cache,
+            purge_staged,
+            concurrent_deliveries,
+            concurrent_duplicates,
+            concurrent_failures_are_isolated,
+        );
+    };
+    (@cases $factory:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, guard) = $factory().await;
+                $crate::conformance::$case(store).await;
+                drop(guard);
+            }
+        )*
+    };
+}
+
+/// A fixed "now" for the cases (unix seconds).
+pub const T0: u64 = 1_700_000_000;
+
+/// A distinct de-duplication hash for `n`.
+pub fn hash(n: u64) -> [u8; 32] {
+    let mut h = [0x5a; 32];
+    h[..8].copy_from_slice(&n.to_be_bytes());
+    h
+}
+
+/// `len` deterministic pseudo-random bytes (xorshift), different per `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A new user `account` with recognisable credentials.
+pub fn new_user(account: &str) -> NewUser {
+    NewUser {
+        account: account.to_owned(),
+        identity_pk: [account.len() as u8; 32],
+        credentials: Credentials {
+            opaque_record: vec![0xA5; 192],
+            ksf: [7; 12],
+            xzibit: format!("xzibit of {account}").into_bytes(),
+        },
+    }
+}
+
+/// An inline delivery of `body` to `account`.
+pub fn delivery(account: &str, hash: [u8; 32], body: &[u8], at: u64) -> NewDelivery {
+    NewDelivery {
+        account: account.to_owned(),
+        hash,
+        source: "carol@remote.example".to_owned(),
+        received_at: at,
+        version: 1,
+        attachment_count: 2,
+        size: body.len() as u64,
+        body: MessageBody::Inline(Bytes::copy_from_slice(body)),
+    }
+}
+
+/// An outbound message from `sender`, inline.
+pub fn outbound(sender: &str, hash: [u8; 32], body: &[u8], at: u64) -> NewOutbound {
+    NewOutbound {
+        hash,
+        sender: sender.to_owned(),
+        destination: "dave@far.example".to_owned(),
+        dest_domain: "far.example".to_owned(),
+        size: body.len() as u64,
+        created_at: at,
+        expires_at: at + 5 * 86_400,
+        body: MessageBody::Inline(Bytes::copy_from_slice(body)),
+    }
+}
+
+/// Reads a whole blob through a [`BlobReader`].
+pub async fn read_all<S: Store>(store: &S, blob: BlobRef) -> Vec<u8> {
+    let mut reader = BlobReader::new(store.clone(), blob);
+    let mut out = Vec::new();
+    while let Some(chunk) = reader.next_chunk().await.expect("read chunk") {
+        assert!(chunk.len() <= MAX_CHUNK);
+        out.extend_from_slice(&chunk);
+    }
+    assert_eq!(out.len() as u64, blob.size, "blob size");
+    out
+}
+
+async fn with_users<S: Store>(store: &S, accounts: &[&str]) {
+    for a in accounts {
+        store
+            .create_user(new_user(a), None, T0)
+            .await
+            .expect("create user");
+    }
+}
+
+/// Reads message `id` of `account` back in full.
+async fn message_bytes<S: Store>(store: &S, account: &str, id: u64) -> Option<Vec<u8>> {
+    let (_, blob) = store
+        .mailbox_message(account, id)
+        .await
+        .expect("mailbox_message")?;
+    Some(read_all(store, blob).await)
+}
+
+/// Users: create, get, list (with mailbox figures), refuse a second
+/// creation, delete.
+pub async fn users_lifecycle<S: Store>(store: S) {
+    assert_eq!(store.user("alice").await.unwrap(), None);
+    assert!(store.list_users().await.unwrap().is_empty());
+
+    store
+        .create_user(new_user("alice"), None, T0)
+        .await
+        .unwrap();
+    store
+        .create_user(new_user("bob"), None, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.create_user(new_user("alice"), None, T0 + 2).await,
+        Err(StoreError::AlreadyExists)
+    );
+
+    let alice = store.user("alice").await.unwrap().expect("alice exists");
+    let expected = new_user("alice");
+    assert_eq!(alice.account, "alice");
+    assert_eq!(alice.identity_pk, expected.identity_pk);
+    assert_eq!(alice.credentials, expected.credentials);
+    assert_eq!((alice.created_at, alice.updated_at), (T0, T0));
+
+    store
+        .deliver(delivery("bob", hash(1), b"hello bob", T0))
+        .await
+        .unwrap();
+    store
+        .deliver(delivery("bob", hash(2), b"again", T0))
+        .await
+        .unwrap();
+    let list = store.list_users().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].account, "alice");
+    assert_eq!((list[0].messages, list[0].bytes), (0, 0));
+    assert_eq!(list[1].account, "bob");
+    assert_eq!(list[1].created_at, T0 + 1);
+    assert_eq!((list[1].messages, list[1].bytes), (2, 14));
+
+    assert!(store.delete_user("alice").await.unwrap());
+    assert!(!store.delete_user("alice").await.unwrap());
+    assert_eq!(store.user("alice").await.unwrap(), None);
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+    // The account can be created again.
+    store
+        .create_user(new_user("alice"), None, T0 + 5)
+        .await
+        .unwrap();
+}
+
+/// Invites: valid only for their account, before expiry, once; a failed
+/// registration does not consume them; expired ones are purged.
+pub async fn invites<S: Store>(store: S) {
+    let (good, other, old) = ([1; 32], [2; 32], [3; 32]);
+    store
+        .create_invite("carol", good, T0 + 100, T0)
+        .await
+        .unwrap();
+    store
+        .create_invite("dave", other, T0 + 100, T0)
+        .await
+        .unwrap();
+    store.create_invite("erin", old, T0 + 10, T0).await.unwrap();
+    assert_eq!(
+        store.create_invite("zed", good, T0 + 100, T0).await,
+        Err(StoreError::AlreadyExists)
+    );
+
+    assert!(store.invite_valid("carol", good, T0 + 1).await.unwrap());
+    assert!(
+        !store.invite_valid("dave", good, T0 + 1).await.unwrap(),
+        "wrong account"
+    );
+    assert!(
+        !store.invite_valid("carol", [9; 32], T0 + 1).await.unwrap(),
+        "unknown"
+    );
+    assert!(store.invite_valid("erin", old, T0 + 9).await.unwrap());
+    assert!(
+        !store.invite_valid("erin", old, T0 + 10).await.unwrap(),
+        "expired"
+    );
+
+    // Wrong account, unknown token, expired: refused, nothing created.
+    for (account, token, now) in [
+        ("carol", other, T0 + 1),
+        ("carol", [9; 32], T0 + 1),
+        ("erin", old, T0 + 11),
+    ] {
+        assert_eq!(
+            store.create_user(new_user(account), Some(token), now).await,
+            Err(StoreError::InviteInvalid),
+            "{account}"
+        );
+        assert_eq!(store.user(account).await.unwrap(), None);
+    }
+    assert!(
+        store.invite_valid("dave", other, T0 + 1).await.unwrap(),
+        "not consumed"
+    );
+
+    store
+        .create_user(new_user("carol"), Some(good), T0 + 2)
+        .await
+        .unwrap();
+    assert!(
+        !store.invite_valid("carol", good, T0 + 3).await.unwrap(),
+        "consumed"
+    );
+    // Reuse is refused, even once the account is gone again.
+    assert!(store.delete_user("carol").await.unwrap());
+    assert_eq!(
+        store
+            .create_user(new_user("carol"), Some(good), T0 + 4)
+            .await,
+        Err(StoreError::InviteInvalid)
+    );
+
+    // An existing account: AlreadyExists, and the invite stays usable.
+    store.create_user(new_user("dave"), None, T0).await.unwrap();
+    assert_eq!(
+        store
+            .create_user(new_user("dave"), Some(other), T0 + 1)
+            .await,
+        Err(StoreError::AlreadyExists)
+    );
+    assert!(store.invite_valid("dave", other, T0 + 1).await.unwrap());
+
+    let report = store
+        .purge_expired(T0 + 50, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.invites, 1, "erin's expired invite");
+    assert!(
+        !store.invite_valid("erin", old, T0).await.unwrap(),
+        "purged"
+    );
+    assert!(store.invite_valid("dave", other, T0 + 50).await.unwrap());
+}
+
+/// A password change replaces the login material, keeps the identity key.
+pub async fn credentials_update<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let fresh = Credentials {
+        opaque_record: vec![0x11; 192],
+        ksf: [9; 12],
+        xzibit: b"new xzibit".to_vec(),
+    };
+    assert!(
+        store
+            .update_credentials("alice", fresh.clone(), T0 + 60)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_credentials("nobody", fresh.clone(), T0 + 60)
+            .await
+            .unwrap()
+    );
+    let alice = store.user("alice").await.unwrap().unwrap();
+    assert_eq!(alice.credentials, fresh);
+    assert_eq!(alice.identity_pk, new_user("alice").identity_pk);
+    assert_eq!((alice.created_at, alice.updated_at), (T0, T0 + 60));
+}
+
+/// Concurrent `secret_get_or_init` callers all get one value.
+pub async fn secret_race<S: Store>(store: S) {
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move { s.secret_get_or_init("opaque-setup", vec![i; 64]).await })
+        })
+        .collect();
+    let mut values = HashSet::new();
+    for t in tasks {
+        values.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(values.len(), 1, "racing callers disagree");
+    let value = values.into_iter().next().unwrap();
+    assert_eq!(value.len(), 64);
+    assert_eq!(
+        store
+            .secret_get_or_init("opaque-setup", vec![0xFF; 3])
+            .await
+            .unwrap(),
+        value
+    );
+    assert_eq!(
+        store
+            .secret_get_or_init("other", vec![1, 2, 3])
+            .await
+            .unwrap(),
+        vec![1, 2, 3]
+    );
+}
+
+/// Local key statements: stored per user, replaced, gone with the user.
+pub async fn key_statements<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    assert_eq!(store.key_statement("alice").await.unwrap(), None);
+    store
+        .put_key_statement("alice", b"stmt-1".to_vec(), T0 + 10)
+        .await
+        .unwrap();
+    store
+        .put_key_statement("alice", b"stmt-2".to_vec(), T0 + 20)
+        .await
+        .unwrap();
+    let ks = store.key_statement("alice").await.unwrap().unwrap();
+    assert_eq!(
+        (ks.statement.as_slice(), ks.expires_at),
+        (&b"stmt-2"[..], T0 + 20)
+    );
+    // Expired statements are still returned: the caller renews them.
+    assert!(store.key_statement("alice").await.unwrap().is_some());
+    assert_eq!(
+        store.put_key_statement("nobody", b"x".to_vec(), T0).await,
+        Err(StoreError::UnknownAccount)
+    );
+}
+
+/// An inline delivery is listed and reads back byte for byte (also the
+/// largest inline body and an empty one).
+pub async fn inline_delivery<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let body = pattern(3000, 1);
+    let d = store
+        .deliver(delivery("alice", hash(1), &body, T0))
+        .await
+        .unwrap();
+    assert!(!d.duplicate);
+    assert!(d.id > 0);
+
+    let list = store.list_mailbox("alice").await.unwrap();
+    assert_eq!(list.len(), 1);
+    let e = &list[0];
+    assert_eq!(
+        (e.id, e.hash, e.size, e.received_at),
+        (d.id, hash(1), 3000, T0)
+    );
+    assert_eq!(
+        (e.source.as_str(), e.version, e.attachment_count),
+        ("carol@remote.example", 1, 2)
+    );
+
+    let (entry, blob) = store.mailbox_message("alice", d.id).await.unwrap().unwrap();
+    assert_eq!(&entry, e);
+    assert_eq!((blob.size, blob.chunks), (3000, 1));
+    assert_eq!(read_all(&store, blob).await, body);
+    assert_eq!(store.read_chunk(blob, 1).await.unwrap(), None);
+
+    let big = pattern(MAX_CHUNK, 2);
+    let d2 = store
+        .deliver(delivery("alice", hash(2), &big, T0))
+        .await
+        .unwrap();
+    assert!(d2.id > d.id, "ids increase");
+    assert_eq!(message_bytes(&store, "alice", d2.id).await.unwrap(), big);
+
+    let d3 = store
+        .deliver(delivery("alice", hash(3), b"", T0))
+        .await
+        .unwrap();
+    let (_, blob) = store
+        .mailbox_message("alice", d3.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((blob.size, blob.chunks), (0, 0));
+    assert!(read_all(&store, blob).await.is_empty());
+    let ids: Vec<u64> = store
+        .list_mailbox("alice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, vec![d.id, d2.id, d3.id]);
+}
+
+/// A staged 5 MiB message in 64 KiB chunks delivers and reads back byte for
+/// byte, one chunk at a time.
+pub async fn staged_delivery<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let body = pattern(5 << 20, 3);
+    let staged = store.stage_begin(T0).await.unwrap();
+    for chunk in body.chunks(64 << 10) {
+        store
+            .stage_append(&staged, Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    let d = store
+        .deliver(NewDelivery {
+            size: body.len() as u64,
+            body: MessageBody::Staged(staged),
+            ..delivery("alice", hash(7), b"", T0)
+        })
+        .await
+        .unwrap();
+    assert!(!d.duplicate);
+    let (entry, blob) = store.mailbox_message("alice", d.id).await.unwrap().unwrap();
+    assert_eq!(entry.size, 5 << 20);
+    assert_eq!((blob.size, blob.chunks), (5 << 20, 80));
+    assert_eq!(
+        store.read_chunk(blob, 3).await.unwrap().unwrap().len(),
+        64 << 10
+    );
+    assert!(
+        read_all(&store, blob).await == body,
+        "staged message differs"
+    );
+    // A referenced blob is no longer staged: a purge long after leaves it.
+    let report = store
+        .purge_expired(T0 + 10 * 86_400, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.staged_blobs, 0);
+    assert!(message_bytes(&store, "alice", d.id).await.unwrap() == body);
+
+    // A staged body for the queue works the same way.
+    let staged = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&staged, Bytes::from_static(b"part one, "))
+        .await
+        .unwrap();
+    store
+        .stage_append(&staged, Bytes::from_static(b"part two"))
+        .await
+        .unwrap();
+    let q = store
+        .enqueue(NewOutbound {
+            size: 18,
+            body: MessageBody::Staged(staged),
+            ..outbound("alice", hash(8), b"", T0)
+        })
+        .await
+        .unwrap();
+    let entry = store
+        .list_queue()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.id == q.id)
+        .unwrap();
+    assert_eq!(read_all(&store, entry.blob).await, b"part one, part two");
+}
+
+/// Misuse is refused and changes nothing: size mismatch, a staged blob
+/// referenced twice, appending after the reference, empty or oversize
+/// chunks, an unknown recipient.
+pub async fn staged_misuse<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let staged = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&staged, Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.stage_append(&staged, Bytes::new()).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store
+            .stage_append(&staged, Bytes::from(vec![0; MAX_CHUNK + 1]))
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    let staged_delivery = |size: u64, h: u64| NewDelivery {
+        size,
+        body: MessageBody::Staged(staged.clone()),
+        ..delivery("alice", hash(h), b"", T0)
+    };
+    let e = store.deliver(staged_delivery(11, 1)).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidInput(_)), "{e:?}");
+    assert!(!e.is_transient());
+    assert!(store.list_mailbox("alice").await.unwrap().is_empty());
+    // The failed attempt changed nothing: the blob is still staged, the
+    // hash not recorded.
+    let d = store.deliver(staged_delivery(10, 1)).await.unwrap();
+    assert!(!d.duplicate);
+    assert_eq!(
+        message_bytes(&store, "alice", d.id).await.unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(
+        store.deliver(staged_delivery(10, 2)).await,
+        Err(StoreError::BlobNotFound)
+    );
+    assert_eq!(
+        store
+            .stage_append(&staged, Bytes::from_static(b"more"))
+            .await,
+        Err(StoreError::BlobNotFound)
+    );
+    assert_eq!(
+        message_bytes(&store, "alice", d.id).await.unwrap(),
+        b"0123456789"
+    );
+
+    let e = store
+        .deliver(delivery("alice", hash(3), &vec![1; MAX_CHUNK + 1], T0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidInput(_)), "{e:?}");
+    let mut bad_size = delivery("alice", hash(3), b"abc", T0);
+    bad_size.size = 4;
+    assert!(matches!(
+        store.deliver(bad_size).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        store.deliver(delivery("nobody", hash(4), b"abc", T0)).await,
+        Err(StoreError::UnknownAccount)
+    );
+    assert_eq!(store.list_mailbox("alice").await.unwrap().len(), 1);
+    assert!(store.list_mailbox("nobody").await.unwrap().is_empty());
+}
+
+/// The same hash twice: one entry, the second reports `duplicate` with the
+/// original id; still a duplicate (id 0) after the entry is deleted; a staged
+/// duplicate body is discarded.
+pub async fn deduplication<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let first = store
+        .deliver(delivery("alice", hash(1), b"one", T0))
+        .await
+        .unwrap();
+    let again = store
+        .deliver(delivery("alice", hash(1), b"one", T0 + 5))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.duplicate), (first.id, true));
+    // The hash is the message's identity, whoever it is addressed to.
+    let other = store
+        .deliver(delivery("bob", hash(1), b"one", T0))
+        .await
+        .unwrap();
+    assert!(other.duplicate);
+    assert_eq!(store.list_mailbox("alice").await.unwrap().len(), 1);
+    assert!(store.list_mailbox("bob").await.unwrap().is_empty());
+
+    let staged = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&staged, Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    let dup = store
+        .deliver(NewDelivery {
+            size: 3,
+            body: MessageBody::Staged(staged.clone()),
+            ..delivery("alice", hash(1), b"", T0)
+        })
+        .await
+        .unwrap();
+    assert_eq!((dup.id, dup.duplicate), (first.id, true));
+    assert_eq!(
+        store.stage_append(&staged, Bytes::from_static(b"x")).await,
+        Err(StoreError::BlobNotFound),
+        "a duplicate's staged body is discarded"
+    );
+
+    assert!(store.delete_message("alice", first.id).await.unwrap());
+    let after = store
+        .deliver(delivery("alice", hash(1), b"one", T0 + 9))
+        .await
+        .unwrap();
+    assert_eq!((after.id, after.duplicate), (0, true));
+    assert!(store.list_mailbox("alice").await.unwrap().is_empty());
+}
+
+/// De-duplication entries are purged after the retention period, but never
+/// while their message is still in a mailbox.
+pub async fn dedup_retention<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let kept = store
+        .deliver(delivery("alice", hash(1), b"kept", T0))
+        .await
+        .unwrap();
+    let gone = store
+        .deliver(delivery("alice", hash(2), b"gone", T0))
+        .await
+        .unwrap();
+    let recent = store
+        .deliver(delivery("alice", hash(3), b"recent", T0 + 900))
+        .await
+        .unwrap();
+    assert!(store.delete_message("alice", gone.id).await.unwrap());
+    assert!(store.delete_message("alice", recent.id).await.unwrap());
+
+    let retention = Retention {
+        dedup: 1000,
+        staged_grace: 60,
+    };
+    let report = store.purge_expired(T0 + 1500, retention).await.unwrap();
+    assert_eq!(report.dedup_entries, 1, "only the deleted, old entry");
+
+    let again = store
+        .deliver(delivery("alice", hash(1), b"kept", T0 + 1500))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.duplicate), (kept.id, true));
+    let again = store
+        .deliver(delivery("alice", hash(3), b"recent", T0 + 1500))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.duplicate), (0, true));
+    let fresh = store
+        .deliver(delivery("alice", hash(2), b"gone", T0 + 1500))
+        .await
+        .unwrap();
+    assert!(!fresh.duplicate, "purged hash is accepted again");
+    assert!(fresh.id > recent.id);
+}
+
+/// A user sees only its own messages.
+pub async fn mailbox_isolation<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let a = store
+        .deliver(delivery("alice", hash(1), b"for alice", T0))
+        .await
+        .unwrap();
+    let b = store
+        .deliver(delivery("bob", hash(2), b"for bob", T0))
+        .await
+        .unwrap();
+    assert_eq!(store.mailbox_message("bob", a.id).await.unwrap(), None);
+    assert!(!store.delete_message("bob", a.id).await.unwrap());
+    assert_eq!(
+        message_bytes(&store, "alice", a.id).await.unwrap(),
+        b"for alice"
+    );
+    assert_eq!(
+        message_bytes(&store, "bob", b.id).await.unwrap(),
+        b"for bob"
+    );
+    let ids = |l: Vec<crate::MailboxEntry>| l.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_mailbox("alice").await.unwrap()), vec![a.id]);
+    assert_eq!(ids(store.list_mailbox("bob").await.unwrap()), vec![b.id]);
+}
+
+/// Deleting a message removes it and its bytes.
+pub async fn delete_message<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let d = store
+        .deliver(delivery("alice", hash(1), b"bye", T0))
+        .await
+        .unwrap();
+    let keep = store
+        .deliver(delivery("alice", hash(2), b"stay", T0))
+        .await
+        .unwrap();
+    let (_, blob) = store.mailbox_message("alice", d.id).await.unwrap().unwrap();
+    assert!(store.delete_message("alice", d.id).await.unwrap());
+    assert!(!store.delete_message("alice", d.id).await.unwrap());
+    assert_eq!(store.mailbox_message("alice", d.id).await.unwrap(), None);
+    assert_eq!(store.read_chunk(blob, 0).await.unwrap(), None, "bytes gone");
+    let mut reader = BlobReader::new(store.clone(), blob);
+    assert_eq!(reader.next_chunk().await, Err(StoreError::BlobNotFound));
+    assert_eq!(
+        message_bytes(&store, "alice", keep.id).await.unwrap(),
+        b"stay"
+    );
+}
+
+/// Deleting a user takes its mail, key statement and invites along.
+pub async fn delete_user_takes_mail<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let a = store
+        .deliver(delivery("alice", hash(1), b"a1", T0))
+        .await
+        .unwrap();
+    let b = store
+        .deliver(delivery("bob", hash(2), b"b1", T0))
+        .await
+        .unwrap();
+    let (_, blob) = store.mailbox_message("alice", a.id).await.unwrap().unwrap();
+    store
+        .put_key_statement("alice", b"stmt".to_vec(), T0 + 99)
+        .await
+        .unwrap();
+    store
+        .create_invite("alice", [4; 32], T0 + 99, T0)
+        .await
+        .unwrap();
+
+    assert!(store.delete_user("alice").await.unwrap());
+    assert!(store.list_mailbox("alice").await.unwrap().is_empty());
+    assert_eq!(store.read_chunk(blob, 0).await.unwrap(), None);
+    assert_eq!(store.key_statement("alice").await.unwrap(), None);
+    assert!(!store.invite_valid("alice", [4; 32], T0).await.unwrap());
+    assert_eq!(message_bytes(&store, "bob", b.id).await.unwrap(), b"b1");
+
+    // A recreated alice starts empty; her old messages stay de-duplicated.
+    with_users(&store, &["alice"]).await;
+    assert!(store.list_mailbox("alice").await.unwrap().is_empty());
+    let d = store
+        .deliver(delivery("alice", hash(1), b"a1", T0))
+        .await
+        .unwrap();
+    assert!(d.duplicate);
+}
+
+/// Lease, a second lease while leased gets nothing, expiry lets another node
+/// take over, the old holder can no longer complete, the new one can.
+pub async fn queue_lease_cycle<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let q = store
+        .enqueue(outbound("alice", hash(1), b"relay me", T0))
+        .await
+        .unwrap();
+    assert!(!q.duplicate);
+
+    let leased = store.lease_due(T0, "n1", T0 + 60, 10).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let e = &leased[0];
+    assert_eq!((e.id, e.hash, e.size), (q.id, hash(1), 8));
+    assert_eq!(
+        (e.sender.as_str(), e.destination.as_str()),
+        ("alice", "dave@far.example")
+    );
+    assert_eq!((e.dest_domain.as_str(), e.created_at), ("far.example", T0));
+    assert_eq!(
+        (e.expires_at, e.next_attempt_at, e.attempts),
+        (T0 + 5 * 86_400, T0, 0)
+    );
+    assert_eq!(
+        (e.lease_owner.as_deref(), e.lease_until),
+        (Some("n1"), Some(T0 + 60))
+    );
+    assert_eq!(e.last_error, None);
+    assert_eq!(read_all(&store, e.blob).await, b"relay me");
+
+    assert!(
+        store
+            .lease_due(T0 + 1, "n2", T0 + 61, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .lease_due(T0 + 59, "n1", T0 + 99, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // n1 dies; its lease expires; n2 takes over.
+    let taken = store.lease_due(T0 + 60, "n2", T0 + 120, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].lease_owner.as_deref(), Some("n2"));
+    assert!(
+        !store.complete(q.id, "n1").await.unwrap(),
+        "n1 lost its lease"
+    );
+    assert!(!store.retry_later(q.id, "n1", T0 + 500, "x").await.unwrap());
+    assert_eq!(store.list_queue().await.unwrap().len(), 1);
+
+    assert!(store.complete(q.id, "n2").await.unwrap());
+    assert!(!store.complete(q.id, "n2").await.unwrap());
+    assert!(store.list_queue().await.unwrap().is_empty());
+    assert_eq!(
+        store.read_chunk(taken[0].blob, 0).await.unwrap(),
+        None,
+        "bytes gone"
+    );
+    assert!(
+        store
+            .lease_due(T0 + 1000, "n1", T0 + 2000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// `retry_later` counts the attempt, records the error, clears the lease and
+/// defers the entry.
+pub async fn queue_retry_later<S: Store>(store: S) {
+    let q = store
+        .enqueue(outbound("alice", hash(1), b"m", T0))
+        .await
+        .unwrap();
+    store.lease_due(T0, "n1", T0 + 60, 10).await.unwrap();
+    assert!(
+        store
+            .retry_later(q.id, "n1", T0 + 300, "connection refused")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .retry_later(q.id, "n1", T0 + 300, "again")
+            .await
+            .unwrap(),
+        "lease cleared"
+    );
+
+    let e = store.list_queue().await.unwrap().remove(0);
+    assert_eq!((e.attempts, e.next_attempt_at), (1, T0 + 300));
+    assert_eq!(e.last_error.as_deref(), Some("connection refused"));
+    assert_eq!((e.lease_owner, e.lease_until), (None, None));
+
+    assert!(
+        store
+            .lease_due(T0 + 299, "n1", T0 + 400, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.lease_due(T0 + 300, "n2", T0 + 400, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert!(
+        store
+            .retry_later(q.id, "n2", T0 + 900, "timeout")
+            .await
+            .unwrap()
+    );
+    let e = store.list_queue().await.unwrap().remove(0);
+    assert_eq!((e.attempts, e.last_error.as_deref()), (2, Some("timeout")));
+}
+
+/// `fail_with_notice` removes the entry and puts exactly one notice into the
+/// sender's mailbox, even when repeated.
+pub async fn queue_fail_with_notice<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let q = store
+        .enqueue(outbound("alice", hash(1), b"doomed", T0))
+        .await
+        .unwrap();
+    let notice = || NewDelivery {
+        source: "@local.example".to_owned(),
+        ..delivery(
+            "alice",
+            hash(1000),
+            b"DELIVERYFAILURE: no such user",
+            T0 + 7,
+        )
+    };
+    // Not leased: refused, nothing delivered.
+    assert!(
+        !store
+            .fail_with_notice(q.id, "n1", "no such user", notice())
+            .await
+            .unwrap()
+    );
+    assert!(store.list_mailbox("alice").await.unwrap().is_empty());
+
+    store.lease_due(T0, "n1", T0 + 60, 10).await.unwrap();
+    // A notice for someone else is refused and changes nothing.
+    let wrong = NewDelivery {
+        account: "bob".to_owned(),
+        ..notice()
+    };
+    assert!(matches!(
+        store
+            .fail_with_notice(q.id, "n1", "no such user", wrong)
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(store.list_queue().await.unwrap().len(), 1);
+
+    assert!(
+        store
+            .fail_with_notice(q.id, "n1", "no such user", notice())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .fail_with_notice(q.id, "n1", "no such user", notice())
+            .await
+            .unwrap()
+    );
+    assert!(store.list_queue().await.unwrap().is_empty());
+    let mailbox = store.list_mailbox("alice").await.unwrap();
+    assert_eq!(mailbox.len(), 1, "exactly one notice");
+    assert_eq!(mailbox[0].source, "@local.example");
+    assert_eq!(
+        message_bytes(&store, "alice", mailbox[0].id).await.unwrap(),
+        b"DELIVERYFAILURE: no such user"
+    );
+
+    // A sender deleted meanwhile: the entry goes, the notice is dropped.
+    with_users(&store, &["gone"]).await;
+    let q = store
+        .enqueue(outbound("gone", hash(2), b"x", T0))
+        .await
+        .unwrap();
+    assert!(store.delete_user("gone").await.unwrap());
+    store.lease_due(T0, "n1", T0 + 60, 10).await.unwrap();
+    let n = NewDelivery {
+        account: "gone".to_owned(),
+        ..notice()
+    };
+    assert!(
+        store
+            .fail_with_notice(q.id, "n1", "expired", n)
+            .await
+            .unwrap()
+    );
+    assert!(store.list_queue().await.unwrap().is_empty());
+}
+
+/// The queue listing, its statistics and `retry_all_now`.
+pub async fn queue_list_stats_retry_all<S: Store>(store: S) {
+    let stats = store.queue_stats(T0).await.unwrap();
+    assert_eq!((stats.total, stats.oldest_age), (0, None));
+
+    let a = store
+        .enqueue(outbound("alice", hash(1), b"aaaa", T0))
+        .await
+        .unwrap();
+    let b = store
+        .enqueue(outbound("alice", hash(2), b"bb", T0 + 10))
+        .await
+        .unwrap();
+    let c = store
+        .enqueue(outbound("bob", hash(3), b"c", T0 + 20))
+        .await
+        .unwrap();
+    let list = store.list_queue().await.unwrap();
+    assert_eq!(
+        list.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![a.id, b.id, c.id]
+    );
+
+    // a: leased; b: deferred; c: due.
+    let leased = store.lease_due(T0 + 30, "n1", T0 + 90, 2).await.unwrap();
+    assert_eq!(
+        leased.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![a.id, b.id],
+        "oldest first"
+    );
+    assert!(
+        store
+            .retry_later(b.id, "n1", T0 + 3600, "later")
+            .await
+            .unwrap()
+    );
+
+    let stats = store.queue_stats(T0 + 40).await.unwrap();
+    assert_eq!(
+        (
+            stats.total,
+            stats.leased,
+            stats.deferred,
+            stats.due,
+            stats.bytes
+        ),
+        (3, 1, 1, 1, 7)
+    );
+    assert_eq!(stats.oldest_age, Some(40));
+
+    assert_eq!(
+        store.retry_all_now(T0 + 40).await.unwrap(),
+        1,
+        "only b was deferred"
+    );
+    let stats = store.queue_stats(T0 + 40).await.unwrap();
+    assert_eq!((stats.leased, stats.deferred, stats.due), (1, 0, 2));
+    let due = store.lease_due(T0 + 40, "n2", T0 + 100, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![c.id, b.id],
+        "by next attempt"
+    );
+    assert_eq!(store.retry_all_now(T0 + 40).await.unwrap(), 0);
+}
+
+/// Re-submitting a queued hash returns the existing entry.
+pub async fn queue_dedup<S: Store>(store: S) {
+    let first = store
+        .enqueue(outbound("alice", hash(1), b"once", T0))
+        .await
+        .unwrap();
+    let second = store
+        .enqueue(outbound("alice", hash(1), b"once", T0 + 1))
+        .await
+        .unwrap();
+    assert_eq!((second.id, second.duplicate), (first.id, true));
+    let staged = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&staged, Bytes::from_static(b"once"))
+        .await
+        .unwrap();
+    let third = store
+        .enqueue(NewOutbound {
+            size: 4,
+            body: MessageBody::Staged(staged.clone()),
+            ..outbound("alice", hash(1), b"", T0 + 2)
+        })
+        .await
+        .unwrap();
+    assert_eq!((third.id, third.duplicate), (first.id, true));
+    assert_eq!(
+        store.stage_append(&staged, Bytes::from_static(b"x")).await,
+        Err(StoreError::BlobNotFound)
+    );
+    assert_eq!(store.list_queue().await.unwrap().len(), 1);
+}
+
+/// Nodes leasing concurrently never get the same entry.
+pub async fn queue_concurrent_leases<S: Store>(store: S) {
+    for i in 0..100 {
+        store
+            .enqueue(outbound("alice", hash(i), b"m", T0))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let node = format!("node{n}");
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.lease_due(T0, &node, T0 + 60, 7).await.unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for e in batch {
+                        assert_eq!(e.lease_owner.as_deref(), Some(node.as_str()));
+                        got.push(e.id);
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 100, "every entry leased exactly once");
+    assert_eq!(distinct.len(), 100);
+}
+
+/// Pins: absent, set, confirmed (keeps `first_seen`), replaced (restarts it).
+pub async fn pins<S: Store>(store: S) {
+    assert_eq!(store.pin("far.example").await.unwrap(), None);
+    store.set_pin("far.example", [1; 32], T0).await.unwrap();
+    store.set_pin("near.example", [2; 32], T0).await.unwrap();
+    let p = store.pin("far.example").await.unwrap().unwrap();
+    assert_eq!((p.key, p.first_seen, p.updated_at), ([1; 32], T0, T0));
+    store
+        .set_pin("far.example", [1; 32], T0 + 10)
+        .await
+        .unwrap();
+    let p = store.pin("far.example").await.unwrap().unwrap();
+    assert_eq!((p.key, p.first_seen, p.updated_at), ([1; 32], T0, T0 + 10));
+    store
+        .set_pin("far.example", [3; 32], T0 + 20)
+        .await
+        .unwrap();
+    let p = store.pin("far.example").await.unwrap().unwrap();
+    assert_eq!(
+        (p.key, p.first_seen, p.updated_at),
+        ([3; 32], T0 + 20, T0 + 20)
+    );
+    assert_eq!(
+        store.pin("near.example").await.unwrap().unwrap().key,
+        [2; 32]
+    );
+}
+
+/// The remote statement cache hides expired entries and purges them.
+pub async fn statement_cache<S: Store>(store: S) {
+    assert_eq!(
+        store
+            .cached_statement("dave", "far.example", T0)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .cache_statement("dave", "far.example", b"s1".to_vec(), T0 + 100)
+        .await
+        .unwrap();
+    store
+        .cache_statement("dave", "other.example", b"s2".to_vec(), T0 + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cached_statement("dave", "far.example", T0 + 99)
+            .await
+            .unwrap(),
+        Some(b"s1".to_vec())
+    );
+    assert_eq!(
+        store
+            .cached_statement("dave", "far.example", T0 + 100)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .cached_statement("erin", "far.example", T0)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .cache_statement("dave", "far.example", b"s3".to_vec(), T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .cached_statement("dave", "far.example", T0 + 150)
+            .await
+            .unwrap(),
+        Some(b"s3".to_vec())
+    );
+    let report = store
+        .purge_expired(T0 + 50, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.cached_statements, 1);
+    assert_eq!(
+        store
+            .cached_statement("dave", "other.example", T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .cached_statement("dave", "far.example", T0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Abandoned staged blobs are purged after their grace period; young ones
+/// stay.
+pub async fn purge_staged<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let old = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&old, Bytes::from_static(b"abandoned"))
+        .await
+        .unwrap();
+    let young = store.stage_begin(T0 + 3000).await.unwrap();
+    store
+        .stage_append(&young, Bytes::from_static(b"in progress"))
+        .await
+        .unwrap();
+    let retention = Retention {
+        dedup: 86_400,
+        staged_grace: 3600,
+    };
+    let report = store.purge_expired(T0 + 3601, retention).await.unwrap();
+    assert_eq!(report.staged_blobs, 1);
+    assert_eq!(
+        store.stage_append(&old, Bytes::from_static(b"late")).await,
+        Err(StoreError::BlobNotFound)
+    );
+    let staged_delivery = |staged, h| NewDelivery {
+        size: 9,
+        body: MessageBody::Staged(staged),
+        ..delivery("alice", hash(h), b"", T0)
+    };
+    assert_eq!(
+        store.deliver(staged_delivery(old, 1)).await,
+        Err(StoreError::BlobNotFound)
+    );
+    store
+        .stage_append(&young, Bytes::from_static(b"!"))
+        .await
+        .unwrap();
+    let d = NewDelivery {
+        size: 12,
+        ..staged_delivery(young, 2)
+    };
+    let d = store.deliver(d).await.unwrap();
+    assert_eq!(
+        message_bytes(&store, "alice", d.id).await.unwrap(),
+        b"in progress!"
+    );
+}
+
+/// 32 tasks × 50 deliveries at once: exactly 1600 distinct entries.
+pub async fn concurrent_deliveries<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let account = if t % 2 == 0 { "alice" } else { "bob" };
+                let mut ids = Vec::new();
+                for i in 0..50u64 {
+                    let n = t * 1000 + i;
+                    let body = format!("message {n}");
+                    let d = s
+                        .deliver(delivery(account, hash(n), body.as_bytes(), T0))
+                        .await
+                        .unwrap();
+                    assert!(!d.duplicate);
+                    ids.push((account, d.id, n));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<u64> = all.iter().map(|(_, id, _)| *id).collect();
+    assert_eq!(distinct.len(), 1600, "ids must be distinct");
+    let alice = store.list_mailbox("alice").await.unwrap();
+    let bob = store.list_mailbox("bob").await.unwrap();
+    assert_eq!((alice.len(), bob.len()), (800, 800));
+    let listed: HashSet<u64> = alice.iter().chain(bob.iter()).map(|e| e.id).collect();
+    assert_eq!(listed, distinct);
+    for (account, id, n) in all.iter().step_by(97) {
+        let bytes = message_bytes(&store, account, *id).await.unwrap();
+        assert_eq!(bytes, format!("message {n}").into_bytes());
+    }
+}
+
+/// Concurrent deliveries of the same hash: exactly one entry, one
+/// non-duplicate answer, and every duplicate names it.
+pub async fn concurrent_duplicates<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.deliver(delivery("alice", hash(42), b"same", T0))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let originals: Vec<_> = results.iter().filter(|d| !d.duplicate).collect();
+    assert_eq!(originals.len(), 1, "exactly one delivery stored");
+    let id = originals[0].id;
+    assert!(results.iter().all(|d| d.id == id));
+    let list = store.list_mailbox("alice").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id);
+}
+
+/// Requests that fail (unknown recipient, size mismatch) while others run
+/// at the same time fail alone: every valid delivery is stored.
+pub async fn concurrent_failures_are_isolated<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let tasks: Vec<_> = (0..96u64)
+        .map(|n| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let mut d = delivery("alice", hash(n), format!("m{n}").as_bytes(), T0);
+                match n % 3 {
+                    1 => d.account = "nobody".to_owned(),
+                    2 => d.size += 1,
+                    _ => {}
+                }
+                (n, s.deliver(d).await)
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (n, Ok(d)) => {
+                assert_eq!(n % 3, 0, "invalid delivery {n} accepted");
+                assert!(!d.duplicate);
+                stored += 1;
+            }
+            (n, Err(StoreError::UnknownAccount)) => assert_eq!(n % 3, 1),
+            (n, Err(StoreError::InvalidInput(_))) => assert_eq!(n % 3, 2),
+            (n, Err(e)) => panic!("delivery {n}: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(stored, 32);
+    assert_eq!(store.list_mailbox("alice").await.unwrap().len(), 32);
+    // The refused hashes were not recorded.
+    let d = store
+        .deliver(delivery("alice", hash(2), b"m2", T0))
+        .await
+        .unwrap();
+    assert!(!d.duplicate);
+}

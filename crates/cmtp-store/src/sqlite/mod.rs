@@ -1,0 +1,523 @@
+//! The embedded SQLite backend: one database file, WAL, `synchronous=FULL`,
+//! one writer thread doing group commit, a pool of read-only connections.
+
+mod ops;
+mod pool;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::StoreError;
+use crate::store::Store;
+use crate::types::{
+    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MessageBody,
+    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
+    StagedBlob, User, UserSummary,
+};
+
+/// How to open a [`SqliteStore`]. Build it with [`SqliteConfig::new`] and
+/// adjust the fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteConfig {
+    /// The database file (created with mode 0600, and its directory, if
+    /// missing). The `-wal` and `-shm` files live beside it.
+    pub path: PathBuf,
+    /// How many read-only connections serve reads concurrently (default 4).
+    pub read_connections: usize,
+    /// How long a connection waits for a lock held by another process before
+    /// failing with [`StoreError::Busy`] (default 5 s).
+    pub busy_timeout: Duration,
+    /// The most write requests committed together (default 256).
+    pub max_batch: usize,
+    /// The payload bytes after which a batch stops taking requests (default
+    /// 16 MiB). Four times this much (at least 2 MiB) may wait for the
+    /// writer; further writers wait before queueing, so memory stays bounded
+    /// however many connections write at once.
+    pub max_batch_bytes: usize,
+    /// An upper bound on the database file's size (SQLite's
+    /// `max_page_count`); writes beyond it fail with the transient
+    /// [`StoreError::Full`]. `None` (the default): only the disk limits it.
+    pub max_size: Option<u64>,
+}
+
+impl SqliteConfig {
+    /// The defaults, for the database file `path`.
+    pub fn new(path: impl Into<PathBuf>) -> SqliteConfig {
+        SqliteConfig {
+            path: path.into(),
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 256,
+            max_batch_bytes: 16 << 20,
+            max_size: None,
+        }
+    }
+}
+
+/// The SQLite implementation of [`Store`]. Clones share one database.
+///
+/// Dropping the last clone lets the writer finish the requests already
+/// queued, closes the database and waits for that (a short block).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    writer: writer::Writer,
+    readers: Arc<pool::ReadPool>,
+}
+
+/// Turns a rusqlite error into a [`StoreError`].
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            let msg = e.to_string();
+            match f.code {
+                C::DiskFull => StoreError::Full(msg),
+                C::DatabaseBusy | C::DatabaseLocked => StoreError::Busy(msg),
+                C::SystemIoFailure | C::CannotOpen | C::FileLockingProtocolFailed => {
+                    StoreError::Io(msg)
+                }
+                C::OutOfMemory => StoreError::Unavailable(msg),
+                C::ConstraintViolation => StoreError::Constraint(msg),
+                C::DatabaseCorrupt | C::NotADatabase => StoreError::Corrupt(msg),
+                C::TooBig => StoreError::InvalidInput(msg),
+                _ => StoreError::Internal(msg),
+            }
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// `.db()` converts a rusqlite result (kept private: rusqlite is no part of
+/// the public interface).
+pub(crate) trait DbResult<T> {
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T> DbResult<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(map_err)
+    }
+}
+
+fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    if let Some(dir) = config.path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    create_private(&config.path)?;
+    let conn = Connection::open_with_flags(
+        &config.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .db()?;
+    conn.busy_timeout(config.busy_timeout).db()?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .db()?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "cannot switch the database to WAL (journal_mode is {mode})"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA cache_size = -8192;",
+    )
+    .db()?;
+    if let Some(max) = config.max_size {
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).db()?;
+        let pages = (max / page_size.max(512) as u64).max(1);
+        let _: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .db()?;
+    }
+    Ok(conn)
+}
+
+/// Creates the database file readable by its owner only (it holds the
+/// server's OPAQUE secret); SQLite gives the `-wal` and `-shm` files the
+/// same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Io(format!("creating {}: {e}", path.display()))),
+    }
+}
+
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .db()?;
+    conn.busy_timeout(busy_timeout).db()?;
+    Ok(conn)
+}
+
+fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+    let mut conn = open_writer(&config)?;
+    schema::migrate(&mut conn)?;
+    // Nobody can be uploading into a store that is just opening.
+    let abandoned = ops::purge_staged(&conn, None)?;
+    if abandoned > 0 {
+        tracing::info!(
+            abandoned,
+            "removed staged blobs abandoned by the previous run"
+        );
+    }
+    let readers = (0..config.read_connections.max(1))
+        .map(|_| open_reader(&config.path, config.busy_timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let writer = writer::Writer::start(
+        conn,
+        writer::BatchLimits {
+            max_requests: config.max_batch.max(1),
+            max_bytes: config.max_batch_bytes.max(1),
+        },
+    )?;
+    Ok(SqliteStore {
+        inner: Arc::new(Inner {
+            writer,
+            readers: Arc::new(pool::ReadPool::new(
+                readers,
+                config.path.clone(),
+                config.busy_timeout,
+            )),
+        }),
+    })
+}
+
+impl SqliteStore {
+    /// Opens the database (creating it, or migrating an older schema) and
+    /// starts the writer thread. Staged blobs left by a previous run are
+    /// removed.
+    pub async fn open(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
+        match tokio::task::spawn_blocking(move || open_blocking(config)).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Internal(format!("opening the database: {e}"))),
+        }
+    }
+
+    async fn write<T, F>(&self, weight: usize, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(weight, op).await
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.readers.read(op).await
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check` on a read connection; `Ok(())`
+    /// if the database is sound, else [`StoreError::Corrupt`] with SQLite's
+    /// findings.
+    pub async fn integrity_check(&self) -> Result<(), StoreError> {
+        let report: Vec<String> = self
+            .read(|c| {
+                let mut stmt = c.prepare("PRAGMA integrity_check").db()?;
+                let rows = stmt.query_map([], |r| r.get(0)).db()?;
+                rows.collect::<rusqlite::Result<_>>().db()
+            })
+            .await?;
+        if report.len() == 1 && report[0] == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(report.join("; ")))
+        }
+    }
+}
+
+fn body_weight(body: &MessageBody) -> usize {
+    match body {
+        MessageBody::Inline(b) => b.len(),
+        MessageBody::Staged(_) => 0,
+    }
+}
+
+impl Store for SqliteStore {
+    async fn create_user(
+        &self,
+        user: NewUser,
+        invite: Option<[u8; 32]>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.write(0, move |c| ops::create_user(c, &user, invite, now))
+            .await
+    }
+
+    async fn user(&self, account: &str) -> Result<Option<User>, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::user(c, &account)).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        self.read(ops::list_users).await
+    }
+
+    async fn delete_user(&self, account: &str) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| ops::delete_user(c, &account)).await
+    }
+
+    async fn update_credentials(
+        &self,
+        account: &str,
+        credentials: Credentials,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| {
+            ops::update_credentials(c, &account, &credentials, now)
+        })
+        .await
+    }
+
+    async fn create_invite(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| {
+            ops::create_invite(c, &account, token_hash, expires_at, now)
+        })
+        .await
+    }
+
+    async fn invite_valid(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::invite_valid(c, &account, token_hash, now))
+            .await
+    }
+
+    async fn purge_expired(
+        &self,
+        now: u64,
+        retention: Retention,
+    ) -> Result<PurgeReport, StoreError> {
+        self.write(0, move |c| ops::purge_expired(c, now, retention))
+            .await
+    }
+
+    async fn secret_get_or_init(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        let lookup = name.clone();
+        if let Some(value) = self.read(move |c| ops::secret_get(c, &lookup)).await? {
+            return Ok(value);
+        }
+        self.write(candidate.len(), move |c| {
+            ops::secret_get_or_init(c, &name, &candidate)
+        })
+        .await
+    }
+
+    async fn put_key_statement(
+        &self,
+        account: &str,
+        statement: Vec<u8>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.write(statement.len(), move |c| {
+            ops::put_key_statement(c, &account, &statement, expires_at)
+        })
+        .await
+    }
+
+    async fn key_statement(&self, account: &str) -> Result<Option<KeyStatement>, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::key_statement(c, &account)).await
+    }
+
+    async fn stage_begin(&self, now: u64) -> Result<StagedBlob, StoreError> {
+        self.write(0, move |c| ops::stage_begin(c, now)).await
+    }
+
+    async fn stage_append(&self, blob: &StagedBlob, chunk: Bytes) -> Result<(), StoreError> {
+        let id = blob.id;
+        self.write(chunk.len(), move |c| ops::stage_append(c, id, &chunk))
+            .await
+    }
+
+    async fn read_chunk(&self, blob: BlobRef, seq: u32) -> Result<Option<Bytes>, StoreError> {
+        self.read(move |c| ops::read_chunk(c, blob.id, seq)).await
+    }
+
+    async fn deliver(&self, delivery: NewDelivery) -> Result<Delivered, StoreError> {
+        self.write(body_weight(&delivery.body), move |c| {
+            ops::deliver(c, &delivery)
+        })
+        .await
+    }
+
+    async fn list_mailbox(&self, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::list_mailbox(c, &account)).await
+    }
+
+    async fn mailbox_message(
+        &self,
+        account: &str,
+        id: u64,
+    ) -> Result<Option<(MailboxEntry, BlobRef)>, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::mailbox_message(c, &account, id))
+            .await
+    }
+
+    async fn delete_message(&self, account: &str, id: u64) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| ops::delete_message(c, &account, id))
+            .await
+    }
+
+    async fn enqueue(&self, item: NewOutbound) -> Result<Enqueued, StoreError> {
+        self.write(body_weight(&item.body), move |c| ops::enqueue(c, &item))
+            .await
+    }
+
+    async fn lease_due(
+        &self,
+        now: u64,
+        node: &str,
+        lease_until: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboundEntry>, StoreError> {
+        let node = node.to_owned();
+        self.write(0, move |c| {
+            ops::lease_due(c, now, &node, lease_until, limit)
+        })
+        .await
+    }
+
+    async fn complete(&self, id: u64, node: &str) -> Result<bool, StoreError> {
+        let node = node.to_owned();
+        self.write(0, move |c| ops::complete(c, id, &node)).await
+    }
+
+    async fn retry_later(
+        &self,
+        id: u64,
+        node: &str,
+        next_attempt_at: u64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let node = node.to_owned();
+        let error = error.to_owned();
+        self.write(0, move |c| {
+            ops::retry_later(c, id, &node, next_attempt_at, &error)
+        })
+        .await
+    }
+
+    async fn fail_with_notice(
+        &self,
+        id: u64,
+        node: &str,
+        error: &str,
+        notice: NewDelivery,
+    ) -> Result<bool, StoreError> {
+        let node = node.to_owned();
+        let done = self
+            .write(body_weight(&notice.body), move |c| {
+                ops::fail_with_notice(c, id, &node, &notice)
+            })
+            .await?;
+        if done {
+            tracing::info!(id, error, "relay gave up; failure notice delivered");
+        }
+        Ok(done)
+    }
+
+    async fn list_queue(&self) -> Result<Vec<OutboundEntry>, StoreError> {
+        self.read(ops::list_queue).await
+    }
+
+    async fn retry_all_now(&self, now: u64) -> Result<u64, StoreError> {
+        self.write(0, move |c| ops::retry_all_now(c, now)).await
+    }
+
+    async fn queue_stats(&self, now: u64) -> Result<QueueStats, StoreError> {
+        self.read(move |c| ops::queue_stats(c, now)).await
+    }
+
+    async fn pin(&self, domain: &str) -> Result<Option<Pin>, StoreError> {
+        let domain = domain.to_owned();
+        self.read(move |c| ops::pin(c, &domain)).await
+    }
+
+    async fn set_pin(&self, domain: &str, key: [u8; 32], now: u64) -> Result<(), StoreError> {
+        let domain = domain.to_owned();
+        self.write(0, move |c| ops::set_pin(c, &domain, key, now))
+            .await
+    }
+
+    async fn cache_statement(
+        &self,
+        account: &str,
+        domain: &str,
+        statement: Vec<u8>,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        let domain = domain.to_owned();
+        self.write(statement.len(), move |c| {
+            ops::cache_statement(c, &account, &domain, &statement, expires_at)
+        })
+        .await
+    }
+
+    async fn cached_statement(
+        &self,
+        account: &str,
+        domain: &str,
+        now: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let account = account.to_owned();
+        let domain = domain.to_owned();
+        self.read(move |c| ops::cached_statement(c, &account, &domain, now))
+            .await
+    }
+}

@@ -1,0 +1,393 @@
+//! The storage interface, the backend-selecting [`AnyStore`] and the
+//! bounded-memory [`BlobReader`].
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::error::StoreError;
+use crate::types::{
+    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, NewDelivery,
+    NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention, StagedBlob, User,
+    UserSummary,
+};
+
+/// Everything cmtpd keeps, behind one interface that every backend
+/// implements.
+///
+/// Handles are cheap to clone and share one backend. Every method returns a
+/// `Send` future, so server tasks can run them on any runtime thread. A
+/// method that changes something is durable when its future resolves `Ok`
+/// (committed and synced), and all or nothing: when it fails, nothing was
+/// changed. Nothing here reads the clock: methods that need the time take
+/// `now` (unix seconds).
+pub trait Store: Clone + Send + Sync + 'static {
+    // ----- users -----
+
+    /// Creates a user. With `invite` (the SHA-256 of an invite token), the
+    /// invite must exist, be for this account, be unexpired at `now`, and it
+    /// is consumed in the same transaction.
+    ///
+    /// Errors: [`StoreError::AlreadyExists`] (the invite is then left
+    /// unused), [`StoreError::InviteInvalid`].
+    fn create_user(
+        &self,
+        user: NewUser,
+        invite: Option<[u8; 32]>,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The user named `account`, if any.
+    fn user(&self, account: &str) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+
+    /// Every user with its mailbox's message count and size, by account.
+    fn list_users(&self) -> impl Future<Output = Result<Vec<UserSummary>, StoreError>> + Send;
+
+    /// Deletes a user together with its mailbox (entries and their bytes),
+    /// its cached key statement and its pending invites, in one transaction.
+    /// `false` if there was no such user. De-duplication entries and queued
+    /// outbound mail stay.
+    fn delete_user(&self, account: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Replaces a user's login material (password change; the identity key
+    /// does not change). `false` if there is no such user.
+    fn update_credentials(
+        &self,
+        account: &str,
+        credentials: Credentials,
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    // ----- invites -----
+
+    /// Records an invite for `account`, identified by the SHA-256 of its
+    /// token. Errors: [`StoreError::AlreadyExists`] if that hash exists.
+    fn create_invite(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the invite exists, is for `account`, is unused and is
+    /// unexpired at `now`.
+    fn invite_valid(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    // ----- maintenance -----
+
+    /// Removes expired invites, de-duplication entries past retention (never
+    /// one whose message is still in a mailbox), staged blobs left
+    /// unreferenced past their grace period, and expired remote key
+    /// statements.
+    fn purge_expired(
+        &self,
+        now: u64,
+        retention: Retention,
+    ) -> impl Future<Output = Result<PurgeReport, StoreError>> + Send;
+
+    // ----- server secrets -----
+
+    /// The secret called `name`; if there is none yet, stores `candidate`
+    /// and returns it. Several callers (or nodes) racing all get the same
+    /// value.
+    fn secret_get_or_init(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+
+    // ----- local key statements -----
+
+    /// Caches the key statement the server issued for its user `account`,
+    /// replacing the previous one. Errors: [`StoreError::UnknownAccount`].
+    fn put_key_statement(
+        &self,
+        account: &str,
+        statement: Vec<u8>,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The cached key statement of `account`, expired or not (the caller
+    /// renews it).
+    fn key_statement(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<Option<KeyStatement>, StoreError>> + Send;
+
+    // ----- message blobs -----
+
+    /// Starts a blob to be uploaded chunk by chunk.
+    fn stage_begin(&self, now: u64) -> impl Future<Output = Result<StagedBlob, StoreError>> + Send;
+
+    /// Appends the next chunk (1 to [`MAX_CHUNK`](crate::MAX_CHUNK) bytes,
+    /// durable on return). Chunks are numbered in the order the appends
+    /// complete: await each append before starting the next. Errors:
+    /// [`StoreError::BlobNotFound`] if the blob was referenced or purged.
+    fn stage_append(
+        &self,
+        blob: &StagedBlob,
+        chunk: Bytes,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Chunk `seq` of a blob; `None` past the end or once the blob is gone.
+    fn read_chunk(
+        &self,
+        blob: BlobRef,
+        seq: u32,
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+
+    // ----- mailbox -----
+
+    /// Stores a message in a local mailbox, unless its hash was delivered
+    /// before: then nothing is stored (a staged body is discarded) and the
+    /// result says `duplicate` with the original id (0 if deleted since).
+    /// Durable on return. Errors: [`StoreError::UnknownAccount`],
+    /// [`StoreError::BlobNotFound`], [`StoreError::InvalidInput`] (size does
+    /// not match the body).
+    fn deliver(
+        &self,
+        delivery: NewDelivery,
+    ) -> impl Future<Output = Result<Delivered, StoreError>> + Send;
+
+    /// The messages of `account`, by id.
+    fn list_mailbox(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<Vec<MailboxEntry>, StoreError>> + Send;
+
+    /// One message of `account` and where to read its bytes; `None` if no
+    /// such message belongs to `account`.
+    fn mailbox_message(
+        &self,
+        account: &str,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<(MailboxEntry, BlobRef)>, StoreError>> + Send;
+
+    /// Deletes one message of `account` with its bytes; `false` if no such
+    /// message belongs to `account`.
+    fn delete_message(
+        &self,
+        account: &str,
+        id: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    // ----- outbound relay queue -----
+
+    /// Queues a message for relay, due at once. Durable on return. A hash
+    /// already queued returns the existing entry (`duplicate`).
+    fn enqueue(
+        &self,
+        item: NewOutbound,
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+
+    /// Leases up to `limit` entries that are due at `now` and not leased (or
+    /// whose lease expired) to `node` until `lease_until`, atomically: two
+    /// nodes never hold the same entry. Entries past `expires_at` are
+    /// returned too; the caller fails them with a notice.
+    fn lease_due(
+        &self,
+        now: u64,
+        node: &str,
+        lease_until: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboundEntry>, StoreError>> + Send;
+
+    /// The entry was delivered: removes it and its bytes. `false` if `node`
+    /// no longer holds its lease (another node took it over), and nothing
+    /// changes.
+    fn complete(
+        &self,
+        id: u64,
+        node: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The attempt failed: counts it, records `error`, clears the lease and
+    /// schedules the next attempt. `false` if `node` no longer holds the
+    /// lease.
+    fn retry_later(
+        &self,
+        id: u64,
+        node: &str,
+        next_attempt_at: u64,
+        error: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The relay gives up: removes the entry and delivers `notice` (whose
+    /// account must be the entry's sender) in one transaction, so the notice
+    /// is never lost nor doubled. `false` if `node` no longer holds the lease
+    /// (nothing changes). If the sender's account no longer exists, the
+    /// entry is removed and the notice dropped.
+    fn fail_with_notice(
+        &self,
+        id: u64,
+        node: &str,
+        error: &str,
+        notice: NewDelivery,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every queue entry, by id.
+    fn list_queue(&self) -> impl Future<Output = Result<Vec<OutboundEntry>, StoreError>> + Send;
+
+    /// Makes every deferred entry that nobody holds due at `now`; returns how
+    /// many changed.
+    fn retry_all_now(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Queue figures at `now`.
+    fn queue_stats(&self, now: u64) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
+
+    // ----- pinned remote server keys -----
+
+    /// The key pinned for `domain`, if any.
+    fn pin(&self, domain: &str) -> impl Future<Output = Result<Option<Pin>, StoreError>> + Send;
+
+    /// Pins `key` for `domain` (the caller decides whether a change is
+    /// allowed). The same key again only updates `updated_at`; a different
+    /// key restarts `first_seen`.
+    fn set_pin(
+        &self,
+        domain: &str,
+        key: [u8; 32],
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // ----- remote key statement cache -----
+
+    /// Caches the key statement of `account@domain` until `expires_at`.
+    fn cache_statement(
+        &self,
+        account: &str,
+        domain: &str,
+        statement: Vec<u8>,
+        expires_at: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The cached statement of `account@domain` if it is unexpired at `now`.
+    fn cached_statement(
+        &self,
+        account: &str,
+        domain: &str,
+        now: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+}
+
+/// Reads a blob one chunk at a time, holding at most one chunk.
+#[derive(Debug)]
+pub struct BlobReader<S> {
+    store: S,
+    blob: BlobRef,
+    next: u32,
+}
+
+impl<S: Store> BlobReader<S> {
+    /// A reader of `blob` through `store`.
+    pub fn new(store: S, blob: BlobRef) -> Self {
+        BlobReader {
+            store,
+            blob,
+            next: 0,
+        }
+    }
+
+    /// The next chunk, or `None` at the end. Errors with
+    /// [`StoreError::BlobNotFound`] if the blob vanished (its message was
+    /// deleted) before the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if self.next >= self.blob.chunks {
+            return Ok(None);
+        }
+        match self.store.read_chunk(self.blob, self.next).await? {
+            Some(chunk) => {
+                self.next += 1;
+                Ok(Some(chunk))
+            }
+            None => Err(StoreError::BlobNotFound),
+        }
+    }
+}
+
+/// Which backend to open, and how.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// The embedded SQLite backend.
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::sqlite::SqliteConfig),
+}
+
+/// A store of whichever backend the configuration chose. Implements
+/// [`Store`] by delegation.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// The embedded SQLite backend.
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::sqlite::SqliteStore),
+}
+
+impl AnyStore {
+    /// Opens (creating or migrating if needed) the configured store.
+    pub async fn open(config: StoreConfig) -> Result<AnyStore, StoreError> {
+        match config {
+            #[cfg(feature = "sqlite")]
+            StoreConfig::Sqlite(c) => {
+                Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::open(c).await?))
+            }
+        }
+    }
+}
+
+/// Implements every [`Store`] method of [`AnyStore`] by matching on the
+/// backend. A new backend is one more arm here.
+macro_rules! delegate {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )*) => {
+        $(
+            async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                match self {
+                    #[cfg(feature = "sqlite")]
+                    AnyStore::Sqlite(s) => s.$name($($arg),*).await,
+                }
+            }
+        )*
+    };
+}
+
+impl Store for AnyStore {
+    delegate! {
+        fn create_user(&self, user: NewUser, invite: Option<[u8; 32]>, now: u64) -> ();
+        fn user(&self, account: &str) -> Option<User>;
+        fn list_users(&self) -> Vec<UserSummary>;
+        fn delete_user(&self, account: &str) -> bool;
+        fn update_credentials(&self, account: &str, credentials: Credentials, now: u64) -> bool;
+        fn create_invite(&self, account: &str, token_hash: [u8; 32], expires_at: u64, now: u64) -> ();
+        fn invite_valid(&self, account: &str, token_hash: [u8; 32], now: u64) -> bool;
+        fn purge_expired(&self, now: u64, retention: Retention) -> PurgeReport;
+        fn secret_get_or_init(&self, name: &str, candidate: Vec<u8>) -> Vec<u8>;
+        fn put_key_statement(&self, account: &str, statement: Vec<u8>, expires_at: u64) -> ();
+        fn key_statement(&self, account: &str) -> Option<KeyStatement>;
+        fn stage_begin(&self, now: u64) -> StagedBlob;
+        fn stage_append(&self, blob: &StagedBlob, chunk: Bytes) -> ();
+        fn read_chunk(&self, blob: BlobRef, seq: u32) -> Option<Bytes>;
+        fn deliver(&self, delivery: NewDelivery) -> Delivered;
+        fn list_mailbox(&self, account: &str) -> Vec<MailboxEntry>;
+        fn mailbox_message(&self, account: &str, id: u64) -> Option<(MailboxEntry, BlobRef)>;
+        fn delete_message(&self, account: &str, id: u64) -> bool;
+        fn enqueue(&self, item: NewOutbound) -> Enqueued;
+        fn lease_due(&self, now: u64, node: &str, lease_until: u64, limit: usize) -> Vec<OutboundEntry>;
+        fn complete(&self, id: u64, node: &str) -> bool;
+        fn retry_later(&self, id: u64, node: &str, next_attempt_at: u64, error: &str) -> bool;
+        fn fail_with_notice(&self, id: u64, node: &str, error: &str, notice: NewDelivery) -> bool;
+        fn list_queue(&self) -> Vec<OutboundEntry>;
+        fn retry_all_now(&self, now: u64) -> u64;
+        fn queue_stats(&self, now: u64) -> QueueStats;
+        fn pin(&self, domain: &str) -> Option<Pin>;
+        fn set_pin(&self, domain: &str, key: [u8; 32], now: u64) -> ();
+        fn cache_statement(&self, account: &str, domain: &str, statement: Vec<u8>, expires_at: u64) -> ();
+        fn cached_statement(&self, account: &str, domain: &str, now: u64) -> Option<Vec<u8>>;
+    }
+}
