@@ -171,6 +171,43 @@ pub fn open_release(
     Ok((identity, created))
 }
 
+/// The data a device signs to log in with its identity key (KEYLOGIN):
+/// the connection nonce and the address.
+fn key_login_data(nonce: &[u8; 32], address: &Address) -> Vec<u8> {
+    let mut out = nonce.to_vec();
+    crate::wire::put_str(&mut out, &address.to_string());
+    out
+}
+
+/// The KEYLOGIN signature of `identity` for this connection's `nonce`.
+pub fn key_login_signature(
+    identity: &IdentityKey,
+    nonce: &[u8; 32],
+    address: &Address,
+) -> [u8; 64] {
+    identity.sign(
+        crate::crypto::SignatureTag::KeyLogin,
+        &[&key_login_data(nonce, address)],
+    )
+}
+
+/// Checks a KEYLOGIN signature against the account's identity key.
+pub fn verify_key_login(
+    key: &PublicKey,
+    nonce: &[u8; 32],
+    address: &Address,
+    signature: &[u8],
+) -> Result<(), CryptoError> {
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| CryptoError::BadSignature)?;
+    key.verify(
+        crate::crypto::SignatureTag::KeyLogin,
+        &[&key_login_data(nonce, address)],
+        &sig,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +284,25 @@ mod tests {
                 .unwrap_err(),
             AccountError::WrongPassword
         );
+    }
+
+    #[test]
+    fn a_key_login_is_bound_to_the_connection_and_the_address() {
+        let id = IdentityKey::from_seed(&[4; 32]);
+        let alice = Address::parse("alice@a.test").unwrap();
+        let sig = key_login_signature(&id, &[1; 32], &alice);
+        verify_key_login(&id.public(), &[1; 32], &alice, &sig).unwrap();
+        assert!(verify_key_login(&id.public(), &[2; 32], &alice, &sig).is_err());
+        assert!(
+            verify_key_login(
+                &id.public(),
+                &[1; 32],
+                &Address::parse("bob@a.test").unwrap(),
+                &sig
+            )
+            .is_err()
+        );
+        assert!(verify_key_login(&id.public(), &[1; 32], &alice, &sig[..63]).is_err());
     }
 
     #[test]

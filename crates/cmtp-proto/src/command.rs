@@ -87,6 +87,14 @@ pub enum Command {
         /// OPAQUE registration request (32 bytes).
         request: Vec<u8>,
     },
+    /// `KEYLOGIN user` + signature: logs a device in with the identity key it
+    /// recovered at an earlier LOGIN.
+    KeyLogin {
+        /// The local account logging in.
+        user: Account,
+        /// Signature by the identity key over the connection nonce and address (64 bytes).
+        signature: Vec<u8>,
+    },
     /// `LIST`: the logged-in user's mailbox.
     List,
     /// `FETCH id`: one message of the mailbox.
@@ -116,6 +124,7 @@ fn shape(word: &[u8]) -> Option<Shape> {
         b"KEYREQUEST" => s(2, None),
         b"LOGIN" => s(1, Some((KE1_LEN, KE1_LEN))),
         b"LOGINFINISH" => s(0, Some((KE3_LEN, KE3_LEN))),
+        b"KEYLOGIN" => s(1, Some((64, 64))),
         b"REGISTER" => s(
             2,
             Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
@@ -381,6 +390,10 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
             ke1: blob.to_vec(),
         },
         b"LOGINFINISH" => Command::LoginFinish { ke3: blob.to_vec() },
+        b"KEYLOGIN" => Command::KeyLogin {
+            user: account(0)?,
+            signature: blob.to_vec(),
+        },
         b"REGISTER" => Command::Register {
             user: account(0)?,
             invite: invite_token(1, args[1])?,
@@ -414,6 +427,7 @@ impl Command {
             Command::Help => "HELP",
             Command::Obai => "OBAI",
             Command::LoginFinish { .. } => "LOGINFINISH",
+            Command::KeyLogin { .. } => "KEYLOGIN",
             Command::Register { .. } => "REGISTER",
             Command::RegFinish { .. } => "REGFINISH",
             Command::Password { .. } => "PASSWORD",
@@ -436,6 +450,10 @@ impl Command {
                 put_blob32(out, ke1);
             }
             Command::LoginFinish { ke3 } => put_blob32(out, ke3),
+            Command::KeyLogin { user, signature } => {
+                put_str(out, user.as_str());
+                put_blob32(out, signature);
+            }
             Command::Register {
                 user,
                 invite,
@@ -671,6 +689,8 @@ mod tests {
                 .prop_map(|(user, domain)| Command::KeyRequest { user, domain }),
             (account.clone(), bytes(KE1_LEN)).prop_map(|(user, ke1)| Command::Login { user, ke1 }),
             bytes(KE3_LEN).prop_map(|ke3| Command::LoginFinish { ke3 }),
+            (account.clone(), bytes(64))
+                .prop_map(|(user, signature)| Command::KeyLogin { user, signature }),
             (
                 account,
                 "[A-Za-z0-9_-]{0,40}",

@@ -709,7 +709,7 @@ fn committed_vectors_agree_with_libsodium() {
     };
     let arr32 = |v: &Vec<u8>| -> [u8; 32] { v.as_slice().try_into().unwrap() };
     let sigs = read("signature.hex");
-    assert_eq!(sigs.len(), 8);
+    assert_eq!(sigs.len(), cmtp_proto::crypto::SignatureTag::ALL.len());
     for r in sigs {
         let (pk, sk) = na_keypair(&arr32(&r["seed"]));
         assert_eq!(pk.to_vec(), r["public_key"]);

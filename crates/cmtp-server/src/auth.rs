@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use cmtp_proto::account::verify_key_login;
 use cmtp_proto::crypto::opaque::{
     KsfParams, ServerLogin, server_registration_response, validate_record,
 };
@@ -160,6 +161,45 @@ impl Session {
                 self.record_failure(&user);
                 self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
             }
+        }
+    }
+
+    pub(crate) async fn key_login(
+        &mut self,
+        user: Account,
+        signature: Vec<u8>,
+        digest: [u8; 32],
+    ) -> Result<(), Stop> {
+        self.logged_in = None;
+        self.pending = Pending::None;
+        if self.limited(&user) {
+            return self
+                .reply(
+                    Status::RateLimited,
+                    b"too many failed logins; wait and try again",
+                    digest,
+                )
+                .await;
+        }
+        let record = match self.sh.store.user(user.as_str()).await {
+            Ok(u) => u,
+            Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+        };
+        let address = self.address(&user);
+        let ok = record.is_some_and(|u| {
+            cmtp_proto::crypto::PublicKey::from_bytes(&u.identity_pk)
+                .and_then(|k| verify_key_login(&k, &self.nonce, &address, &signature))
+                .is_ok()
+        });
+        if ok {
+            tracing::info!(peer = %self.peer, account = %user, "logged in with identity key");
+            metrics::counter!("cmtp_logins_total").increment(1);
+            self.logged_in = Some(user);
+            self.reply(Status::Success, b"", digest).await
+        } else {
+            tracing::info!(peer = %self.peer, account = %user, "key login failed");
+            self.record_failure(&user);
+            self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
         }
     }
 

@@ -12,6 +12,7 @@ a binary payload (u32 length + bytes). Every reply is signed.
                             server's key; empty domain: this server's domain
   NOOP                      does nothing, answers SUCCESS
   LOGIN <user> <KE1>        start an OPAQUE login (then LOGINFINISH <KE3>)
+  KEYLOGIN <user> <sig>     log in with the identity key a device keeps
   HELP                      this text
   OBAI                      close the connection
   REGISTER <user> <invite> <request>   start a registration (then REGFINISH)

@@ -51,7 +51,7 @@ pub(crate) struct Session {
     wr: BufWriter<OwnedWriteHalf>,
     pub(crate) buf: BytesMut,
     pub(crate) peer: SocketAddr,
-    nonce: [u8; 32],
+    pub(crate) nonce: [u8; 32],
     seq: u64,
     bad_streak: u32,
     shutdown: watch::Receiver<bool>,
@@ -344,6 +344,7 @@ impl Session {
             Command::Mail => crate::mail::receive(self, digest).await,
             Command::Login { user, ke1 } => self.login(user, ke1, digest).await,
             Command::LoginFinish { ke3 } => self.login_finish(ke3, digest).await,
+            Command::KeyLogin { user, signature } => self.key_login(user, signature, digest).await,
             Command::Register {
                 user,
                 invite,

@@ -36,11 +36,13 @@ pub enum SignatureTag {
     Xzibit,
     /// `"CMTP-v1 register\0"`: proof of possession at registration.
     Register,
+    /// `"CMTP-v1 key-login\0"`: a device's login with its identity key.
+    KeyLogin,
 }
 
 impl SignatureTag {
     /// Every tag, in declaration order.
-    pub const ALL: [SignatureTag; 8] = [
+    pub const ALL: [SignatureTag; 9] = [
         SignatureTag::Reply,
         SignatureTag::KeyStatement,
         SignatureTag::KeyRotation,
@@ -49,6 +51,7 @@ impl SignatureTag {
         SignatureTag::SenderSignature,
         SignatureTag::Xzibit,
         SignatureTag::Register,
+        SignatureTag::KeyLogin,
     ];
 
     /// The tag's bytes, NUL included.
@@ -62,6 +65,7 @@ impl SignatureTag {
             SignatureTag::SenderSignature => b"CMTP-v1 sender-signature\0",
             SignatureTag::Xzibit => b"CMTP-v1 xzibit\0",
             SignatureTag::Register => b"CMTP-v1 register\0",
+            SignatureTag::KeyLogin => b"CMTP-v1 key-login\0",
         }
     }
 }
@@ -115,7 +119,7 @@ mod tests {
 
     #[test]
     fn tags_are_exact() {
-        let expected: [&[u8]; 8] = [
+        let expected: [&[u8]; 9] = [
             b"CMTP-v1 reply\0",
             b"CMTP-v1 key-statement\0",
             b"CMTP-v1 key-rotation\0",
@@ -124,6 +128,7 @@ mod tests {
             b"CMTP-v1 sender-signature\0",
             b"CMTP-v1 xzibit\0",
             b"CMTP-v1 register\0",
+            b"CMTP-v1 key-login\0",
         ];
         for (tag, want) in SignatureTag::ALL.iter().zip(expected) {
             assert_eq!(tag.as_bytes(), want);
