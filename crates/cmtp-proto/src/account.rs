@@ -175,7 +175,7 @@ pub fn open_release(
 /// the connection nonce and the address.
 fn key_login_data(nonce: &[u8; 32], address: &Address) -> Vec<u8> {
     let mut out = nonce.to_vec();
-    crate::wire::put_str(&mut out, &address.to_string());
+    crate::payload::put_address(&mut out, address);
     out
 }
 

@@ -1,4 +1,4 @@
-//! The connection banner and SMTP coexistence (PROTOCOL.md §10).
+//! The connection banner and SMTP coexistence (PROTOCOL.md §4.1, §16).
 //!
 //! On accepting a connection a CMTP server sends one text line before
 //! anything else:

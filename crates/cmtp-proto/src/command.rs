@@ -140,7 +140,7 @@ fn shape(word: &[u8]) -> Option<Shape> {
 }
 
 /// The SMTP verbs a CMTP server recognises in order to refuse them in SMTP's
-/// own format (PROTOCOL.md §10 "SMTP coexistence").
+/// own format (PROTOCOL.md §16 "SMTP coexistence").
 pub const SMTP_VERBS: &[&str] = &[
     "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "EXPN", "QUIT", "STARTTLS",
     "AUTH", "ETRN", "TURN", "ATRN", "NOOP", "HELP",
@@ -226,7 +226,8 @@ impl CommandDecodeError {
 }
 
 /// Recognises an SMTP command line: an SMTP verb (any case) followed by a
-/// space, tab, CR or LF; or an SMTP-only verb terminated by NUL.
+/// space, tab, CR or LF. (A NUL-terminated word is CMTP framing: an unknown
+/// word gets BADCOMMAND like any other.)
 fn smtp_verb(buf: &[u8]) -> Option<&'static str> {
     SMTP_VERBS.iter().copied().find(|verb| {
         let v = verb.as_bytes();
@@ -234,7 +235,6 @@ fn smtp_verb(buf: &[u8]) -> Option<&'static str> {
             && buf[..v.len()].eq_ignore_ascii_case(v)
             && match buf[v.len()] {
                 b' ' | b'\t' | b'\r' | b'\n' => true,
-                0 => shape(v).is_none(),
                 _ => false,
             }
     })
@@ -580,11 +580,15 @@ mod tests {
             (b"QUIT\r\n", "QUIT"),
             (b"MAIL FROM:<a@b>\r\n", "MAIL"),
             (b"NOOP\r\n", "NOOP"),
-            (b"EHLO\0", "EHLO"),
+            (b"QUIT\n", "QUIT"),
         ] {
             assert_eq!(err(input).kind, CommandError::SmtpVerb(verb), "{input:?}");
         }
         assert_eq!(one(b"NOOP\0"), Command::Noop);
+        assert_eq!(
+            err(b"EHLO\0").kind,
+            CommandError::UnknownCommand("EHLO".into())
+        );
         assert_eq!(one(b"MAIL\0"), Command::Mail);
     }
 

@@ -136,6 +136,12 @@ fn name_field(name: &str) -> [u8; ATTACHMENT_NAME_LEN] {
 impl Content {
     /// The inner body without the sender signature.
     pub fn inner_body(&self) -> Result<Vec<u8>, ContentError> {
+        let reply_to = self
+            .reply_to
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        check_field(&reply_to, "reply-to")?;
         check_field(&self.subject, "subject")?;
         check_field(&self.date, "date")?;
         if self.cc.len() > MAX_CC {
@@ -560,6 +566,16 @@ mod tests {
         let mut c = content();
         c.cc = vec![addr("a@b.c"); MAX_CC + 1];
         assert_eq!(c.inner_body(), Err(ContentError::TooManyCc));
+    }
+
+    #[test]
+    fn a_reply_to_address_over_255_bytes_is_refused() {
+        let mut c = content();
+        c.reply_to = Some(Address::new(
+            Account::parse(&"a".repeat(64)).unwrap(),
+            Domain::parse(&vec!["b".repeat(63); 3].join(".")).unwrap(),
+        ));
+        assert_eq!(c.inner_body(), Err(ContentError::FieldTooLong("reply-to")));
     }
 
     #[test]

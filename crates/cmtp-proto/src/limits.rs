@@ -1,4 +1,4 @@
-//! Every limit of the protocol (PROTOCOL.md §9 "Limits").
+//! Every limit of the protocol (PROTOCOL.md §15 "Limits").
 //!
 //! Constants are fixed by the protocol; [`MessageLimits`] holds the limits a
 //! server may configure, with their defaults.

@@ -1,4 +1,4 @@
-//! The CMTP message format, version 0 and 1 (PROTOCOL.md §6 "Messages").
+//! The CMTP message format, version 0 and 1 (PROTOCOL.md §7 "Messages").
 //!
 //! ```text
 //! u32 version | u32 attachment count | u64 log length | u64 body length
@@ -139,17 +139,17 @@ impl RawEnvelope {
             error: e,
         };
         let destination = Address::new(
-            Account::parse(s(0)?).map_err(|e| name(0, e))?,
-            Domain::parse(s(1)?).map_err(|e| name(1, e))?,
+            Account::parse_canonical(s(0)?).map_err(|e| name(0, e))?,
+            Domain::parse_canonical(s(1)?).map_err(|e| name(1, e))?,
         );
         let src_account = s(2)?;
         let source = Source {
             account: if src_account.is_empty() {
                 None
             } else {
-                Some(Account::parse(src_account).map_err(|e| name(2, e))?)
+                Some(Account::parse_canonical(src_account).map_err(|e| name(2, e))?)
             },
-            domain: Domain::parse(s(3)?).map_err(|e| name(3, e))?,
+            domain: Domain::parse_canonical(s(3)?).map_err(|e| name(3, e))?,
         };
         Ok(Envelope {
             version: self.version,
@@ -957,6 +957,25 @@ pub(crate) mod tests {
         b.extend_from_slice(&[0; 64]);
         let (events, _) = read_split(&b, 64, limits()).unwrap();
         assert!(events[0].contains("InvalidUtf8"), "{events:?}");
+    }
+
+    #[test]
+    fn non_canonical_names_are_refused_so_every_reader_hashes_the_same_bytes() {
+        for names in [
+            &b"Bob\0b.test\0a\0a.test\0"[..],
+            b"bob\0b.test.\0a\0a.test\0",
+            b"bob\0b.test\0A\0a.test\0",
+        ] {
+            let mut b = header(1, 0, 0, 0);
+            b.extend_from_slice(names);
+            b.extend_from_slice(&[0; 64]);
+            let (events, _) = read_split(&b, 64, limits()).unwrap();
+            assert!(events[0].contains("NotCanonical"), "{events:?}");
+            assert!(matches!(
+                Message::decode(&b, limits()),
+                Err(MessageDecodeError::Envelope(_))
+            ));
+        }
     }
 
     #[test]

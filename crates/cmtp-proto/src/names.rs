@@ -40,6 +40,11 @@ pub enum NameError {
     /// A domain label is longer than 63 bytes.
     #[error("domain label over {MAX_LABEL} bytes")]
     LabelTooLong,
+    /// The name is valid but not in its canonical form (upper case, a
+    /// trailing dot). Structures that are hashed or signed carry names only
+    /// in canonical form, so that every reader computes the same bytes.
+    #[error("name is not in canonical form (lower case, no trailing dot)")]
+    NotCanonical,
     /// An address lacks its `@`.
     #[error("an address is written user@domain")]
     NotAnAddress,
@@ -85,6 +90,16 @@ impl Account {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Parses a name that must already be canonical (used where names are
+    /// hashed or signed: messages, statements).
+    pub fn parse_canonical(s: &str) -> Result<Account, NameError> {
+        let a = Self::parse(s)?;
+        if a.0 != s {
+            return Err(NameError::NotCanonical);
+        }
+        Ok(a)
+    }
 }
 
 /// A domain name: lower-case LDH labels of 1 to 63 bytes separated by dots,
@@ -129,6 +144,16 @@ impl Domain {
     /// The canonical form: lower case, no trailing dot.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Parses a name that must already be canonical (used where names are
+    /// hashed or signed: messages, statements).
+    pub fn parse_canonical(s: &str) -> Result<Domain, NameError> {
+        let d = Self::parse(s)?;
+        if d.0 != s {
+            return Err(NameError::NotCanonical);
+        }
+        Ok(d)
     }
 }
 
@@ -270,6 +295,24 @@ mod tests {
             Domain::parse(&long),
             Err(NameError::TooLong { len: 255, max: 253 })
         );
+    }
+
+    #[test]
+    fn canonical_parsing_refuses_other_spellings() {
+        assert_eq!(
+            Account::parse_canonical("Bob"),
+            Err(NameError::NotCanonical)
+        );
+        assert_eq!(
+            Domain::parse_canonical("b.example."),
+            Err(NameError::NotCanonical)
+        );
+        assert_eq!(
+            Domain::parse_canonical("B.example"),
+            Err(NameError::NotCanonical)
+        );
+        assert!(Account::parse_canonical("bob").is_ok());
+        assert!(Domain::parse_canonical("b.example").is_ok());
     }
 
     #[test]

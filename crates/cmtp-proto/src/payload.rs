@@ -14,6 +14,13 @@ use crate::limits::{MAX_FIELD, MAX_LISTING, MAX_XZIBIT};
 use crate::names::{Account, Address, Domain, NameError};
 use crate::wire::{Reader, WireError, put_blob32, put_str, put_u32, put_u64};
 
+/// Appends `account@domain NUL` to signed data (an address may be up to
+/// 318 bytes, longer than a wire string field).
+pub(crate) fn put_address(out: &mut Vec<u8>, address: &Address) {
+    out.extend_from_slice(address.to_string().as_bytes());
+    out.push(0);
+}
+
 /// Why a payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -198,7 +205,7 @@ impl DeliveryFailure {
     /// Parses a reply body.
     pub fn decode(body: &[u8]) -> Result<DeliveryFailure, PayloadError> {
         let mut r = Reader::new(body);
-        let word = r.string(32, "reason")?.to_owned();
+        let word = r.string(MAX_FIELD, "reason")?.to_owned();
         let text = String::from_utf8_lossy(r.rest()).into_owned();
         Ok(DeliveryFailure {
             reason: FailureReason::from_word(&word),
@@ -248,7 +255,7 @@ pub struct XzibitRelease {
 impl XzibitRelease {
     fn signed_part(address: &Address, xzibit: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(xzibit.len() + 80);
-        put_str(&mut out, &address.to_string());
+        put_address(&mut out, address);
         out.extend_from_slice(xzibit);
         out
     }
@@ -358,7 +365,7 @@ impl RegistrationBundle {
         xzibit: &[u8],
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(200);
-        put_str(&mut out, &address.to_string());
+        put_address(&mut out, address);
         out.extend_from_slice(identity.as_bytes());
         out.extend_from_slice(&Sha256::digest(record));
         ksf.encode(&mut out);

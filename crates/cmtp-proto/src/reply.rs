@@ -150,6 +150,9 @@ pub enum ReplyError {
     /// The status word is not 1–16 upper-case ASCII letters.
     #[error("malformed status word {0:?}")]
     BadStatus(String),
+    /// The reply's version is not 1.
+    #[error("unsupported reply version {0}")]
+    UnsupportedVersion(u32),
     /// The body is longer than the caller allows for this command.
     #[error("reply body of {len} bytes exceeds the limit of {max}")]
     BodyTooLarge {
@@ -185,6 +188,9 @@ impl ReplyHeader {
             return Ok(None);
         }
         let version = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+        if version != REPLY_VERSION {
+            return Err(ReplyError::UnsupportedVersion(version));
+        }
         let window = &buf[4..buf.len().min(4 + MAX_STATUS + 1)];
         let Some(n) = window.iter().position(|&b| b == 0) else {
             return if window.len() > MAX_STATUS {
@@ -359,8 +365,18 @@ pub fn decode_reply(buf: &[u8], max_body: u64) -> Result<Option<(Reply, usize)>,
             max: max_body,
         });
     }
-    let body_end = n + header.body_len as usize;
-    let Some(sig) = buf.get(body_end..body_end + SIGNATURE_LEN) else {
+    let too_large = || ReplyError::BodyTooLarge {
+        len: header.body_len,
+        max: max_body,
+    };
+    let body_end = usize::try_from(header.body_len)
+        .ok()
+        .and_then(|l| n.checked_add(l))
+        .ok_or_else(too_large)?;
+    let Some(sig_end) = body_end.checked_add(SIGNATURE_LEN) else {
+        return Err(too_large());
+    };
+    let Some(sig) = buf.get(body_end..sig_end) else {
         return Ok(None);
     };
     Ok(Some((
@@ -370,7 +386,7 @@ pub fn decode_reply(buf: &[u8], max_body: u64) -> Result<Option<(Reply, usize)>,
             body: buf[n..body_end].to_vec(),
             signature: sig.try_into().expect("64 bytes"),
         },
-        body_end + SIGNATURE_LEN,
+        sig_end,
     )))
 }
 
@@ -438,6 +454,28 @@ mod tests {
                     signature,
                 }
             })
+    }
+
+    #[test]
+    fn a_body_length_near_2_pow_64_is_refused_without_overflow() {
+        let mut b = Vec::new();
+        ReplyHeader {
+            version: 1,
+            status: Status::Success,
+            body_len: u64::MAX,
+        }
+        .encode(&mut b);
+        b.extend_from_slice(&[0; 100]);
+        assert!(matches!(
+            decode_reply(&b, u64::MAX),
+            Err(ReplyError::BodyTooLarge { .. })
+        ));
+        let mut v2 = 2u32.to_be_bytes().to_vec();
+        v2.extend_from_slice(b"SUCCESS\0");
+        assert_eq!(
+            ReplyHeader::decode(&v2),
+            Err(ReplyError::UnsupportedVersion(2))
+        );
     }
 
     #[test]

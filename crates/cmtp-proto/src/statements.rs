@@ -137,9 +137,9 @@ impl KeyStatement {
         let account = if account.is_empty() {
             None
         } else {
-            Some(Account::parse(account)?)
+            Some(Account::parse_canonical(account)?)
         };
-        let domain = Domain::parse(r.string(crate::limits::MAX_FIELD, "domain")?)?;
+        let domain = Domain::parse_canonical(r.string(crate::limits::MAX_FIELD, "domain")?)?;
         let key = PublicKey::from_bytes(&r.array("public key")?)?;
         let issued_at = r.u64("issued_at")?;
         let expires_at = r.u64("expires_at")?;
@@ -256,7 +256,7 @@ impl Rotation {
             return Err(StatementError::Version(version));
         }
         Ok(Rotation {
-            domain: Domain::parse(r.string(crate::limits::MAX_FIELD, "domain")?)?,
+            domain: Domain::parse_canonical(r.string(crate::limits::MAX_FIELD, "domain")?)?,
             old_key: PublicKey::from_bytes(&r.array("old key")?)?,
             new_key: PublicKey::from_bytes(&r.array("new key")?)?,
             issued_at: r.u64("issued_at")?,
@@ -419,7 +419,7 @@ impl Receipt {
         let mut r = Reader::new(buf);
         let hash = r.array("hash")?;
         let accepted_at = r.u64("accepted_at")?;
-        let domain = Domain::parse(r.string(crate::limits::MAX_FIELD, "domain")?)?;
+        let domain = Domain::parse_canonical(r.string(crate::limits::MAX_FIELD, "domain")?)?;
         let signature = r.array("signature")?;
         r.finish("receipt")?;
         Ok(Receipt {

@@ -211,27 +211,35 @@ impl Session {
         if self.buf.capacity() - self.buf.len() < 8192 {
             self.buf.reserve(64 * 1024);
         }
-        let read = self.rd.read_buf(&mut self.buf);
         let result = if idle {
             let mut shutdown = self.shutdown.clone();
-            if *shutdown.borrow() {
-                return Read::Shutdown;
-            }
-            tokio::select! {
-                r = tokio::time::timeout_at(deadline, read) => r,
-                _ = shutdown.changed() => return Read::Shutdown,
+            if !*shutdown.borrow() {
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.buf)) => r,
+                    _ = shutdown.changed() => Ok(self.drain_ready()),
+                }
+            } else {
+                Ok(self.drain_ready())
             }
         } else {
+            let read = self.rd.read_buf(&mut self.buf);
             tokio::time::timeout_at(deadline, read).await
         };
         match result {
             Err(_) => Read::Timeout,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Shutdown,
             Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
             Ok(Ok(n)) => {
                 metrics::counter!("cmtp_bytes_received_total").increment(n as u64);
                 Read::Data
             }
         }
+    }
+
+    /// At shutdown: takes bytes that already arrived (a command the client
+    /// sent before it saw us stop is still served); `WouldBlock` if none.
+    fn drain_ready(&mut self) -> std::io::Result<usize> {
+        self.rd.try_read_buf(&mut self.buf)
     }
 
     fn binding(&self, request: [u8; 32]) -> ReplyBinding {

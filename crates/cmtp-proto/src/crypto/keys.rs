@@ -1,4 +1,4 @@
-//! Ed25519 identity keys and their X25519 forms (PROTOCOL.md §Crypto, Keys).
+//! Ed25519 identity keys and their X25519 forms (PROTOCOL.md §8.4, §9.1).
 //!
 //! One key type serves users and servers alike. Public keys are parsed
 //! strictly: a 32-byte string is accepted only if it decompresses to a curve

@@ -1,4 +1,4 @@
-//! Crypto system 1 primitives (PROTOCOL.md §Crypto).
+//! Crypto system 1 primitives (PROTOCOL.md §2, §8.4, §11, §12).
 //!
 //! Everything here is deterministic given its inputs: randomness comes only
 //! from an `rng` parameter (`rand_core` 0.6 `RngCore + CryptoRng`), time only

@@ -1,5 +1,5 @@
 //! OPAQUE (RFC 9807) password-authenticated registration and login, with
-//! `opaque-ke` 4.0.1 behind a byte-oriented API (PROTOCOL.md §Login).
+//! `opaque-ke` 4.0.1 behind a byte-oriented API (PROTOCOL.md §12.1).
 //!
 //! Cipher suite: OPRF over Ristretto255, 3DH over Ristretto255 with SHA-512,
 //! Argon2id (v0x13) as key-stretching function with [`KsfParams`].

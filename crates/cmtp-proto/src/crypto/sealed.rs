@@ -1,5 +1,5 @@
 //! Sealed boxes, byte-compatible with libsodium's `crypto_box_seal`
-//! (PROTOCOL.md §Crypto, Sealed boxes).
+//! (PROTOCOL.md §8.4).
 //!
 //! A sealed box to the X25519 public key `pk` is
 //! `epk || XSalsa20-Poly1305(key, nonce, plaintext)` (tag first, as

@@ -1,4 +1,4 @@
-//! Domain-separated Ed25519 signatures (PROTOCOL.md §Crypto, Signatures).
+//! Domain-separated Ed25519 signatures (PROTOCOL.md §2).
 //!
 //! Every signature in CMTP is pure Ed25519 (RFC 8032) over `tag || data`,
 //! where `tag` is one of the fixed ASCII strings of [`SignatureTag`], each

@@ -1,6 +1,6 @@
 //! The xzibit: a user's identity seed sealed under their OPAQUE export key,
 //! stored by their server and released only after a successful LOGIN
-//! (PROTOCOL.md §Xzibit).
+//! (PROTOCOL.md §11).
 //!
 //! Wire format, version 1 (integers big-endian):
 //!

@@ -1,0 +1,262 @@
+//! Fixtures for the server tests: an in-process cmtpd on a loopback port,
+//! users registered over the wire, a raw byte-level client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmtp_client::Connection;
+use cmtp_proto::account::{Registration, key_login_signature};
+use cmtp_proto::banner::{Banner, decode_banner};
+use cmtp_proto::command::Command;
+use cmtp_proto::content::{Attachment, Content};
+use cmtp_proto::crypto::IdentityKey;
+use cmtp_proto::crypto::opaque::KsfParams;
+use cmtp_proto::message::Message;
+use cmtp_proto::names::{Account, Address};
+use cmtp_proto::payload::RegistrationOffer;
+use cmtp_proto::reply::{Reply, Status, decode_reply};
+use cmtp_server::Server;
+use cmtp_server::config::Config;
+use cmtp_server::state::Shared;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const T: Duration = Duration::from_secs(10);
+
+/// A server for `domain` on 127.0.0.1 with fast Argon2 parameters.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub domain: String,
+}
+
+pub fn test_config(domain: &str, dir: &std::path::Path) -> Config {
+    let mut cfg = Config::new(domain, dir);
+    cfg.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let k = KsfParams::INSECURE_TEST;
+    cfg.accounts.ksf_min_memory_kib = k.m_cost_kib;
+    cfg.accounts.ksf_min_passes = k.t_cost;
+    cfg.accounts.ksf_min_lanes = k.p_cost;
+    cfg.relay.poll_ms = 100;
+    cfg
+}
+
+impl TestServer {
+    pub async fn start(domain: &str) -> TestServer {
+        Self::start_with(domain, |_| {}).await
+    }
+
+    pub async fn start_with(domain: &str, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        // Logs of the server under test, shown for failing tests (RUST_LOG=debug for more).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(domain, dir.path());
+        tweak(&mut cfg);
+        let server = Server::start(cfg).await.unwrap();
+        let addr = server.local_addrs()[0];
+        TestServer {
+            server: Some(server),
+            addr,
+            dir,
+            domain: domain.to_owned(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        self.server.as_ref().unwrap().shared()
+    }
+
+    pub fn address(&self, user: &str) -> Address {
+        Address::parse(&format!("{user}@{}", self.domain)).unwrap()
+    }
+
+    /// A greeted connection that checks every reply's signature.
+    pub async fn connect(&self) -> Connection {
+        let mut c = Connection::connect(self.addr, T).await.unwrap();
+        c.expect_key(self.shared().key.public());
+        c.ohai().await.unwrap();
+        c
+    }
+
+    /// Registers `user` over the wire with an invite; returns the identity key.
+    pub async fn register(&self, user: &str, password: &str) -> IdentityKey {
+        let account = Account::parse(user).unwrap();
+        let (token, _) = cmtp_server::admin::invite(&self.shared().store, &account, 3600)
+            .await
+            .unwrap();
+        let mut c = self.connect().await;
+        let rng = &mut rand_core::OsRng;
+        let (reg, request) = Registration::start(password.as_bytes(), rng).unwrap();
+        let r = c
+            .command(
+                &Command::Register {
+                    user: account.clone(),
+                    invite: token,
+                    request: request.to_vec(),
+                },
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Success, "{}", r.text());
+        let offer = RegistrationOffer::decode(&r.body).unwrap();
+        let identity = IdentityKey::generate(rng);
+        let bundle = reg
+            .finish(
+                password.as_bytes(),
+                &offer,
+                &self.address(user),
+                &identity,
+                KsfParams::INSECURE_TEST,
+                1,
+                rng,
+            )
+            .unwrap();
+        let r = c
+            .command(
+                &Command::RegFinish {
+                    bundle: bundle.to_bytes(),
+                },
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Success, "{}", r.text());
+        identity
+    }
+
+    /// A connection logged in as `user` with its identity key.
+    pub async fn login(&self, user: &str, key: &IdentityKey) -> Connection {
+        let mut c = self.connect().await;
+        let nonce = c.greeting().unwrap().nonce;
+        let sig = key_login_signature(key, &nonce, &self.address(user));
+        let r = c
+            .command(
+                &Command::KeyLogin {
+                    user: Account::parse(user).unwrap(),
+                    signature: sig.to_vec(),
+                },
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Success, "{}", r.text());
+        c
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// A sealed message from `from` (signing with `sender`) to `to` (key `recipient`).
+pub fn sealed(
+    from: &Address,
+    sender: &IdentityKey,
+    to: &Address,
+    recipient: &IdentityKey,
+    text: &str,
+) -> Message {
+    Content {
+        subject: "test".into(),
+        date: "2026-11-26T00:00:00Z".into(),
+        text: text.into(),
+        attachments: vec![Attachment {
+            name: "a.bin".into(),
+            data: vec![7; 100],
+        }],
+        ..Content::default()
+    }
+    .seal(from, sender, to, &recipient.public(), &mut rand_core::OsRng)
+    .unwrap()
+}
+
+/// A byte-level client for malformed input.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    pub banner: Banner,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: Vec::new(),
+            banner: Banner::Unknown {
+                line: String::new(),
+            },
+        };
+        loop {
+            if let Some((b, n)) = decode_banner(&raw.buf).unwrap() {
+                raw.buf.drain(..n);
+                raw.banner = b;
+                return raw;
+            }
+            assert!(raw.fill().await, "closed before the banner");
+        }
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match tokio::time::timeout(T, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("no answer within {T:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends, ignoring errors (the server may close first).
+    pub async fn send_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn reply(&mut self) -> Reply {
+        loop {
+            if let Some((r, n)) = decode_reply(&self.buf, 1 << 30).unwrap() {
+                self.buf.drain(..n);
+                return r;
+            }
+            assert!(
+                self.fill().await,
+                "connection closed before a reply; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    pub async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&self.buf[..=i]).into_owned();
+                self.buf.drain(..=i);
+                return line;
+            }
+            assert!(self.fill().await, "closed before a line");
+        }
+    }
+
+    /// True when the server closes the connection (after any pending bytes).
+    pub async fn is_closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+}
