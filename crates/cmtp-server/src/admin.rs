@@ -63,6 +63,18 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<AnyStore> {
                     .with_context(|| format!("opening database {}", path.display()))?,
             )
         }
+        "postgres" => {
+            let Some(url) = cfg.store.url.as_deref() else {
+                bail!("store.backend = \"postgres\" needs store.url");
+            };
+            let mut pg = cmtp_store::PostgresConfig::new(url);
+            pg.pool_size = cfg.store.pool_size;
+            // The URL may hold a password: name the database without it.
+            let shown = pg.redacted_url();
+            Ok(AnyStore::open(StoreConfig::Postgres(pg))
+                .await
+                .with_context(|| format!("opening PostgreSQL database {shown}"))?)
+        }
         other => bail!("store backend {other:?} is not available in this build"),
     }
 }
