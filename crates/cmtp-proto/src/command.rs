@@ -233,10 +233,7 @@ fn smtp_verb(buf: &[u8]) -> Option<&'static str> {
         let v = verb.as_bytes();
         buf.len() > v.len()
             && buf[..v.len()].eq_ignore_ascii_case(v)
-            && match buf[v.len()] {
-                b' ' | b'\t' | b'\r' | b'\n' => true,
-                _ => false,
-            }
+            && matches!(buf[v.len()], b' ' | b'\t' | b'\r' | b'\n')
     })
 }
 

@@ -507,10 +507,10 @@ async fn a_truncated_message_loses_nothing_and_the_server_carries_on() {
     {
         let mut c = s.login("alice", &alice).await;
         // Send MAIL and half the message, then drop the connection.
-        let mail = c.begin_mail().await.unwrap();
+        let _mail = c.begin_mail().await.unwrap();
         let bytes = m.to_bytes();
         c.send_bytes(&bytes[..bytes.len() / 2]).await.unwrap();
-        drop(mail);
+        drop(c);
     }
     still_serves(&s).await;
     let mut b = s.login("bob", &bob).await;
