@@ -79,6 +79,7 @@ TAGS = {
     "sender-signature": b"CMTP-v1 sender-signature\0",
     "xzibit": b"CMTP-v1 xzibit\0",
     "register": b"CMTP-v1 register\0",
+    "key-login": b"CMTP-v1 key-login\0",
 }
 
 
@@ -220,6 +221,21 @@ def gen_commands(extra):
         "loginfinish",
         command("LOGINFINISH", [], b"\x22" * 64),
         "LOGINFINISH, blob = KE3 of 64 bytes 0x22",
+    )
+    # §12.4 KEYLOGIN: the signature over nonce | account@domain NUL.
+    keylogin_nonce = bytes(range(32))
+    keylogin_data = keylogin_nonce + b"alice@a.example\0"
+    keylogin_sig = ALICE.sign("key-login", keylogin_data)
+    f.add(
+        "keylogin_signed_data",
+        keylogin_data,
+        "KEYLOGIN signed data (§12.4): nonce 00 01 .. 1f | alice@a.example NUL",
+        "(signed after the tag `CMTP-v1 key-login\\0` by alice's identity key, seed 32×0x02)",
+    )
+    f.add(
+        "keylogin",
+        command("KEYLOGIN", ["alice"], keylogin_sig),
+        "KEYLOGIN user=alice, blob = alice's signature over `keylogin_signed_data`",
     )
     f.add(
         "register",

@@ -655,6 +655,25 @@ mod tests {
     }
 
     #[test]
+    fn an_invite_token_over_128_bytes_is_refused() {
+        let mut b = b"REGISTER\0alice\0".to_vec();
+        b.extend(std::iter::repeat_n(b'a', 129));
+        b.push(0);
+        b.extend_from_slice(&32u32.to_be_bytes());
+        b.extend_from_slice(&[0; 32]);
+        assert!(matches!(
+            err(&b).kind,
+            CommandError::BadArgument { index: 1, .. }
+        ));
+        let mut ok = b"REGISTER\0alice\0".to_vec();
+        ok.extend(std::iter::repeat_n(b'a', 128));
+        ok.push(0);
+        ok.extend_from_slice(&32u32.to_be_bytes());
+        ok.extend_from_slice(&[0; 32]);
+        assert!(matches!(one(&ok), Command::Register { .. }));
+    }
+
+    #[test]
     fn invite_tokens_are_restricted() {
         let mut b = b"REGISTER\0alice\0tok en\0".to_vec();
         b.extend_from_slice(&32u32.to_be_bytes());

@@ -239,6 +239,29 @@ fn commands_hex() {
         ("help", Command::Help),
         ("obai", Command::Obai),
         (
+            "keylogin",
+            Command::KeyLogin {
+                user: acc("alice"),
+                signature: {
+                    // §12.4: the signature over the nonce 00..1f and the address.
+                    let nonce: [u8; 32] = std::array::from_fn(|i| i as u8);
+                    let alice = Address::parse("alice@a.example").unwrap();
+                    let sig = cmtp_proto::account::key_login_signature(&key(0x02), &nonce, &alice);
+                    let mut data = nonce.to_vec();
+                    data.extend_from_slice(b"alice@a.example\0");
+                    assert_eq!(data, v.get("keylogin_signed_data"));
+                    cmtp_proto::account::verify_key_login(
+                        &key(0x02).public(),
+                        &nonce,
+                        &alice,
+                        &sig,
+                    )
+                    .unwrap();
+                    sig.to_vec()
+                },
+            },
+        ),
+        (
             "loginfinish",
             Command::LoginFinish {
                 ke3: vec![0x22; 64],
@@ -303,6 +326,7 @@ fn commands_hex() {
             "HELP",
             "OBAI",
             "LOGINFINISH",
+            "KEYLOGIN",
             "REGISTER",
             "REGFINISH",
             "PASSWORD",

@@ -267,14 +267,18 @@ impl Remote {
         domain: &Domain,
         now: u64,
     ) -> Result<Vec<u8>, RemoteError> {
+        let key = self.server_key(domain, now).await?;
+        // A cached statement is served while it verifies under the pinned key
+        // (after a rotation of that domain's key, it is fetched anew).
         if let Some(bytes) = self
             .store
             .cached_statement(account.as_str(), domain.as_str(), now)
             .await?
+            && KeyStatement::decode(&bytes)
+                .is_ok_and(|s| s.verify(&key, Some(account), domain, now).is_ok())
         {
             return Ok(bytes);
         }
-        let key = self.server_key(domain, now).await?;
         let mut conn = self.connect(domain, Some(key)).await?;
         let reply = conn
             .command(

@@ -56,6 +56,8 @@ pub struct Shared {
     pub node: String,
     /// Wakes the relay queue runner when mail was queued.
     pub queue_wakeup: Notify,
+    /// Rotation statements leading to the current key, oldest first.
+    pub rotations: Vec<cmtp_proto::statements::Rotation>,
     bundle: Mutex<Option<(Vec<u8>, u64)>>,
 }
 
@@ -81,6 +83,7 @@ impl Shared {
         let opaque = ServerSetup::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("stored OPAQUE setup: {e}"))?;
         let remote = Remote::new(&cfg, store.clone())?;
+        let rotations = crate::keyfile::load_rotations(&cfg.key_path())?;
         let node = cfg.node_name.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}",
@@ -104,6 +107,7 @@ impl Shared {
             remote,
             node,
             queue_wakeup: Notify::new(),
+            rotations,
             bundle: Mutex::new(None),
         })
     }
@@ -138,7 +142,7 @@ impl Shared {
         );
         let bytes = ServerKeyBundle {
             statement,
-            rotations: Vec::new(),
+            rotations: self.rotations.clone(),
         }
         .to_bytes();
         *g = Some((bytes.clone(), now));
@@ -157,6 +161,8 @@ impl Shared {
             && now + validity / 2 < s.expires_at
             && let Ok(parsed) = KeyStatement::decode(&s.statement)
             && parsed.issued_at <= now
+            // Issued under the current server key (not one rotated away).
+            && parsed.verify(&self.key.public(), Some(account), &self.domain, now).is_ok()
         {
             return Ok(Some(s.statement));
         }

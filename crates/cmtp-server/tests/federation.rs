@@ -465,6 +465,86 @@ async fn a_changed_destination_key_without_rotation_is_refused_and_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_destination_key_is_accepted_through_its_rotation_statement() {
+    let mut n = two_domains().await;
+    let mut c = n.a.login("alice", &n.alice).await;
+    remote_statement(&mut c, &bob()).await; // pins b.test's first key
+    let old = n.b.shared().key.public();
+    let (was, new) = cmtp_server::keyfile::rotate(
+        &n.b.cfg.key_path(),
+        &Domain::parse("b.test").unwrap(),
+        cmtp_server::state::now(),
+    )
+    .unwrap();
+    assert_eq!(was, old);
+    n.b.restart().await;
+    assert_eq!(n.b.shared().key.public(), new);
+    // bob's statement is re-issued under the new key and verifies through a.test.
+    let st = remote_statement(&mut c, &bob()).await;
+    assert_eq!(st.key, n.bob.public());
+    let m = sealed(
+        &n.a.address("alice"),
+        &n.alice,
+        &bob(),
+        &n.bob,
+        "after rotation",
+    );
+    assert_eq!(c.mail(&m.to_bytes()).await.unwrap().status, Status::Success);
+    eventually("delivery under the rotated key", || async {
+        mailbox(&n.b, "bob").await.len() == 1
+    })
+    .await;
+    assert!(mailbox(&n.a, "alice").await.is_empty(), "no bounce");
+    assert_eq!(
+        n.a.shared().store.pin("b.test").await.unwrap().unwrap().key,
+        new.to_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_key_fingerprint_is_checked_on_first_contact() {
+    let n = two_domains().await;
+    // b.test publishes a fingerprint that is not its key: a.test refuses it.
+    n.dns
+        .add_txt(
+            "_cmtpkey.b.test",
+            &format!("v=cmtp1; k=ed25519; fp={}", "00".repeat(32)),
+        )
+        .await
+        .unwrap();
+    let mut c = n.a.login("alice", &n.alice).await;
+    let r = c
+        .command(
+            &Command::KeyRequest {
+                user: Some(Account::parse("bob").unwrap()),
+                domain: Some(Domain::parse("b.test").unwrap()),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::KeyNotAvailable, "{}", r.text());
+    assert!(r.text().contains("_cmtpkey"), "{}", r.text());
+    assert!(
+        n.a.shared().store.pin("b.test").await.unwrap().is_none(),
+        "nothing pinned"
+    );
+    // With the right fingerprint published too (a rotation in progress), it is accepted.
+    n.dns
+        .add_txt(
+            "_cmtpkey.b.test",
+            &format!(
+                "v=cmtp1; k=ed25519; fp={}",
+                n.b.shared().key.public().fingerprint_hex()
+            ),
+        )
+        .await
+        .unwrap();
+    let st = remote_statement(&mut c, &bob()).await;
+    assert_eq!(st.key, n.bob.public());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nxdomain_bounces_and_a_dns_timeout_retries() {
     let dns = TestDns::start().await.unwrap();
     let pa = free_port();

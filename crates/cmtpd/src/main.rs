@@ -65,6 +65,19 @@ enum Cmd {
     /// Inspect and nudge the relay queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Show or rotate the server key.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Print the server key's fingerprint and the DNS TXT record for it.
+    Show,
+    /// Replace the server key; peers that pinned the old key accept the new
+    /// one through a rotation statement signed by the old key. Restart cmtpd
+    /// (every node of a cluster) afterwards.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,6 +330,41 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Cmd::Key(k) => {
+            let cfg = existing_config(&cli)?;
+            let path = cfg.key_path();
+            match k {
+                KeyCmd::Show => {
+                    let key = cmtp_server::keyfile::load(&path)?;
+                    println!("{}", key.public().fingerprint_hex());
+                    eprintln!(
+                        "_cmtpkey.{}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"",
+                        cfg.domain,
+                        key.public().fingerprint_hex()
+                    );
+                }
+                KeyCmd::Rotate => {
+                    let (old, new) = cmtp_server::keyfile::rotate(
+                        &path,
+                        &cfg.domain(),
+                        cmtp_server::state::now(),
+                    )?;
+                    println!("{}", new.fingerprint_hex());
+                    eprintln!(
+                        "rotated the key of {d}: {} -> {}\n\
+                         restart cmtpd (every node) to use it; while peers catch up, publish both fingerprints:\n  \
+                         _cmtpkey.{d}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"\n  \
+                         _cmtpkey.{d}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"",
+                        old.fingerprint_hex(),
+                        new.fingerprint_hex(),
+                        new.fingerprint_hex(),
+                        old.fingerprint_hex(),
+                        d = cfg.domain
+                    );
+                }
+            }
+            Ok(())
         }
         Cmd::Queue(q) => {
             let cfg = existing_config(&cli)?;

@@ -614,3 +614,88 @@ async fn sigterm_stops_cleanly_metrics_are_served_and_logs_can_be_json() {
     assert!(lines.contains("SIGTERM"));
     let _ = BufRead::lines(BufReader::new(&b""[..]));
 }
+
+#[test]
+fn the_admin_commands_work_from_a_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cfg = write_config(&data, "a.test", free_port(), |_| {});
+    // Move the configuration elsewhere and use --config.
+    let conf = tmp.path().join("elsewhere.toml");
+    std::fs::rename(data.join("cmtpd.toml"), &conf).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (st, token, err) = run(&["user", "invite", "carol"]);
+    assert!(st.success(), "{err}");
+    assert!(token.trim().starts_with("inv-"), "{token}");
+    assert!(err.contains("cmtp register carol@a.test --invite"), "{err}");
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let (st, out, err) = run(&[
+        "user",
+        "add",
+        "dave",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("created dave@a.test"), "{out}");
+    let (st, _, err) = run(&[
+        "user",
+        "add",
+        "dave",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(!st.success() && err.contains("already exists"), "{err}");
+    let (_, out, _) = run(&["user", "list"]);
+    assert!(out.contains("dave"), "{out}");
+    // Deleting asks for confirmation; a wrong answer deletes nothing.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .args(["user", "delete", "dave"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"no\n").unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(run(&["user", "list"]).1.contains("dave"));
+    let (st, out, _) = run(&["user", "delete", "dave", "--yes"]);
+    assert!(st.success() && out.contains("deleted dave@a.test"));
+    assert!(!run(&["user", "list"]).1.contains("dave"));
+    let (st, _, err) = run(&["queue", "list"]);
+    assert!(st.success() && err.contains("0 message(s) queued"), "{err}");
+    let (st, out, _) = run(&["queue", "retry"]);
+    assert!(st.success() && out.starts_with("0 message(s)"), "{out}");
+    let (_, before, _) = run(&["key", "show"]);
+    let (st, after, err) = run(&["key", "rotate"]);
+    assert!(st.success(), "{err}");
+    assert_ne!(before.trim(), after.trim());
+    assert_eq!(run(&["key", "show"]).1.trim(), after.trim());
+    assert!(
+        err.contains(before.trim()) && err.contains("restart cmtpd"),
+        "{err}"
+    );
+    assert!(
+        cfg.key_path()
+            .with_file_name("server.key.rotations")
+            .exists()
+    );
+    // Bad names are refused with the reason.
+    let (st, _, err) = run(&["user", "invite", "../root"]);
+    assert!(!st.success() && err.contains("account name"), "{err}");
+}

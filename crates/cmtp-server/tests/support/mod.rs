@@ -31,6 +31,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub domain: String,
+    pub cfg: Config,
 }
 
 pub fn test_config(domain: &str, dir: &std::path::Path) -> Config {
@@ -61,14 +62,23 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = test_config(domain, dir.path());
         tweak(&mut cfg);
-        let server = Server::start(cfg).await.unwrap();
+        let server = Server::start(cfg.clone()).await.unwrap();
         let addr = server.local_addrs()[0];
         TestServer {
             server: Some(server),
             addr,
             dir,
             domain: domain.to_owned(),
+            cfg,
         }
+    }
+
+    /// Stops and starts the server again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = Server::start(self.cfg.clone()).await.unwrap();
+        self.addr = server.local_addrs()[0];
+        self.server = Some(server);
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
