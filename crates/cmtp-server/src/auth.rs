@@ -45,29 +45,41 @@ pub(crate) fn invite_hash(token: &str) -> [u8; 32] {
 const AUTH_FAILED: &[u8] = b"wrong password or unknown user";
 
 impl Session {
-    fn limited(&self, user: &Account) -> bool {
+    fn keys(&self, user: &Account) -> [(String, u32); 2] {
         let a = &self.sh.cfg.accounts;
+        [
+            (format!("account:{user}"), a.login_failures_per_account),
+            (format!("address:{}", self.peer.ip()), a.login_failures_per_address),
+        ]
+    }
+
+    /// `Some(wait)` when `user` or this peer address has too many recent failures.
+    fn limited(&self, user: &Account) -> Option<std::time::Duration> {
         let now = Instant::now();
-        self.sh.login_failures.is_limited(
-            &format!("account:{user}"),
-            a.login_failures_per_account,
-            now,
-        ) || self.sh.login_failures.is_limited(
-            &format!("address:{}", self.peer.ip()),
-            a.login_failures_per_address,
-            now,
-        )
+        self.keys(user)
+            .iter()
+            .filter_map(|(k, limit)| self.sh.login_failures.retry_after(k, *limit, now))
+            .max()
+    }
+
+    async fn rate_limited(&mut self, wait: std::time::Duration, digest: [u8; 32]) -> Result<(), Stop> {
+        let secs = wait.as_secs().max(1);
+        let text = format!("too many failed logins; try again in {secs} seconds");
+        self.reply(Status::RateLimited, text.as_bytes(), digest).await
     }
 
     fn record_failure(&self, user: &Account) {
         let now = Instant::now();
-        self.sh
-            .login_failures
-            .record(&format!("account:{user}"), now);
-        self.sh
-            .login_failures
-            .record(&format!("address:{}", self.peer.ip()), now);
+        for (k, _) in self.keys(user) {
+            self.sh.login_failures.record(&k, now);
+        }
         metrics::counter!("cmtp_login_failures_total").increment(1);
+    }
+
+    fn forgive(&self, user: &Account) {
+        for (k, _) in self.keys(user) {
+            self.sh.login_failures.forgive(&k);
+        }
     }
 
     pub(crate) async fn login(
@@ -78,15 +90,9 @@ impl Session {
     ) -> Result<(), Stop> {
         self.logged_in = None;
         self.pending = Pending::None;
-        if self.limited(&user) {
+        if let Some(wait) = self.limited(&user) {
             tracing::info!(peer = %self.peer, account = %user, "login rate-limited");
-            return self
-                .reply(
-                    Status::RateLimited,
-                    b"too many failed logins; wait and try again",
-                    digest,
-                )
-                .await;
+            return self.rate_limited(wait, digest).await;
         }
         let record = match self.sh.store.user(user.as_str()).await {
             Ok(u) => u,
@@ -115,6 +121,10 @@ impl Session {
                     .await;
             }
         };
+        // The attempt counts as a failure until LOGINFINISH proves the
+        // password: a client learns from KE2 whether its guess was right, so
+        // one that never finishes must not guess for free.
+        self.record_failure(&user);
         self.pending = Pending::Login {
             user,
             login: Box::new(login),
@@ -152,13 +162,14 @@ impl Session {
                 let release = XzibitRelease::issue(&self.sh.key, &self.address(&user), xzibit);
                 tracing::info!(peer = %self.peer, account = %user, "logged in");
                 metrics::counter!("cmtp_logins_total").increment(1);
+                self.forgive(&user);
                 self.logged_in = Some(user);
                 self.reply(Status::Success, &release.to_bytes(), digest)
                     .await
             }
             _ => {
+                // Already counted when the LOGIN started.
                 tracing::info!(peer = %self.peer, account = %user, "login failed");
-                self.record_failure(&user);
                 self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
             }
         }
@@ -172,14 +183,8 @@ impl Session {
     ) -> Result<(), Stop> {
         self.logged_in = None;
         self.pending = Pending::None;
-        if self.limited(&user) {
-            return self
-                .reply(
-                    Status::RateLimited,
-                    b"too many failed logins; wait and try again",
-                    digest,
-                )
-                .await;
+        if let Some(wait) = self.limited(&user) {
+            return self.rate_limited(wait, digest).await;
         }
         let record = match self.sh.store.user(user.as_str()).await {
             Ok(u) => u,

@@ -94,6 +94,28 @@ impl FailureLimiter {
         }
     }
 
+    /// How long until `key` has fewer than `limit` failures in the window.
+    pub fn retry_after(&self, key: &str, limit: u32, now: Instant) -> Option<Duration> {
+        let g = self.failures.lock().expect("limiter lock");
+        let q = g.get(key)?;
+        let live: Vec<&Instant> = q.iter().filter(|t| now.duration_since(**t) <= self.window).collect();
+        if live.len() < limit as usize {
+            return None;
+        }
+        // The failure whose expiry brings the count below the limit.
+        let pivot = live[live.len() - limit as usize];
+        Some((*pivot + self.window).saturating_duration_since(now))
+    }
+
+    /// Takes back the most recent failure of `key` (a login counted as failed
+    /// when it started, which then succeeded).
+    pub fn forgive(&self, key: &str) {
+        let mut g = self.failures.lock().expect("limiter lock");
+        if let Some(q) = g.get_mut(key) {
+            q.pop_back();
+        }
+    }
+
     /// Records a failure of `key`.
     pub fn record(&self, key: &str, now: Instant) {
         let mut g = self.failures.lock().expect("limiter lock");
@@ -138,6 +160,11 @@ mod tests {
         }
         assert!(l.is_limited("alice", 3, t0));
         assert!(!l.is_limited("bob", 3, t0));
+        assert_eq!(l.retry_after("alice", 3, t0 + Duration::from_secs(4)), Some(Duration::from_secs(6)));
+        l.forgive("alice");
+        assert!(!l.is_limited("alice", 3, t0));
+        assert_eq!(l.retry_after("alice", 3, t0), None);
+        l.record("alice", t0);
         assert!(!l.is_limited("alice", 3, t0 + Duration::from_secs(11)));
     }
 }

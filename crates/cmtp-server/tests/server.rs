@@ -774,6 +774,26 @@ async fn wrong_passwords_and_unknown_users_look_the_same_and_are_rate_limited() 
 }
 
 #[tokio::test]
+async fn logins_that_never_finish_count_as_failures() {
+    // OPAQUE lets a client learn from KE2 whether its guess was right; an
+    // attacker who never sends LOGINFINISH must still be rate-limited.
+    let s = TestServer::start_with("a.test", |c| c.accounts.login_failures_per_account = 3).await;
+    s.register("alice", "right").await;
+    let mut c = s.connect().await;
+    async fn login(c: &mut cmtp_client::Connection) -> cmtp_proto::reply::Reply {
+        let (_, ke1) = cmtp_proto::account::Login::start(b"guess", &mut rand_core::OsRng).unwrap();
+        let cmd = Command::Login { user: Account::parse("alice").unwrap(), ke1: ke1.to_vec() };
+        c.command(&cmd, 1 << 20).await.unwrap()
+    }
+    for _ in 0..3 {
+        assert_eq!(login(&mut c).await.status, Status::Success, "a challenge, never finished");
+    }
+    let r = login(&mut c).await;
+    assert_eq!(r.status, Status::RateLimited);
+    assert!(r.text().contains("try again in"), "{}", r.text());
+}
+
+#[tokio::test]
 async fn registration_needs_a_valid_invite_unless_open() {
     let s = TestServer::start("a.test").await;
     let mut c = s.connect().await;
