@@ -12,6 +12,16 @@
 //! The factory returns the store and a guard dropped at the end of the test
 //! (a temporary directory, a throwaway database cluster, ...). The suite
 //! panics on the first failed check, like any test.
+//!
+//! A backend that may be missing on the machine (PostgreSQL) passes a
+//! factory returning an `Option` instead, with the word `optional`; every
+//! case then returns at once (passes) when the factory gives `None`, so the
+//! factory decides whether a missing database skips or fails:
+//!
+//! ```ignore
+//! async fn new_store() -> Option<(cmtp_store::PostgresStore, ())> { ... }
+//! cmtp_store::conformance_suite!(optional new_store);
+//! ```
 
 use std::collections::HashSet;
 
@@ -24,12 +34,21 @@ use crate::{
 
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh store
 /// from `$factory`, an `async fn() -> (impl Store, impl Sized)` (the second
-/// value is a guard kept alive until the case ends). The calling crate needs
-/// `tokio` (with the `macros` and `rt-multi-thread` features).
+/// value is a guard kept alive until the case ends). With
+/// `conformance_suite!(optional $factory)`, the factory is an
+/// `async fn() -> Option<(impl Store, impl Sized)>` and a case whose factory
+/// returns `None` ends at once. The calling crate needs `tokio` (with the
+/// `macros` and `rt-multi-thread` features).
 #[macro_export]
 macro_rules! conformance_suite {
+    (optional $factory:path) => {
+        $crate::conformance_suite!(@all [optional] $factory);
+    };
     ($factory:path) => {
-        $crate::conformance_suite!(@cases $factory;
+        $crate::conformance_suite!(@all [required] $factory);
+    };
+    (@all [$mode:ident] $factory:path) => {
+        $crate::conformance_suite!(@cases [$mode] $factory;
             users_lifecycle,
             invites,
             credentials_update,
@@ -57,15 +76,25 @@ macro_rules! conformance_suite {
             concurrent_failures_are_isolated,
         );
     };
-    (@cases $factory:path; $($case:ident),* $(,)?) => {
+    (@cases [$mode:ident] $factory:path; $($case:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let (store, guard) = $factory().await;
+                let ::core::option::Option::Some((store, guard)) =
+                    $crate::conformance_suite!(@make [$mode] $factory)
+                else {
+                    return;
+                };
                 $crate::conformance::$case(store).await;
                 drop(guard);
             }
         )*
+    };
+    (@make [required] $factory:path) => {
+        ::core::option::Option::Some($factory().await)
+    };
+    (@make [optional] $factory:path) => {
+        $factory().await
     };
 }
 

@@ -318,6 +318,9 @@ pub enum StoreConfig {
     /// The embedded SQLite backend.
     #[cfg(feature = "sqlite")]
     Sqlite(crate::sqlite::SqliteConfig),
+    /// The shared PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::PostgresConfig),
 }
 
 /// A store of whichever backend the configuration chose. Implements
@@ -328,6 +331,9 @@ pub enum AnyStore {
     /// The embedded SQLite backend.
     #[cfg(feature = "sqlite")]
     Sqlite(crate::sqlite::SqliteStore),
+    /// The shared PostgreSQL backend.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::PostgresStore),
 }
 
 impl AnyStore {
@@ -338,6 +344,10 @@ impl AnyStore {
             StoreConfig::Sqlite(c) => {
                 Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::open(c).await?))
             }
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(c) => Ok(AnyStore::Postgres(
+                crate::postgres::PostgresStore::open(c).await?,
+            )),
         }
     }
 }
@@ -351,6 +361,8 @@ macro_rules! delegate {
                 match self {
                     #[cfg(feature = "sqlite")]
                     AnyStore::Sqlite(s) => s.$name($($arg),*).await,
+                    #[cfg(feature = "postgres")]
+                    AnyStore::Postgres(s) => s.$name($($arg),*).await,
                 }
             }
         )*

@@ -88,7 +88,8 @@ pub struct Pin {
 /// [`StoreError::BlobNotFound`](crate::StoreError::BlobNotFound). A staged
 /// blob that is never referenced is removed by
 /// [`Store::purge_expired`](crate::Store::purge_expired) once its grace period
-/// (counted from `stage_begin`) is over, and when the store is opened.
+/// (counted from `stage_begin`) is over, and (SQLite only, where no other
+/// node can be uploading) when the store is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedBlob {
     pub(crate) id: u64,

@@ -1,0 +1,1138 @@
+//! The SQL of every operation, as async functions on a pooled connection
+//! (or on a transaction, for the parts shared by several operations).
+//!
+//! Each function is one statement (atomic and durable on its own in
+//! autocommit) or one transaction that is committed before it returns `Ok`;
+//! on any error the transaction is dropped, which rolls it back. Parameters
+//! that appear only in a `SELECT` list carry an explicit cast so that their
+//! types do not depend on inference.
+
+use bytes::Bytes;
+use deadpool_postgres::{Client, GenericClient};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use super::DbResult;
+use crate::error::StoreError;
+use crate::types::{
+    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
+    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
+    StagedBlob, User, UserSummary,
+};
+
+// ----- conversions -----
+
+/// A time, size or id for PostgreSQL's BIGINT (saturating: no real value
+/// comes near `i64::MAX`).
+fn sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+fn get_u64(row: &Row, idx: usize) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(idx).db()?;
+    unsigned(v, row.columns()[idx].name())
+}
+
+fn get_opt_u64(row: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = row.try_get(idx).db()?;
+    v.map(|v| unsigned(v, row.columns()[idx].name()))
+        .transpose()
+}
+
+fn get_u32(row: &Row, idx: usize) -> Result<u32, StoreError> {
+    let v: i64 = row.try_get(idx).db()?;
+    u32::try_from(v).map_err(|_| {
+        StoreError::Corrupt(format!("{} out of range: {v}", row.columns()[idx].name()))
+    })
+}
+
+fn get_key(row: &Row, idx: usize) -> Result<[u8; 32], StoreError> {
+    let v: &[u8] = row.try_get(idx).db()?;
+    <[u8; 32]>::try_from(v).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "{} is {} bytes, not 32",
+            row.columns()[idx].name(),
+            v.len()
+        ))
+    })
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx).db()
+}
+
+fn is_foreign_key_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+}
+
+// ----- users -----
+
+pub(crate) async fn create_user(
+    c: &mut Client,
+    user: &NewUser,
+    invite: Option<[u8; 32]>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.db()?;
+    // The user first: a concurrent creation of the same account waits for
+    // this one and then finds the account taken, so an invite is consumed by
+    // at most one of them, and never by a creation that fails.
+    let inserted = tx
+        .execute(
+            "INSERT INTO users (account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (account) DO NOTHING",
+            &[
+                &user.account,
+                &&user.identity_pk[..],
+                &user.credentials.opaque_record,
+                &&user.credentials.ksf[..],
+                &user.credentials.xzibit,
+                &sql(now),
+            ],
+        )
+        .await
+        .db()?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists);
+    }
+    if let Some(hash) = invite {
+        let used = tx
+            .execute(
+                "DELETE FROM invites WHERE token_hash = $1 AND account = $2 AND expires_at > $3",
+                &[&&hash[..], &user.account, &sql(now)],
+            )
+            .await
+            .db()?;
+        if used == 0 {
+            return Err(StoreError::InviteInvalid);
+        }
+    }
+    tx.commit().await.db()
+}
+
+fn user_row(r: &Row) -> Result<User, StoreError> {
+    Ok(User {
+        account: get(r, 0)?,
+        identity_pk: get_key(r, 1)?,
+        credentials: Credentials {
+            opaque_record: get(r, 2)?,
+            ksf: {
+                let v: &[u8] = get(r, 3)?;
+                <[u8; 12]>::try_from(v)
+                    .map_err(|_| StoreError::Corrupt(format!("ksf is {} bytes", v.len())))?
+            },
+            xzibit: get(r, 4)?,
+        },
+        created_at: get_u64(r, 5)?,
+        updated_at: get_u64(r, 6)?,
+    })
+}
+
+pub(crate) async fn user(c: &Client, account: &str) -> Result<Option<User>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at
+             FROM users WHERE account = $1",
+        )
+        .await
+        .db()?;
+    c.query_opt(&stmt, &[&account])
+        .await
+        .db()?
+        .as_ref()
+        .map(user_row)
+        .transpose()
+}
+
+pub(crate) async fn list_users(c: &Client) -> Result<Vec<UserSummary>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT u.account, u.created_at, COUNT(m.id), COALESCE(SUM(m.size), 0)::BIGINT
+             FROM users u LEFT JOIN mailbox m ON m.account = u.account
+             GROUP BY u.account, u.created_at ORDER BY u.account COLLATE \"C\"",
+            &[],
+        )
+        .await
+        .db()?;
+    rows.iter()
+        .map(|r| {
+            Ok(UserSummary {
+                account: get(r, 0)?,
+                created_at: get_u64(r, 1)?,
+                messages: get_u64(r, 2)?,
+                bytes: get_u64(r, 3)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn delete_user(c: &mut Client, account: &str) -> Result<bool, StoreError> {
+    let tx = c.transaction().await.db()?;
+    tx.execute(
+        "WITH m AS (DELETE FROM mailbox WHERE account = $1 RETURNING blob_id)
+         DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)",
+        &[&account],
+    )
+    .await
+    .db()?;
+    tx.execute("DELETE FROM key_statements WHERE account = $1", &[&account])
+        .await
+        .db()?;
+    tx.execute("DELETE FROM invites WHERE account = $1", &[&account])
+        .await
+        .db()?;
+    let n = match tx
+        .execute("DELETE FROM users WHERE account = $1", &[&account])
+        .await
+    {
+        Ok(n) => n,
+        // A delivery committed a new message after the mailbox was emptied:
+        // start again (the retry takes that message along).
+        Err(e) if is_foreign_key_violation(&e) => {
+            return Err(StoreError::Busy(format!(
+                "a message arrived while deleting {account}"
+            )));
+        }
+        Err(e) => return Err(super::map_err(e)),
+    };
+    tx.commit().await.db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn update_credentials(
+    c: &Client,
+    account: &str,
+    cred: &Credentials,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE users SET opaque_record = $2, ksf = $3, xzibit = $4, updated_at = $5
+             WHERE account = $1",
+            &[
+                &account,
+                &cred.opaque_record,
+                &&cred.ksf[..],
+                &cred.xzibit,
+                &sql(now),
+            ],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+// ----- invites -----
+
+pub(crate) async fn create_invite(
+    c: &Client,
+    account: &str,
+    hash: [u8; 32],
+    expires_at: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    let n = c
+        .execute(
+            "INSERT INTO invites (token_hash, account, created_at, expires_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING",
+            &[&&hash[..], &account, &sql(now), &sql(expires_at)],
+        )
+        .await
+        .db()?;
+    if n == 0 {
+        return Err(StoreError::AlreadyExists);
+    }
+    Ok(())
+}
+
+pub(crate) async fn invite_valid(
+    c: &Client,
+    account: &str,
+    hash: [u8; 32],
+    now: u64,
+) -> Result<bool, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM invites
+                            WHERE token_hash = $1 AND account = $2 AND expires_at > $3)",
+            &[&&hash[..], &account, &sql(now)],
+        )
+        .await
+        .db()?;
+    get(&row, 0)
+}
+
+// ----- maintenance -----
+
+pub(crate) async fn purge_expired(
+    c: &mut Client,
+    now: u64,
+    retention: Retention,
+) -> Result<PurgeReport, StoreError> {
+    let tx = c.transaction().await.db()?;
+    let invites = tx
+        .execute("DELETE FROM invites WHERE expires_at <= $1", &[&sql(now)])
+        .await
+        .db()?;
+    let dedup_entries = tx
+        .execute(
+            "DELETE FROM delivered d WHERE d.at < $1
+             AND NOT EXISTS (SELECT 1 FROM mailbox m WHERE m.id = d.message_id)",
+            &[&sql(now.saturating_sub(retention.dedup))],
+        )
+        .await
+        .db()?;
+    // Chunks go with their blob (ON DELETE CASCADE). A blob being appended
+    // to or referenced right now is locked; the purge waits and then sees
+    // whether it is still staged.
+    let staged_blobs = tx
+        .execute(
+            "DELETE FROM blobs WHERE staged_at IS NOT NULL AND staged_at < $1",
+            &[&sql(now.saturating_sub(retention.staged_grace))],
+        )
+        .await
+        .db()?;
+    let cached_statements = tx
+        .execute(
+            "DELETE FROM statement_cache WHERE expires_at <= $1",
+            &[&sql(now)],
+        )
+        .await
+        .db()?;
+    tx.commit().await.db()?;
+    Ok(PurgeReport {
+        invites,
+        dedup_entries,
+        staged_blobs,
+        cached_statements,
+    })
+}
+
+// ----- secrets -----
+
+async fn secret_get(c: &Client, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT value FROM secrets WHERE name = $1")
+        .await
+        .db()?;
+    c.query_opt(&stmt, &[&name])
+        .await
+        .db()?
+        .map(|r| get(&r, 0))
+        .transpose()
+}
+
+pub(crate) async fn secret_get_or_init(
+    c: &Client,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    if let Some(value) = secret_get(c, name).await? {
+        return Ok(value);
+    }
+    // A concurrent insert of the same name makes this one wait for it, then
+    // do nothing; the SELECT that follows (a new snapshot) sees the winner.
+    c.execute(
+        "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        &[&name, &candidate],
+    )
+    .await
+    .db()?;
+    secret_get(c, name)
+        .await?
+        .ok_or_else(|| StoreError::Internal("secret vanished".into()))
+}
+
+// ----- local key statements -----
+
+pub(crate) async fn put_key_statement(
+    c: &Client,
+    account: &str,
+    statement: &[u8],
+    expires_at: u64,
+) -> Result<(), StoreError> {
+    let result = c
+        .execute(
+            "INSERT INTO key_statements (account, statement, expires_at)
+             SELECT $1::TEXT, $2::BYTEA, $3::BIGINT
+             WHERE EXISTS (SELECT 1 FROM users WHERE account = $1::TEXT)
+             ON CONFLICT (account) DO UPDATE
+                 SET statement = EXCLUDED.statement, expires_at = EXCLUDED.expires_at",
+            &[&account, &statement, &sql(expires_at)],
+        )
+        .await;
+    match result {
+        Ok(0) => Err(StoreError::UnknownAccount),
+        Ok(_) => Ok(()),
+        // The user was deleted between the check and the insert.
+        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownAccount),
+        Err(e) => Err(super::map_err(e)),
+    }
+}
+
+pub(crate) async fn key_statement(
+    c: &Client,
+    account: &str,
+) -> Result<Option<KeyStatement>, StoreError> {
+    c.query_opt(
+        "SELECT statement, expires_at FROM key_statements WHERE account = $1",
+        &[&account],
+    )
+    .await
+    .db()?
+    .map(|r| {
+        Ok(KeyStatement {
+            statement: get(&r, 0)?,
+            expires_at: get_u64(&r, 1)?,
+        })
+    })
+    .transpose()
+}
+
+// ----- blobs -----
+
+fn check_chunk(len: usize) -> Result<(), StoreError> {
+    if len > MAX_CHUNK {
+        return Err(StoreError::InvalidInput(format!(
+            "chunk of {len} bytes exceeds the {MAX_CHUNK}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn stage_begin(c: &Client, now: u64) -> Result<StagedBlob, StoreError> {
+    let row = c
+        .query_one(
+            "INSERT INTO blobs (size, chunks, staged_at) VALUES (0, 0, $1) RETURNING id",
+            &[&sql(now)],
+        )
+        .await
+        .db()?;
+    Ok(StagedBlob {
+        id: get_u64(&row, 0)?,
+    })
+}
+
+pub(crate) async fn stage_append(c: &Client, blob: u64, chunk: &Bytes) -> Result<(), StoreError> {
+    if chunk.is_empty() {
+        return Err(StoreError::InvalidInput("empty chunk".into()));
+    }
+    check_chunk(chunk.len())?;
+    // One statement: the blob's row lock orders concurrent appends, a purge
+    // or a reference, and the chunk number comes from the same update.
+    let stmt = c
+        .prepare_cached(
+            "WITH b AS (
+                 UPDATE blobs SET size = size + $2, chunks = chunks + 1
+                 WHERE id = $1 AND staged_at IS NOT NULL
+                 RETURNING id, chunks - 1 AS seq)
+             INSERT INTO blob_chunks (blob_id, seq, data) SELECT id, seq, $3::BYTEA FROM b",
+        )
+        .await
+        .db()?;
+    let len = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+    let n = c
+        .execute(&stmt, &[&sql(blob), &len, &&chunk[..]])
+        .await
+        .db()?;
+    if n == 0 {
+        return Err(StoreError::BlobNotFound);
+    }
+    Ok(())
+}
+
+pub(crate) async fn read_chunk(
+    c: &Client,
+    blob: u64,
+    seq: u32,
+) -> Result<Option<Bytes>, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT data FROM blob_chunks WHERE blob_id = $1 AND seq = $2")
+        .await
+        .db()?;
+    let row = c
+        .query_opt(&stmt, &[&sql(blob), &i64::from(seq)])
+        .await
+        .db()?;
+    row.map(|r| get::<Vec<u8>>(&r, 0).map(Bytes::from))
+        .transpose()
+}
+
+/// Drops the staged body of a request that stores nothing (a duplicate).
+async fn discard_body<C: GenericClient>(c: &C, body: &MessageBody) -> Result<(), StoreError> {
+    if let MessageBody::Staged(staged) = body {
+        c.execute(
+            "DELETE FROM blobs WHERE id = $1 AND staged_at IS NOT NULL",
+            &[&sql(staged.id)],
+        )
+        .await
+        .db()?;
+    }
+    Ok(())
+}
+
+/// Checks an inline body against its announced size; returns its chunk
+/// count (0 for an empty body).
+fn check_inline(bytes: &Bytes, size: u64) -> Result<i64, StoreError> {
+    check_chunk(bytes.len())?;
+    if bytes.len() as u64 != size {
+        return Err(StoreError::InvalidInput(format!(
+            "size {size} does not match the {}-byte body",
+            bytes.len()
+        )));
+    }
+    Ok(i64::from(!bytes.is_empty()))
+}
+
+/// Takes a staged blob for the row about to be inserted (it is then no
+/// longer staged); returns its id.
+async fn take_staged<C: GenericClient>(
+    c: &C,
+    staged: &StagedBlob,
+    size: u64,
+) -> Result<i64, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE blobs SET staged_at = NULL WHERE id = $1 AND staged_at IS NOT NULL
+             RETURNING size",
+        )
+        .await
+        .db()?;
+    let row = c.query_opt(&stmt, &[&sql(staged.id)]).await.db()?;
+    let Some(row) = row else {
+        return Err(StoreError::BlobNotFound);
+    };
+    let stored = get_u64(&row, 0)?;
+    if stored != size {
+        return Err(StoreError::InvalidInput(format!(
+            "size {size} does not match the {stored}-byte staged blob"
+        )));
+    }
+    Ok(sql(staged.id))
+}
+
+// ----- mailbox -----
+
+pub(crate) async fn deliver(c: &mut Client, d: &NewDelivery) -> Result<Delivered, StoreError> {
+    if let MessageBody::Inline(bytes) = &d.body
+        && let Ok(chunks) = check_inline(bytes, d.size)
+        && let Some(delivered) = deliver_inline(c, d, bytes, chunks).await?
+    {
+        return Ok(delivered);
+    }
+    let tx = c.transaction().await.db()?;
+    let delivered = deliver_in(&tx, d).await?;
+    tx.commit().await.db()?;
+    Ok(delivered)
+}
+
+/// The common case in one statement (one round trip, committed on its own):
+/// a valid inline body for an existing recipient and a new hash. The hash
+/// is claimed only if the recipient exists, then blob, chunk and mailbox row
+/// are inserted; a concurrent delivery of the same hash waits on the claimed
+/// row as in [`deliver_in`]. `None` when nothing was stored (a duplicate or
+/// an unknown recipient): the caller then takes the general path, which
+/// tells the two apart in the order SQLite does.
+async fn deliver_inline(
+    c: &Client,
+    d: &NewDelivery,
+    bytes: &Bytes,
+    chunks: i64,
+) -> Result<Option<Delivered>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "WITH u AS (
+                 SELECT EXISTS (SELECT 1 FROM users WHERE account = $1::TEXT) AS ok),
+             claim AS (
+                 INSERT INTO delivered (hash, account, message_id, at)
+                 SELECT $2::BYTEA, $1::TEXT, nextval('mailbox_id_seq'), $4::BIGINT FROM u WHERE u.ok
+                 ON CONFLICT (hash) DO NOTHING
+                 RETURNING message_id),
+             b AS (
+                 INSERT INTO blobs (size, chunks, staged_at)
+                 SELECT $6::BIGINT, $8::BIGINT, NULL FROM claim
+                 RETURNING id),
+             ch AS (
+                 INSERT INTO blob_chunks (blob_id, seq, data)
+                 SELECT id, 0, $9::BYTEA FROM b WHERE $8::BIGINT = 1),
+             m AS (
+                 INSERT INTO mailbox (id, account, hash, source, received_at, version,
+                                      attachment_count, size, blob_id)
+                 SELECT claim.message_id, $1::TEXT, $2::BYTEA, $3::TEXT, $4::BIGINT, $5::BIGINT,
+                        $7::BIGINT, $6::BIGINT, b.id
+                 FROM claim, b
+                 RETURNING id)
+             SELECT id FROM m",
+        )
+        .await
+        .db()?;
+    let result = c
+        .query_opt(
+            &stmt,
+            &[
+                &d.account,
+                &&d.hash[..],
+                &d.source,
+                &sql(d.received_at),
+                &i64::from(d.version),
+                &sql(d.size),
+                &i64::from(d.attachment_count),
+                &chunks,
+                &&bytes[..],
+            ],
+        )
+        .await;
+    match result {
+        Ok(Some(row)) => Ok(Some(Delivered {
+            id: get_u64(&row, 0)?,
+            duplicate: false,
+        })),
+        Ok(None) => Ok(None),
+        // The recipient was deleted while this ran: the general path says so.
+        Err(e) if is_foreign_key_violation(&e) => Ok(None),
+        Err(e) => Err(super::map_err(e)),
+    }
+}
+
+/// The delivery itself, inside the caller's transaction (which the caller
+/// rolls back on error).
+async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivered, StoreError> {
+    // Claim the hash first, with the mailbox id the message will get. A
+    // concurrent delivery of the same hash waits on this row until this
+    // transaction ends, then finds it (a duplicate) or, if this one rolled
+    // back, claims it itself.
+    let claim = c
+        .prepare_cached(
+            "WITH claim AS (
+                 INSERT INTO delivered (hash, account, message_id, at)
+                 VALUES ($1, $2, nextval('mailbox_id_seq'), $3)
+                 ON CONFLICT (hash) DO NOTHING
+                 RETURNING message_id)
+             SELECT (SELECT message_id FROM claim),
+                    EXISTS (SELECT 1 FROM users WHERE account = $2)",
+        )
+        .await
+        .db()?;
+    let row = c
+        .query_one(&claim, &[&&d.hash[..], &d.account, &sql(d.received_at)])
+        .await
+        .db()?;
+    let claimed: Option<i64> = get(&row, 0)?;
+    let account_exists: bool = get(&row, 1)?;
+    let Some(id) = claimed else {
+        let previous = c
+            .prepare_cached(
+                "SELECT COALESCE(m.id, 0) FROM delivered d LEFT JOIN mailbox m ON m.id = d.message_id
+                 WHERE d.hash = $1",
+            )
+            .await
+            .db()?;
+        let id = match c.query_opt(&previous, &[&&d.hash[..]]).await.db()? {
+            Some(r) => get_u64(&r, 0)?,
+            // Purged in the meantime: still a duplicate of a message that
+            // is gone.
+            None => 0,
+        };
+        discard_body(c, &d.body).await?;
+        return Ok(Delivered {
+            id,
+            duplicate: true,
+        });
+    };
+    if !account_exists {
+        return Err(StoreError::UnknownAccount);
+    }
+    let version = i64::from(d.version);
+    let attachments = i64::from(d.attachment_count);
+    let inserted = match &d.body {
+        MessageBody::Inline(bytes) => {
+            let chunks = check_inline(bytes, d.size)?;
+            // Blob, chunk and mailbox row in one statement.
+            let stmt = c
+                .prepare_cached(
+                    "WITH b AS (
+                         INSERT INTO blobs (size, chunks, staged_at) VALUES ($7, $9, NULL)
+                         RETURNING id),
+                     ch AS (
+                         INSERT INTO blob_chunks (blob_id, seq, data)
+                         SELECT id, 0, $10::BYTEA FROM b WHERE $9::BIGINT = 1)
+                     INSERT INTO mailbox (id, account, hash, source, received_at, version,
+                                          attachment_count, size, blob_id)
+                     SELECT $1::BIGINT, $2::TEXT, $3::BYTEA, $4::TEXT, $5::BIGINT, $6::BIGINT,
+                            $8::BIGINT, $7::BIGINT, b.id
+                     FROM b",
+                )
+                .await
+                .db()?;
+            c.execute(
+                &stmt,
+                &[
+                    &id,
+                    &d.account,
+                    &&d.hash[..],
+                    &d.source,
+                    &sql(d.received_at),
+                    &version,
+                    &sql(d.size),
+                    &attachments,
+                    &chunks,
+                    &&bytes[..],
+                ],
+            )
+            .await
+        }
+        MessageBody::Staged(staged) => {
+            let blob = take_staged(c, staged, d.size).await?;
+            let stmt = c
+                .prepare_cached(
+                    "INSERT INTO mailbox (id, account, hash, source, received_at, version,
+                                          attachment_count, size, blob_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .await
+                .db()?;
+            c.execute(
+                &stmt,
+                &[
+                    &id,
+                    &d.account,
+                    &&d.hash[..],
+                    &d.source,
+                    &sql(d.received_at),
+                    &version,
+                    &attachments,
+                    &sql(d.size),
+                    &blob,
+                ],
+            )
+            .await
+        }
+    };
+    match inserted {
+        Ok(_) => Ok(Delivered {
+            id: unsigned(id, "mailbox id")?,
+            duplicate: false,
+        }),
+        // The recipient was deleted after the claim.
+        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownAccount),
+        Err(e) => Err(super::map_err(e)),
+    }
+}
+
+const MAILBOX_COLUMNS: &str = "m.id, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks";
+
+fn mailbox_row(r: &Row) -> Result<(MailboxEntry, BlobRef), StoreError> {
+    Ok((
+        MailboxEntry {
+            id: get_u64(r, 0)?,
+            hash: get_key(r, 1)?,
+            size: get_u64(r, 2)?,
+            received_at: get_u64(r, 3)?,
+            source: get(r, 4)?,
+            version: get_u32(r, 5)?,
+            attachment_count: get_u32(r, 6)?,
+        },
+        BlobRef {
+            id: get_u64(r, 7)?,
+            size: get_u64(r, 8)?,
+            chunks: get_u32(r, 9)?,
+        },
+    ))
+}
+
+pub(crate) async fn list_mailbox(
+    c: &Client,
+    account: &str,
+) -> Result<Vec<MailboxEntry>, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+             WHERE m.account = $1 ORDER BY m.id"
+        ))
+        .await
+        .db()?;
+    let rows = c.query(&stmt, &[&account]).await.db()?;
+    rows.iter()
+        .map(|r| mailbox_row(r).map(|(e, _)| e))
+        .collect()
+}
+
+pub(crate) async fn mailbox_message(
+    c: &Client,
+    account: &str,
+    id: u64,
+) -> Result<Option<(MailboxEntry, BlobRef)>, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+             WHERE m.account = $1 AND m.id = $2"
+        ))
+        .await
+        .db()?;
+    c.query_opt(&stmt, &[&account, &sql(id)])
+        .await
+        .db()?
+        .as_ref()
+        .map(mailbox_row)
+        .transpose()
+}
+
+pub(crate) async fn delete_message(c: &Client, account: &str, id: u64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "WITH m AS (DELETE FROM mailbox WHERE account = $1 AND id = $2 RETURNING blob_id)
+             DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)",
+            &[&account, &sql(id)],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+// ----- outbound queue -----
+
+pub(crate) async fn enqueue(c: &mut Client, o: &NewOutbound) -> Result<Enqueued, StoreError> {
+    let tx = c.transaction().await.db()?;
+    let existing = tx
+        .query_opt("SELECT id FROM outbound WHERE hash = $1", &[&&o.hash[..]])
+        .await
+        .db()?;
+    if let Some(row) = existing {
+        discard_body(&tx, &o.body).await?;
+        tx.commit().await.db()?;
+        return Ok(Enqueued {
+            id: get_u64(&row, 0)?,
+            duplicate: true,
+        });
+    }
+    let blob = match &o.body {
+        MessageBody::Inline(bytes) => {
+            let chunks = check_inline(bytes, o.size)?;
+            let row = tx
+                .query_one(
+                    "WITH b AS (
+                         INSERT INTO blobs (size, chunks, staged_at) VALUES ($1, $2, NULL)
+                         RETURNING id),
+                     ch AS (
+                         INSERT INTO blob_chunks (blob_id, seq, data)
+                         SELECT id, 0, $3::BYTEA FROM b WHERE $2::BIGINT = 1)
+                     SELECT id FROM b",
+                    &[&sql(o.size), &chunks, &&bytes[..]],
+                )
+                .await
+                .db()?;
+            get::<i64>(&row, 0)?
+        }
+        MessageBody::Staged(staged) => take_staged(&tx, staged, o.size).await?,
+    };
+    let row = tx
+        .query_opt(
+            "INSERT INTO outbound (hash, sender, destination, dest_domain, size, created_at,
+                                   expires_at, next_attempt_at, attempts, blob_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $6, 0, $8)
+             ON CONFLICT (hash) DO NOTHING RETURNING id",
+            &[
+                &&o.hash[..],
+                &o.sender,
+                &o.destination,
+                &o.dest_domain,
+                &sql(o.size),
+                &sql(o.created_at),
+                &sql(o.expires_at),
+                &blob,
+            ],
+        )
+        .await
+        .db()?;
+    let Some(row) = row else {
+        // Another node queued the same hash meanwhile: roll back and run
+        // again, which finds its entry.
+        return Err(StoreError::Busy(
+            "the same message was queued concurrently".into(),
+        ));
+    };
+    let id = get_u64(&row, 0)?;
+    tx.commit().await.db()?;
+    Ok(Enqueued {
+        id,
+        duplicate: false,
+    })
+}
+
+const OUTBOUND_COLUMNS: &str = "o.id, o.hash, o.sender, o.destination, o.dest_domain, o.size, o.created_at, o.expires_at, o.next_attempt_at, o.attempts, o.last_error, o.lease_owner, o.lease_until, b.id, b.size, b.chunks";
+
+fn outbound_row(r: &Row) -> Result<OutboundEntry, StoreError> {
+    Ok(OutboundEntry {
+        id: get_u64(r, 0)?,
+        hash: get_key(r, 1)?,
+        sender: get(r, 2)?,
+        destination: get(r, 3)?,
+        dest_domain: get(r, 4)?,
+        size: get_u64(r, 5)?,
+        created_at: get_u64(r, 6)?,
+        expires_at: get_u64(r, 7)?,
+        next_attempt_at: get_u64(r, 8)?,
+        attempts: get_u32(r, 9)?,
+        last_error: get(r, 10)?,
+        lease_owner: get(r, 11)?,
+        lease_until: get_opt_u64(r, 12)?,
+        blob: BlobRef {
+            id: get_u64(r, 13)?,
+            size: get_u64(r, 14)?,
+            chunks: get_u32(r, 15)?,
+        },
+    })
+}
+
+pub(crate) async fn lease_due(
+    c: &Client,
+    now: u64,
+    node: &str,
+    lease_until: u64,
+    limit: usize,
+) -> Result<Vec<OutboundEntry>, StoreError> {
+    // The due entries nobody holds are locked with SKIP LOCKED, so nodes
+    // leasing at the same moment take disjoint sets instead of waiting for
+    // each other. An entry another node leased and committed after this
+    // statement's snapshot is re-checked on its newest version (READ
+    // COMMITTED) and dropped, its lease being valid.
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH due AS (
+                 SELECT id FROM outbound
+                 WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                 ORDER BY next_attempt_at, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbound o SET lease_owner = $3, lease_until = $4
+             FROM due, blobs b
+             WHERE o.id = due.id AND b.id = o.blob_id
+             RETURNING {OUTBOUND_COLUMNS}"
+        ))
+        .await
+        .db()?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c
+        .query(&stmt, &[&sql(now), &limit, &node, &sql(lease_until)])
+        .await
+        .db()?;
+    let mut entries = rows
+        .iter()
+        .map(outbound_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| (e.next_attempt_at, e.id));
+    Ok(entries)
+}
+
+pub(crate) async fn complete(c: &Client, id: u64, node: &str) -> Result<bool, StoreError> {
+    // The owner check and the removal are one statement: if another node
+    // took the entry over (or is taking it, holding its row lock), this
+    // matches nothing once that commits.
+    let stmt = c
+        .prepare_cached(
+            "WITH o AS (DELETE FROM outbound WHERE id = $1 AND lease_owner = $2 RETURNING blob_id)
+             DELETE FROM blobs WHERE id IN (SELECT blob_id FROM o)",
+        )
+        .await
+        .db()?;
+    let n = c.execute(&stmt, &[&sql(id), &node]).await.db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn retry_later(
+    c: &Client,
+    id: u64,
+    node: &str,
+    next_attempt_at: u64,
+    error: &str,
+) -> Result<bool, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE outbound SET attempts = attempts + 1, last_error = $3, next_attempt_at = $4,
+                                 lease_owner = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .await
+        .db()?;
+    let n = c
+        .execute(&stmt, &[&sql(id), &node, &error, &sql(next_attempt_at)])
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn fail_with_notice(
+    c: &mut Client,
+    id: u64,
+    node: &str,
+    notice: &NewDelivery,
+) -> Result<bool, StoreError> {
+    let mut tx = c.transaction().await.db()?;
+    let row = tx
+        .query_opt(
+            "WITH o AS (DELETE FROM outbound WHERE id = $1 AND lease_owner = $2
+                        RETURNING sender, blob_id),
+                  b AS (DELETE FROM blobs WHERE id IN (SELECT blob_id FROM o))
+             SELECT sender FROM o",
+            &[&sql(id), &node],
+        )
+        .await
+        .db()?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let sender: String = get(&row, 0)?;
+    if notice.account != sender {
+        return Err(StoreError::InvalidInput(format!(
+            "the failure notice is for {:?}, the message's sender is {sender:?}",
+            notice.account
+        )));
+    }
+    // In a savepoint: a sender deleted meanwhile only drops the notice.
+    let sp = tx.savepoint("notice").await.db()?;
+    match deliver_in(&sp, notice).await {
+        Ok(_) => sp.commit().await.db()?,
+        Err(StoreError::UnknownAccount) => {
+            sp.rollback().await.db()?;
+            tracing::info!(account = %sender, id, "sender no longer exists; failure notice dropped");
+            discard_body(&tx, &notice.body).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    tx.commit().await.db()?;
+    Ok(true)
+}
+
+pub(crate) async fn list_queue(c: &Client) -> Result<Vec<OutboundEntry>, StoreError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {OUTBOUND_COLUMNS} FROM outbound o JOIN blobs b ON b.id = o.blob_id
+                 ORDER BY o.id"
+            ),
+            &[],
+        )
+        .await
+        .db()?;
+    rows.iter().map(outbound_row).collect()
+}
+
+pub(crate) async fn retry_all_now(c: &Client, now: u64) -> Result<u64, StoreError> {
+    c.execute(
+        "UPDATE outbound SET next_attempt_at = $1
+         WHERE next_attempt_at > $1 AND (lease_until IS NULL OR lease_until <= $1)",
+        &[&sql(now)],
+    )
+    .await
+    .db()
+}
+
+pub(crate) async fn queue_stats(c: &Client, now: u64) -> Result<QueueStats, StoreError> {
+    let r = c
+        .query_one(
+            "SELECT COUNT(*),
+                    COUNT(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= $1)
+                                     AND next_attempt_at <= $1),
+                    COUNT(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= $1)
+                                     AND next_attempt_at > $1),
+                    COUNT(*) FILTER (WHERE lease_until > $1),
+                    COALESCE(SUM(size), 0)::BIGINT,
+                    MIN(created_at)
+             FROM outbound",
+            &[&sql(now)],
+        )
+        .await
+        .db()?;
+    Ok(QueueStats {
+        total: get_u64(&r, 0)?,
+        due: get_u64(&r, 1)?,
+        deferred: get_u64(&r, 2)?,
+        leased: get_u64(&r, 3)?,
+        bytes: get_u64(&r, 4)?,
+        oldest_age: get_opt_u64(&r, 5)?.map(|t| now.saturating_sub(t)),
+    })
+}
+
+// ----- pins -----
+
+pub(crate) async fn pin(c: &Client, domain: &str) -> Result<Option<Pin>, StoreError> {
+    c.query_opt(
+        "SELECT key, first_seen, updated_at FROM pins WHERE domain = $1",
+        &[&domain],
+    )
+    .await
+    .db()?
+    .map(|r| {
+        Ok(Pin {
+            key: get_key(&r, 0)?,
+            first_seen: get_u64(&r, 1)?,
+            updated_at: get_u64(&r, 2)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn set_pin(
+    c: &Client,
+    domain: &str,
+    key: [u8; 32],
+    now: u64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO pins (domain, key, first_seen, updated_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (domain) DO UPDATE SET
+             first_seen = CASE WHEN pins.key = EXCLUDED.key THEN pins.first_seen
+                               ELSE EXCLUDED.first_seen END,
+             key = EXCLUDED.key,
+             updated_at = EXCLUDED.updated_at",
+        &[&domain, &&key[..], &sql(now)],
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
+// ----- remote key statement cache -----
+
+pub(crate) async fn cache_statement(
+    c: &Client,
+    account: &str,
+    domain: &str,
+    statement: &[u8],
+    expires_at: u64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO statement_cache (account, domain, statement, expires_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (account, domain) DO UPDATE
+             SET statement = EXCLUDED.statement, expires_at = EXCLUDED.expires_at",
+        &[&account, &domain, &statement, &sql(expires_at)],
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
+pub(crate) async fn cached_statement(
+    c: &Client,
+    account: &str,
+    domain: &str,
+    now: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    c.query_opt(
+        "SELECT statement FROM statement_cache
+         WHERE account = $1 AND domain = $2 AND expires_at > $3",
+        &[&account, &domain, &sql(now)],
+    )
+    .await
+    .db()?
+    .map(|r| get(&r, 0))
+    .transpose()
+}
