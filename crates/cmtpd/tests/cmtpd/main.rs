@@ -21,6 +21,8 @@ use cmtp_proto::payload::{LoginChallenge, XzibitRelease, decode_listing};
 use cmtp_proto::reply::Status;
 use cmtp_server::config::Config;
 
+mod cluster;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cmtpd");
 const T: Duration = Duration::from_secs(20);
 
