@@ -49,7 +49,10 @@ impl Session {
         let a = &self.sh.cfg.accounts;
         [
             (format!("account:{user}"), a.login_failures_per_account),
-            (format!("address:{}", self.peer.ip()), a.login_failures_per_address),
+            (
+                format!("address:{}", self.peer.ip()),
+                a.login_failures_per_address,
+            ),
         ]
     }
 
@@ -62,10 +65,15 @@ impl Session {
             .max()
     }
 
-    async fn rate_limited(&mut self, wait: std::time::Duration, digest: [u8; 32]) -> Result<(), Stop> {
+    async fn rate_limited(
+        &mut self,
+        wait: std::time::Duration,
+        digest: [u8; 32],
+    ) -> Result<(), Stop> {
         let secs = wait.as_secs().max(1);
         let text = format!("too many failed logins; try again in {secs} seconds");
-        self.reply(Status::RateLimited, text.as_bytes(), digest).await
+        self.reply(Status::RateLimited, text.as_bytes(), digest)
+            .await
     }
 
     fn record_failure(&self, user: &Account) {

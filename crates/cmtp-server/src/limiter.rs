@@ -98,7 +98,10 @@ impl FailureLimiter {
     pub fn retry_after(&self, key: &str, limit: u32, now: Instant) -> Option<Duration> {
         let g = self.failures.lock().expect("limiter lock");
         let q = g.get(key)?;
-        let live: Vec<&Instant> = q.iter().filter(|t| now.duration_since(**t) <= self.window).collect();
+        let live: Vec<&Instant> = q
+            .iter()
+            .filter(|t| now.duration_since(**t) <= self.window)
+            .collect();
         if live.len() < limit as usize {
             return None;
         }
@@ -160,7 +163,10 @@ mod tests {
         }
         assert!(l.is_limited("alice", 3, t0));
         assert!(!l.is_limited("bob", 3, t0));
-        assert_eq!(l.retry_after("alice", 3, t0 + Duration::from_secs(4)), Some(Duration::from_secs(6)));
+        assert_eq!(
+            l.retry_after("alice", 3, t0 + Duration::from_secs(4)),
+            Some(Duration::from_secs(6))
+        );
         l.forgive("alice");
         assert!(!l.is_limited("alice", 3, t0));
         assert_eq!(l.retry_after("alice", 3, t0), None);

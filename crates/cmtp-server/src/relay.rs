@@ -59,6 +59,8 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
                             let _dest = sem.acquire_owned().await.expect("semaphore open");
                             attempt(&sh, e).await;
                             drop(slot);
+                            // A slot is free: look for more due mail now.
+                            sh.queue_wakeup.notify_one();
                         });
                     }
                 }

@@ -16,7 +16,7 @@ use cmtp_proto::names::{Account, Address};
 use cmtp_proto::payload::Greeting;
 use cmtp_proto::reply::{REPLY_VERSION, ReplyBinding, ReplyHeader, Status, body_hash};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
@@ -48,7 +48,9 @@ pub(crate) const EXTENSIONS: &[&str] = &["REGISTER", "LOGIN-OPAQUE", "MAILBOX", 
 pub(crate) struct Session {
     pub(crate) sh: Arc<Shared>,
     rd: OwnedReadHalf,
-    wr: BufWriter<OwnedWriteHalf>,
+    wr: OwnedWriteHalf,
+    /// Replies not yet written; flushed before waiting for input.
+    out: Vec<u8>,
     pub(crate) buf: BytesMut,
     pub(crate) peer: SocketAddr,
     pub(crate) nonce: [u8; 32],
@@ -76,8 +78,11 @@ impl Session {
         let mut s = Session {
             sh,
             rd,
-            wr: BufWriter::with_capacity(64 * 1024, wr),
-            buf: BytesMut::with_capacity(16 * 1024),
+            wr,
+            // Both buffers start empty and are allocated when data arrives,
+            // so an idle connection costs little memory.
+            out: Vec::new(),
+            buf: BytesMut::new(),
             peer,
             nonce,
             seq: 0,
@@ -89,10 +94,11 @@ impl Session {
         metrics::counter!("cmtp_connections_total").increment(1);
         metrics::gauge!("cmtp_connections_open").increment(1.0);
         let line = banner::ready_line(&s.sh.domain, crate::state::SOFTWARE);
-        if s.wr.write_all(line.as_bytes()).await.is_ok() {
+        s.out.extend_from_slice(line.as_bytes());
+        if s.flush().await.is_ok() {
             let _ = s.serve().await;
         }
-        let _ = s.wr.flush().await;
+        let _ = s.flush().await;
         let _ = s.wr.shutdown().await;
         metrics::gauge!("cmtp_connections_open").decrement(1.0);
     }
@@ -162,7 +168,7 @@ impl Session {
         tracing::debug!(peer = %self.peer, error = %e, "bad command");
         if let CommandError::SmtpVerb(verb) = e.kind {
             let line = banner::smtp_refusal(&self.sh.domain, verb);
-            let _ = self.wr.write_all(line.as_bytes()).await;
+            self.out.extend_from_slice(line.as_bytes());
             return Err(Stop);
         }
         let Some(n) = e.resume_at else {
@@ -205,41 +211,55 @@ impl Session {
 
     /// Flushes pending replies, then waits for more bytes until `deadline`.
     pub(crate) async fn read_more(&mut self, deadline: Instant, idle: bool) -> Read {
-        if self.wr.flush().await.is_err() {
+        if self.flush().await.is_err() {
             return Read::Closed;
         }
-        if self.buf.capacity() - self.buf.len() < 8192 {
-            self.buf.reserve(64 * 1024);
+        if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
+            // Give back what a large message used.
+            self.buf = BytesMut::new();
         }
-        let result = if idle {
-            let mut shutdown = self.shutdown.clone();
-            if !*shutdown.borrow() {
+        loop {
+            // Wait for the socket before allocating: idle connections hold no buffer.
+            let ready = if idle {
+                let mut shutdown = self.shutdown.clone();
+                if *shutdown.borrow() {
+                    return self.last_bytes();
+                }
                 tokio::select! {
-                    r = tokio::time::timeout_at(deadline, self.rd.read_buf(&mut self.buf)) => r,
-                    _ = shutdown.changed() => Ok(self.drain_ready()),
+                    r = tokio::time::timeout_at(deadline, self.rd.readable()) => r,
+                    _ = shutdown.changed() => return self.last_bytes(),
                 }
             } else {
-                Ok(self.drain_ready())
+                tokio::time::timeout_at(deadline, self.rd.readable()).await
+            };
+            match ready {
+                Err(_) => return Read::Timeout,
+                Ok(Err(_)) => return Read::Closed,
+                Ok(Ok(())) => {}
             }
-        } else {
-            let read = self.rd.read_buf(&mut self.buf);
-            tokio::time::timeout_at(deadline, read).await
-        };
-        match result {
-            Err(_) => Read::Timeout,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Shutdown,
-            Ok(Ok(0)) | Ok(Err(_)) => Read::Closed,
-            Ok(Ok(n)) => {
-                metrics::counter!("cmtp_bytes_received_total").increment(n as u64);
-                Read::Data
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(if idle { 4096 } else { 64 * 1024 });
+            }
+            match self.rd.try_read_buf(&mut self.buf) {
+                Ok(0) => return Read::Closed,
+                Ok(n) => {
+                    metrics::counter!("cmtp_bytes_received_total").increment(n as u64);
+                    return Read::Data;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Read::Closed,
             }
         }
     }
 
-    /// At shutdown: takes bytes that already arrived (a command the client
-    /// sent before it saw us stop is still served); `WouldBlock` if none.
-    fn drain_ready(&mut self) -> std::io::Result<usize> {
-        self.rd.try_read_buf(&mut self.buf)
+    /// At shutdown: serves bytes that already arrived (a command the client
+    /// sent before it saw us stop), else ends the session.
+    fn last_bytes(&mut self) -> Read {
+        self.buf.reserve(4096);
+        match self.rd.try_read_buf(&mut self.buf) {
+            Ok(n) if n > 0 => Read::Data,
+            _ => Read::Shutdown,
+        }
     }
 
     fn binding(&self, request: [u8; 32]) -> ReplyBinding {
@@ -311,12 +331,24 @@ impl Session {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Stop> {
-        self.wr.write_all(bytes).await.map_err(|_| Stop)
+        self.out.extend_from_slice(bytes);
+        if self.out.len() >= 64 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Sends buffered replies now.
     pub(crate) async fn flush(&mut self) -> Result<(), Stop> {
-        self.wr.flush().await.map_err(|_| Stop)
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = self.wr.write_all(&self.out).await;
+        self.out.clear();
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
+        }
+        r.map_err(|_| Stop)
     }
 
     /// The address of the logged-in account, if any.

@@ -782,11 +782,18 @@ async fn logins_that_never_finish_count_as_failures() {
     let mut c = s.connect().await;
     async fn login(c: &mut cmtp_client::Connection) -> cmtp_proto::reply::Reply {
         let (_, ke1) = cmtp_proto::account::Login::start(b"guess", &mut rand_core::OsRng).unwrap();
-        let cmd = Command::Login { user: Account::parse("alice").unwrap(), ke1: ke1.to_vec() };
+        let cmd = Command::Login {
+            user: Account::parse("alice").unwrap(),
+            ke1: ke1.to_vec(),
+        };
         c.command(&cmd, 1 << 20).await.unwrap()
     }
     for _ in 0..3 {
-        assert_eq!(login(&mut c).await.status, Status::Success, "a challenge, never finished");
+        assert_eq!(
+            login(&mut c).await.status,
+            Status::Success,
+            "a challenge, never finished"
+        );
     }
     let r = login(&mut c).await;
     assert_eq!(r.status, Status::RateLimited);
