@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmtp_client::ClientError;
+use cmtp_client::{ClientError, Connection};
 use cmtp_proto::content::Content;
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::Source;
@@ -163,48 +163,42 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
         Ok(k) => k,
         Err(err) => return classify(&err),
     };
-    let mut conn = match sh.remote.connect(&domain, Some(key)).await {
-        Ok(c) => c,
-        Err(RemoteError::Client {
-            error: ClientError::KeyMismatch { .. },
-            ..
-        }) => {
-            // Perhaps a rotation: fetch the bundle and check the chain.
-            match sh.remote.refresh_server_key(&domain, now()).await {
-                Ok(_) => {
-                    return Outcome::Retry(
-                        "the server key rotated; retrying with the new key".into(),
-                    );
+    // Reuse an open connection to the destination when there is one; a
+    // reused connection that fails is replaced by a fresh one once (sending a
+    // message twice is harmless: the destination de-duplicates by hash).
+    let mut reused = sh.relay_pool.take(&domain, key);
+    let (reply, conn) = loop {
+        let was_reused = reused.is_some();
+        let mut conn = match reused.take() {
+            Some(c) => c,
+            None => match sh.remote.connect(&domain, Some(key)).await {
+                Ok(c) => c,
+                Err(RemoteError::Client {
+                    error: ClientError::KeyMismatch { .. },
+                    ..
+                }) => {
+                    // Perhaps a rotation: fetch the bundle and check the chain.
+                    return match sh.remote.refresh_server_key(&domain, now()).await {
+                        Ok(_) => Outcome::Retry(
+                            "the server key rotated; retrying with the new key".into(),
+                        ),
+                        Err(err) => classify(&err),
+                    };
                 }
                 Err(err) => return classify(&err),
-            }
+            },
+        };
+        match send(sh, &mut conn, e).await {
+            Ok(r) => break (r, conn),
+            Err(_) if was_reused => continue,
+            // A broken connection or protocol error mid-message: the message
+            // may or may not have arrived; retrying later is safe.
+            Err(err) => return Outcome::Retry(format!("{domain}: {err}")),
         }
-        Err(err) => return classify(&err),
     };
-    let send = async {
-        let mail = conn.begin_mail().await?;
-        let mut reader = BlobReader::new(sh.store.clone(), e.blob);
-        loop {
-            match reader.next_chunk().await {
-                Ok(Some(chunk)) => conn.send_bytes(&chunk).await?,
-                Ok(None) => break,
-                Err(err) => {
-                    return Err(ClientError::Io(format!(
-                        "reading the queued message: {err}"
-                    )));
-                }
-            }
-        }
-        conn.finish_mail(mail).await
-    };
-    let reply = match send.await {
-        Ok(r) => r,
-        // A broken connection or protocol error mid-message: the message may
-        // or may not have arrived; retrying is safe (the destination
-        // de-duplicates by hash).
-        Err(err) => return Outcome::Retry(format!("{domain}: {err}")),
-    };
-    conn.close().await;
+    if !reply.status.closes_connection() {
+        sh.relay_pool.put(&domain, key, conn);
+    }
     match &reply.status {
         Status::Success => match Receipt::decode(&reply.body) {
             Ok(r) if r.verify(&key, &e.hash).is_ok() => Outcome::Delivered,
@@ -226,6 +220,62 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
             FailureReason::Refused,
             format!("{domain}: {s}: {}", reply.text()),
         ),
+    }
+}
+
+/// Streams the stored message of `e` with MAIL on `conn` and reads the reply.
+async fn send(
+    sh: &Shared,
+    conn: &mut Connection,
+    e: &OutboundEntry,
+) -> Result<cmtp_proto::reply::Reply, ClientError> {
+    let mail = conn.begin_mail().await?;
+    let mut reader = BlobReader::new(sh.store.clone(), e.blob);
+    loop {
+        match reader.next_chunk().await {
+            Ok(Some(chunk)) => conn.send_bytes(&chunk).await?,
+            Ok(None) => break,
+            Err(err) => {
+                return Err(ClientError::Io(format!(
+                    "reading the queued message: {err}"
+                )));
+            }
+        }
+    }
+    conn.finish_mail(mail).await
+}
+
+/// Open connections to other domains' servers, kept between deliveries.
+#[derive(Debug, Default)]
+pub struct ConnectionPool {
+    idle: std::sync::Mutex<HashMap<String, Vec<(Connection, PublicKey, std::time::Instant)>>>,
+}
+
+/// How long an unused connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Most idle connections kept per destination.
+const POOL_PER_DOMAIN: usize = 8;
+
+impl ConnectionPool {
+    /// An idle connection to `domain` made with `key`, if one is fresh enough.
+    fn take(&self, domain: &Domain, key: PublicKey) -> Option<Connection> {
+        let mut g = self.idle.lock().expect("pool lock");
+        let list = g.get_mut(domain.as_str())?;
+        while let Some((c, k, at)) = list.pop() {
+            if k == key && at.elapsed() < POOL_IDLE {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, domain: &Domain, key: PublicKey, conn: Connection) {
+        let mut g = self.idle.lock().expect("pool lock");
+        let list = g.entry(domain.as_str().to_owned()).or_default();
+        list.retain(|(_, _, at)| at.elapsed() < POOL_IDLE);
+        if list.len() < POOL_PER_DOMAIN {
+            list.push((conn, key, std::time::Instant::now()));
+        }
     }
 }
 

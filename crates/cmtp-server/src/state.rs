@@ -56,10 +56,20 @@ pub struct Shared {
     pub node: String,
     /// Wakes the relay queue runner when mail was queued.
     pub queue_wakeup: Notify,
+    /// Open connections to other domains, reused by the relay queue.
+    pub relay_pool: crate::relay::ConnectionPool,
     /// Rotation statements leading to the current key, oldest first.
     pub rotations: Vec<cmtp_proto::statements::Rotation>,
     bundle: Mutex<Option<(Vec<u8>, u64)>>,
+    /// Recently served key statements of local users: account → (statement,
+    /// issued_at, when cached). Saves a database read and a signature check
+    /// per KEYREQUEST.
+    statements: Mutex<std::collections::HashMap<Account, (Vec<u8>, u64, std::time::Instant)>>,
 }
+
+/// How long a served key statement is kept in memory. An account deleted by
+/// `cmtpd user delete` (another process) may still be answered for this long.
+pub const STATEMENT_CACHE_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,7 +118,9 @@ impl Shared {
             node,
             queue_wakeup: Notify::new(),
             rotations,
+            relay_pool: crate::relay::ConnectionPool::default(),
             bundle: Mutex::new(None),
+            statements: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -150,12 +162,51 @@ impl Shared {
     }
 
     /// The key statement of a local user, issued (and stored) anew when half
-    /// its validity has passed. `None` if there is no such user.
+    /// its validity has passed. `None` if there is no such user. Served from
+    /// memory for up to [`STATEMENT_CACHE_TTL`].
     pub async fn local_statement(
         &self,
         account: &Account,
         now: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        let validity = self.validity();
+        if let Some((bytes, issued, cached)) = self
+            .statements
+            .lock()
+            .expect("statement cache")
+            .get(account)
+            && cached.elapsed() < STATEMENT_CACHE_TTL
+            && *issued <= now
+            && now < issued + validity / 2
+        {
+            return Ok(Some(bytes.clone()));
+        }
+        let found = self.load_statement(account, now).await?;
+        let mut cache = self.statements.lock().expect("statement cache");
+        match &found {
+            Some((bytes, issued)) => {
+                if cache.len() >= 100_000 {
+                    cache.retain(|_, (_, _, at)| at.elapsed() < STATEMENT_CACHE_TTL);
+                }
+                cache.insert(
+                    account.clone(),
+                    (bytes.clone(), *issued, std::time::Instant::now()),
+                );
+            }
+            None => {
+                cache.remove(account);
+            }
+        }
+        Ok(found.map(|(bytes, _)| bytes))
+    }
+
+    /// The stored statement if it is still good, else a new one; with its
+    /// issue time.
+    async fn load_statement(
+        &self,
+        account: &Account,
+        now: u64,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         let validity = self.validity();
         if let Some(s) = self.store.key_statement(account.as_str()).await?
             && now + validity / 2 < s.expires_at
@@ -164,7 +215,7 @@ impl Shared {
             // Issued under the current server key (not one rotated away).
             && parsed.verify(&self.key.public(), Some(account), &self.domain, now).is_ok()
         {
-            return Ok(Some(s.statement));
+            return Ok(Some((s.statement, parsed.issued_at)));
         }
         let Some(user) = self.store.user(account.as_str()).await? else {
             return Ok(None);
@@ -183,6 +234,6 @@ impl Shared {
         self.store
             .put_key_statement(account.as_str(), bytes.clone(), now + validity)
             .await?;
-        Ok(Some(bytes))
+        Ok(Some((bytes, now)))
     }
 }
