@@ -248,8 +248,11 @@ async fn send(
 /// Open connections to other domains' servers, kept between deliveries.
 #[derive(Debug, Default)]
 pub struct ConnectionPool {
-    idle: std::sync::Mutex<HashMap<String, Vec<(Connection, PublicKey, std::time::Instant)>>>,
+    idle: std::sync::Mutex<HashMap<String, Vec<PooledConnection>>>,
 }
+
+/// An idle connection, the key it was opened with, and when it was last used.
+type PooledConnection = (Connection, PublicKey, std::time::Instant);
 
 /// How long an unused connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);

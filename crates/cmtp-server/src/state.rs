@@ -64,8 +64,11 @@ pub struct Shared {
     /// Recently served key statements of local users: account → (statement,
     /// issued_at, when cached). Saves a database read and a signature check
     /// per KEYREQUEST.
-    statements: Mutex<std::collections::HashMap<Account, (Vec<u8>, u64, std::time::Instant)>>,
+    statements: Mutex<std::collections::HashMap<Account, CachedStatement>>,
 }
+
+/// A statement in memory: its bytes, its issue time, when it was cached.
+type CachedStatement = (Vec<u8>, u64, std::time::Instant);
 
 /// How long a served key statement is kept in memory. An account deleted by
 /// `cmtpd user delete` (another process) may still be answered for this long.
