@@ -216,6 +216,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 cfg.listen = listen.clone();
             }
             init_logs(&cfg, log_format.as_deref())?;
+            // Every connection is a file descriptor: lift the soft limit
+            // (often 1024) to the hard limit so `connections.max` can be reached.
+            match rlimit::increase_nofile_limit(u64::MAX) {
+                Ok(n) => tracing::info!(limit = n, "open-file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
             if let Some(addr) = cfg.metrics.listen {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every measurement of docs/BENCHMARKS.md, in one go:
+#
+#   bench/run-all.sh [OUT_DIR] [REPEAT]      (default: bench-results/, 3)
+#
+# Builds cmtp-bench (release), then runs each scenario REPEAT times on fresh
+# servers (median and spread in the printed tables; everything in
+# OUT_DIR/*.json), the hardware limits (crypto, pg_test_fsync when
+# PostgreSQL's binaries are installed), and the Postfix side-by-side when
+# Postfix is installed (bench/postfix-compare.sh; add --install there to get
+# it). Takes about 15 minutes on 2 cores.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:-$ROOT/bench-results}
+REPEAT=${2:-3}
+mkdir -p "$OUT"
+cd "$ROOT"
+cargo build --release -q -p cmtp-bench
+B="$ROOT/target/release/cmtp-bench"
+
+{
+    echo "nproc: $(nproc)"
+    grep -m1 'model name' /proc/cpuinfo
+    echo "kernel: $(uname -r)"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    df -h "${TMPDIR:-/tmp}" | tail -1
+} | tee "$OUT/machine.txt"
+
+run() {
+    local name=$1; shift
+    echo "== $name: cmtp-bench $*"
+    "$B" "$@" --repeat "$REPEAT" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
+}
+
+run crypto crypto
+run mail mail
+run keyrequest keyrequest
+run idle idle
+run bigmail bigmail
+run relay relay
+# The same with the relay queue polled every 100 ms instead of every second.
+run relay-poll100 relay --poll-ms 100
+
+if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/pg_test_fsync" ]; then
+    echo "== pg_test_fsync in ${TMPDIR:-/tmp}"
+    (cd "${TMPDIR:-/tmp}" && "$(pg_config --bindir)/pg_test_fsync" -s 2) | tee "$OUT/pg_test_fsync.txt"
+fi
+if command -v postfix >/dev/null && [ -x /usr/sbin/smtp-source ] && [ "$(id -u)" = 0 ]; then
+    "$ROOT/bench/postfix-compare.sh" -r "$REPEAT" --json "$OUT/postfix.json" | tee "$OUT/postfix.txt"
+else
+    echo "== Postfix not installed (or not root): bench/postfix-compare.sh --install for the side-by-side"
+fi
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"

@@ -1,0 +1,223 @@
+//! `keyrequest`: KEYREQUEST answers per second for local accounts' key
+//! statements, one request at a time per connection and pipelined.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use cmtp_proto::command::Command;
+use cmtp_proto::reply::Status;
+use cmtp_proto::statements::KeyStatement;
+use serde_json::json;
+
+use crate::conn::BenchConn;
+use crate::report::Run;
+use crate::server::{BenchServer, ServerOpts};
+
+/// Parameters of `keyrequest`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct KeyRequestArgs {
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 20)]
+    pub(crate) connections: usize,
+    /// Requests in all, per mode.
+    #[arg(short = 'n', long, default_value_t = 50_000)]
+    pub(crate) requests: usize,
+    /// Requests outstanding per connection in the pipelined mode.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) depth: usize,
+    /// Accounts asked about, round robin.
+    #[arg(short = 'u', long, default_value_t = 20)]
+    pub(crate) users: usize,
+    /// Which modes: both, single or pipelined.
+    #[arg(long, default_value = "both")]
+    pub(crate) mode: String,
+}
+
+impl KeyRequestArgs {
+    pub(crate) fn params(&self) -> serde_json::Value {
+        json!({
+            "connections": self.connections,
+            "requests": self.requests,
+            "depth": self.depth,
+            "users": self.users,
+            "mode": self.mode,
+        })
+    }
+}
+
+struct Outcome {
+    latencies: Vec<Duration>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Sends `frames` (cycling) `count` times with at most `depth` outstanding.
+async fn drive(conn: &mut BenchConn, frames: &[Vec<u8>], count: usize, depth: usize) -> Outcome {
+    let mut out = Outcome {
+        latencies: Vec::with_capacity(count),
+        ok: 0,
+        errors: 0,
+        first_error: None,
+    };
+    let mut sent = 0usize;
+    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(depth);
+    let mut batch = Vec::new();
+    while out.ok + out.errors < count as u64 {
+        // Top up the window in one write.
+        batch.clear();
+        while in_flight.len() < depth && sent < count {
+            batch.extend_from_slice(&frames[sent % frames.len()]);
+            in_flight.push_back(Instant::now());
+            sent += 1;
+        }
+        if !batch.is_empty()
+            && let Err(e) = conn.send(&batch).await
+        {
+            out.errors += (count - out.ok as usize - out.errors as usize) as u64;
+            out.first_error.get_or_insert_with(|| format!("{e:#}"));
+            break;
+        }
+        match conn.reply().await {
+            Ok((r, _)) => {
+                let t = in_flight.pop_front().expect("a request is in flight");
+                out.latencies.push(t.elapsed());
+                if r.status == Status::Success {
+                    out.ok += 1;
+                } else {
+                    out.errors += 1;
+                    out.first_error
+                        .get_or_insert_with(|| format!("{} {}", r.status, r.text()));
+                }
+            }
+            Err(e) => {
+                out.errors += (count - out.ok as usize - out.errors as usize) as u64;
+                out.first_error.get_or_insert_with(|| format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out
+}
+
+async fn measure(
+    run: &mut Run,
+    prefix: &str,
+    conns: Vec<BenchConn>,
+    frames: &[Vec<u8>],
+    total: usize,
+    depth: usize,
+    server: &BenchServer,
+) -> Vec<BenchConn> {
+    let c = conns.len();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(c + 1));
+    let mut handles = Vec::new();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let count = total / c + usize::from(i < total % c);
+        // Each connection starts at another account.
+        let mut mine = frames.to_vec();
+        mine.rotate_left(i % frames.len());
+        let barrier = barrier.clone();
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let o = drive(&mut conn, &mine, count, depth).await;
+            (conn, o)
+        }));
+    }
+    let cpu = crate::mail::cpu_now(server);
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut conns = Vec::new();
+    let mut lat = Vec::new();
+    let (mut ok, mut errors) = (0, 0);
+    for h in handles {
+        let (conn, mut o) = h.await.expect("request task");
+        conns.push(conn);
+        lat.append(&mut o.latencies);
+        ok += o.ok;
+        errors += o.errors;
+        if let Some(e) = o.first_error {
+            run.notes.push(format!("{prefix}: {e}"));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    run.add(&format!("{prefix}_answers"), ok as f64, "");
+    run.add(&format!("{prefix}_errors"), errors as f64, "");
+    run.add(&format!("{prefix}_per_s"), ok as f64 / secs, "ans/s");
+    run.add_latency(&format!("{prefix}_latency"), &mut lat);
+    if let (Some((u, s)), Some(b)) = (cpu.0, server.cpu_secs())
+        && let a = u + s
+        && ok > 0
+    {
+        run.add(
+            &format!("{prefix}_server_cpu_per_req"),
+            (b - a) / ok as f64 * 1e6,
+            "µs",
+        );
+    }
+    conns
+}
+
+/// One run of `keyrequest`.
+pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Result<Run> {
+    let u = args.users.max(1);
+    let server = BenchServer::start(opts, "a.test", u, 0, |_| {}).await?;
+    let frames: Vec<Vec<u8>> = server
+        .users
+        .iter()
+        .map(|user| {
+            Command::KeyRequest {
+                user: Some(user.address.account.clone()),
+                domain: Some(server.domain.clone()),
+            }
+            .to_bytes()
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let mut c = BenchConn::connect(server.addr, None).await?;
+        c.ohai().await?;
+        conns.push(c);
+    }
+    // Warm-up: the first request for an account issues and stores its
+    // statement; check each answer whole once (signature, statement).
+    for (i, f) in frames.iter().enumerate() {
+        let n = conns.len();
+        let c = &mut conns[i % n];
+        c.send(f).await?;
+        let (r, seq) = c.reply().await?;
+        if r.status != Status::Success {
+            anyhow::bail!("KEYREQUEST: {} {}", r.status, r.text());
+        }
+        c.verify(&r, seq, f)?;
+        KeyStatement::decode(&r.body)?;
+    }
+    let mut run = Run::default();
+    if matches!(args.mode.as_str(), "both" | "single") {
+        conns = measure(
+            &mut run,
+            "single",
+            conns,
+            &frames,
+            args.requests,
+            1,
+            &server,
+        )
+        .await;
+    }
+    if matches!(args.mode.as_str(), "both" | "pipelined") {
+        let depth = args.depth.max(1);
+        measure(
+            &mut run,
+            "pipelined",
+            conns,
+            &frames,
+            args.requests,
+            depth,
+            &server,
+        )
+        .await;
+    }
+    Ok(run)
+}
