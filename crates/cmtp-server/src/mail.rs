@@ -311,9 +311,9 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
         .as_ref()
         .is_some_and(|u| ours(&env.source.domain) && env.source.account.as_ref() == Some(u));
     let route = if ours(&env.destination.domain) {
-        match sh.store.user(env.destination.account.as_str()).await {
-            Ok(Some(_)) => Route::Local(env.destination.account.clone()),
-            Ok(None) => {
+        match sh.local_user_exists(&env.destination.account).await {
+            Ok(true) => Route::Local(env.destination.account.clone()),
+            Ok(false) => {
                 return Err(Refusal::delivery(
                     FailureReason::NoSuchUser,
                     format!("no user {} here", env.destination),

@@ -214,8 +214,9 @@ impl Session {
         if self.flush().await.is_err() {
             return Read::Closed;
         }
-        if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
-            // Give back what a large message used.
+        if self.buf.is_empty() && self.buf.capacity() > 256 * 1024 {
+            // Give back what a large message used (a buffer of one read or two
+            // is kept: freeing it after every message costs more than it saves).
             self.buf = BytesMut::new();
         }
         loop {
@@ -356,6 +357,8 @@ impl Session {
         Address::new(account.clone(), self.sh.domain.clone())
     }
 
+    /// Runs one command. The arms that await I/O are boxed: their futures
+    /// are large, and an idle connection's task should not carry them.
     async fn dispatch(&mut self, cmd: Command, digest: [u8; 32]) -> Result<(), Stop> {
         let now = crate::state::now();
         match cmd {
@@ -379,22 +382,24 @@ impl Session {
             Command::Noop => self.reply(Status::Success, b"", digest).await,
             Command::Obai => self.reply(Status::Success, b"bye", digest).await,
             Command::KeyRequest { user, domain } => {
-                self.key_request(user, domain, digest, now).await
+                Box::pin(self.key_request(user, domain, digest, now)).await
             }
-            Command::Mail => crate::mail::receive(self, digest).await,
-            Command::Login { user, ke1 } => self.login(user, ke1, digest).await,
-            Command::LoginFinish { ke3 } => self.login_finish(ke3, digest).await,
-            Command::KeyLogin { user, signature } => self.key_login(user, signature, digest).await,
+            Command::Mail => Box::pin(crate::mail::receive(self, digest)).await,
+            Command::Login { user, ke1 } => Box::pin(self.login(user, ke1, digest)).await,
+            Command::LoginFinish { ke3 } => Box::pin(self.login_finish(ke3, digest)).await,
+            Command::KeyLogin { user, signature } => {
+                Box::pin(self.key_login(user, signature, digest)).await
+            }
             Command::Register {
                 user,
                 invite,
                 request,
-            } => self.register(user, invite, request, digest, now).await,
-            Command::Password { request } => self.password(request, digest).await,
-            Command::RegFinish { bundle } => self.reg_finish(bundle, digest, now).await,
-            Command::List => self.list(digest).await,
-            Command::Fetch { id } => self.fetch(id, digest).await,
-            Command::Delete { id } => self.delete(id, digest).await,
+            } => Box::pin(self.register(user, invite, request, digest, now)).await,
+            Command::Password { request } => Box::pin(self.password(request, digest)).await,
+            Command::RegFinish { bundle } => Box::pin(self.reg_finish(bundle, digest, now)).await,
+            Command::List => Box::pin(self.list(digest)).await,
+            Command::Fetch { id } => Box::pin(self.fetch(id, digest)).await,
+            Command::Delete { id } => Box::pin(self.delete(id, digest)).await,
             other => {
                 let text = format!("{} is not supported by this server", other.word());
                 self.reply(Status::BadCommand, text.as_bytes(), digest)

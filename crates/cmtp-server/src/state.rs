@@ -65,6 +65,8 @@ pub struct Shared {
     /// issued_at, when cached). Saves a database read and a signature check
     /// per KEYREQUEST.
     statements: Mutex<std::collections::HashMap<Account, CachedStatement>>,
+    /// Local accounts recently seen to exist (saves a read per MAIL).
+    known_users: Mutex<std::collections::HashMap<Account, std::time::Instant>>,
 }
 
 /// A statement in memory: its bytes, its issue time, when it was cached.
@@ -124,6 +126,7 @@ impl Shared {
             relay_pool: crate::relay::ConnectionPool::default(),
             bundle: Mutex::new(None),
             statements: Mutex::new(std::collections::HashMap::new()),
+            known_users: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -201,6 +204,27 @@ impl Shared {
             }
         }
         Ok(found.map(|(bytes, _)| bytes))
+    }
+
+    /// Whether a local account exists. A yes is remembered for
+    /// [`STATEMENT_CACHE_TTL`]; a no is always asked of the store.
+    pub async fn local_user_exists(&self, account: &Account) -> Result<bool, StoreError> {
+        if let Some(at) = self.known_users.lock().expect("user cache").get(account)
+            && at.elapsed() < STATEMENT_CACHE_TTL
+        {
+            return Ok(true);
+        }
+        let exists = self.store.user(account.as_str()).await?.is_some();
+        let mut cache = self.known_users.lock().expect("user cache");
+        if exists {
+            if cache.len() >= 100_000 {
+                cache.retain(|_, at| at.elapsed() < STATEMENT_CACHE_TTL);
+            }
+            cache.insert(account.clone(), std::time::Instant::now());
+        } else {
+            cache.remove(account);
+        }
+        Ok(exists)
     }
 
     /// The stored statement if it is still good, else a new one; with its
