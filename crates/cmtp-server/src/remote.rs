@@ -198,37 +198,47 @@ impl Remote {
         Ok(self.checked_bundle(domain, now).await?.1)
     }
 
+    /// Asks `domain`'s server for a key statement (`user` `None`: its key
+    /// bundle) on a fresh connection, checked under `key` when given.
+    /// KEYNOTAVAILABLE becomes [`RemoteError::NotAvailable`].
+    async fn key_request(
+        &self,
+        domain: &Domain,
+        key: Option<PublicKey>,
+        user: Option<&Account>,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let client_err = |error| RemoteError::Client {
+            domain: domain.to_string(),
+            error,
+        };
+        let mut conn = self.connect(domain, key).await?;
+        let cmd = Command::KeyRequest {
+            user: user.cloned(),
+            domain: Some(domain.clone()),
+        };
+        let reply = conn
+            .command(&cmd, cmtp_client::conn::MAX_REPLY_BODY)
+            .await
+            .map_err(client_err)?;
+        conn.close().await;
+        match reply.status {
+            Status::Success => Ok(reply.body),
+            Status::KeyNotAvailable => Err(RemoteError::NotAvailable(reply.text())),
+            _ => Err(client_err(ClientError::from_reply(&reply))),
+        }
+    }
+
     async fn checked_bundle(
         &self,
         domain: &Domain,
         now: u64,
     ) -> Result<(PublicKey, Vec<u8>), RemoteError> {
-        let mut conn = self.connect(domain, None).await?;
-        let reply = conn
-            .command(
-                &Command::KeyRequest {
-                    user: None,
-                    domain: Some(domain.clone()),
-                },
-                cmtp_client::conn::MAX_REPLY_BODY,
-            )
-            .await
-            .map_err(|error| RemoteError::Client {
-                domain: domain.to_string(),
-                error,
-            })?;
-        conn.close().await;
-        if reply.status != Status::Success {
-            return Err(RemoteError::Client {
-                domain: domain.to_string(),
-                error: ClientError::from_reply(&reply),
-            });
-        }
+        let body = self.key_request(domain, None, None).await?;
         let statement_err = |error| RemoteError::Statement {
             domain: domain.to_string(),
             error,
         };
-        let bundle = ServerKeyBundle::decode(&reply.body).map_err(statement_err)?;
+        let bundle = ServerKeyBundle::decode(&body).map_err(statement_err)?;
         let key = bundle.verify_self(domain, now).map_err(statement_err)?;
         let published = self.discovery.key_fingerprints(domain.as_str()).await?;
         if !published.is_empty() && !published.contains(&key.fingerprint()) {
@@ -256,7 +266,7 @@ impl Remote {
         self.store
             .set_pin(domain.as_str(), key.to_bytes(), now)
             .await?;
-        Ok((key, reply.body))
+        Ok((key, body))
     }
 
     /// The key statement of `account@domain`, from the cache or from that
@@ -279,36 +289,12 @@ impl Remote {
         {
             return Ok(bytes);
         }
-        let mut conn = self.connect(domain, Some(key)).await?;
-        let reply = conn
-            .command(
-                &Command::KeyRequest {
-                    user: Some(account.clone()),
-                    domain: Some(domain.clone()),
-                },
-                cmtp_client::conn::MAX_REPLY_BODY,
-            )
-            .await
-            .map_err(|error| RemoteError::Client {
-                domain: domain.to_string(),
-                error,
-            })?;
-        conn.close().await;
-        match reply.status {
-            Status::Success => {}
-            Status::KeyNotAvailable => return Err(RemoteError::NotAvailable(reply.text())),
-            _ => {
-                return Err(RemoteError::Client {
-                    domain: domain.to_string(),
-                    error: ClientError::from_reply(&reply),
-                });
-            }
-        }
+        let body = self.key_request(domain, Some(key), Some(account)).await?;
         let statement_err = |error| RemoteError::Statement {
             domain: domain.to_string(),
             error,
         };
-        let statement = KeyStatement::decode(&reply.body).map_err(statement_err)?;
+        let statement = KeyStatement::decode(&body).map_err(statement_err)?;
         statement
             .verify(&key, Some(account), domain, now)
             .map_err(statement_err)?;
@@ -316,10 +302,10 @@ impl Remote {
             .cache_statement(
                 account.as_str(),
                 domain.as_str(),
-                reply.body.clone(),
+                body.clone(),
                 statement.expires_at,
             )
             .await?;
-        Ok(reply.body)
+        Ok(body)
     }
 }

@@ -1,7 +1,7 @@
 //! What every connection and background task of one server shares.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cmtp_proto::crypto::IdentityKey;
 use cmtp_proto::crypto::opaque::{KsfParams, ServerSetup};
@@ -19,18 +19,7 @@ use crate::remote::Remote;
 /// The software name and version announced in banners and greetings.
 pub const SOFTWARE: &str = concat!("cmtpd ", env!("CARGO_PKG_VERSION"));
 
-/// Seconds since the Unix epoch, now.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// RFC 3339 UTC time of `secs`.
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
+pub use cmtp_client::clock::{now, rfc3339};
 
 /// Shared state of one server (one node).
 pub struct Shared {

@@ -264,7 +264,7 @@ async fn mail_waits_in_the_queue_until_the_destination_comes_up() {
     );
     // b.test comes up, bob registers with the same key the message was sealed to.
     let b = TestServer::start_with("b.test", federated(dns.addr(), pb)).await;
-    register_with_key(&b, "bob", &bob_key).await;
+    b.register_with_key("bob", "pw", &bob_key).await;
     cmtp_server::admin::queue_retry(&a.shared().store)
         .await
         .unwrap();
@@ -276,52 +276,6 @@ async fn mail_waits_in_the_queue_until_the_destination_comes_up() {
         mailbox(&a, "alice").await.is_empty(),
         "no notice for a delivered message"
     );
-}
-
-/// Registers `user` with a given identity key (the fixture generates one).
-async fn register_with_key(s: &TestServer, user: &str, key: &IdentityKey) {
-    use cmtp_proto::account::Registration;
-    use cmtp_proto::payload::RegistrationOffer;
-    let account = Account::parse(user).unwrap();
-    let (token, _) = cmtp_server::admin::invite(&s.shared().store, &account, 3600)
-        .await
-        .unwrap();
-    let mut c = s.connect().await;
-    let rng = &mut rand_core::OsRng;
-    let (reg, request) = Registration::start(b"pw", rng).unwrap();
-    let r = c
-        .command(
-            &Command::Register {
-                user: account,
-                invite: token,
-                request: request.to_vec(),
-            },
-            1 << 20,
-        )
-        .await
-        .unwrap();
-    let offer = RegistrationOffer::decode(&r.body).unwrap();
-    let bundle = reg
-        .finish(
-            b"pw",
-            &offer,
-            &s.address(user),
-            key,
-            cmtp_proto::crypto::opaque::KsfParams::INSECURE_TEST,
-            1,
-            rng,
-        )
-        .unwrap();
-    let r = c
-        .command(
-            &Command::RegFinish {
-                bundle: bundle.to_bytes(),
-            },
-            1 << 20,
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, Status::Success, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,7 +386,7 @@ async fn a_changed_destination_key_without_rotation_is_refused_and_explained() {
     let port = n.b.addr.port();
     n.b.stop().await;
     let b2 = TestServer::start_with("b.test", federated(n.dns.addr(), port)).await;
-    register_with_key(&b2, "bob", &n.bob).await;
+    b2.register_with_key("bob", "pw", &n.bob).await;
     let m = sealed(
         &n.a.address("alice"),
         &n.alice,

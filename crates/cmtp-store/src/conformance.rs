@@ -1389,3 +1389,35 @@ pub async fn concurrent_failures_are_isolated<S: Store>(store: S) {
         .unwrap();
     assert!(!d.duplicate);
 }
+
+/// Measures inline deliveries per second of 1 KiB messages with
+/// `concurrency` callers (the ignored throughput tests of both backends).
+pub async fn delivery_throughput<S: Store>(store: &S, concurrency: u64) -> (u64, f64) {
+    store
+        .create_user(new_user("alice"), None, T0)
+        .await
+        .unwrap();
+    let total = if concurrency == 1 { 1000 } else { 8000 };
+    let per_task = total / concurrency;
+    let body = pattern(1024, 1);
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let s = store.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let n = t * 1_000_000 + i;
+                    s.deliver(delivery("alice", hash(n), &body, T0))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let done = per_task * concurrency;
+    (done, done as f64 / start.elapsed().as_secs_f64())
+}

@@ -816,36 +816,7 @@ async fn delivery_throughput() {
         let mut c = PostgresConfig::new(&url);
         c.pool_size = pool_size;
         let store = PostgresStore::open(c).await.unwrap();
-        store
-            .create_user(new_user("alice"), None, T0)
-            .await
-            .unwrap();
-        let total = if concurrency == 1 { 1000 } else { 8000 };
-        let per_task = total / concurrency;
-        let body = pattern(1024, 1);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let s = store.clone();
-                let body = body.clone();
-                tokio::spawn(async move {
-                    for i in 0..per_task {
-                        let n = t * 1_000_000 + i;
-                        s.deliver(delivery("alice", hash(n), &body, T0))
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "concurrency {concurrency:>3}, pool {pool_size:>2}: {} deliveries in {secs:.2} s = {:.0}/s",
-            per_task * concurrency,
-            (per_task * concurrency) as f64 / secs
-        );
+        let (n, rate) = cmtp_store::conformance::delivery_throughput(&store, concurrency).await;
+        println!("concurrency {concurrency:>3}, pool {pool_size:>2}: {n} deliveries = {rate:.0}/s");
     }
 }

@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use bytes::Bytes;
 use cmtp_store::conformance::{T0, delivery, hash, new_user, pattern, read_all};
@@ -573,36 +572,7 @@ async fn database_size_limit_is_transient_and_recoverable() {
 async fn group_commit_throughput() {
     for concurrency in [1u64, 8, 64] {
         let (store, _dir) = sqlite_store().await;
-        store
-            .create_user(new_user("alice"), None, T0)
-            .await
-            .unwrap();
-        let total = if concurrency == 1 { 1000 } else { 8000 };
-        let per_task = total / concurrency;
-        let body = pattern(1024, 1);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|t| {
-                let s = store.clone();
-                let body = body.clone();
-                tokio::spawn(async move {
-                    for i in 0..per_task {
-                        let n = t * 1_000_000 + i;
-                        s.deliver(delivery("alice", hash(n), &body, T0))
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "concurrency {concurrency:>3}: {} deliveries in {secs:.2} s = {:.0}/s",
-            per_task * concurrency,
-            (per_task * concurrency) as f64 / secs
-        );
+        let (n, rate) = cmtp_store::conformance::delivery_throughput(&store, concurrency).await;
+        println!("concurrency {concurrency:>3}: {n} deliveries = {rate:.0}/s");
     }
 }

@@ -99,6 +99,13 @@ impl TestServer {
 
     /// Registers `user` over the wire with an invite; returns the identity key.
     pub async fn register(&self, user: &str, password: &str) -> IdentityKey {
+        let identity = IdentityKey::generate(&mut rand_core::OsRng);
+        self.register_with_key(user, password, &identity).await;
+        identity
+    }
+
+    /// Registers `user` over the wire with an invite and a given identity key.
+    pub async fn register_with_key(&self, user: &str, password: &str, identity: &IdentityKey) {
         let account = Account::parse(user).unwrap();
         let (token, _) = cmtp_server::admin::invite(&self.shared().store, &account, 3600)
             .await
@@ -119,13 +126,12 @@ impl TestServer {
             .unwrap();
         assert_eq!(r.status, Status::Success, "{}", r.text());
         let offer = RegistrationOffer::decode(&r.body).unwrap();
-        let identity = IdentityKey::generate(rng);
         let bundle = reg
             .finish(
                 password.as_bytes(),
                 &offer,
                 &self.address(user),
-                &identity,
+                identity,
                 KsfParams::INSECURE_TEST,
                 1,
                 rng,
@@ -141,7 +147,6 @@ impl TestServer {
             .await
             .unwrap();
         assert_eq!(r.status, Status::Success, "{}", r.text());
-        identity
     }
 
     /// A connection logged in as `user` with its identity key.
