@@ -61,6 +61,14 @@ pub(crate) struct ServerOpts {
     /// Keep the own server's data directory (and its log) after the run.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Storage backend of the own server: `sqlite` (the default, embedded)
+    /// or `postgres` (a throwaway PostgreSQL cluster started for the run from
+    /// the machine's PostgreSQL binaries, unless `--postgres-url` names one).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub(crate) store: String,
+    /// With `--store postgres`: an existing, empty database to use.
+    #[arg(long, value_name = "URL")]
+    pub(crate) postgres_url: Option<String>,
 }
 
 /// An account the bench uses, with its identity key once logged in.
@@ -86,6 +94,9 @@ pub(crate) struct BenchServer {
     pub(crate) pid: Option<u32>,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
+    /// The throwaway PostgreSQL cluster of `--store postgres` (stopped on drop,
+    /// after the server: fields drop in order).
+    _postgres: Option<cmtp_testkit::postgres::PgCluster>,
 }
 
 /// A port free now on 127.0.0.1 (the server binds it a moment later).
@@ -130,6 +141,7 @@ impl BenchServer {
                 pid: opts.server_pid,
                 child: None,
                 dir: None,
+                _postgres: None,
             });
         }
         let base = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -142,6 +154,21 @@ impl BenchServer {
         let port = if port == 0 { free_port()? } else { port };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cfg = bench_config(domain, &data, addr, &opts.server_log);
+        let mut postgres = None;
+        if opts.store == "postgres" {
+            let url = match &opts.postgres_url {
+                Some(u) => u.clone(),
+                None => {
+                    let pg = cmtp_testkit::postgres::PgCluster::start()
+                        .context("starting a throwaway PostgreSQL cluster (--store postgres)")?;
+                    let url = pg.url();
+                    postgres = Some(pg);
+                    url
+                }
+            };
+            cfg.store.backend = "postgres".into();
+            cfg.store.url = Some(url);
+        }
         tweak(&mut cfg);
         cfg.validate()?;
         admin::write_config_if_missing(&cfg)?;
@@ -200,6 +227,7 @@ impl BenchServer {
             pid: Some(child.id()),
             child: Some(child),
             dir: Some(dir),
+            _postgres: postgres,
         };
         if opts.keep
             && let Some(d) = server.dir.take()

@@ -53,6 +53,24 @@ fn num(v: &Value, key: &str) -> f64 {
 }
 
 #[test]
+fn mail_on_postgresql_delivers_every_message_durably() {
+    // The same scenario on the PostgreSQL backend (a throwaway cluster).
+    if let Err(why) = cmtp_testkit::postgres::PgCluster::availability() {
+        assert!(
+            std::env::var(cmtp_testkit::postgres::REQUIRE_ENV).as_deref() != Ok("1"),
+            "PostgreSQL is required here: {why}"
+        );
+        eprintln!("PostgreSQL suite did not run: {why}");
+        return;
+    }
+    let m = bench(&[
+        "mail", "--store", "postgres", "-m", "50", "-c", "4", "-s", "512",
+    ]);
+    assert_eq!(num(&m, "accepted"), 50.0, "{m}");
+    assert_eq!(num(&m, "delivered"), 50.0, "{m}");
+}
+
+#[test]
 fn mail_delivers_every_message_durably() {
     let m = bench(&["mail", "-m", "50", "-c", "4", "-s", "512"]);
     assert_eq!(num(&m, "accepted"), 50.0, "{m}");
