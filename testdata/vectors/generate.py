@@ -485,6 +485,28 @@ def gen_banner():
     f.write()
 
 
+def gen_dns():
+    f = File("dns.hex", "the _cmtpkey TXT record (PROTOCOL.md §14.2); checked by crates/cmtp-client/tests/discovery.rs")
+    fp = hashlib.sha256(SERVER_A.pub).digest()
+    f.add("fingerprint", fp, "H(public key) of a.example's server key (seed 32x0x01)")
+    f.add(
+        "txt",
+        f"v=cmtp1; k=ed25519; fp={fp.hex()}".encode(),
+        "The TXT record text a.example publishes at _cmtpkey.a.example (ASCII)",
+    )
+    f.add(
+        "txt_reordered",
+        f"fp={fp.hex()};v=cmtp1 ;  k=ed25519;note=rotation".encode(),
+        "The same, fields reordered, odd spacing, an unknown field (ignored)",
+    )
+    f.add(
+        "txt_wrong_version",
+        f"v=cmtp2; k=ed25519; fp={fp.hex()}".encode(),
+        "Not a CMTP/1 record (v=cmtp2): ignored",
+    )
+    f.write()
+
+
 # ----------------------------------------------------------------------------
 # §8 Message content
 
@@ -963,6 +985,7 @@ def main():
     cmds = gen_commands(payload)
     gen_replies(cmds, {**payload, **stmts})
     gen_banner()
+    gen_dns()
     print("wrote", ", ".join(sorted(n for n in os.listdir(OUT) if n.endswith(".hex"))))
 
 

@@ -516,3 +516,44 @@ async fn records_changed_mid_test_are_seen() {
         [fp(FP2)]
     );
 }
+
+/// The `_cmtpkey` TXT vectors of testdata/vectors/dns.hex (made by the
+/// independent generator from PROTOCOL.md §14.2).
+#[test]
+fn txt_vectors_parse_as_the_spec_says() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/vectors/dns.hex"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let get = |name: &str| -> Vec<u8> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no vector {name}"));
+        hex::decode(&line[name.len() + 2..]).unwrap()
+    };
+    let fp: [u8; 32] = get("fingerprint").try_into().unwrap();
+    let server = cmtp_proto::crypto::IdentityKey::from_seed(&[1; 32]).public();
+    assert_eq!(server.fingerprint(), fp);
+    let txt = |name: &str| String::from_utf8(get(name)).unwrap();
+    assert_eq!(cmtp_client::discovery::parse_key_txt(&txt("txt")), Some(fp));
+    assert_eq!(
+        cmtp_client::discovery::parse_key_txt(&txt("txt_reordered")),
+        Some(fp)
+    );
+    assert_eq!(
+        cmtp_client::discovery::parse_key_txt(&txt("txt_wrong_version")),
+        None
+    );
+    // Every vector of the file is used above.
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
+        .filter(|n| !n.starts_with('#'))
+        .collect();
+    assert_eq!(
+        names,
+        ["fingerprint", "txt", "txt_reordered", "txt_wrong_version"]
+    );
+}
