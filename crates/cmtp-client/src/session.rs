@@ -327,24 +327,14 @@ impl Client {
         let bundle = reg
             .finish(password, &offer, address, &identity, ksf, now(), &mut OsRng)
             .map_err(account_error)?;
-        let reply = s
-            .command(&Command::RegFinish {
-                bundle: bundle.to_bytes(),
-            })
+        let statement = s
+            .upload_bundle(
+                &bundle,
+                address,
+                &identity,
+                "the server's key statement names another key than the one registered",
+            )
             .await?;
-        let body = expect_success(&reply, "REGFINISH")?;
-        let statement = verify_statement(
-            body,
-            &s.greeting.key,
-            Some(&address.account),
-            &address.domain,
-            now(),
-        )?;
-        if statement.key != identity.public() {
-            return Err(Error::Verification(
-                "the server's key statement names another key than the one registered".into(),
-            ));
-        }
         s.statements.put(address, &statement)?;
         self.save_account(address, &identity)?;
         let account = AccountInfo {
@@ -447,24 +437,14 @@ impl Client {
                 &mut OsRng,
             )
             .map_err(account_error)?;
-        let reply = session
-            .command(&Command::RegFinish {
-                bundle: bundle.to_bytes(),
-            })
+        session
+            .upload_bundle(
+                &bundle,
+                &address,
+                &identity,
+                "after the password change the server states another key for the account",
+            )
             .await?;
-        let body = expect_success(&reply, "REGFINISH")?;
-        let statement = verify_statement(
-            body,
-            &session.greeting.key,
-            Some(&address.account),
-            &address.domain,
-            now(),
-        )?;
-        if statement.key != identity.public() {
-            return Err(Error::Verification(
-                "after the password change the server states another key for the account".into(),
-            ));
-        }
         Ok(())
     }
 }
@@ -544,6 +524,34 @@ pub struct Session {
 }
 
 impl Session {
+    /// REGFINISH with `bundle`; checks that the key statement the server
+    /// answers is signed by it and names `identity` (else `mismatch`).
+    async fn upload_bundle(
+        &mut self,
+        bundle: &cmtp_proto::payload::RegistrationBundle,
+        address: &Address,
+        identity: &IdentityKey,
+        mismatch: &str,
+    ) -> Result<KeyStatement> {
+        let reply = self
+            .command(&Command::RegFinish {
+                bundle: bundle.to_bytes(),
+            })
+            .await?;
+        let body = expect_success(&reply, "REGFINISH")?;
+        let statement = verify_statement(
+            body,
+            &self.greeting.key,
+            Some(&address.account),
+            &address.domain,
+            now(),
+        )?;
+        if statement.key != identity.public() {
+            return Err(Error::Verification(mismatch.into()));
+        }
+        Ok(statement)
+    }
+
     /// The server's greeting.
     pub fn greeting(&self) -> &Greeting {
         &self.greeting
