@@ -784,7 +784,9 @@ impl Session {
 
     /// LIST: the mailbox, oldest first.
     pub async fn list(&mut self) -> Result<Vec<ListingEntry>> {
-        let reply = self.command(&Command::List).await?;
+        // A listing may hold up to MAX_LISTING entries of at most ~400 bytes.
+        let max = (cmtp_proto::limits::MAX_LISTING as u64) * 400 + 4;
+        let reply = self.conn.command(&Command::List, max).await?;
         let body = expect_success(&reply, "LIST")?;
         decode(decode_listing(body), "mailbox listing")
     }

@@ -380,7 +380,11 @@ fn parse_inner(inner: &[u8]) -> Result<Content, ContentError> {
     let reply_to = if reply_to.is_empty() {
         None
     } else {
-        Some(Address::parse(reply_to)?)
+        let a = Address::parse(reply_to)?;
+        if a.to_string() != reply_to {
+            return Err(NameError::NotCanonical.into());
+        }
+        Some(a)
     };
     let subject = r
         .string(MAX_FIELD, "subject")

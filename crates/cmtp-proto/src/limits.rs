@@ -39,8 +39,8 @@ pub const DEFAULT_PORT: u16 = 9001;
 /// Limits on messages that a server configures; clients learn them from OHAI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageLimits {
-    /// Largest whole message in bytes (header, names, log, body, attachments with
-    /// their length fields, trailer).
+    /// Largest message in bytes: header, names, body, attachments with their
+    /// length fields, trailer — everything but the log, which has `max_log`.
     pub max_message_size: u64,
     /// Most attachments in one message.
     pub max_attachments: u32,

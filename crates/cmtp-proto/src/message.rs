@@ -343,8 +343,9 @@ impl MessageReader {
         self.consumed
     }
 
-    /// The message size announced so far: after the envelope, everything
-    /// but the attachments whose lengths have not been read yet.
+    /// The message size announced so far, the log not counted: after the
+    /// envelope, everything but the attachments whose lengths have not been
+    /// read yet.
     pub fn announced(&self) -> u64 {
         self.announced
     }
@@ -522,11 +523,12 @@ impl MessageReader {
                 max: limits.max_log,
             });
         }
-        // The least the message can be: header, four empty names, log, body,
-        // one u64 per attachment, trailer.
+        // The least the message can be: header, four empty names, body, one
+        // u64 per attachment, trailer. The log is not counted: it has its own
+        // limit, and relays append to it (a message accepted once must not
+        // grow over the size limit on its way).
         let least = (MESSAGE_HEADER_LEN as u64 + 4 + TRAILER_LEN as u64)
-            .checked_add(log_len)
-            .and_then(|s| s.checked_add(body_len))
+            .checked_add(body_len)
             .and_then(|s| s.checked_add(8 * u64::from(attachment_count)));
         match least {
             Some(s) if s <= limits.max_message_size => {}
@@ -897,6 +899,18 @@ pub(crate) mod tests {
                 max: 1000
             }
         );
+    }
+
+    #[test]
+    fn the_log_does_not_count_against_the_size_limit() {
+        let l = MessageLimits {
+            max_message_size: 1000,
+            ..limits()
+        };
+        let mut b = header(1, 0, 500, 1000 - 106);
+        b.extend_from_slice(b"b\0b.test\0a\0a.test\0");
+        let (events, _) = read_split(&b, b.len(), l).unwrap();
+        assert!(events[0].starts_with("env Ok"), "{events:?}");
     }
 
     #[test]

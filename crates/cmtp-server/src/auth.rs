@@ -50,19 +50,10 @@ impl Session {
         [
             (format!("account:{user}"), a.login_failures_per_account),
             (
-                format!("address:{}", self.peer.ip()),
+                crate::limiter::address_key(self.peer.ip()),
                 a.login_failures_per_address,
             ),
         ]
-    }
-
-    /// `Some(wait)` when `user` or this peer address has too many recent failures.
-    fn limited(&self, user: &Account) -> Option<std::time::Duration> {
-        let now = Instant::now();
-        self.keys(user)
-            .iter()
-            .filter_map(|(k, limit)| self.sh.login_failures.retry_after(k, *limit, now))
-            .max()
     }
 
     async fn rate_limited(
@@ -74,14 +65,6 @@ impl Session {
         let text = format!("too many failed logins; try again in {secs} seconds");
         self.reply(Status::RateLimited, text.as_bytes(), digest)
             .await
-    }
-
-    fn record_failure(&self, user: &Account) {
-        let now = Instant::now();
-        for (k, _) in self.keys(user) {
-            self.sh.login_failures.record(&k, now);
-        }
-        metrics::counter!("cmtp_login_failures_total").increment(1);
     }
 
     fn forgive(&self, user: &Account) {
@@ -98,13 +81,25 @@ impl Session {
     ) -> Result<(), Stop> {
         self.logged_in = None;
         self.pending = Pending::None;
-        if let Some(wait) = self.limited(&user) {
+        // The attempt counts as a failure from now until LOGINFINISH proves
+        // the password: a client learns from KE2 whether its guess was right,
+        // so one that never finishes must not guess for free. Checked and
+        // counted under one lock, before anything is awaited.
+        if let Err(wait) = self
+            .sh
+            .login_failures
+            .try_begin(&self.keys(&user), Instant::now())
+        {
             tracing::info!(peer = %self.peer, account = %user, "login rate-limited");
+            metrics::counter!("cmtp_login_failures_total").increment(1);
             return self.rate_limited(wait, digest).await;
         }
         let record = match self.sh.store.user(user.as_str()).await {
             Ok(u) => u,
-            Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => {
+                self.forgive(&user);
+                return self.temp_failure(&e.to_string(), digest).await;
+            }
         };
         let ksf = record
             .as_ref()
@@ -124,15 +119,12 @@ impl Session {
         let (login, ke2) = match started {
             Ok(x) => x,
             Err(e) => {
+                self.forgive(&user);
                 return self
                     .reply(Status::BadArgument, format!("KE1: {e}").as_bytes(), digest)
                     .await;
             }
         };
-        // The attempt counts as a failure until LOGINFINISH proves the
-        // password: a client learns from KE2 whether its guess was right, so
-        // one that never finishes must not guess for free.
-        self.record_failure(&user);
         self.pending = Pending::Login {
             user,
             login: Box::new(login),
@@ -191,7 +183,16 @@ impl Session {
     ) -> Result<(), Stop> {
         self.logged_in = None;
         self.pending = Pending::None;
-        if let Some(wait) = self.limited(&user) {
+        // A signature by the identity key cannot be guessed, so KEYLOGIN is
+        // limited per peer address only: failed password logins against the
+        // account (which anyone can cause) never lock its devices out.
+        let address_key = crate::limiter::address_key(self.peer.ip());
+        let limit = self.sh.cfg.accounts.login_failures_per_address;
+        if let Some(wait) = self
+            .sh
+            .login_failures
+            .retry_after(&address_key, limit, Instant::now())
+        {
             return self.rate_limited(wait, digest).await;
         }
         let record = match self.sh.store.user(user.as_str()).await {
@@ -211,7 +212,8 @@ impl Session {
             self.reply(Status::Success, b"", digest).await
         } else {
             tracing::info!(peer = %self.peer, account = %user, "key login failed");
-            self.record_failure(&user);
+            metrics::counter!("cmtp_login_failures_total").increment(1);
+            self.sh.login_failures.record(&address_key, Instant::now());
             self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
         }
     }

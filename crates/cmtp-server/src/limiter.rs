@@ -94,6 +94,44 @@ impl FailureLimiter {
         }
     }
 
+    /// Checks every `(key, limit)` and, when none is over its limit, records
+    /// an attempt for each, all under one lock (concurrent attempts cannot
+    /// all pass the check before any is counted). `Err(wait)` otherwise.
+    pub fn try_begin(&self, keys: &[(String, u32)], now: Instant) -> Result<(), Duration> {
+        let mut g = self.failures.lock().expect("limiter lock");
+        let mut wait: Option<Duration> = None;
+        for (key, limit) in keys {
+            if let Some(q) = g.get_mut(key) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.window)
+                {
+                    q.pop_front();
+                }
+                if q.len() >= *limit as usize {
+                    let pivot = q[q.len() - *limit as usize];
+                    let w = (pivot + self.window).saturating_duration_since(now);
+                    wait = Some(wait.map_or(w, |x| x.max(w)));
+                }
+            }
+        }
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        Self::prune(&mut g, self.window, now);
+        for (key, _) in keys {
+            g.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(())
+    }
+
+    fn prune(g: &mut HashMap<String, VecDeque<Instant>>, window: Duration, now: Instant) {
+        if g.len() > 100_000 {
+            // Bound memory under a flood of distinct keys: forget stale entries.
+            g.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
+        }
+    }
+
     /// How long until `key` has fewer than `limit` failures in the window.
     pub fn retry_after(&self, key: &str, limit: u32, now: Instant) -> Option<Duration> {
         let g = self.failures.lock().expect("limiter lock");
@@ -122,15 +160,26 @@ impl FailureLimiter {
     /// Records a failure of `key`.
     pub fn record(&self, key: &str, now: Instant) {
         let mut g = self.failures.lock().expect("limiter lock");
-        if g.len() > 100_000 {
-            // Bound memory under a flood of distinct keys: forget stale entries.
-            let window = self.window;
-            g.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) <= window));
-        }
+        Self::prune(&mut g, self.window, now);
         let q = g.entry(key.to_owned()).or_default();
         q.push_back(now);
         if q.len() > 1000 {
             q.pop_front();
+        }
+    }
+}
+
+/// The rate-limit key of a peer address: the address itself for IPv4, its
+/// /64 for IPv6 (one host usually holds a whole /64).
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("address:{v4}"),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return format!("address:{v4}");
+            }
+            let s = v6.segments();
+            format!("address:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
 }
@@ -152,6 +201,37 @@ mod tests {
         drop(s1);
         assert_eq!(t.open(), 2);
         t.acquire(a, 3, 2).unwrap();
+    }
+
+    #[test]
+    fn try_begin_checks_and_counts_at_once() {
+        let l = FailureLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let keys = [("a".to_owned(), 2), ("b".to_owned(), 5)];
+        assert!(l.try_begin(&keys, t0).is_ok());
+        assert!(l.try_begin(&keys, t0).is_ok());
+        assert_eq!(l.try_begin(&keys, t0), Err(Duration::from_secs(10)));
+        // "b" was not counted for the refused attempt.
+        assert!(!l.is_limited("b", 3, t0));
+        l.forgive("a");
+        assert!(l.try_begin(&keys, t0).is_ok());
+    }
+
+    #[test]
+    fn ipv6_peers_are_limited_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        assert_eq!(
+            address_key("127.0.0.1".parse().unwrap()),
+            "address:127.0.0.1"
+        );
+        assert_eq!(
+            address_key("::ffff:10.0.0.1".parse().unwrap()),
+            "address:10.0.0.1"
+        );
     }
 
     #[test]

@@ -351,13 +351,21 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
             Err(e) if e.is_transient() => {
                 return Err(Refusal::status(
                     Status::TempFailure,
-                    format!("cannot obtain the key of {} now: {e}", env.source.domain),
+                    format!(
+                        "cannot obtain the key of {} now: {}",
+                        env.source.domain,
+                        e.public_text()
+                    ),
                 ));
             }
             Err(e) => {
                 return Err(Refusal::delivery(
                     FailureReason::BadSignature,
-                    format!("cannot verify mail from {}: {e}", env.source.domain),
+                    format!(
+                        "cannot verify mail from {}: {}",
+                        env.source.domain,
+                        e.public_text()
+                    ),
                 ));
             }
         }
@@ -390,6 +398,15 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
 
 /// The log is complete: check the hop count and append our line.
 async fn end_of_log(s: &Session, acc: &mut Accepting) -> Result<(), Refusal> {
+    if acc.env.log_len + acc.our_line.len() as u64 > s.sh.limits.max_log {
+        return Err(Refusal::delivery(
+            FailureReason::Loop,
+            format!(
+                "the log is full ({} bytes): the message has travelled too far",
+                acc.env.log_len
+            ),
+        ));
+    }
     if acc.log_lines >= u64::from(s.sh.limits.max_hops) {
         return Err(Refusal::delivery(
             FailureReason::Loop,
@@ -418,17 +435,17 @@ async fn finish(
     } else {
         let key = acc.source_key.expect("foreign source has a key");
         if verify_trailer(&key, &hash, &trailer).is_err() {
-            // Perhaps the source rotated its key since we pinned it.
+            // Perhaps the source rotated its key since we pinned it (asked at
+            // most once a minute per domain).
             let fresh = sh
                 .remote
-                .refresh_server_key(&acc.env.source.domain, now())
+                .refresh_server_key_limited(&acc.env.source.domain, now())
                 .await;
-            let ok =
-                matches!(&fresh, Ok(k) if *k != key && verify_trailer(k, &hash, &trailer).is_ok());
+            let ok = matches!(&fresh, Some(Ok(k)) if *k != key && verify_trailer(k, &hash, &trailer).is_ok());
             if !ok {
                 let text = match fresh {
-                    Err(e) => format!("the domain signature does not verify ({e})"),
-                    Ok(_) => format!(
+                    Some(Err(e)) => format!("the domain signature does not verify ({e})"),
+                    _ => format!(
                         "the domain signature does not verify under the key of {}",
                         acc.env.source.domain
                     ),
@@ -503,6 +520,17 @@ async fn finish(
             let receipt = Receipt::issue(&sh.key, hash, at, sh.domain.clone());
             s.reply(Status::Success, &receipt.to_bytes(), digest).await
         }
+        // The account went away between the envelope check and the commit.
+        Err(StoreError::UnknownAccount) => refuse(
+            s,
+            Refusal::delivery(
+                FailureReason::NoSuchUser,
+                format!("no user {} here", env.destination),
+            ),
+            digest,
+        )
+        .await
+        .map(|_| ()),
         Err(e) => refuse_store(s, e, digest).await.map(|_| ()),
     }
 }

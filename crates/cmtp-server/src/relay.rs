@@ -74,6 +74,10 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
                     .set(stats.oldest_age.unwrap_or(0) as f64);
             }
         }
+        // Forget what is no longer used: idle connections past their time,
+        // per-domain limits with nothing in flight.
+        sh.relay_pool.prune();
+        per_domain.retain(|_, sem| sem.available_permits() < cfg.per_destination);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
             _ = sh.queue_wakeup.notified() => {}
@@ -124,7 +128,22 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
         Outcome::Bounce(reason, why) => {
             tracing::info!(id, to = %e.destination, %reason, error = %why, "relay failed; notifying the sender");
             metrics::counter!("cmtp_relay_total", "result" => "bounced").increment(1);
-            match notice(sh, &e, reason, &why).await {
+            // The sender must learn of it: a store that cannot answer now
+            // means trying again later, not dropping the message silently.
+            let sender = match sh.store.user(&e.sender).await {
+                Ok(u) => u,
+                Err(err) => {
+                    tracing::warn!(id, error = %err, "cannot read the sender for the notice; retrying later");
+                    let _ = sh.store.retry_later(id, &sh.node, now() + 60, &why).await;
+                    return;
+                }
+            };
+            let Some(sender) = sender else {
+                tracing::info!(id, sender = %e.sender, "the sender no longer exists; no notice");
+                let _ = sh.store.complete(id, &sh.node).await;
+                return;
+            };
+            match notice(sh, &e, &sender, reason, &why) {
                 Ok(n) => {
                     if let Err(err) = sh.store.fail_with_notice(id, &sh.node, &why, n).await {
                         tracing::error!(id, error = %err, "storing the delivery failure notice failed; will retry");
@@ -147,6 +166,9 @@ fn classify(e: &RemoteError) -> Outcome {
         RemoteError::Discovery(d) if d.is_permanent() => {
             Outcome::Bounce(FailureReason::NoDestination, e.to_string())
         }
+        // A statement that does not verify now (clocks apart, a key being
+        // replaced) may verify later: retried until the lifetime ends.
+        RemoteError::Statement { .. } => Outcome::Retry(e.to_string()),
         e if e.is_transient() => Outcome::Retry(e.to_string()),
         e => Outcome::Bounce(FailureReason::NoDestination, e.to_string()),
     }
@@ -272,6 +294,15 @@ impl ConnectionPool {
         None
     }
 
+    /// Closes idle connections past [`POOL_IDLE`], for every domain.
+    fn prune(&self) {
+        let mut g = self.idle.lock().expect("pool lock");
+        g.retain(|_, list| {
+            list.retain(|(_, _, at)| at.elapsed() < POOL_IDLE);
+            !list.is_empty()
+        });
+    }
+
     fn put(&self, domain: &Domain, key: PublicKey, conn: Connection) {
         let mut g = self.idle.lock().expect("pool lock");
         let list = g.entry(domain.as_str().to_owned()).or_default();
@@ -284,17 +315,13 @@ impl ConnectionPool {
 
 /// The DELIVERYFAILURE notice for the sender of `e`: a message from this
 /// server, sealed to the sender and signed by the server key.
-async fn notice(
+fn notice(
     sh: &Shared,
     e: &OutboundEntry,
+    user: &cmtp_store::User,
     reason: FailureReason,
     why: &str,
 ) -> anyhow::Result<NewDelivery> {
-    let user = sh
-        .store
-        .user(&e.sender)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the sender {} no longer exists", e.sender))?;
     let sender_key = PublicKey::from_bytes(&user.identity_pk)?;
     let to = Address::parse(&format!("{}@{}", e.sender, sh.domain))?;
     let t = now();

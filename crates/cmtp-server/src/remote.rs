@@ -69,6 +69,19 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// What a peer may be told: without the addresses and socket errors of
+    /// the attempt (a KEYREQUEST must not become a port scanner's oracle).
+    pub fn public_text(&self) -> String {
+        match self {
+            RemoteError::Client { domain, error } => match error {
+                ClientError::Refused { .. } | ClientError::KeyMismatch { .. } => self.to_string(),
+                _ => format!("the server of {domain} cannot be reached or does not speak CMTP/1"),
+            },
+            RemoteError::Store(_) => "temporary failure of this server".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying again later may help.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -86,7 +99,13 @@ pub struct Remote {
     discovery: Discovery,
     timeout: Duration,
     store: AnyStore,
+    /// When each domain's key was last fetched because a signature did not
+    /// verify: at most one such refresh per domain per [`REFRESH_INTERVAL`].
+    refreshed: std::sync::Mutex<HashMap<Domain, std::time::Instant>>,
 }
+
+/// The least time between two refreshes of one domain's key.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Remote {
     /// From the `[dns]` and `[relay]` configuration.
@@ -114,6 +133,7 @@ impl Remote {
             ..DiscoveryConfig::default()
         };
         Ok(Remote {
+            refreshed: std::sync::Mutex::new(HashMap::new()),
             discovery: Discovery::new(config)?,
             timeout: Duration::from_secs(cfg.relay.timeout_secs),
             store,
@@ -134,7 +154,7 @@ impl Remote {
             .collect();
         let mut last = None;
         for addr in addrs {
-            match self.try_connect(addr, key).await {
+            match self.try_connect(addr, domain, key).await {
                 Ok(c) => return Ok(c),
                 // A key mismatch is a verdict about the domain, not this address.
                 Err(e @ ClientError::KeyMismatch { .. }) => {
@@ -161,14 +181,47 @@ impl Remote {
     async fn try_connect(
         &self,
         addr: SocketAddr,
+        domain: &Domain,
         key: Option<PublicKey>,
     ) -> Result<Connection, ClientError> {
         let mut c = Connection::connect(addr, self.timeout).await?;
         if let Some(k) = key {
             c.expect_key(k);
         }
-        c.ohai().await?;
+        let g = c.ohai().await?;
+        // A server for another domain (a misdirected or malicious DNS record,
+        // or this very server) is not the one asked for.
+        if g.domain != *domain {
+            return Err(ClientError::Protocol(format!(
+                "{addr} serves {}, not {domain}",
+                g.domain
+            )));
+        }
         Ok(c)
+    }
+
+    /// Like [`refresh_server_key`](Self::refresh_server_key), but at most
+    /// once per [`REFRESH_INTERVAL`] per domain (a sender of forged
+    /// signatures must not make this server dial out for every message).
+    /// `None` when a refresh was made too recently.
+    pub async fn refresh_server_key_limited(
+        &self,
+        domain: &Domain,
+        now: u64,
+    ) -> Option<Result<PublicKey, RemoteError>> {
+        {
+            let mut g = self.refreshed.lock().expect("refresh lock");
+            if g.get(domain)
+                .is_some_and(|t| t.elapsed() < REFRESH_INTERVAL)
+            {
+                return None;
+            }
+            if g.len() > 10_000 {
+                g.retain(|_, t| t.elapsed() < REFRESH_INTERVAL);
+            }
+            g.insert(domain.clone(), std::time::Instant::now());
+        }
+        Some(self.refresh_server_key(domain, now).await)
     }
 
     /// The pinned key of `domain`, fetching and pinning it on first contact.

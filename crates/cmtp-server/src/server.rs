@@ -159,9 +159,19 @@ async fn maintenance(
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
         }
+        // An upload in progress must outlive the slowest transfer the data
+        // timeout allows (grace + size / minimum rate), with a margin.
+        let t = &shared.cfg.timeouts;
+        let slowest =
+            t.data_grace_secs + shared.cfg.limits.max_message_size / t.min_data_rate.max(1);
+        let default = cmtp_store::Retention::default();
+        let retention = cmtp_store::Retention {
+            staged_grace: default.staged_grace.max(slowest + 600),
+            ..default
+        };
         match shared
             .store
-            .purge_expired(crate::state::now(), cmtp_store::Retention::default())
+            .purge_expired(crate::state::now(), retention)
             .await
         {
             Ok(r) => tracing::debug!(?r, "maintenance"),

@@ -344,7 +344,12 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.wr.write_all(&self.out).await;
+        // A peer that does not read its replies is cut off after the idle timeout.
+        let idle = Duration::from_secs(self.sh.cfg.timeouts.idle_secs);
+        let r = match tokio::time::timeout(idle, self.wr.write_all(&self.out)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
         self.out.clear();
         if self.out.capacity() > 64 * 1024 {
             self.out = Vec::new();
@@ -441,10 +446,15 @@ impl Session {
             };
             match result {
                 Ok(bytes) => self.reply(Status::Success, &bytes, digest).await,
-                Err(e) if e.is_transient() => self.temp_failure(&e.to_string(), digest).await,
                 Err(e) => {
-                    self.reply(Status::KeyNotAvailable, e.to_string().as_bytes(), digest)
-                        .await
+                    tracing::info!(peer = %self.peer, %domain, error = %e, "remote KEYREQUEST failed");
+                    if e.is_transient() {
+                        self.temp_failure(&e.public_text(), digest).await
+                    } else {
+                        let text = e.public_text();
+                        self.reply(Status::KeyNotAvailable, text.as_bytes(), digest)
+                            .await
+                    }
                 }
             }
         }

@@ -58,6 +58,10 @@ pub struct Shared {
     known_users: Mutex<std::collections::HashMap<Account, std::time::Instant>>,
 }
 
+/// How far back statements are dated, so that a verifier whose clock is
+/// behind ours (by less than this) does not see them as not yet valid.
+pub const CLOCK_SKEW: u64 = 3600;
+
 /// A statement in memory: its bytes, its issue time, when it was cached.
 type CachedStatement = (Vec<u8>, u64, std::time::Instant);
 
@@ -144,7 +148,7 @@ impl Shared {
             None,
             self.domain.clone(),
             self.key.public(),
-            now,
+            now.saturating_sub(CLOCK_SKEW),
             now + validity,
         );
         let bytes = ServerKeyBundle {
@@ -243,13 +247,13 @@ impl Shared {
             Some(account.clone()),
             self.domain.clone(),
             key,
-            now,
+            now.saturating_sub(CLOCK_SKEW),
             now + validity,
         );
         let bytes = statement.to_bytes();
         self.store
             .put_key_statement(account.as_str(), bytes.clone(), now + validity)
             .await?;
-        Ok(Some((bytes, now)))
+        Ok(Some((bytes, now.saturating_sub(CLOCK_SKEW))))
     }
 }

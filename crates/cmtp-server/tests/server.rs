@@ -800,6 +800,70 @@ async fn logins_that_never_finish_count_as_failures() {
     assert!(r.text().contains("try again in"), "{}", r.text());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_cannot_all_slip_past_the_limit() {
+    let s = TestServer::start_with("a.test", |c| c.accounts.login_failures_per_account = 3).await;
+    s.register("alice", "right").await;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(s.connect().await);
+    }
+    let attempts = conns.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            let (_, ke1) =
+                cmtp_proto::account::Login::start(b"guess", &mut rand_core::OsRng).unwrap();
+            let cmd = Command::Login {
+                user: Account::parse("alice").unwrap(),
+                ke1: ke1.to_vec(),
+            };
+            c.command(&cmd, 1 << 20).await.unwrap().status
+        })
+    });
+    let mut challenged = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Status::Success => challenged += 1,
+            Status::RateLimited => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(challenged, 3, "exactly the limit's worth of guesses");
+}
+
+#[tokio::test]
+async fn failed_password_logins_do_not_lock_out_a_device_key() {
+    let s = TestServer::start_with("a.test", |c| c.accounts.login_failures_per_account = 2).await;
+    let alice = s.register("alice", "right").await;
+    let mut c = s.connect().await;
+    for _ in 0..3 {
+        let (_, ke1) = cmtp_proto::account::Login::start(b"guess", &mut rand_core::OsRng).unwrap();
+        c.command(
+            &Command::Login {
+                user: Account::parse("alice").unwrap(),
+                ke1: ke1.to_vec(),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    }
+    // The account is rate-limited for password logins, yet her device logs in.
+    let _session = s.login("alice", &alice).await;
+    // A wrong device signature counts against the address, not the account.
+    let mut bad = s.connect().await;
+    let r = bad
+        .command(
+            &Command::KeyLogin {
+                user: Account::parse("alice").unwrap(),
+                signature: vec![0; 64],
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::AuthFailed);
+}
+
 #[tokio::test]
 async fn registration_needs_a_valid_invite_unless_open() {
     let s = TestServer::start("a.test").await;
