@@ -109,6 +109,20 @@ async fn remote_statement(own: &mut Connection, who: &Address) -> KeyStatement {
     st
 }
 
+/// Waits until the first queued message has been tried `n` times.
+async fn attempts_at_least(s: &TestServer, n: u32) {
+    eventually(&format!("{n} delivery attempts"), || async {
+        s.shared()
+            .store
+            .list_queue()
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|e| e.attempts >= n)
+    })
+    .await;
+}
+
 async fn mailbox(s: &TestServer, user: &str) -> Vec<cmtp_store::MailboxEntry> {
     s.shared().store.list_mailbox(user).await.unwrap()
 }
@@ -241,16 +255,7 @@ async fn mail_waits_in_the_queue_until_the_destination_comes_up() {
     );
     let mut c = a.login("alice", &alice).await;
     assert_eq!(c.mail(&m.to_bytes()).await.unwrap().status, Status::Success);
-    eventually("a failed attempt", || async {
-        a.shared()
-            .store
-            .list_queue()
-            .await
-            .unwrap()
-            .first()
-            .is_some_and(|e| e.attempts >= 1)
-    })
-    .await;
+    attempts_at_least(&a, 1).await;
     let queued = cmtp_server::admin::queue(&a.shared().store).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert!(
@@ -534,16 +539,7 @@ async fn nxdomain_bounces_and_a_dns_timeout_retries() {
         cc.mail(&m.to_bytes()).await.unwrap().status,
         Status::Success
     );
-    eventually("two attempts", || async {
-        c2.shared()
-            .store
-            .list_queue()
-            .await
-            .unwrap()
-            .first()
-            .is_some_and(|e| e.attempts >= 2)
-    })
-    .await;
+    attempts_at_least(&c2, 2).await;
     assert!(
         mailbox(&c2, "carol").await.is_empty(),
         "a DNS timeout must not bounce"

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +22,7 @@ use cmtp_store::{
     AnyStore, NewDelivery, PostgresConfig, PostgresStore, Store, StoreConfig, StoreError,
 };
 use cmtp_testkit::postgres::{PgCluster, pg_or_skip};
+use cmtp_testkit::tmpfs::Tmpfs;
 
 // ----- one cluster per test binary, one database per test -----
 
@@ -620,62 +621,6 @@ async fn invalid_text_is_permanent() {
     );
 }
 
-/// A tmpfs mounted for one test, unmounted (lazily if need be) on drop.
-struct Tmpfs {
-    mountpoint: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` owned by `owner` (uid, gid), or `None` if
-    /// this machine does not let us (not root).
-    fn mount(size: &str, owner: (u32, u32)) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).ok()?;
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700,uid={},gid={}", owner.0, owner.1),
-                "cmtp-store-pg-test",
-            ])
-            .arg(&mountpoint)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        // The server (running as `postgres`) must reach the mountpoint.
-        let mut p = dir.path().to_owned();
-        loop {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&p).ok()?.permissions().mode();
-            if mode & 0o001 == 0 {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o001)).ok()?;
-            }
-            if !p.pop() || p.as_os_str().is_empty() || p == Path::new("/") {
-                break;
-            }
-        }
-        status.success().then_some(Tmpfs {
-            mountpoint,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let plain = Command::new("umount").arg(&self.mountpoint).status();
-        if !matches!(plain, Ok(s) if s.success()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
 /// The uid and gid the server runs as: the owner of its data directory.
 fn server_owner(cluster: &PgCluster) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
@@ -712,11 +657,12 @@ async fn full_disk_is_transient_and_recoverable() {
         eprintln!("SKIPPED full_disk_is_transient_and_recoverable: no data directory found");
         return;
     };
-    let Some(fs) = Tmpfs::mount("48m", owner) else {
-        eprintln!(
-            "SKIPPED full_disk_is_transient_and_recoverable: cannot mount a tmpfs here (needs root)"
-        );
-        return;
+    let fs = match Tmpfs::mount("48m", Some(owner)) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED full_disk_is_transient_and_recoverable: {why}");
+            return;
+        }
     };
     // Declared after the tmpfs, so dropped (stopped) before it is unmounted.
     let cluster = own;
@@ -724,7 +670,7 @@ async fn full_disk_is_transient_and_recoverable() {
     admin
         .batch_execute(&format!(
             "CREATE TABLESPACE small LOCATION '{}'",
-            fs.mountpoint.display()
+            fs.path().display()
         ))
         .await
         .unwrap();
@@ -750,7 +696,7 @@ async fn full_disk_is_transient_and_recoverable() {
 
     // Fill the file system (as root: the tmpfs belongs to the server's user,
     // but root may write there).
-    let filler = fs.mountpoint.join("filler");
+    let filler = fs.path().join("filler");
     {
         let mut f = std::fs::File::create(&filler).unwrap();
         let block = vec![0xEE; 64 << 10];

@@ -3,7 +3,7 @@
 //! mid-stream, a full disk (a real one on tmpfs, and a database size limit).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use cmtp_store::conformance::{T0, delivery, hash, new_user, pattern, read_all};
 use cmtp_store::{
     AnyStore, MessageBody, NewDelivery, SqliteConfig, SqliteStore, Store, StoreConfig, StoreError,
 };
+use cmtp_testkit::tmpfs::Tmpfs;
 use tempfile::TempDir;
 
 async fn sqlite_store() -> (SqliteStore, TempDir) {
@@ -336,50 +337,6 @@ async fn redeliver(store: &SqliteStore, refused: Vec<(u64, Vec<u8>)>, kept: &mut
     }
 }
 
-/// A tmpfs mounted for one test, unmounted (lazily if need be) on drop.
-struct Tmpfs {
-    mountpoint: PathBuf,
-    _dir: TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. "4m"), or `None` if this machine does
-    /// not let us (not root, no CAP_SYS_ADMIN).
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).ok()?;
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "cmtp-store-test",
-            ])
-            .arg(&mountpoint)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(Tmpfs {
-            mountpoint,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let plain = Command::new("umount").arg(&self.mountpoint).status();
-        if !matches!(plain, Ok(s) if s.success()) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
 /// Writes a file until the filesystem is full.
 fn fill_filesystem(path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();
@@ -403,14 +360,15 @@ fn fill_filesystem(path: &Path) {
 /// very message that failed (it was not recorded as delivered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_transient_and_recoverable() {
-    let Some(fs) = Tmpfs::mount("16m") else {
-        eprintln!(
-            "SKIPPED full_disk_is_transient_and_recoverable: cannot mount a tmpfs here (needs root)"
-        );
-        return;
+    let fs = match Tmpfs::mount("16m", None) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED full_disk_is_transient_and_recoverable: {why}");
+            return;
+        }
     };
-    let path = fs.mountpoint.join("cmtp.db");
-    let filler = fs.mountpoint.join("filler");
+    let path = fs.path().join("cmtp.db");
+    let filler = fs.path().join("filler");
     let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
     store
         .create_user(new_user("alice"), None, T0)

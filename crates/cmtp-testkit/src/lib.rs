@@ -5,6 +5,7 @@
 //!   [`dns::Blackhole`] that never answers (for resolver timeouts).
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]) and
 //!   the skip-or-fail policy for PostgreSQL suites ([`postgres::pg_or_skip`]).
+//! - [`tmpfs`]: a small tmpfs for full-disk tests ([`tmpfs::Tmpfs`]).
 //!
 //! Every server started here binds to the loopback interface only.
 
@@ -12,3 +13,4 @@
 
 pub mod dns;
 pub mod postgres;
+pub mod tmpfs;

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -339,41 +339,6 @@ async fn a_100_mib_message_is_stored_with_bounded_memory() {
     assert!(list[0].size > BODY);
 }
 
-/// Mounts a tmpfs of `mib` MiB at `dir`; unmounts on drop.
-struct Tmpfs(PathBuf);
-impl Tmpfs {
-    fn mount(dir: &Path, mib: u64) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m,mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mounting a tmpfs needs root (CI runs as root); this test cannot run otherwise"
-        );
-        Tmpfs(dir.to_owned())
-    }
-}
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 fn fill(path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();
     let block = vec![0u8; 64 * 1024];
@@ -383,9 +348,9 @@ fn fill(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_gives_tempfailure_damages_nothing_and_service_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    let _fs = Tmpfs::mount(&dir, 48);
+    let fs = cmtp_testkit::tmpfs::Tmpfs::mount("48m", None)
+        .unwrap_or_else(|why| panic!("{why}; CI runs as root, this test must run"));
+    let dir = fs.path().join("data");
     let port = free_port();
     write_config(&dir, "a.test", port, |_| {});
     add_user(&dir, "alice", "pw-a");
