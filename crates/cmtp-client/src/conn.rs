@@ -1,32 +1,32 @@
-//! One CMTP connection, client side (PROTOCOL.md §4, §5).
+//! One CMTP connection, client side: the async shell around
+//! [`cmtp_proto::connection::client::ClientConnection`], which holds the
+//! rules (PROTOCOL.md §4, §5): the banner (an SMTP server is recognised at
+//! once), the greeting, signed replies bound to the nonce, their position
+//! and their request, body limits and whole-reply deadlines.
 //!
-//! [`Connection::connect`] opens TCP, reads the banner (and recognises an
-//! SMTP server at once), and [`Connection::ohai`] learns the server's key and
-//! the connection nonce. From then on every reply's signature is checked
-//! against the server key the caller expects (pinned) or, if none was given,
-//! the key the greeting announced.
+//! [`Connection::connect`] opens TCP and reads the banner;
+//! [`Connection::ohai`] learns the server's key and the connection nonce.
+//! From then on every reply's signature is checked against the key the
+//! caller expects (pinned) or, if none was given, the key the greeting
+//! announced.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cmtp_proto::banner::{Banner, decode_banner};
-use cmtp_proto::command::{Command, request_digest};
-use cmtp_proto::crypto::PublicKey;
-use cmtp_proto::crypto::SignatureTag;
-use cmtp_proto::limits::MAX_BANNER;
-use cmtp_proto::payload::Greeting;
-use cmtp_proto::reply::{
-    Reply, ReplyBinding, ReplyDecoder, ReplyEvent, ReplyHeader, Status, body_hash, decode_reply,
+use cmtp_proto::command::Command;
+use cmtp_proto::connection::client::{
+    ClientConnection, ClientEvent, ConnectionError, PeerMisbehaved,
 };
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use cmtp_proto::crypto::PublicKey;
+use cmtp_proto::payload::Greeting;
+use cmtp_proto::reply::{Reply, Status};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::error::ClientError;
 
-/// Largest reply body accepted for commands other than FETCH.
-pub const MAX_REPLY_BODY: u64 = 1 << 20;
+pub use cmtp_proto::connection::client::MAX_REPLY_BODY;
 
 /// A MAIL being streamed (see [`Connection::begin_mail`]).
 #[derive(Debug)]
@@ -43,12 +43,9 @@ const EARLY_REPLY_RESYNC: usize = 1 << 20;
 pub struct Connection {
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
-    buf: Vec<u8>,
+    conn: ClientConnection,
     peer: SocketAddr,
     banner_domain: String,
-    greeting: Option<Greeting>,
-    expected_key: Option<PublicKey>,
-    seq: u64,
     timeout: Duration,
     broken: bool,
 }
@@ -68,35 +65,20 @@ impl Connection {
         let mut conn = Connection {
             rd,
             wr,
-            buf: Vec::with_capacity(8192),
+            conn: ClientConnection::new(None, timeout, Instant::now()),
             peer: addr,
             banner_domain: String::new(),
-            greeting: None,
-            expected_key: None,
-            seq: 0,
             timeout,
             broken: false,
         };
-        let banner = loop {
-            match decode_banner(&conn.buf) {
-                Ok(Some((b, n))) => {
-                    conn.buf.drain(..n);
-                    break b;
-                }
-                Ok(None) => conn.fill("the banner").await?,
-                Err(()) => {
-                    return Err(ClientError::NotCmtp {
-                        line: String::from_utf8_lossy(&conn.buf[..conn.buf.len().min(MAX_BANNER)])
-                            .into_owned(),
-                    });
-                }
+        match conn.next_event("the banner").await? {
+            ClientEvent::Ready { domain } => conn.banner_domain = domain,
+            other => {
+                return Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
+                    what: "banner".into(),
+                    error: format!("unexpected {other:?}"),
+                }));
             }
-        };
-        match banner {
-            Banner::Ready { domain } => conn.banner_domain = domain,
-            Banner::Busy { domain, text } => return Err(ClientError::Busy { domain, text }),
-            Banner::Smtp { line } => return Err(ClientError::SmtpServer { line }),
-            Banner::Unknown { line } => return Err(ClientError::NotCmtp { line }),
         }
         Ok(conn)
     }
@@ -113,109 +95,98 @@ impl Connection {
 
     /// The greeting, once [`ohai`](Self::ohai) has run.
     pub fn greeting(&self) -> Option<&Greeting> {
-        self.greeting.as_ref()
+        self.conn.greeting()
     }
 
     /// Requires replies to be signed by `key` (a pinned server key). Must be
     /// called before [`ohai`](Self::ohai) to check the greeting itself.
     pub fn expect_key(&mut self, key: PublicKey) {
-        self.expected_key = Some(key);
+        self.conn.expect_key(key);
     }
 
     /// The key replies are checked against, if any.
     pub fn server_key(&self) -> Option<PublicKey> {
-        self.expected_key
-            .or_else(|| self.greeting.as_ref().map(|g| g.key))
+        self.conn.server_key()
     }
 
-    async fn fill(&mut self, what: &str) -> Result<(), ClientError> {
-        let mut chunk = [0u8; 16384];
-        let n = tokio::time::timeout(self.timeout, self.rd.read(&mut chunk))
-            .await
-            .map_err(|_| ClientError::Timeout(format!("waiting for {what}")))?
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        if n == 0 {
-            return Err(ClientError::Closed(format!("while waiting for {what}")));
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+    /// Sends what the state machine has to send.
+    async fn flush(&mut self) -> Result<(), ClientError> {
         if self.broken {
             return Err(ClientError::Closed(
                 "after an early refusal of a large message".into(),
             ));
         }
-        write_timeout(&mut self.wr, bytes, self.timeout).await
+        while !self.conn.output().is_empty() {
+            let n = write_timeout(&mut self.wr, self.conn.output(), self.timeout).await?;
+            self.conn.consume_output(n, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has into the state machine; whether anything
+    /// came (bytes or the end). Readiness can be stale: a `WouldBlock` here
+    /// clears it.
+    fn read_now(&mut self) -> Result<bool, ClientError> {
+        let mut buf = [0u8; 64 * 1024];
+        match self.rd.try_read(&mut buf) {
+            Ok(0) => self.conn.handle_eof(),
+            Ok(n) => self.conn.handle_input(&buf[..n], Instant::now()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(ClientError::Io(e.to_string())),
+        }
+        Ok(true)
+    }
+
+    /// The next event, sending what is pending and reading until it comes.
+    async fn next_event(&mut self, what: &str) -> Result<ClientEvent, ClientError> {
+        self.flush().await?;
+        loop {
+            match self.conn.poll_event(Instant::now()) {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {}
+                Err(e) => return Err(client_error(e, what)),
+            }
+            let deadline = self
+                .conn
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + self.timeout);
+            tokio::select! {
+                r = self.rd.readable() => {
+                    r.map_err(|e| ClientError::Io(e.to_string()))?;
+                    self.read_now()?;
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    self.conn.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The whole reply the state machine expects next.
+    async fn next_reply(&mut self, what: &str) -> Result<Reply, ClientError> {
+        match self.next_event(what).await? {
+            ClientEvent::Reply { reply, .. } => Ok(reply),
+            other => Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
+                what: what.into(),
+                error: format!("unexpected {other:?}"),
+            })),
+        }
     }
 
     /// Sends OHAI and reads the greeting; checks that the greeting is signed
     /// by the key it announces (and by the expected key, if one was set).
     pub async fn ohai(&mut self) -> Result<Greeting, ClientError> {
-        let frame = Command::Ohai.to_bytes();
-        self.write_all(&frame).await?;
-        let reply = self.read_reply_raw(MAX_REPLY_BODY).await?;
-        let seq = self.seq - 1;
-        if reply.status != Status::Success {
-            return Err(ClientError::from_reply(&reply));
-        }
-        let g = Greeting::parse(&reply.body)
-            .map_err(|e| ClientError::Protocol(format!("bad greeting: {e}")))?;
-        if let Some(k) = self.expected_key
-            && k != g.key
-        {
-            return Err(ClientError::KeyMismatch {
-                domain: g.domain.to_string(),
-                expected: k.fingerprint_hex(),
-                got: g.key.fingerprint_hex(),
-            });
-        }
-        let binding = ReplyBinding {
-            nonce: g.nonce,
-            seq,
-            request: request_digest(&frame),
-        };
-        verify(&binding, &reply, &g.key)?;
-        self.greeting = Some(g.clone());
-        Ok(g)
-    }
-
-    async fn read_reply_raw(&mut self, max_body: u64) -> Result<Reply, ClientError> {
-        loop {
-            match decode_reply(&self.buf, max_body) {
-                Ok(Some((r, n))) => {
-                    self.buf.drain(..n);
-                    self.seq += 1;
-                    return Ok(r);
-                }
-                Ok(None) => self.fill("a reply").await?,
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-        }
-    }
-
-    fn check(&self, frame_digest: [u8; 32], seq: u64, reply: &Reply) -> Result<(), ClientError> {
-        if let (Some(g), Some(key)) = (&self.greeting, self.server_key()) {
-            let binding = ReplyBinding {
-                nonce: g.nonce,
-                seq,
-                request: frame_digest,
-            };
-            verify(&binding, reply, &key)?;
-        }
-        Ok(())
+        self.conn
+            .send(&Command::Ohai, MAX_REPLY_BODY, Instant::now());
+        self.next_reply("the greeting").await?;
+        Ok(self.conn.greeting().expect("checked greeting").clone())
     }
 
     /// Sends a command and reads its reply (bodies up to `max_body`),
     /// checking the signature when the greeting is known.
     pub async fn command(&mut self, cmd: &Command, max_body: u64) -> Result<Reply, ClientError> {
-        let frame = cmd.to_bytes();
-        self.write_all(&frame).await?;
-        let seq = self.seq;
-        let reply = self.read_reply_raw(max_body).await?;
-        self.check(request_digest(&frame), seq, &reply)?;
-        Ok(reply)
+        self.conn.send(cmd, max_body, Instant::now());
+        self.next_reply("a reply").await
     }
 
     /// Sends `MAIL` and a whole encoded message, and reads the reply. The
@@ -230,42 +201,45 @@ impl Connection {
         message: &[u8],
         mut progress: impl FnMut(u64),
     ) -> Result<Reply, ClientError> {
-        let frame = Command::Mail.to_bytes();
-        self.write_all(&frame).await?;
-        let seq = self.seq;
+        self.conn
+            .send(&Command::Mail, MAX_REPLY_BODY, Instant::now());
+        self.flush().await?;
         let mut sent = 0usize;
         // Write in pieces while watching for an early reply.
         while sent < message.len() {
             let piece = &message[sent..(sent + 256 * 1024).min(message.len())];
-            let mut early = [0u8; 4096];
+            let write = tokio::time::timeout(
+                self.timeout.max(Duration::from_secs(1)) * 4,
+                self.wr.write(piece),
+            );
             tokio::select! {
                 // `write` is cancel-safe: if the read wins, nothing of this call was sent.
-                r = self.wr.write(piece) => {
-                    let n = r.map_err(|e| ClientError::Io(e.to_string()))?;
+                r = write => {
+                    let n = r
+                        .map_err(|_| ClientError::Timeout("sending the message".into()))?
+                        .map_err(|e| ClientError::Io(e.to_string()))?;
                     if n == 0 {
                         return Err(ClientError::Closed("while sending the message".into()));
                     }
                     sent += n;
+                    self.conn.note_progress(Instant::now());
                     progress(sent as u64);
                 }
-                r = self.rd.read(&mut early) => {
+                r = self.rd.readable() => {
                     // The server answered before the end: take its reply.
-                    let n = r.map_err(|e| ClientError::Io(e.to_string()))?;
-                    if n == 0 {
-                        return Err(ClientError::Closed("while sending the message".into()));
+                    r.map_err(|e| ClientError::Io(e.to_string()))?;
+                    if self.read_now()? {
+                        break;
                     }
-                    self.buf.extend_from_slice(&early[..n]);
-                    break;
                 }
             }
         }
-        let reply = self.read_reply_raw(MAX_REPLY_BODY).await?;
-        self.check(request_digest(&frame), seq, &reply)?;
+        let reply = self.next_reply("the reply to MAIL").await?;
         if sent < message.len() && !reply.status.closes_connection() {
             if message.len() - sent <= EARLY_REPLY_RESYNC {
                 // The server discards the rest of the message; send it so the
                 // connection stays in step.
-                self.write_all(&message[sent..]).await?;
+                self.send_bytes(&message[sent..]).await?;
             } else {
                 // Cheaper to drop the connection than to send what will be discarded.
                 self.broken = true;
@@ -278,74 +252,62 @@ impl Connection {
     /// [`send_bytes`](Self::send_bytes) and ends with
     /// [`finish_mail`](Self::finish_mail) (bounded memory for large messages).
     pub async fn begin_mail(&mut self) -> Result<MailInProgress, ClientError> {
-        self.write_all(&Command::Mail.to_bytes()).await?;
-        Ok(MailInProgress { seq: self.seq })
+        let seq = self
+            .conn
+            .send(&Command::Mail, MAX_REPLY_BODY, Instant::now());
+        self.flush().await?;
+        Ok(MailInProgress { seq })
     }
 
     /// Sends raw bytes (part of a message after [`begin_mail`](Self::begin_mail)).
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.write_all(bytes).await
+        if self.broken {
+            return Err(ClientError::Closed(
+                "after an early refusal of a large message".into(),
+            ));
+        }
+        let mut sent = 0;
+        while sent < bytes.len() {
+            sent += write_timeout(&mut self.wr, &bytes[sent..], self.timeout).await?;
+            self.conn.note_progress(Instant::now());
+        }
+        Ok(())
     }
 
     /// Reads the reply to a streamed MAIL.
     pub async fn finish_mail(&mut self, mail: MailInProgress) -> Result<Reply, ClientError> {
-        let reply = self.read_reply_raw(MAX_REPLY_BODY).await?;
-        self.check(request_digest(&Command::Mail.to_bytes()), mail.seq, &reply)?;
-        Ok(reply)
+        let _ = mail.seq;
+        self.next_reply("the reply to MAIL").await
     }
 
     /// Sends FETCH and streams the body into `out`, checking the signature at
-    /// the end. Returns the reply header (for the status) and, for a failure,
-    /// its text.
+    /// the end. Returns the number of bytes written, or the failure reply.
     pub async fn fetch_into(
         &mut self,
         id: u64,
         max_body: u64,
         out: &mut (impl AsyncWrite + Unpin),
     ) -> Result<Result<u64, Reply>, ClientError> {
-        let frame = Command::Fetch { id }.to_bytes();
-        self.write_all(&frame).await?;
-        let seq = self.seq;
-        let mut dec = ReplyDecoder::new(max_body);
-        let mut hasher = Sha256::new();
-        let mut header: Option<ReplyHeader> = None;
+        self.conn
+            .send_streamed(&Command::Fetch { id }, max_body, Instant::now());
+        let mut header = None;
         let mut small_body = Vec::new();
         let mut written = 0u64;
         loop {
-            let (n, ev) = dec
-                .next(&self.buf)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            match ev {
-                None => {
-                    self.fill("a message").await?;
-                    continue;
-                }
-                Some(ReplyEvent::Header(h)) => header = Some(h),
-                Some(ReplyEvent::Body(b)) => {
-                    hasher.update(b);
+            match self.next_event("a message").await? {
+                ClientEvent::StreamHeader { header: h, .. } => header = Some(h),
+                ClientEvent::StreamData { data, .. } => {
                     if header.as_ref().is_some_and(|h| h.status == Status::Success) {
-                        out.write_all(b)
+                        out.write_all(&data)
                             .await
                             .map_err(|e| ClientError::Io(e.to_string()))?;
-                        written += b.len() as u64;
-                    } else {
-                        small_body.extend_from_slice(b);
+                        written += data.len() as u64;
+                    } else if small_body.len() < MAX_REPLY_BODY as usize {
+                        small_body.extend_from_slice(&data);
                     }
                 }
-                Some(ReplyEvent::End(signature)) => {
-                    self.buf.drain(..n);
-                    self.seq += 1;
-                    let header = header.expect("header precedes the end");
-                    if let (Some(g), Some(key)) = (&self.greeting, self.server_key()) {
-                        let binding = ReplyBinding {
-                            nonce: g.nonce,
-                            seq,
-                            request: request_digest(&frame),
-                        };
-                        let data = binding.signed_data(&header, &hasher.finalize().into());
-                        key.verify(SignatureTag::Reply, &[&data], &signature)
-                            .map_err(|_| ClientError::BadSignature("FETCH reply".into()))?;
-                    }
+                ClientEvent::StreamEnd { signature, .. } => {
+                    let header = header.expect("the header precedes the end");
                     return Ok(if header.status == Status::Success {
                         out.flush()
                             .await
@@ -360,8 +322,13 @@ impl Connection {
                         })
                     });
                 }
+                other => {
+                    return Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
+                        what: "FETCH reply".into(),
+                        error: format!("unexpected {other:?}"),
+                    }));
+                }
             }
-            self.buf.drain(..n);
         }
     }
 
@@ -375,19 +342,43 @@ async fn write_timeout(
     stream: &mut OwnedWriteHalf,
     bytes: &[u8],
     timeout: Duration,
-) -> Result<(), ClientError> {
-    tokio::time::timeout(
-        timeout.max(Duration::from_secs(1)) * 4,
-        stream.write_all(bytes),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout("sending the message".into()))?
-    .map_err(|e| ClientError::Io(e.to_string()))
+) -> Result<usize, ClientError> {
+    let n = tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 4, stream.write(bytes))
+        .await
+        .map_err(|_| ClientError::Timeout("sending".into()))?
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    if n == 0 {
+        return Err(ClientError::Closed("while sending".into()));
+    }
+    Ok(n)
 }
 
-/// Checks a reply's signature for `binding` under `key`.
-pub fn verify(binding: &ReplyBinding, reply: &Reply, key: &PublicKey) -> Result<(), ClientError> {
-    let data = binding.signed_data(&reply.header(), &body_hash(&reply.body));
-    key.verify(SignatureTag::Reply, &[&data], &reply.signature)
-        .map_err(|_| ClientError::BadSignature(format!("{} reply", reply.status)))
+/// What a person is told about a connection that cannot go on.
+fn client_error(e: ConnectionError, what: &str) -> ClientError {
+    match e {
+        ConnectionError::SmtpServer { line } => ClientError::SmtpServer { line },
+        ConnectionError::NotCmtp { line } => ClientError::NotCmtp { line },
+        ConnectionError::Busy { domain, text } => ClientError::Busy { domain, text },
+        ConnectionError::TimedOut => ClientError::Timeout(format!("waiting for {what}")),
+        ConnectionError::ClosedByServer { status, text } => {
+            ClientError::Closed(format!("({status}: {text})"))
+        }
+        ConnectionError::Misbehaved(PeerMisbehaved::ClosedEarly(when)) => {
+            ClientError::Closed(when.to_owned())
+        }
+        ConnectionError::Misbehaved(m) => ClientError::Protocol(m),
+        ConnectionError::BadSignature(status) => {
+            ClientError::BadSignature(format!("{status} reply"))
+        }
+        ConnectionError::KeyMismatch {
+            domain,
+            expected,
+            got,
+        } => ClientError::KeyMismatch {
+            domain,
+            expected,
+            got,
+        },
+        _ => ClientError::Io(e.to_string()),
+    }
 }

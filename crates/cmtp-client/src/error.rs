@@ -1,5 +1,6 @@
 //! Errors of the client library, each one something a person can act on.
 
+pub use cmtp_proto::connection::client::PeerMisbehaved;
 use cmtp_proto::payload::DeliveryFailure;
 use cmtp_proto::reply::{Reply, Status};
 use thiserror::Error;
@@ -47,7 +48,7 @@ pub enum ClientError {
     Io(String),
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
-    Protocol(String),
+    Protocol(PeerMisbehaved),
     /// A reply's signature did not verify.
     #[error("the {0} is not signed by the server's key: the connection may be tampered with")]
     BadSignature(String),

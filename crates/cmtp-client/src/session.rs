@@ -42,7 +42,7 @@ use rand::rngs::OsRng;
 use crate::clock::now;
 use crate::conn::{Connection, MAX_REPLY_BODY};
 use crate::discovery::{Discovery, DiscoveryConfig};
-use crate::error::ClientError;
+use crate::error::{ClientError, PeerMisbehaved};
 use crate::failure::{Error, Result};
 use crate::home::{Config, Home};
 use crate::trust::{KnownDomains, PinStatus, StatementCache, verify_statement};
@@ -502,7 +502,12 @@ fn expect_success<'a>(reply: &'a Reply, what: &str) -> Result<&'a [u8]> {
 }
 
 fn decode<T, E: std::fmt::Display>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
-    r.map_err(|e| Error::Client(ClientError::Protocol(format!("bad {what}: {e}"))))
+    r.map_err(|e| {
+        Error::Client(ClientError::Protocol(PeerMisbehaved::BadPayload {
+            what: what.to_owned(),
+            error: e.to_string(),
+        }))
+    })
 }
 
 /// A connection to the own server, its key checked against the pin, possibly

@@ -479,6 +479,18 @@ impl Command {
         out
     }
 
+    /// Whether the command needs a logged-in session (PROTOCOL.md §13):
+    /// without one it is answered `AUTHREQUIRED`.
+    pub fn needs_login(&self) -> bool {
+        matches!(
+            self,
+            Command::Password { .. }
+                | Command::List
+                | Command::Fetch { .. }
+                | Command::Delete { .. }
+        )
+    }
+
     /// Whether the seed's stateless interface defines this command (the
     /// others are extensions that may need a logged-in session).
     pub fn is_seed(&self) -> bool {

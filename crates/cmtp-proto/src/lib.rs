@@ -35,6 +35,7 @@
 pub mod account;
 pub mod banner;
 pub mod command;
+pub mod connection;
 pub mod content;
 pub mod crypto;
 pub mod limits;

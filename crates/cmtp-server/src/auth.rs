@@ -13,14 +13,13 @@ use cmtp_proto::reply::Status;
 use cmtp_store::{Credentials, NewUser, Store, StoreError};
 use sha2::{Digest, Sha256};
 
-use crate::session::{Session, Stop};
+use cmtp_proto::connection::server::ExchangeKind;
 
-/// An exchange in progress on a connection.
-#[derive(Default)]
-pub(crate) enum Pending {
-    /// Nothing.
-    #[default]
-    None,
+use crate::session::Session;
+
+/// What the server keeps between the two halves of an exchange (the
+/// connection keeps which kind is in progress).
+pub(crate) enum Exchange {
     /// LOGIN answered, waiting for LOGINFINISH.
     Login {
         user: Account,
@@ -56,15 +55,10 @@ impl Session {
         ]
     }
 
-    async fn rate_limited(
-        &mut self,
-        wait: std::time::Duration,
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
+    fn rate_limited(&mut self, wait: std::time::Duration) {
         let secs = wait.as_secs().max(1);
         let text = format!("too many failed logins; try again in {secs} seconds");
-        self.reply(Status::RateLimited, text.as_bytes(), digest)
-            .await
+        self.conn.reply(Status::RateLimited, text.as_bytes())
     }
 
     fn forgive(&self, user: &Account) {
@@ -73,14 +67,7 @@ impl Session {
         }
     }
 
-    pub(crate) async fn login(
-        &mut self,
-        user: Account,
-        ke1: Vec<u8>,
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
-        self.logged_in = None;
-        self.pending = Pending::None;
+    pub(crate) async fn login(&mut self, user: Account, ke1: Vec<u8>) {
         // The attempt counts as a failure from now until LOGINFINISH proves
         // the password: a client learns from KE2 whether its guess was right,
         // so one that never finishes must not guess for free. Checked and
@@ -92,13 +79,13 @@ impl Session {
         {
             tracing::info!(peer = %self.peer, account = %user, "login rate-limited");
             metrics::counter!("cmtp_login_failures_total").increment(1);
-            return self.rate_limited(wait, digest).await;
+            return self.rate_limited(wait);
         }
         let record = match self.sh.store.user(user.as_str()).await {
             Ok(u) => u,
             Err(e) => {
                 self.forgive(&user);
-                return self.temp_failure(&e.to_string(), digest).await;
+                return self.temp_failure(&e);
             }
         };
         let ksf = record
@@ -121,41 +108,35 @@ impl Session {
             Err(e) => {
                 self.forgive(&user);
                 return self
-                    .reply(Status::BadArgument, format!("KE1: {e}").as_bytes(), digest)
-                    .await;
+                    .conn
+                    .reply(Status::BadArgument, format!("KE1: {e}").as_bytes());
             }
         };
-        self.pending = Pending::Login {
-            user,
-            login: Box::new(login),
-            xzibit: record.map(|u| u.credentials.xzibit),
-        };
+        self.conn.begin_exchange(
+            ExchangeKind::Login,
+            Exchange::Login {
+                user,
+                login: Box::new(login),
+                xzibit: record.map(|u| u.credentials.xzibit),
+            },
+        );
         let body = LoginChallenge {
             ksf,
             ke2: ke2.to_vec(),
         }
         .to_bytes();
-        self.reply(Status::Success, &body, digest).await
+        self.conn.reply(Status::Success, &body)
     }
 
-    pub(crate) async fn login_finish(
-        &mut self,
-        ke3: Vec<u8>,
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
-        let Pending::Login {
+    pub(crate) async fn login_finish(&mut self, ke3: Vec<u8>, exchange: Exchange) {
+        let Exchange::Login {
             user,
             login,
             xzibit,
-        } = std::mem::take(&mut self.pending)
+        } = exchange
         else {
-            return self
-                .reply(
-                    Status::Failure,
-                    b"no LOGIN in progress on this connection",
-                    digest,
-                )
-                .await;
+            // The connection hands LOGINFINISH only the state of a LOGIN.
+            return self.conn.reply(Status::Failure, b"no LOGIN in progress");
         };
         match (login.finish(&ke3), xzibit) {
             (Ok(_session_key), Some(xzibit)) => {
@@ -163,26 +144,18 @@ impl Session {
                 tracing::info!(peer = %self.peer, account = %user, "logged in");
                 metrics::counter!("cmtp_logins_total").increment(1);
                 self.forgive(&user);
-                self.logged_in = Some(user);
-                self.reply(Status::Success, &release.to_bytes(), digest)
-                    .await
+                self.conn.logged_in_as(user);
+                self.conn.reply(Status::Success, &release.to_bytes())
             }
             _ => {
                 // Already counted when the LOGIN started.
                 tracing::info!(peer = %self.peer, account = %user, "login failed");
-                self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
+                self.conn.reply(Status::AuthFailed, AUTH_FAILED)
             }
         }
     }
 
-    pub(crate) async fn key_login(
-        &mut self,
-        user: Account,
-        signature: Vec<u8>,
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
-        self.logged_in = None;
-        self.pending = Pending::None;
+    pub(crate) async fn key_login(&mut self, user: Account, signature: Vec<u8>) {
         // A signature by the identity key cannot be guessed, so KEYLOGIN is
         // limited per peer address only: failed password logins against the
         // account (which anyone can cause) never lock its devices out.
@@ -193,28 +166,28 @@ impl Session {
             .login_failures
             .retry_after(&address_key, limit, Instant::now())
         {
-            return self.rate_limited(wait, digest).await;
+            return self.rate_limited(wait);
         }
         let record = match self.sh.store.user(user.as_str()).await {
             Ok(u) => u,
-            Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => return self.temp_failure(&e),
         };
         let address = self.address(&user);
         let ok = record.is_some_and(|u| {
             cmtp_proto::crypto::PublicKey::from_bytes(&u.identity_pk)
-                .and_then(|k| verify_key_login(&k, &self.nonce, &address, &signature))
+                .and_then(|k| verify_key_login(&k, self.conn.nonce(), &address, &signature))
                 .is_ok()
         });
         if ok {
             tracing::info!(peer = %self.peer, account = %user, "logged in with identity key");
             metrics::counter!("cmtp_logins_total").increment(1);
-            self.logged_in = Some(user);
-            self.reply(Status::Success, b"", digest).await
+            self.conn.logged_in_as(user);
+            self.conn.reply(Status::Success, b"")
         } else {
             tracing::info!(peer = %self.peer, account = %user, "key login failed");
             metrics::counter!("cmtp_login_failures_total").increment(1);
             self.sh.login_failures.record(&address_key, Instant::now());
-            self.reply(Status::AuthFailed, AUTH_FAILED, digest).await
+            self.conn.reply(Status::AuthFailed, AUTH_FAILED)
         }
     }
 
@@ -223,19 +196,14 @@ impl Session {
         user: Account,
         invite: String,
         request: Vec<u8>,
-        digest: [u8; 32],
         now: u64,
-    ) -> Result<(), Stop> {
-        self.pending = Pending::None;
+    ) {
         let invite = if invite.is_empty() {
             if !self.sh.cfg.accounts.open_registration {
-                return self
-                    .reply(
-                        Status::Failure,
-                        b"registration needs an invite token from the administrator",
-                        digest,
-                    )
-                    .await;
+                return self.conn.reply(
+                    Status::Failure,
+                    b"registration needs an invite token from the administrator",
+                );
             }
             None
         } else {
@@ -243,107 +211,68 @@ impl Session {
             match self.sh.store.invite_valid(user.as_str(), h, now).await {
                 Ok(true) => Some(h),
                 Ok(false) => {
-                    return self
-                        .reply(
-                            Status::Failure,
-                            b"the invite token is invalid, expired, used, or for another account",
-                            digest,
-                        )
-                        .await;
+                    return self.conn.reply(
+                        Status::Failure,
+                        b"the invite token is invalid, expired, used, or for another account",
+                    );
                 }
-                Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+                Err(e) => return self.temp_failure(&e),
             }
         };
         match self.sh.store.user(user.as_str()).await {
             Ok(Some(_)) => {
                 let text = format!("the account {user} already exists");
-                return self.reply(Status::Failure, text.as_bytes(), digest).await;
+                return self.conn.reply(Status::Failure, text.as_bytes());
             }
             Ok(None) => {}
-            Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => return self.temp_failure(&e),
         }
-        self.offer(
-            Pending::Register {
-                user: user.clone(),
-                invite,
-            },
-            &user,
-            &request,
-            digest,
-        )
-        .await
-    }
-
-    pub(crate) async fn password(
-        &mut self,
-        request: Vec<u8>,
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
-        let Some(user) = self.logged_in.clone() else {
-            return self
-                .reply(
-                    Status::AuthRequired,
-                    b"PASSWORD needs a logged-in session",
-                    digest,
-                )
-                .await;
+        let exchange = Exchange::Register {
+            user: user.clone(),
+            invite,
         };
-        self.offer(
-            Pending::Password { user: user.clone() },
-            &user,
-            &request,
-            digest,
-        )
-        .await
+        self.offer(exchange, &user, &request);
     }
 
-    async fn offer(
-        &mut self,
-        pending: Pending,
-        user: &Account,
-        request: &[u8],
-        digest: [u8; 32],
-    ) -> Result<(), Stop> {
+    pub(crate) async fn password(&mut self, request: Vec<u8>) {
+        // The connection lets PASSWORD through only when logged in.
+        let Some(user) = self.conn.logged_in().cloned() else {
+            return self
+                .conn
+                .reply(Status::AuthRequired, b"PASSWORD needs a logged-in session");
+        };
+        self.offer(Exchange::Password { user: user.clone() }, &user, &request);
+    }
+
+    fn offer(&mut self, exchange: Exchange, user: &Account, request: &[u8]) {
         let address = self.address(user).to_string();
         match server_registration_response(&self.sh.opaque, request, &address) {
             Ok(response) => {
-                self.pending = pending;
+                self.conn
+                    .begin_exchange(ExchangeKind::Registration, exchange);
                 let body = RegistrationOffer {
                     response: response.to_vec(),
                     floor: self.sh.ksf_floor(),
                 }
                 .to_bytes();
-                self.reply(Status::Success, &body, digest).await
+                self.conn.reply(Status::Success, &body)
             }
-            Err(e) => {
-                self.reply(
-                    Status::BadArgument,
-                    format!("registration request: {e}").as_bytes(),
-                    digest,
-                )
-                .await
-            }
+            Err(e) => self.conn.reply(
+                Status::BadArgument,
+                format!("registration request: {e}").as_bytes(),
+            ),
         }
     }
 
-    pub(crate) async fn reg_finish(
-        &mut self,
-        bundle: Vec<u8>,
-        digest: [u8; 32],
-        now: u64,
-    ) -> Result<(), Stop> {
-        let (user, invite, change) = match std::mem::take(&mut self.pending) {
-            Pending::Register { user, invite } => (user, invite, false),
-            Pending::Password { user } => (user, None, true),
-            other => {
-                self.pending = other;
+    pub(crate) async fn reg_finish(&mut self, bundle: Vec<u8>, exchange: Exchange, now: u64) {
+        let (user, invite, change) = match exchange {
+            Exchange::Register { user, invite } => (user, invite, false),
+            Exchange::Password { user } => (user, None, true),
+            Exchange::Login { .. } => {
+                // The connection hands REGFINISH only a registration's state.
                 return self
-                    .reply(
-                        Status::Failure,
-                        b"no REGISTER or PASSWORD in progress on this connection",
-                        digest,
-                    )
-                    .await;
+                    .conn
+                    .reply(Status::Failure, b"no REGISTER or PASSWORD in progress");
             }
         };
         let address = self.address(&user);
@@ -362,9 +291,7 @@ impl Session {
         let b = match checked {
             Ok(b) => b,
             Err(why) => {
-                return self
-                    .reply(Status::BadArgument, why.as_bytes(), digest)
-                    .await;
+                return self.conn.reply(Status::BadArgument, why.as_bytes());
             }
         };
         let credentials = Credentials {
@@ -381,13 +308,10 @@ impl Session {
                     .await
                     .map(|_| ()),
                 Ok(Some(_)) => {
-                    return self
-                        .reply(
-                            Status::BadArgument,
-                            b"a password change must keep the identity key",
-                            digest,
-                        )
-                        .await;
+                    return self.conn.reply(
+                        Status::BadArgument,
+                        b"a password change must keep the identity key",
+                    );
                 }
                 Ok(None) => Err(StoreError::UnknownAccount),
                 Err(e) => Err(e),
@@ -404,32 +328,24 @@ impl Session {
             Ok(()) => {}
             Err(StoreError::AlreadyExists) => {
                 let text = format!("the account {user} already exists");
-                return self.reply(Status::Failure, text.as_bytes(), digest).await;
+                return self.conn.reply(Status::Failure, text.as_bytes());
             }
             Err(StoreError::InviteInvalid) => {
                 return self
-                    .reply(
-                        Status::Failure,
-                        b"the invite token is no longer valid",
-                        digest,
-                    )
-                    .await;
+                    .conn
+                    .reply(Status::Failure, b"the invite token is no longer valid");
             }
-            Err(e) if e.is_transient() => return self.temp_failure(&e.to_string(), digest).await,
+            Err(e) if e.is_transient() => return self.temp_failure(&e),
             Err(e) => {
-                return self
-                    .reply(Status::Failure, e.to_string().as_bytes(), digest)
-                    .await;
+                let text = crate::session::internal_error(self.peer, &e);
+                return self.conn.reply(Status::Failure, text.as_bytes());
             }
         }
         tracing::info!(peer = %self.peer, account = %user, change, "credentials stored");
         match self.sh.local_statement(&user, now).await {
-            Ok(Some(statement)) => self.reply(Status::Success, &statement, digest).await,
-            Ok(None) => {
-                self.reply(Status::Failure, b"the account vanished", digest)
-                    .await
-            }
-            Err(e) => self.temp_failure(&e.to_string(), digest).await,
+            Ok(Some(statement)) => self.conn.reply(Status::Success, &statement),
+            Ok(None) => self.conn.reply(Status::Failure, b"the account vanished"),
+            Err(e) => self.temp_failure(&e),
         }
     }
 }

@@ -288,6 +288,9 @@ pub struct DnsConfig {
     pub routes: BTreeMap<String, Vec<String>>,
     /// Query timeout, milliseconds (default 5000).
     pub timeout_ms: Option<u64>,
+    /// Least time between two fetches of a pinned domain's key bundle
+    /// prompted by a signature that does not verify, seconds (default 60).
+    pub key_refresh_secs: Option<u64>,
 }
 
 /// `[metrics]`

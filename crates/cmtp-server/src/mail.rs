@@ -2,19 +2,20 @@
 //! checked as soon as it arrives, the rest streams into the store in chunks,
 //! and SUCCESS with a signed receipt is sent only once the message is durable.
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use cmtp_proto::crypto::PublicKey;
-use cmtp_proto::message::{Envelope, MessageEvent, MessageReader, RawEnvelope, VERSION_PLAINTEXT};
-use cmtp_proto::names::Account;
+use cmtp_proto::message::{Envelope, VERSION_PLAINTEXT};
+use cmtp_proto::names::{Account, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason};
 use cmtp_proto::reply::Status;
 use cmtp_proto::statements::{Receipt, sign_trailer, verify_trailer};
 use cmtp_store::{AnyStore, MessageBody, NewDelivery, NewOutbound, StagedBlob, Store, StoreError};
-use tokio::time::Instant;
 
-use crate::session::{Read, Session, Stop};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::session::{Session, internal_error};
+use crate::state::Shared;
 use crate::state::{now, rfc3339};
 
 /// Size of the chunks a message is stored in; a message that fits in one is
@@ -88,8 +89,8 @@ enum Route {
     Relay { sender: Account },
 }
 
-/// A message being accepted.
-struct Accepting {
+/// A message being accepted: what the server keeps while its bytes arrive.
+pub(crate) struct Accepting {
     env: Envelope,
     route: Route,
     /// Submitted by the logged-in source: the server signs the trailer.
@@ -97,16 +98,26 @@ struct Accepting {
     /// Key of a foreign source domain, to check the trailer.
     source_key: Option<PublicKey>,
     sink: BlobSink,
-    log_seen: u64,
-    log_lines: u64,
     our_line: Vec<u8>,
+    _in_flight: InFlight,
 }
 
-enum Mode {
-    Undecided,
-    /// Refused (the reply is sent); the rest is read and dropped.
-    Discard,
-    Accept(Box<Accepting>),
+/// Counts a message in [`Shared::messages_in_flight`] while it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(sh: Arc<Shared>) -> InFlight {
+        sh.messages_in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("cmtp_messages_in_flight").increment(1.0);
+        InFlight(sh)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("cmtp_messages_in_flight").decrement(1.0);
+    }
 }
 
 /// A refusal decided from the envelope.
@@ -128,176 +139,74 @@ impl Refusal {
             body: text.into().into_bytes(),
         }
     }
+    /// TEMPFAILURE for an internal error (details logged, not sent).
+    fn internal(s: &Session, e: &dyn std::fmt::Display) -> Self {
+        Refusal::status(Status::TempFailure, internal_error(s.peer, e))
+    }
 }
 
-/// An owned copy of a reader event (the reader's events borrow the buffer).
-enum Event {
-    Envelope(RawEnvelope),
-    Log(Bytes),
-    Data(Bytes),
-    AttachmentStart(u64),
-    End { trailer: [u8; 64], hash: [u8; 32] },
-}
-
-pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Stop> {
-    let started = Instant::now();
-    let t = s.sh.cfg.timeouts.clone();
-    let mut reader = MessageReader::new(s.sh.limits);
-    let mut mode = Mode::Undecided;
-    loop {
-        let (n, ev) = match reader.next(&s.buf) {
-            Ok(x) => x,
-            Err(e) => {
-                metrics::counter!("cmtp_messages_refused_total", "reason" => "malformed")
-                    .increment(1);
-                if !matches!(mode, Mode::Discard) {
-                    let status = if e.is_limit() {
-                        Status::TooBig
-                    } else {
-                        Status::BadMessage
-                    };
-                    s.reply(status, format!("{e}; closing").as_bytes(), digest)
-                        .await?;
+/// The envelope arrived (§7.4 steps 2–6): accept (and stage the head) or refuse.
+pub(crate) async fn envelope(s: &mut Session, env: Envelope) {
+    match decide(s, env).await {
+        Ok(mut acc) => {
+            // The head: header with the new log length, and the names.
+            let mut head = Vec::with_capacity(300);
+            acc.env
+                .encode_head(acc.env.log_len + acc.our_line.len() as u64, &mut head);
+            match acc.sink.push(&head).await {
+                Ok(()) => {
+                    s.conn.accept_mail(acc.our_line.len() as u64);
+                    s.mail = Some(Box::new(acc));
                 }
-                return Err(Stop);
-            }
-        };
-        let ev = match ev {
-            None => {
-                s.buf.advance_by(n);
-                let allowance = reader.announced() / t.min_data_rate.max(1);
-                let deadline =
-                    started + Duration::from_secs(t.data_grace_secs.saturating_add(allowance));
-                match s.read_more(deadline, false).await {
-                    Read::Data => continue,
-                    Read::Timeout => {
-                        if !matches!(mode, Mode::Discard) {
-                            s.reply(
-                                Status::Timeout,
-                                b"the message arrived too slowly; closing",
-                                digest,
-                            )
-                            .await?;
-                        }
-                        return Err(Stop);
-                    }
-                    Read::Closed | Read::Shutdown => return Err(Stop),
-                }
-            }
-            Some(MessageEvent::Envelope(raw)) => {
-                s.buf.advance_by(n);
-                Event::Envelope(raw)
-            }
-            Some(MessageEvent::Log(_)) => Event::Log(s.buf.split_to(n).freeze()),
-            Some(MessageEvent::Body(_)) | Some(MessageEvent::Attachment(_)) => {
-                Event::Data(s.buf.split_to(n).freeze())
-            }
-            Some(MessageEvent::AttachmentStart { len, .. }) => {
-                s.buf.advance_by(n);
-                Event::AttachmentStart(len)
-            }
-            Some(MessageEvent::End { trailer, hash }) => {
-                s.buf.advance_by(n);
-                Event::End { trailer, hash }
-            }
-        };
-        match ev {
-            Event::Envelope(raw) => match decide(s, &raw).await {
-                Ok(mut acc) => {
-                    // The head: header with the new log length, and the names.
-                    let mut head = Vec::with_capacity(300);
-                    acc.env
-                        .encode_head(acc.env.log_len + acc.our_line.len() as u64, &mut head);
-                    let pushed = acc.sink.push(&head).await;
-                    if let Err(e) = pushed {
-                        mode = refuse_store(s, e, digest).await?;
-                        continue;
-                    }
-                    mode = Mode::Accept(Box::new(acc));
-                    if let Mode::Accept(acc) = &mut mode
-                        && acc.env.log_len == 0
-                        && let Err(r) = end_of_log(s, acc).await
-                    {
-                        mode = refuse(s, r, digest).await?;
-                    }
-                }
-                Err(r) => mode = refuse(s, r, digest).await?,
-            },
-            Event::Log(b) => {
-                if let Mode::Accept(acc) = &mut mode {
-                    acc.log_seen += b.len() as u64;
-                    acc.log_lines += b.iter().filter(|&&c| c == b'\n').count() as u64;
-                    let r = match acc.sink.push(&b).await {
-                        Err(e) => Err(Refusal::status(Status::TempFailure, store_text(&e))),
-                        Ok(()) if acc.log_seen == acc.env.log_len => end_of_log(s, acc).await,
-                        Ok(()) => Ok(()),
-                    };
-                    if let Err(r) = r {
-                        mode = refuse(s, r, digest).await?;
-                    }
-                }
-            }
-            Event::Data(b) => {
-                if let Mode::Accept(acc) = &mut mode
-                    && let Err(e) = acc.sink.push(&b).await
-                {
-                    mode = refuse_store(s, e, digest).await?;
-                }
-            }
-            Event::AttachmentStart(len) => {
-                if let Mode::Accept(acc) = &mut mode
-                    && let Err(e) = acc.sink.push(&len.to_be_bytes()).await
-                {
-                    mode = refuse_store(s, e, digest).await?;
-                }
-            }
-            Event::End { trailer, hash } => {
-                if let Mode::Accept(acc) = std::mem::replace(&mut mode, Mode::Discard) {
-                    finish(s, *acc, trailer, hash, digest).await?;
-                }
-                return Ok(());
+                Err(e) => refuse_store(s, e),
             }
         }
+        Err(r) => refuse(s, r),
     }
 }
 
-trait AdvanceBy {
-    fn advance_by(&mut self, n: usize);
-}
-impl AdvanceBy for BytesMut {
-    fn advance_by(&mut self, n: usize) {
-        let _ = self.split_to(n);
+/// Bytes of the accepted message, in stored form.
+pub(crate) async fn data(s: &mut Session, bytes: &[u8]) {
+    let Some(acc) = s.mail.as_mut() else { return };
+    if let Err(e) = acc.sink.push(bytes).await {
+        refuse_store(s, e);
     }
 }
 
-fn store_text(e: &StoreError) -> String {
-    format!("temporary failure, try again later: {e}")
+/// The log is complete (the connection checked the hop limit): our line.
+pub(crate) async fn log_end(s: &mut Session) {
+    let Some(acc) = s.mail.as_mut() else { return };
+    let line = std::mem::take(&mut acc.our_line);
+    if let Err(e) = acc.sink.push(&line).await {
+        refuse_store(s, e);
+    }
 }
 
-async fn refuse(s: &mut Session, r: Refusal, digest: [u8; 32]) -> Result<Mode, Stop> {
+/// The connection gave up on the accepted message (a limit, a timeout, the
+/// peer went away): what was staged for it is dropped.
+pub(crate) fn aborted(s: &mut Session) {
+    if s.mail.take().is_some() {
+        metrics::counter!("cmtp_messages_refused_total", "reason" => "aborted").increment(1);
+        tracing::info!(peer = %s.peer, "message abandoned before its end");
+    }
+}
+
+fn refuse(s: &mut Session, r: Refusal) {
     metrics::counter!("cmtp_messages_refused_total", "reason" => r.status.word().to_owned())
         .increment(1);
     tracing::info!(peer = %s.peer, status = %r.status, reason = %String::from_utf8_lossy(&r.body).replace('\0', " "), "message refused");
-    s.reply(r.status, &r.body, digest).await?;
-    s.flush().await?;
-    Ok(Mode::Discard)
+    s.mail = None;
+    s.conn.refuse_mail(r.status, &r.body);
 }
 
-async fn refuse_store(s: &mut Session, e: StoreError, digest: [u8; 32]) -> Result<Mode, Stop> {
+fn refuse_store(s: &mut Session, e: StoreError) {
     tracing::error!(peer = %s.peer, error = %e, "store failed while receiving a message");
-    refuse(
-        s,
-        Refusal::status(Status::TempFailure, store_text(&e)),
-        digest,
-    )
-    .await
+    let r = Refusal::internal(s, &e);
+    refuse(s, r);
 }
 
 /// Checks the envelope (PROTOCOL.md §7.4 steps 1–6).
-async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal> {
-    let env = raw
-        .parse()
-        .map_err(|e| Refusal::status(Status::BadMessage, format!("invalid envelope: {e}")))?;
+async fn decide(s: &mut Session, env: Envelope) -> Result<Accepting, Refusal> {
     let sh = s.sh.clone();
     if env.version == VERSION_PLAINTEXT && sh.cfg.limits.refuse_plaintext {
         return Err(Refusal::delivery(
@@ -306,7 +215,7 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
         ));
     }
     let ours = |d: &cmtp_proto::names::Domain| *d == sh.domain;
-    let submitter = s.logged_in.clone();
+    let submitter = s.conn.logged_in().cloned();
     let is_submission = submitter
         .as_ref()
         .is_some_and(|u| ours(&env.source.domain) && env.source.account.as_ref() == Some(u));
@@ -319,7 +228,7 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
                     format!("no user {} here", env.destination),
                 ));
             }
-            Err(e) => return Err(Refusal::status(Status::TempFailure, store_text(&e))),
+            Err(e) => return Err(Refusal::internal(s, &e)),
         }
     } else if is_submission {
         Route::Relay {
@@ -346,23 +255,18 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
             ));
         }
     } else {
+        // §7.4 step 6: a key that cannot be obtained or checked now (the
+        // domain unreachable, its key contradicting its _cmtpkey record or
+        // changed without a rotation statement) is a temporary failure: the
+        // sender retries, and nothing is bounced for a fault we cannot judge.
         match sh.remote.server_key(&env.source.domain, now()).await {
             Ok(k) => source_key = Some(k),
-            Err(e) if e.is_transient() => {
+            Err(e) => {
+                tracing::info!(peer = %s.peer, domain = %env.source.domain, error = %e, "source key not available");
                 return Err(Refusal::status(
                     Status::TempFailure,
                     format!(
                         "cannot obtain the key of {} now: {}",
-                        env.source.domain,
-                        e.public_text()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(Refusal::delivery(
-                    FailureReason::BadSignature,
-                    format!(
-                        "cannot verify mail from {}: {}",
                         env.source.domain,
                         e.public_text()
                     ),
@@ -390,93 +294,45 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
         route,
         submission: is_submission,
         source_key,
-        log_seen: 0,
-        log_lines: 0,
         our_line: our_line.into_bytes(),
+        _in_flight: InFlight::new(sh.clone()),
     })
 }
 
-/// The log is complete: check the hop count and append our line.
-async fn end_of_log(s: &Session, acc: &mut Accepting) -> Result<(), Refusal> {
-    if acc.env.log_len + acc.our_line.len() as u64 > s.sh.limits.max_log {
-        return Err(Refusal::delivery(
-            FailureReason::Loop,
-            format!(
-                "the log is full ({} bytes): the message has travelled too far",
-                acc.env.log_len
-            ),
-        ));
-    }
-    if acc.log_lines >= u64::from(s.sh.limits.max_hops) {
-        return Err(Refusal::delivery(
-            FailureReason::Loop,
-            format!(
-                "the message has passed {} servers already (mail loop?)",
-                acc.log_lines
-            ),
-        ));
-    }
-    let line = std::mem::take(&mut acc.our_line);
-    let r = acc.sink.push(&line).await;
-    acc.our_line = line;
-    r.map_err(|e| Refusal::status(Status::TempFailure, store_text(&e)))
-}
-
-async fn finish(
-    s: &mut Session,
-    acc: Accepting,
-    trailer: [u8; 64],
-    hash: [u8; 32],
-    digest: [u8; 32],
-) -> Result<(), Stop> {
+/// The whole message has arrived: check or sign the trailer, store it
+/// durably, and only then answer SUCCESS with a receipt.
+pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
+    let Some(acc) = s.mail.take() else {
+        // Refused on the way (a store failure): the connection still owes
+        // the peer nothing more, but the state machine waits for a verdict.
+        return s
+            .conn
+            .reply(Status::TempFailure, b"temporary failure, try again later");
+    };
     let sh = s.sh.clone();
     let trailer = if acc.submission {
         sign_trailer(&sh.key, &hash)
     } else {
         let key = acc.source_key.expect("foreign source has a key");
-        if verify_trailer(&key, &hash, &trailer).is_err() {
-            // Perhaps the source rotated its key since we pinned it (asked at
-            // most once a minute per domain).
-            let fresh = sh
-                .remote
-                .refresh_server_key_limited(&acc.env.source.domain, now())
-                .await;
-            let ok = matches!(&fresh, Some(Ok(k)) if *k != key && verify_trailer(k, &hash, &trailer).is_ok());
-            if !ok {
-                let text = match fresh {
-                    Some(Err(e)) => format!("the domain signature does not verify ({e})"),
-                    _ => format!(
-                        "the domain signature does not verify under the key of {}",
-                        acc.env.source.domain
-                    ),
-                };
-                refuse(
-                    s,
-                    Refusal::delivery(FailureReason::BadSignature, text),
-                    digest,
-                )
-                .await?;
-                return Ok(());
-            }
+        if let Err(r) = check_trailer(s, &acc.env.source.domain, key, &hash, &trailer).await {
+            return refuse(s, r);
         }
         trailer
     };
-    let mut sink = acc.sink;
+    let Accepting {
+        env, route, sink, ..
+    } = *acc;
+    let mut sink = sink;
     if let Err(e) = sink.push(&trailer).await {
-        refuse_store(s, e, digest).await?;
-        return Ok(());
+        return refuse_store(s, e);
     }
     let (body, size) = match sink.finish().await {
         Ok(x) => x,
-        Err(e) => {
-            refuse_store(s, e, digest).await?;
-            return Ok(());
-        }
+        Err(e) => return refuse_store(s, e),
     };
     let at = now();
-    let env = acc.env;
     let t = std::time::Instant::now();
-    let stored = match acc.route {
+    let stored = match route {
         Route::Local(account) => sh
             .store
             .deliver(NewDelivery {
@@ -518,7 +374,7 @@ async fn finish(
             tracing::info!(peer = %s.peer, hash = %hex::encode(&hash[..8]), from = %env.source, to = %env.destination,
                 size, duplicate, "message {what}");
             let receipt = Receipt::issue(&sh.key, hash, at, sh.domain.clone());
-            s.reply(Status::Success, &receipt.to_bytes(), digest).await
+            s.conn.reply(Status::Success, &receipt.to_bytes());
         }
         // The account went away between the envelope check and the commit.
         Err(StoreError::UnknownAccount) => refuse(
@@ -527,10 +383,49 @@ async fn finish(
                 FailureReason::NoSuchUser,
                 format!("no user {} here", env.destination),
             ),
-            digest,
-        )
-        .await
-        .map(|_| ()),
-        Err(e) => refuse_store(s, e, digest).await.map(|_| ()),
+        ),
+        Err(e) => refuse_store(s, e),
+    }
+}
+
+/// Checks a foreign message's trailer (§7.4). If it does not verify under
+/// the pinned key, the domain may have rotated its key: its bundle is
+/// fetched again (at most once a minute per domain, §9.5). Only a trailer
+/// that fails under the key the domain's server itself presents now is
+/// refused for good; a key that cannot be fetched or checked now — the
+/// refresh limit included — is a temporary failure, so that a sender whose
+/// key just rotated is retried, never bounced.
+async fn check_trailer(
+    s: &Session,
+    domain: &Domain,
+    pinned: PublicKey,
+    hash: &[u8; 32],
+    trailer: &[u8; 64],
+) -> Result<(), Refusal> {
+    if verify_trailer(&pinned, hash, trailer).is_ok() {
+        return Ok(());
+    }
+    match s.sh.remote.refresh_server_key_limited(domain, now()).await {
+        Some(Ok(fresh)) if verify_trailer(&fresh, hash, trailer).is_ok() => Ok(()),
+        Some(Ok(_)) => Err(Refusal::delivery(
+            FailureReason::BadSignature,
+            format!("the domain signature does not verify under the key of {domain}"),
+        )),
+        Some(Err(e)) => {
+            tracing::info!(peer = %s.peer, %domain, error = %e, "cannot refresh the key of a source domain");
+            Err(Refusal::status(
+                Status::TempFailure,
+                format!(
+                    "the domain signature does not verify under the pinned key of {domain}, and its current key cannot be checked now: {}",
+                    e.public_text()
+                ),
+            ))
+        }
+        None => Err(Refusal::status(
+            Status::TempFailure,
+            format!(
+                "the domain signature does not verify under the pinned key of {domain}; its key was checked less than a minute ago, try again later"
+            ),
+        )),
     }
 }

@@ -16,20 +16,21 @@ pub(crate) fn split_source(source: &str) -> (Option<Account>, Option<Domain>) {
 }
 
 impl Session {
-    fn require_login(&self) -> Option<Account> {
-        self.logged_in.clone()
+    /// The logged-in account (the connection lets mailbox commands through
+    /// only when logged in).
+    fn owner(&mut self) -> Option<Account> {
+        let user = self.conn.logged_in().cloned();
+        if user.is_none() {
+            self.conn.reply(
+                Status::AuthRequired,
+                b"this command needs a logged-in session",
+            );
+        }
+        user
     }
 
-    pub(crate) async fn list(&mut self, digest: [u8; 32]) -> Result<(), Stop> {
-        let Some(user) = self.require_login() else {
-            return self
-                .reply(
-                    Status::AuthRequired,
-                    b"LIST needs a logged-in session",
-                    digest,
-                )
-                .await;
-        };
+    pub(crate) async fn list(&mut self) {
+        let Some(user) = self.owner() else { return };
         match self.sh.store.list_mailbox(user.as_str()).await {
             Ok(entries) => {
                 let entries: Vec<ListingEntry> = entries
@@ -49,68 +50,62 @@ impl Session {
                     })
                     .take(cmtp_proto::limits::MAX_LISTING)
                     .collect();
-                self.reply(Status::Success, &encode_listing(&entries), digest)
-                    .await
+                self.conn.reply(Status::Success, &encode_listing(&entries));
             }
-            Err(e) => self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => self.temp_failure(&e),
         }
     }
 
-    pub(crate) async fn fetch(&mut self, id: u64, digest: [u8; 32]) -> Result<(), Stop> {
-        let Some(user) = self.require_login() else {
-            return self
-                .reply(
-                    Status::AuthRequired,
-                    b"FETCH needs a logged-in session",
-                    digest,
-                )
-                .await;
+    /// FETCH: the stored message streams from the store to the socket in
+    /// chunks; the reply is signed at its end.
+    pub(crate) async fn fetch(&mut self, id: u64) -> Result<(), Stop> {
+        let Some(user) = self.owner() else {
+            return Ok(());
         };
         let found = match self.sh.store.mailbox_message(user.as_str(), id).await {
             Ok(f) => f,
-            Err(e) => return self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => {
+                self.temp_failure(&e);
+                return Ok(());
+            }
         };
         let Some((entry, blob)) = found else {
             let text = format!("no message {id} in this mailbox");
-            return self.reply(Status::Failure, text.as_bytes(), digest).await;
+            self.conn.reply(Status::Failure, text.as_bytes());
+            return Ok(());
         };
-        let reader = std::sync::Arc::new(tokio::sync::Mutex::new(BlobReader::new(
-            self.sh.store.clone(),
-            blob,
-        )));
-        let peer = self.peer;
-        self.reply_streamed(entry.size, digest, move || {
-            let reader = reader.clone();
-            async move {
-                match reader.lock().await.next_chunk().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(%peer, error = %e, "reading a stored message failed");
-                        None
-                    }
+        let mut reader = BlobReader::new(self.sh.store.clone(), blob);
+        self.conn.begin_streamed_reply(entry.size);
+        while self.conn.stream_remaining() > 0 {
+            match reader.next_chunk().await {
+                Ok(Some(chunk)) => self.conn.stream_body(&chunk),
+                // The length was promised: a store that fails mid-way leaves
+                // the connection unusable, so it is closed.
+                Ok(None) => {
+                    tracing::error!(peer = %self.peer, id, "a stored message is shorter than its size");
+                    self.conn.abort();
+                    return Err(Stop);
+                }
+                Err(e) => {
+                    tracing::error!(peer = %self.peer, error = %e, "reading a stored message failed");
+                    self.conn.abort();
+                    return Err(Stop);
                 }
             }
-        })
-        .await
+            self.flush_if_large().await?;
+        }
+        Ok(())
     }
 
-    pub(crate) async fn delete(&mut self, id: u64, digest: [u8; 32]) -> Result<(), Stop> {
-        let Some(user) = self.require_login() else {
-            return self
-                .reply(
-                    Status::AuthRequired,
-                    b"DELETE needs a logged-in session",
-                    digest,
-                )
-                .await;
-        };
+    pub(crate) async fn delete(&mut self, id: u64) {
+        let Some(user) = self.owner() else { return };
         match self.sh.store.delete_message(user.as_str(), id).await {
-            Ok(true) => self.reply(Status::Success, b"", digest).await,
+            Ok(true) => self.conn.reply(Status::Success, b""),
             Ok(false) => {
                 let text = format!("no message {id} in this mailbox");
-                self.reply(Status::Failure, text.as_bytes(), digest).await
+                self.conn.reply(Status::Failure, text.as_bytes());
             }
-            Err(e) => self.temp_failure(&e.to_string(), digest).await,
+            Err(e) => self.temp_failure(&e),
         }
     }
 }

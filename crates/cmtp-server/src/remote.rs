@@ -100,11 +100,13 @@ pub struct Remote {
     timeout: Duration,
     store: AnyStore,
     /// When each domain's key was last fetched because a signature did not
-    /// verify: at most one such refresh per domain per [`REFRESH_INTERVAL`].
+    /// verify: at most one such refresh per domain per `refresh_interval`.
     refreshed: std::sync::Mutex<HashMap<Domain, std::time::Instant>>,
+    refresh_interval: Duration,
 }
 
-/// The least time between two refreshes of one domain's key.
+/// The default least time between two refreshes of one domain's key
+/// (`[dns] key_refresh_secs`).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Remote {
@@ -134,6 +136,10 @@ impl Remote {
         };
         Ok(Remote {
             refreshed: std::sync::Mutex::new(HashMap::new()),
+            refresh_interval: cfg
+                .dns
+                .key_refresh_secs
+                .map_or(REFRESH_INTERVAL, Duration::from_secs),
             discovery: Discovery::new(config)?,
             timeout: Duration::from_secs(cfg.relay.timeout_secs),
             store,
@@ -192,16 +198,18 @@ impl Remote {
         // A server for another domain (a misdirected or malicious DNS record,
         // or this very server) is not the one asked for.
         if g.domain != *domain {
-            return Err(ClientError::Protocol(format!(
-                "{addr} serves {}, not {domain}",
-                g.domain
-            )));
+            return Err(ClientError::Protocol(
+                cmtp_client::error::PeerMisbehaved::WrongDomain {
+                    served: g.domain.to_string(),
+                    asked: domain.to_string(),
+                },
+            ));
         }
         Ok(c)
     }
 
     /// Like [`refresh_server_key`](Self::refresh_server_key), but at most
-    /// once per [`REFRESH_INTERVAL`] per domain (a sender of forged
+    /// once per refresh interval per domain (a sender of forged
     /// signatures must not make this server dial out for every message).
     /// `None` when a refresh was made too recently.
     pub async fn refresh_server_key_limited(
@@ -211,13 +219,12 @@ impl Remote {
     ) -> Option<Result<PublicKey, RemoteError>> {
         {
             let mut g = self.refreshed.lock().expect("refresh lock");
-            if g.get(domain)
-                .is_some_and(|t| t.elapsed() < REFRESH_INTERVAL)
-            {
+            let interval = self.refresh_interval;
+            if g.get(domain).is_some_and(|t| t.elapsed() < interval) {
                 return None;
             }
             if g.len() > 10_000 {
-                g.retain(|_, t| t.elapsed() < REFRESH_INTERVAL);
+                g.retain(|_, t| t.elapsed() < interval);
             }
             g.insert(domain.clone(), std::time::Instant::now());
         }

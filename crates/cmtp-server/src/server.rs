@@ -10,6 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::session::Session;
@@ -21,9 +23,13 @@ pub struct Server {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    /// Closed when every session and background task has ended.
+    /// Closed when every background task has ended.
     done: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// Every session.
+    sessions: TaskTracker,
+    /// Ends the sessions still open when the grace period is over.
+    cancel: CancellationToken,
 }
 
 impl Server {
@@ -37,6 +43,8 @@ impl Server {
     async fn serve(shared: Arc<Shared>) -> anyhow::Result<Server> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive, done) = mpsc::channel::<()>(1);
+        let sessions = TaskTracker::new();
+        let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
         for addr in &shared.cfg.listen {
@@ -50,7 +58,8 @@ impl Server {
                 shared.clone(),
                 listener,
                 shutdown_rx.clone(),
-                alive.clone(),
+                sessions.clone(),
+                cancel.clone(),
             )));
         }
         tasks.push(tokio::spawn(crate::relay::run(
@@ -69,6 +78,8 @@ impl Server {
             shutdown,
             done,
             tasks,
+            sessions,
+            cancel,
         })
     }
 
@@ -83,19 +94,35 @@ impl Server {
     }
 
     /// Stops accepting, lets connections finish what they are doing (a
-    /// message being received is completed and stored), and returns when all
-    /// have ended or the configured grace period has passed.
+    /// message being received is completed and stored; idle ones close at
+    /// once), and returns when all have ended — or, after the configured
+    /// grace period, closes those still open and returns when they are gone.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down: no new connections; finishing those in progress");
         let _ = self.shutdown.send(true);
+        self.sessions.close();
         let grace = Duration::from_secs(self.shared.cfg.timeouts.shutdown_grace_secs);
-        if tokio::time::timeout(grace, self.done.recv()).await.is_err() {
-            tracing::warn!("connections still open after {grace:?}; closing them");
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.sessions.len(),
+                "connections still open after {grace:?}; closing them"
+            );
+            self.cancel.cancel();
+            self.sessions.wait().await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.done.recv()).await;
         for t in &self.tasks {
             t.abort();
         }
         tracing::info!("stopped");
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
     }
 }
 
@@ -103,7 +130,8 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
+    sessions: TaskTracker,
+    cancel: CancellationToken,
 ) {
     let c = &shared.cfg.connections;
     loop {
@@ -137,11 +165,10 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (shared, shutdown, alive) = (shared.clone(), shutdown.clone(), alive.clone());
-        tokio::spawn(async move {
-            Session::run(shared, stream, peer, shutdown).await;
+        let (shared, shutdown, cancel) = (shared.clone(), shutdown.clone(), cancel.clone());
+        sessions.spawn(async move {
+            Session::run(shared, stream, peer, shutdown, cancel).await;
             drop(slot);
-            drop(alive);
         });
     }
 }

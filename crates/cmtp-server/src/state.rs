@@ -12,6 +12,8 @@ use cmtp_store::{AnyStore, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+use cmtp_proto::connection::server::{ServerConfig, Timeouts};
+
 use crate::config::Config;
 use crate::limiter::{ConnectionTracker, FailureLimiter};
 use crate::remote::Remote;
@@ -49,6 +51,11 @@ pub struct Shared {
     pub relay_pool: crate::relay::ConnectionPool,
     /// Rotation statements leading to the current key, oldest first.
     pub rotations: Vec<cmtp_proto::statements::Rotation>,
+    /// What every connection's state machine is configured with.
+    pub conn_config: Arc<ServerConfig>,
+    /// Messages being received now (accepted at their envelope, not yet
+    /// stored or abandoned).
+    pub messages_in_flight: std::sync::atomic::AtomicUsize,
     bundle: Mutex<Option<(Vec<u8>, u64)>>,
     /// Recently served key statements of local users: account → (statement,
     /// issued_at, when cached). Saves a database read and a signature check
@@ -81,6 +88,29 @@ impl std::fmt::Debug for Shared {
 /// Name under which the OPAQUE server setup is kept in the store.
 pub const OPAQUE_SETUP_SECRET: &str = "opaque-server-setup-v1";
 
+/// The configuration of the connection state machine, from cmtpd's.
+pub fn connection_config(cfg: &Config, key: &IdentityKey) -> ServerConfig {
+    let t = &cfg.timeouts;
+    ServerConfig {
+        domain: cfg.domain(),
+        key: key.clone(),
+        software: SOFTWARE.into(),
+        extensions: cmtp_proto::connection::server::EXTENSIONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        limits: cfg.limits.message_limits(),
+        timeouts: Timeouts {
+            idle: Duration::from_secs(t.idle_secs),
+            command: Duration::from_secs(t.command_secs),
+            data_grace: Duration::from_secs(t.data_grace_secs),
+            min_data_rate: t.min_data_rate,
+        },
+        max_bad_commands: cfg.connections.max_bad_commands,
+        help: crate::help::TEXT.into(),
+    }
+}
+
 impl Shared {
     /// Assembles the shared state; loads or creates the OPAQUE setup.
     pub async fn new(cfg: Config, key: IdentityKey, store: AnyStore) -> anyhow::Result<Shared> {
@@ -101,7 +131,10 @@ impl Shared {
                 std::process::id()
             )
         });
+        let conn_config = Arc::new(connection_config(&cfg, &key));
         Ok(Shared {
+            conn_config,
+            messages_in_flight: std::sync::atomic::AtomicUsize::new(0),
             domain: cfg.domain(),
             limits: cfg.limits.message_limits(),
             login_failures: FailureLimiter::new(Duration::from_secs(

@@ -556,6 +556,8 @@ async fn too_many_bad_commands_close_the_connection() {
     let s = TestServer::start_with("a.test", |c| c.connections.max_bad_commands = 3).await;
     let mut r = Raw::connect(s.addr).await;
     r.send(b"FOO\0BAR\0BAZ\0").await;
+    // PROTOCOL.md §4.2: the third is answered too, then TOOMANYERRORS.
+    assert_eq!(r.reply().await.status, Status::BadCommand);
     assert_eq!(r.reply().await.status, Status::BadCommand);
     assert_eq!(r.reply().await.status, Status::BadCommand);
     assert_eq!(r.reply().await.status, Status::TooManyErrors);
@@ -574,6 +576,8 @@ async fn too_many_bad_commands_close_the_connection() {
     }
 }
 
+/// The timeouts are the connection state machine's, tested rule by rule in
+/// cmtp-proto; this shows the server drives them over TCP.
 #[tokio::test]
 async fn a_slow_drip_is_cut_off() {
     let s = TestServer::start_with("a.test", |c| {
@@ -582,25 +586,19 @@ async fn a_slow_drip_is_cut_off() {
         c.timeouts.min_data_rate = 1 << 20;
     })
     .await;
-    // A command dripped a byte at a time.
+    // A command that does not complete.
     let mut r = Raw::connect(s.addr).await;
     let started = std::time::Instant::now();
-    for b in b"KEYREQ" {
-        r.send_lossy(&[*b]).await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    }
+    r.send_lossy(b"KEYREQ").await;
     let reply = r.reply().await;
     assert_eq!(reply.status, Status::Timeout);
     assert!(r.is_closed().await);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    // A message dripped after MAIL.
+    // A message that does not complete after MAIL.
     let mut r = Raw::connect(s.addr).await;
     r.send(&head(1, 0, 0, 1000, b"bob\0a.test\0x\0b.test\0"))
         .await;
-    for _ in 0..6 {
-        r.send_lossy(b"x").await;
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    }
+    r.send_lossy(b"x").await;
     let reply = r.reply().await;
     assert!(
         matches!(reply.status, Status::Timeout | Status::DeliveryFailure),
@@ -618,9 +616,16 @@ async fn connection_limits_answer_with_a_busy_banner() {
     let c = Raw::connect(s.addr).await;
     assert!(matches!(c.banner, Banner::Busy { .. }), "{:?}", c.banner);
     drop(_a);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let d = Raw::connect(s.addr).await;
-    assert!(matches!(d.banner, Banner::Ready { .. }));
+    // The slot frees when the server has seen the close.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let d = Raw::connect(s.addr).await;
+        if matches!(d.banner, Banner::Ready { .. }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "the slot never freed");
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
@@ -920,14 +925,31 @@ async fn graceful_shutdown_finishes_the_message_in_flight() {
     let mail = c.begin_mail().await.unwrap();
     let bytes = m.to_bytes();
     c.send_bytes(&bytes[..100]).await.unwrap();
-    // Let the server read the beginning of the message before it is told to stop.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The server has accepted the envelope before it is told to stop.
+    let shared = s.shared().clone();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shared
+        .messages_in_flight
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(std::time::Instant::now() < until, "the message never began");
+        tokio::task::yield_now().await;
+    }
     let store = s.shared().store.clone();
+    let addr = s.addr;
     let stopping = tokio::spawn({
         let server = s.server.take().unwrap();
         async move { server.shutdown().await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Once the listener is closed, the server is shutting down.
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the server never stopped listening"
+        );
+        tokio::task::yield_now().await;
+    }
     c.send_bytes(&bytes[100..]).await.unwrap();
     let r = c.finish_mail(mail).await.unwrap();
     assert_eq!(r.status, Status::Success);
