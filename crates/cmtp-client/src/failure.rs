@@ -176,6 +176,7 @@ impl Error {
                 text: reply.text(),
             },
             Status::KeyNotAvailable => Error::NotFound(format!("{what}: {}", reply.text())),
+            Status::KeyUnverified => Error::Verification(format!("{what}: {}", reply.text())),
             _ => {
                 let e = ClientError::from_reply(reply);
                 if e.is_transient() {
@@ -194,6 +195,7 @@ fn client_kind(e: &ClientError) -> ErrorKind {
         ClientError::Refused { status, .. } => match status {
             Status::AuthFailed | Status::AuthRequired | Status::RateLimited => ErrorKind::Auth,
             Status::KeyNotAvailable => ErrorKind::NotFound,
+            Status::KeyUnverified => ErrorKind::Verification,
             s if s.is_transient() => ErrorKind::Unavailable,
             _ => ErrorKind::Other,
         },

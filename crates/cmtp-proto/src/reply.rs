@@ -34,6 +34,11 @@ pub enum Status {
     Failure,
     /// KEYREQUEST: no key for that user or domain.
     KeyNotAvailable,
+    /// KEYREQUEST for another domain: that domain's key could not be
+    /// verified (it contradicts its `_cmtpkey` record, changed without a
+    /// rotation statement, or the domain's server sent a reply its key did
+    /// not sign).
+    KeyUnverified,
     /// MAIL: the message will not be delivered; the body is a reason word,
     /// NUL, and a UTF-8 explanation.
     DeliveryFailure,
@@ -73,6 +78,7 @@ impl Status {
             Status::Success => "SUCCESS",
             Status::Failure => "FAILURE",
             Status::KeyNotAvailable => "KEYNOTAVAILABLE",
+            Status::KeyUnverified => "KEYUNVERIFIED",
             Status::DeliveryFailure => "DELIVERYFAILURE",
             Status::TempFailure => "TEMPFAILURE",
             Status::BadCommand => "BADCOMMAND",
@@ -98,6 +104,7 @@ impl Status {
             "SUCCESS" => Status::Success,
             "FAILURE" => Status::Failure,
             "KEYNOTAVAILABLE" => Status::KeyNotAvailable,
+            "KEYUNVERIFIED" => Status::KeyUnverified,
             "DELIVERYFAILURE" => Status::DeliveryFailure,
             "TEMPFAILURE" => Status::TempFailure,
             "BADCOMMAND" => Status::BadCommand,

@@ -74,11 +74,32 @@ impl RemoteError {
     pub fn public_text(&self) -> String {
         match self {
             RemoteError::Client { domain, error } => match error {
-                ClientError::Refused { .. } | ClientError::KeyMismatch { .. } => self.to_string(),
+                ClientError::Refused { .. }
+                | ClientError::KeyMismatch { .. }
+                | ClientError::BadSignature(_) => self.to_string(),
                 _ => format!("the server of {domain} cannot be reached or does not speak CMTP/1"),
             },
             RemoteError::Store(_) => "temporary failure of this server".into(),
             other => other.to_string(),
+        }
+    }
+
+    /// Whether the domain's key (or its server's word) could not be
+    /// verified: a key contradicting `_cmtpkey`, changed without a rotation
+    /// statement, a statement or reply its key did not sign, a server for
+    /// another domain. KEYREQUEST answers these `KEYUNVERIFIED`.
+    pub fn is_verification(&self) -> bool {
+        match self {
+            RemoteError::KeyChanged { .. }
+            | RemoteError::DnsMismatch { .. }
+            | RemoteError::Statement { .. } => true,
+            RemoteError::Client { error, .. } => matches!(
+                error,
+                ClientError::BadSignature(_)
+                    | ClientError::KeyMismatch { .. }
+                    | ClientError::Protocol(cmtp_client::error::PeerMisbehaved::WrongDomain { .. })
+            ),
+            _ => false,
         }
     }
 

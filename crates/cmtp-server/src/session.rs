@@ -259,7 +259,12 @@ impl Session {
                 Ok(bytes) => self.conn.reply(Status::Success, &bytes),
                 Err(e) => {
                     tracing::info!(peer = %self.peer, %domain, error = %e, "remote KEYREQUEST failed");
-                    let status = if e.is_transient() {
+                    // §6.3: unreachable → TEMPFAILURE; a key that does not
+                    // verify → KEYUNVERIFIED; no such user or domain →
+                    // KEYNOTAVAILABLE.
+                    let status = if e.is_verification() {
+                        Status::KeyUnverified
+                    } else if e.is_transient() {
                         Status::TempFailure
                     } else {
                         Status::KeyNotAvailable

@@ -165,6 +165,13 @@ impl Shared {
         self.cfg.accounts.statement_validity_days * 24 * 3600
     }
 
+    /// The validity of a statement issued `now` (PROTOCOL.md §9.2): dated
+    /// [`CLOCK_SKEW`] back, valid for exactly the configured period from then.
+    pub fn validity_from(&self, now: u64) -> (u64, u64) {
+        let issued = now.saturating_sub(CLOCK_SKEW);
+        (issued, issued + self.validity())
+    }
+
     /// The server key bundle (self-signed statement), re-issued when half its
     /// validity has passed.
     pub fn server_bundle(&self, now: u64) -> Vec<u8> {
@@ -176,13 +183,14 @@ impl Shared {
         {
             return bytes.clone();
         }
+        let (issued, expires) = self.validity_from(now);
         let statement = KeyStatement::issue(
             &self.key,
             None,
             self.domain.clone(),
             self.key.public(),
-            now.saturating_sub(CLOCK_SKEW),
-            now + validity,
+            issued,
+            expires,
         );
         let bytes = ServerKeyBundle {
             statement,
@@ -275,18 +283,19 @@ impl Shared {
         };
         let key = cmtp_proto::crypto::PublicKey::from_bytes(&user.identity_pk)
             .map_err(|e| StoreError::Corrupt(format!("identity key of {account}: {e}")))?;
+        let (issued, expires) = self.validity_from(now);
         let statement = KeyStatement::issue(
             &self.key,
             Some(account.clone()),
             self.domain.clone(),
             key,
-            now.saturating_sub(CLOCK_SKEW),
-            now + validity,
+            issued,
+            expires,
         );
         let bytes = statement.to_bytes();
         self.store
-            .put_key_statement(account.as_str(), bytes.clone(), now + validity)
+            .put_key_statement(account.as_str(), bytes.clone(), expires)
             .await?;
-        Ok(Some((bytes, now.saturating_sub(CLOCK_SKEW))))
+        Ok(Some((bytes, issued)))
     }
 }

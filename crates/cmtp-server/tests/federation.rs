@@ -508,7 +508,8 @@ async fn a_changed_destination_key_without_rotation_is_refused_and_explained() {
         )
         .await
         .unwrap();
-    assert_eq!(r.status, Status::KeyNotAvailable);
+    // §6.3: a key that does not verify is not "no such key".
+    assert_eq!(r.status, Status::KeyUnverified);
     assert!(r.text().contains("changed"), "{}", r.text());
 }
 
@@ -571,7 +572,7 @@ async fn a_published_key_fingerprint_is_checked_on_first_contact() {
         )
         .await
         .unwrap();
-    assert_eq!(r.status, Status::KeyNotAvailable, "{}", r.text());
+    assert_eq!(r.status, Status::KeyUnverified, "{}", r.text());
     assert!(r.text().contains("_cmtpkey"), "{}", r.text());
     assert!(
         n.a.shared().store.pin("b.test").await.unwrap().is_none(),

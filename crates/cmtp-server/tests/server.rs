@@ -132,7 +132,27 @@ async fn keyrequest_answers_statements_and_refusals() {
         let st = KeyStatement::decode(&r.body).unwrap();
         st.verify(&server_key, Some(&a), &d, now).unwrap();
         assert_eq!(st.key, alice.public());
+        // §9.2: valid for exactly 30 days from its issue time, which is
+        // dated an hour back for clock skew (issue 10, contradiction 5).
+        assert_eq!(st.expires_at - st.issued_at, 30 * 24 * 3600);
+        assert!(st.issued_at <= now.saturating_sub(3600));
     }
+    // The server's own statement too.
+    let r = c
+        .command(
+            &Command::KeyRequest {
+                user: None,
+                domain: None,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let bundle = cmtp_proto::statements::ServerKeyBundle::decode(&r.body).unwrap();
+    assert_eq!(
+        bundle.statement.expires_at - bundle.statement.issued_at,
+        30 * 24 * 3600
+    );
     let r = c
         .command(
             &Command::KeyRequest {

@@ -483,13 +483,14 @@ impl<E> ServerConnection<E> {
                 [0; 32],
             ),
             Some(owed) => {
-                if owed {
-                    self.push_reply(
-                        Status::Timeout,
-                        b"the message arrived too slowly; closing",
-                        mail_digest(),
-                    );
-                }
+                // The reply to MAIL if it is still owed; after an early
+                // refusal the MAIL is answered, and TIMEOUT answers nothing.
+                let request = if owed { mail_digest() } else { [0; 32] };
+                self.push_reply(
+                    Status::Timeout,
+                    b"the message arrived too slowly; closing",
+                    request,
+                );
                 self.abort_mail();
             }
         }

@@ -967,3 +967,27 @@ fn messages_refused_early_one_after_another_are_each_answered() {
     p.pump();
     assert_eq!(p.statuses(), vec![Status::DeliveryFailure; 3]);
 }
+
+#[test]
+fn a_refused_message_whose_rest_never_comes_gets_timeout_bound_to_zeros() {
+    let mut p = Pair::new();
+    p.ohai();
+    let no_user = DeliveryFailure::new(FailureReason::NoSuchUser, "no user zed here").to_bytes();
+    p.app.refuse_mail = Some((Status::DeliveryFailure, no_user));
+    let bytes = message("zed@a.test", "carol@c.test", b"").to_bytes();
+    p.client.send(&Command::Mail, MAX_REPLY_BODY, p.now);
+    p.client.send_raw(&bytes[..400]);
+    p.pump();
+    assert_eq!(p.statuses(), [Status::DeliveryFailure]);
+    let deadline = p.server.poll_timeout().unwrap();
+    p.advance(deadline - p.now);
+    // The client sees why the server closed: a TIMEOUT that answers no request.
+    assert!(matches!(
+        p.error,
+        Some(ConnectionError::ClosedByServer {
+            status: Status::Timeout,
+            ..
+        })
+    ));
+    assert_eq!(p.server.close_reason(), Some(&CloseReason::Timeout));
+}

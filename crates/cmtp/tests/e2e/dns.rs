@@ -79,3 +79,53 @@ fn the_server_is_found_by_srv_and_checked_against_the_txt_record() {
     // A device that pinned the key already keeps working.
     second.cmd(&["inbox"]).ok();
 }
+
+/// Issue 10, contradiction 6: a recipient domain whose key contradicts its
+/// `_cmtpkey` record is a verification failure (exit 5), not "not found".
+#[test]
+fn sending_to_a_domain_whose_key_contradicts_its_dns_record_fails_verification() {
+    let tmp = tempdir();
+    let base = tmp.path();
+    let (pa, pb) = (free_port(), free_port());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dns = rt.block_on(async {
+        let dns = TestDns::start().await.unwrap();
+        for (d, p) in [("a.test", pa), ("b.test", pb)] {
+            dns.add_zone(d).await.unwrap();
+            dns.add_srv(&format!("_cmtp._tcp.{d}"), 10, 10, p, &format!("cmtp.{d}"))
+                .await
+                .unwrap();
+            dns.add_a(&format!("cmtp.{d}"), "127.0.0.1".parse().unwrap())
+                .await
+                .unwrap();
+        }
+        // b.test publishes a fingerprint that is not its key.
+        dns.add_txt(
+            "_cmtpkey.b.test",
+            &format!("v=cmtp1; k=ed25519; fp={}", "ab".repeat(32)),
+        )
+        .await
+        .unwrap();
+        dns
+    });
+    let resolver = format!("\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n", dns.addr());
+    let a = Server::start_with(base, "a.test", pa, &[], &resolver);
+    let _b = Server::start_with(base, "b.test", pb, &[], &resolver);
+    let pw = password_file(base, "alice", "alice's password");
+    let alice = Home::new(base.join("alice"));
+    alice
+        .cmd(&[
+            "--server",
+            &a.addr(),
+            "register",
+            "alice@a.test",
+            "--invite",
+            &a.invite("alice"),
+            "--password-file",
+            &pw,
+        ])
+        .ok();
+    alice
+        .run(&["send", "--to", "bob@b.test", "--subject", "hi"], b"hello")
+        .fails(5, "_cmtpkey");
+}

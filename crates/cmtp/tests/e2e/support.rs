@@ -78,6 +78,17 @@ impl Server {
     /// Starts `cmtpd run` for `domain` on `port`, with a data directory in
     /// `base`, routing each `(domain, port)` of `routes` statically.
     pub(crate) fn start(base: &Path, domain: &str, port: u16, routes: &[(&str, u16)]) -> Server {
+        Self::start_with(base, domain, port, routes, "")
+    }
+
+    /// As [`start`](Self::start), with more TOML appended to the configuration.
+    pub(crate) fn start_with(
+        base: &Path,
+        domain: &str,
+        port: u16,
+        routes: &[(&str, u16)],
+        extra: &str,
+    ) -> Server {
         let dir = base.join(format!("server-{domain}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = format!(
@@ -88,6 +99,7 @@ impl Server {
         for (d, p) in routes {
             config.push_str(&format!("\"{d}\" = [\"127.0.0.1:{p}\"]\n"));
         }
+        config.push_str(extra);
         std::fs::write(dir.join("cmtpd.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("cmtpd.log")).unwrap();
         let child = Command::new(cmtpd_path())
