@@ -136,21 +136,26 @@ pub(super) fn name_too_long(cx: &mut Ctx<'_>) -> Check {
 
 pub(super) fn invalid_names(cx: &mut Ctx<'_>) -> Check {
     let (mut p, _) = cx.greeted()?;
-    let body = random_bytes(64);
-    let mut b = header(1, 0, 0, body.len() as u64);
-    put_str(&mut b, "Bob");
-    put_str(&mut b, cx.domain().as_str());
-    put_str(&mut b, "conform");
-    put_str(&mut b, nowhere().as_str());
-    b.extend_from_slice(&body);
-    b.extend_from_slice(&[0; 64]);
-    let r = mail(&mut p, &b, "a message to `Bob`")?;
-    expect_status(
-        &r,
-        &Status::BadMessage,
-        "BADMESSAGE to a destination account `Bob` (names in messages must be canonical)",
-    )?;
-    p.expect_usable("BADMESSAGE for invalid names (the rest is discarded)")
+    let upper = cx.domain().as_str().to_ascii_uppercase();
+    for (account, domain) in [("Bob", cx.domain().as_str()), ("bob", upper.as_str())] {
+        let body = random_bytes(64);
+        let mut b = header(1, 0, 0, body.len() as u64);
+        put_str(&mut b, account);
+        put_str(&mut b, domain);
+        put_str(&mut b, "conform");
+        put_str(&mut b, nowhere().as_str());
+        b.extend_from_slice(&body);
+        b.extend_from_slice(&[0; 64]);
+        let what = format!("a message to `{account}@{domain}`");
+        let r = mail(&mut p, &b, &what)?;
+        expect_status(
+            &r,
+            &Status::BadMessage,
+            &format!("BADMESSAGE to {what} (names in messages must be canonical)"),
+        )?;
+        p.expect_usable("BADMESSAGE for invalid names (the rest is discarded)")?;
+    }
+    Ok(())
 }
 
 /// Sends `m` and expects DELIVERYFAILURE `reason`, then a usable connection.
@@ -364,6 +369,33 @@ pub(super) fn duplicate(cx: &mut Ctx<'_>) -> Check {
         return Err(fail("receipts for the same hash", describe(&second)));
     }
     Ok(())
+}
+
+pub(super) fn attachment_too_big(cx: &mut Ctx<'_>) -> Check {
+    let max = cx.info.greeting.max_message_size;
+    let (mut p, _) = cx.greeted()?;
+    let m = from_served(cx, &mut p, "cmtp-conform: an attachment too big")?;
+    // An envelope the server accepts, then one attachment whose length
+    // alone is over the limit: the server must stop at the length.
+    let mut env = m.envelope();
+    env.attachment_count = 1;
+    let mut b = Vec::new();
+    env.encode_head(0, &mut b);
+    b.extend_from_slice(&m.body);
+    put_u64(&mut b, max);
+    let r = mail(
+        &mut p,
+        &b,
+        "a message whose attachment length is max-message-size",
+    )?;
+    expect_status(
+        &r,
+        &Status::TooBig,
+        &format!(
+            "TOOBIG when an attachment length ({max}) takes the message over max-message-size"
+        ),
+    )?;
+    p.expect_closed(cx.cfg.close_within, "TOOBIG")
 }
 
 pub(super) fn mail_loop(cx: &mut Ctx<'_>) -> Check {

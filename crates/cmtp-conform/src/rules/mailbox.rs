@@ -130,6 +130,33 @@ pub(super) fn keylogin(cx: &mut Ctx<'_>) -> Check {
     )
 }
 
+pub(super) fn login_ends_session(cx: &mut Ctx<'_>) -> Check {
+    let mut s = log_in(cx)?;
+    s.p.expect_cmd(
+        &Command::List,
+        Status::Success,
+        "SUCCESS to LIST, logged in",
+    )?;
+    let (_login, ke1) = Login::start(b"not the password", &mut rand_core::OsRng)
+        .map_err(|e| fail("an OPAQUE KE1", e.to_string()))?;
+    let r = s.p.cmd(&Command::Login {
+        user: unused_account(),
+        ke1: ke1.to_vec(),
+    })?;
+    not_rate_limited(&r)?;
+    expect_status(
+        &r,
+        &Status::Success,
+        "SUCCESS (a challenge) to a second LOGIN",
+    )?;
+    s.p.expect_cmd(
+        &Command::List,
+        Status::AuthRequired,
+        "AUTHREQUIRED to LIST once another LOGIN has started (logged in until the connection closes or another LOGIN starts)",
+    )?;
+    Ok(())
+}
+
 fn listing(p: &mut Probe) -> Check<Vec<ListingEntry>> {
     let r = p.cmd(&Command::List)?;
     expect_status(&r, &Status::Success, "SUCCESS to LIST, logged in")?;

@@ -175,6 +175,18 @@ fn check_bundle(body: &[u8], domain: &Domain, key: &PublicKey) -> Check<ServerKe
     Ok(b)
 }
 
+/// How long a statement is valid, for the report (§9.2 leaves it to the server).
+fn validity(s: &KeyStatement) -> String {
+    let secs = s.expires_at.saturating_sub(s.issued_at);
+    let (days, hours) = (secs / 86400, secs % 86400 / 3600);
+    let ago = now().saturating_sub(s.issued_at);
+    format!(
+        "the statement is valid for {days} d {hours} h, issued {} h {} min ago",
+        ago / 3600,
+        ago % 3600 / 60
+    )
+}
+
 fn server_key_request(cx: &mut Ctx<'_>, domain: Option<Domain>) -> Check {
     let (mut p, _) = cx.greeted()?;
     let shown = domain.as_ref().map_or("\"\"".to_owned(), |d| d.to_string());
@@ -184,6 +196,7 @@ fn server_key_request(cx: &mut Ctx<'_>, domain: Option<Domain>) -> Check {
         &format!("SUCCESS to KEYREQUEST \"\" {shown}"),
     )?;
     let b = check_bundle(&r.body, cx.domain(), &cx.key())?;
+    cx.note(validity(&b.statement));
     if !b.rotations.is_empty() {
         cx.note(format!(
             "the bundle holds {} rotation(s)",
@@ -260,7 +273,11 @@ pub(super) fn keyrequest_user(cx: &mut Ctx<'_>) -> Check {
             Status::Success,
             &format!("SUCCESS to KEYREQUEST {account} (an existing account)"),
         )?;
-        keys.push(check_statement(&r.body, &account, &own, &cx.key())?.key);
+        let s = check_statement(&r.body, &account, &own, &cx.key())?;
+        if keys.is_empty() {
+            cx.note(validity(&s));
+        }
+        keys.push(s.key);
     }
     if keys[0] != keys[1] {
         return Err(fail(
