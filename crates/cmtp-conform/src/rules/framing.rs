@@ -377,6 +377,52 @@ pub(super) fn message_timeout(cx: &mut Ctx<'_>) -> Check {
     p.expect_closed(cx.cfg.close_within, "TIMEOUT")
 }
 
+pub(super) fn message_timeout_after_refusal(cx: &mut Ctx<'_>) -> Check {
+    let (mut p, _) = cx.greeted()?;
+    let wait = cx.cfg.timeouts.data_grace;
+    // A message the server refuses from its envelope (NOSUCHUSER), of which
+    // only half the body ever comes.
+    let to = cmtp_proto::names::Address::new(unused_account(), cx.domain().clone());
+    let from = cmtp_proto::names::Address::new(
+        unused_account(),
+        cmtp_proto::names::Domain::parse("conform.invalid").expect("valid"),
+    );
+    let m = super::mail::opaque_message(to, cmtp_proto::message::Source::user(from));
+    let bytes = m.to_bytes();
+    p.send(b"MAIL\0")?;
+    p.send(&bytes[..bytes.len() - 64 - m.body.len() / 2])?;
+    p.timeout = margin(wait);
+    let started = Instant::now();
+    let r = p.reply(request_digest(b"MAIL\0"), "MAIL for an unknown account")?;
+    if r.status == Status::Timeout {
+        // The server answers MAIL only once the message is complete: its
+        // one reply is the TIMEOUT.
+        cx.note("the server does not refuse early; its reply to MAIL is the TIMEOUT");
+    } else {
+        crate::probe::expect_delivery_failure(
+            &r,
+            "NOSUCHUSER",
+            "DELIVERYFAILURE NOSUCHUSER (or, without an early refusal, TIMEOUT)",
+        )?;
+        // The rest never comes: the timeout still runs, and on expiry the
+        // server sends TIMEOUT (it answers no command) and closes.
+        let why = "TIMEOUT (bound to 32 zero bytes) when the rest of a refused message does not arrive in time (§4.3: on expiry the server sends TIMEOUT and closes)";
+        let r = p
+            .reply([0; 32], "the rest of a refused message that never comes")
+            .map_err(|e| match e {
+                crate::probe::Stop::Fail { got, .. } => fail(why, got),
+                other => other,
+            })?;
+        expect_status(&r, &Status::Timeout, why)?;
+    }
+    cx.note(format!(
+        "TIMEOUT after {:.1}s (allowance given: {}s)",
+        started.elapsed().as_secs_f32(),
+        wait.as_secs()
+    ));
+    p.expect_closed(cx.cfg.close_within, "TIMEOUT")
+}
+
 pub(super) fn connections_per_peer(cx: &mut Ctx<'_>) -> Check {
     let limit = cx.cfg.limits.max_per_peer as usize;
     let timeout = cx.cfg.reply_timeout;

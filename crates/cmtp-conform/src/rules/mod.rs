@@ -256,6 +256,8 @@ pub static RULES: &[Rule] = &[
         "A connection idle for the idle timeout gets TIMEOUT (bound to 32 zero bytes) and closes"),
     rule!("4.3", "message-timeout", &[Slow], framing::message_timeout,
         "A message that does not arrive within 30 s + size / rate after MAIL gets TIMEOUT and the connection closes"),
+    rule!("4.3", "message-timeout-after-refusal", &[Slow], framing::message_timeout_after_refusal,
+        "When the rest of a message refused early does not arrive in time, the server still sends TIMEOUT and closes"),
     rule!("4.3", "connections-per-peer", &[], framing::connections_per_peer,
         "Over the per-address connection limit the banner is `421 <domain> CMTP/1 <reason>` and the connection closes"),
     // §5 replies
