@@ -348,7 +348,33 @@ pub(super) fn accepted(cx: &mut Ctx<'_>) -> Check {
         "a correctly signed message from another domain",
     )?;
     check_receipt(cx, &r, &m.hash())?;
-    p.expect_usable("SUCCESS to MAIL")
+    p.expect_usable("SUCCESS to MAIL")?;
+    if let Some(copies) = super::mailbox::take_from_mailbox(cx, &m.hash())? {
+        let [stored] = copies.as_slice() else {
+            return Err(fail(
+                "the accepted message in the recipient's mailbox, once",
+                format!("{} copies", copies.len()),
+            ));
+        };
+        if stored.trailer != m.trailer {
+            return Err(fail(
+                "the stored copy with the source domain's trailer as it came",
+                "another trailer",
+            ));
+        }
+        let log = String::from_utf8_lossy(&stored.log).into_owned();
+        let line = log.lines().last().unwrap_or("");
+        if !log.ends_with('\n') || line.split(' ').nth(1) != Some(cx.domain().as_str()) {
+            return Err(fail(
+                format!(
+                    "a log line `<time> {} <event>` added on acceptance (§7.5)",
+                    cx.domain()
+                ),
+                format!("the log {log:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn duplicate(cx: &mut Ctx<'_>) -> Check {
@@ -367,6 +393,14 @@ pub(super) fn duplicate(cx: &mut Ctx<'_>) -> Check {
     })?;
     if a.hash != b.hash {
         return Err(fail("receipts for the same hash", describe(&second)));
+    }
+    if let Some(copies) = super::mailbox::take_from_mailbox(cx, &m.hash())?
+        && copies.len() != 1
+    {
+        return Err(fail(
+            "a message accepted twice stored once (§7.4)",
+            format!("{} copies in the mailbox", copies.len()),
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use cmtp_proto::statements::verify_trailer;
 use super::auth::{ANY_KSF, not_rate_limited};
 use super::mail::{check_receipt, mail, opaque_message, sealed_message, user_key};
 use super::{Ctx, unused_account};
-use crate::probe::{Check, Probe, describe, expect_delivery_failure, expect_status, fail};
+use crate::probe::{Check, Probe, Stop, describe, expect_delivery_failure, expect_status, fail};
 
 /// A connection logged in as `--user`.
 pub(super) struct Session {
@@ -216,6 +216,46 @@ fn fetch(cx: &Ctx<'_>, p: &mut Probe, id: u64) -> Check<Message> {
     };
     Message::decode(&r.body, limits)
         .map_err(|e| fail("the stored message in the format of §7.1", e.to_string()))
+}
+
+/// With `--user` as the recipient: the copies of the message with `hash`
+/// in the mailbox, fetched and then deleted (the checker leaves nothing
+/// behind). `None` when the checker cannot look (with a note saying why).
+pub(super) fn take_from_mailbox(cx: &mut Ctx<'_>, hash: &[u8; 32]) -> Check<Option<Vec<Message>>> {
+    let own = cx.cfg.user.is_some()
+        && cx.cfg.password.is_some()
+        && cx
+            .cfg
+            .recipient
+            .as_ref()
+            .is_none_or(|r| Some(r) == cx.cfg.user.as_ref());
+    if !own {
+        cx.note("the stored copy was not looked at (give --user as the recipient)");
+        return Ok(None);
+    }
+    let mut s = match log_in(cx) {
+        Ok(s) => s,
+        Err(Stop::NotTestable(why)) => {
+            cx.note(format!("the stored copy was not looked at: {why}"));
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let ids: Vec<u64> = listing(&mut s.p)?
+        .iter()
+        .filter(|e| &e.hash == hash)
+        .map(|e| e.id)
+        .collect();
+    let mut copies = Vec::new();
+    for id in ids {
+        copies.push(fetch(cx, &mut s.p, id)?);
+        s.p.expect_cmd(
+            &Command::Delete { id },
+            Status::Success,
+            &format!("SUCCESS to DELETE {id}"),
+        )?;
+    }
+    Ok(Some(copies))
 }
 
 pub(super) fn submission(cx: &mut Ctx<'_>) -> Check {
