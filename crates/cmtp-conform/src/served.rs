@@ -74,8 +74,9 @@ impl Served {
         let user_seed = Zeroizing::new(<[u8; 32]>::from(h.finalize()));
         let user_key = IdentityKey::from_seed(&user_seed);
         let user = Account::parse("conform").expect("valid");
-        // Issued an hour back (clock skew), valid for 30 days.
-        let (from, to) = (now.saturating_sub(3600), now + 30 * 24 * 3600);
+        // Issued an hour back (clock skew), valid for 30 days from then.
+        let from = now.saturating_sub(3600);
+        let to = from + 30 * 24 * 3600;
         let bundle = ServerKeyBundle {
             statement: KeyStatement::issue(&key, None, domain.clone(), key.public(), from, to),
             rotations: Vec::new(),
