@@ -13,6 +13,7 @@
 //! | [`banner`] | the connection banner, SMTP detection and refusals |
 //! | [`command`] | command framing, incremental decoder, encoder |
 //! | [`reply`] | reply framing, streaming decoder, the signed binding |
+//! | [`connection`] | the rules of a connection: [`connection::server::ServerConnection`], [`connection::client::ClientConnection`] |
 //! | [`message`] | the message format and its streaming reader |
 //! | [`crypto`] | keys, signatures, sealed boxes, xzibit, OPAQUE |
 //! | [`content`] | inner body, attachments, sender signature, crypto systems 0 and 1 |

@@ -11,14 +11,10 @@ use support::*;
 
 /// Rules cmtpd fails today because it contradicts docs/PROTOCOL.md (issue
 /// 10; the lead is fixing them). When one starts passing, remove it here.
-const KNOWN_CONTRADICTIONS: &[(&str, &str)] = &[
-    // §4.2: the connection closes after 10 commands answered BADCOMMAND;
-    // cmtpd answers the 10th with TOOMANYERRORS instead.
-    ("too-many-errors", "TOOMANYERRORS"),
-    // §4.3: on expiry the server sends TIMEOUT and closes; after refusing a
-    // message early, cmtpd closes without a reply when the rest never comes.
-    ("message-timeout-after-refusal", "closed without a reply"),
-];
+/// Rules cmtpd is known to break (each must fail, so the list shrinks as
+/// they are fixed). Empty: the contradictions found by the first peer
+/// implementation are fixed (issue 10).
+const KNOWN_CONTRADICTIONS: &[(&str, &str)] = &[];
 
 fn assert_only_known_failures(results: &[RuleResult], log: &str) {
     let failed: Vec<&RuleResult> = results.iter().filter(|r| r.result == "fail").collect();

@@ -108,7 +108,10 @@ fn sending_to_a_domain_whose_key_contradicts_its_dns_record_fails_verification()
         .unwrap();
         dns
     });
-    let resolver = format!("\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n", dns.addr());
+    let resolver = format!(
+        "\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n",
+        dns.addr()
+    );
     let a = Server::start_with(base, "a.test", pa, &[], &resolver);
     let _b = Server::start_with(base, "b.test", pb, &[], &resolver);
     let pw = password_file(base, "alice", "alice's password");
