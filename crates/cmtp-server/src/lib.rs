@@ -21,16 +21,21 @@
 
 pub mod admin;
 mod auth;
+pub mod budget;
 pub mod config;
+pub mod decoy;
+pub mod disk;
 mod help;
 pub mod keyfile;
 pub mod limiter;
 mod mail;
 mod mailbox;
+mod maintenance;
 pub mod relay;
 pub mod remote;
 mod server;
 mod session;
+mod staging;
 pub mod state;
 
 pub use server::Server;

@@ -11,74 +11,12 @@ use cmtp_proto::names::Account;
 use cmtp_proto::payload::{DeliveryFailure, FailureReason};
 use cmtp_proto::reply::Status;
 use cmtp_proto::statements::{Receipt, sign_trailer, verify_trailer};
-use cmtp_store::{AnyStore, MessageBody, NewDelivery, NewOutbound, StagedBlob, Store, StoreError};
+use cmtp_store::{NewDelivery, NewOutbound, Store, StoreError};
 use tokio::time::Instant;
 
 use crate::session::{Read, Session, Stop};
+use crate::staging::BlobSink;
 use crate::state::{now, rfc3339};
-
-/// Size of the chunks a message is stored in; a message that fits in one is
-/// stored inline in a single row.
-pub(crate) const STORE_CHUNK: usize = 256 * 1024;
-
-/// Accumulates the stored form of a message and hands full chunks to the
-/// store, so memory stays bounded whatever the message size.
-pub(crate) struct BlobSink {
-    store: AnyStore,
-    buf: BytesMut,
-    staged: Option<StagedBlob>,
-    size: u64,
-}
-
-impl BlobSink {
-    pub(crate) fn new(store: AnyStore) -> Self {
-        BlobSink {
-            store,
-            buf: BytesMut::new(),
-            staged: None,
-            size: 0,
-        }
-    }
-
-    pub(crate) async fn push(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.size += bytes.len() as u64;
-        self.buf.extend_from_slice(bytes);
-        while self.buf.len() >= STORE_CHUNK {
-            let chunk = self.buf.split_to(STORE_CHUNK).freeze();
-            self.stage(chunk).await?;
-        }
-        Ok(())
-    }
-
-    async fn stage(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        if self.staged.is_none() {
-            self.staged = Some(self.store.stage_begin(now()).await?);
-        }
-        let staged = self.staged.as_ref().expect("just set");
-        let t = std::time::Instant::now();
-        let r = self.store.stage_append(staged, chunk).await;
-        metrics::histogram!("cmtp_store_seconds", "op" => "stage_append")
-            .record(t.elapsed().as_secs_f64());
-        r
-    }
-
-    pub(crate) async fn finish(mut self) -> Result<(MessageBody, u64), StoreError> {
-        let size = self.size;
-        match self.staged.is_some() {
-            false => Ok((MessageBody::Inline(self.buf.freeze()), size)),
-            true => {
-                if !self.buf.is_empty() {
-                    let rest = std::mem::take(&mut self.buf).freeze();
-                    self.stage(rest).await?;
-                }
-                Ok((
-                    MessageBody::Staged(self.staged.take().expect("staged")),
-                    size,
-                ))
-            }
-        }
-    }
-}
 
 /// Where an accepted message goes.
 enum Route {
@@ -202,7 +140,7 @@ pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Sto
             }
         };
         match ev {
-            Event::Envelope(raw) => match decide(s, &raw).await {
+            Event::Envelope(raw) => match decide(s, &raw, reader.announced()).await {
                 Ok(mut acc) => {
                     // The head: header with the new log length, and the names.
                     let mut head = Vec::with_capacity(300);
@@ -245,10 +183,15 @@ pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Sto
                 }
             }
             Event::AttachmentStart(len) => {
-                if let Mode::Accept(acc) = &mut mode
-                    && let Err(e) = acc.sink.push(&len.to_be_bytes()).await
-                {
-                    mode = refuse_store(s, e, digest).await?;
+                if let Mode::Accept(acc) = &mut mode {
+                    // The size announced so far now counts this attachment:
+                    // reserved before its bytes arrive.
+                    if let Err(r) = acc.sink.reserve(reader.announced()) {
+                        let r = Refusal::status(Status::TempFailure, r.to_string());
+                        mode = refuse(s, r, digest).await?;
+                    } else if let Err(e) = acc.sink.push(&len.to_be_bytes()).await {
+                        mode = refuse_store(s, e, digest).await?;
+                    }
                 }
             }
             Event::End { trailer, hash } => {
@@ -293,8 +236,9 @@ async fn refuse_store(s: &mut Session, e: StoreError, digest: [u8; 32]) -> Resul
     .await
 }
 
-/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6).
-async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal> {
+/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6), then reserves the
+/// message's bytes announced so far (disk reserve, staging budgets).
+async fn decide(s: &mut Session, raw: &RawEnvelope, announced: u64) -> Result<Accepting, Refusal> {
     let env = raw
         .parse()
         .map_err(|e| Refusal::status(Status::BadMessage, format!("invalid envelope: {e}")))?;
@@ -384,8 +328,11 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
             env.destination
         ),
     };
+    let reservation = sh
+        .admit_mail(s.peer.ip(), &env.source.domain, is_submission, announced)
+        .map_err(|r| Refusal::status(Status::TempFailure, r.to_string()))?;
     Ok(Accepting {
-        sink: BlobSink::new(sh.store.clone()),
+        sink: BlobSink::new(sh.store.clone(), reservation),
         env,
         route,
         submission: is_submission,

@@ -438,6 +438,14 @@ impl Session {
                 },
             }
         } else {
+            if let Err(text) = self
+                .sh
+                .check_remote_key_request(self.peer.ip(), self.logged_in.is_some())
+            {
+                return self
+                    .reply(Status::RateLimited, text.as_bytes(), digest)
+                    .await;
+            }
             let remote = &self.sh.remote;
             let result = match &user {
                 // The bundle as the domain's server gives it, checked against the pin.
