@@ -91,6 +91,9 @@ pub struct DiskMonitor {
     min_free: u64,
     max_size: Option<u64>,
     free: AtomicU64,
+    /// How much of the ballast is missing (released): that space is kept
+    /// for deleting mail, logins and restarts, never given to new mail.
+    ballast_missing: AtomicU64,
     store_size: AtomicU64,
     /// Bytes stored since the last sample.
     written: AtomicU64,
@@ -108,6 +111,7 @@ impl DiskMonitor {
             min_free: cfg.store.min_free,
             max_size: cfg.store.max_size,
             free: AtomicU64::new(u64::MAX),
+            ballast_missing: AtomicU64::new(0),
             store_size: AtomicU64::new(0),
             written: AtomicU64::new(0),
             sampling: Mutex::new(()),
@@ -124,7 +128,10 @@ impl DiskMonitor {
             .load(Ordering::Relaxed)
             .saturating_add(in_flight);
         let free = self.free.load(Ordering::Relaxed).saturating_sub(pending);
-        let needed = self.min_free.saturating_add(bytes);
+        let needed = self
+            .min_free
+            .saturating_add(self.ballast_missing.load(Ordering::Relaxed))
+            .saturating_add(bytes);
         if free < needed {
             return Err(DiskRefusal::LowSpace { free, needed });
         }
@@ -169,29 +176,28 @@ impl DiskMonitor {
     }
 
     fn measure(&self, store_size: Option<u64>) -> std::io::Result<DiskSample> {
-        {
-            let _one = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
-            // Only what this sample can see is forgotten: bytes noted while
-            // it runs stay counted until the next one.
-            let written = self.written.load(Ordering::Relaxed);
-            let free = free_space(&self.dir)?;
-            let ballast = self.tend_ballast(free);
-            let free = free_space(&self.dir)?;
-            self.free.store(free, Ordering::Relaxed);
-            if let Some(n) = store_size {
-                self.store_size.store(n, Ordering::Relaxed);
-            }
-            let _ = self
-                .written
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                    Some(w.saturating_sub(written))
-                });
-            Ok(DiskSample {
-                free,
-                store_size: store_size.unwrap_or_else(|| self.store_size.load(Ordering::Relaxed)),
-                ballast,
-            })
+        let _one = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        // Only what this sample can see is forgotten: bytes noted while it
+        // runs stay counted until the next one.
+        let written = self.written.load(Ordering::Relaxed);
+        let ballast = self.tend_ballast(free_space(&self.dir)?);
+        let free = free_space(&self.dir)?;
+        self.free.store(free, Ordering::Relaxed);
+        self.ballast_missing
+            .store(self.ballast_size.saturating_sub(ballast), Ordering::Relaxed);
+        if let Some(n) = store_size {
+            self.store_size.store(n, Ordering::Relaxed);
         }
+        let _ = self
+            .written
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(written))
+            });
+        Ok(DiskSample {
+            free,
+            store_size: store_size.unwrap_or_else(|| self.store_size.load(Ordering::Relaxed)),
+            ballast,
+        })
     }
 
     /// Deletes the ballast when less than its size is free; writes it when
@@ -326,6 +332,20 @@ mod tests {
             Err(DiskRefusal::LowSpace {
                 free: 800,
                 needed: 900
+            })
+        );
+    }
+
+    #[test]
+    fn a_released_ballast_is_not_given_to_new_mail() {
+        let m = monitor(300, None);
+        m.ballast_missing.store(400, Ordering::Relaxed);
+        m.admit(300, 0).unwrap();
+        assert_eq!(
+            m.admit(301, 0),
+            Err(DiskRefusal::LowSpace {
+                free: 1000,
+                needed: 1001
             })
         );
     }

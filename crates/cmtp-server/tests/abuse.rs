@@ -208,7 +208,7 @@ async fn mail_is_refused_up_front_when_it_would_cross_the_free_space_reserve() {
     let fs = cmtp_testkit::tmpfs::Tmpfs::mount("64m", None)
         .unwrap_or_else(|why| panic!("{why}; CI runs as root, this test must run"));
     let data = fs.path().join("data");
-    let s = TestServer::start_with("a.test", |c| {
+    let mut s = TestServer::start_with("a.test", |c| {
         c.data_dir = data.clone();
         c.store.min_free = 40 * MIB as u64;
         c.store.ballast_size = 0;
@@ -227,6 +227,8 @@ async fn mail_is_refused_up_front_when_it_would_cross_the_free_space_reserve() {
     assert_eq!(reply.status, Status::TempFailure, "{}", reply.text());
     assert!(reply.text().contains("disk space"), "{}", reply.text());
     assert_eq!(staged(&s).0, 0);
+    // (the server would read and drop the rest of that message)
+    drop(c);
     // A message that leaves the reserve intact is stored.
     let small = big(&s.address("alice"), &s.address("alice"), MIB);
     let mut c = s.login("alice", &alice).await;
@@ -234,6 +236,8 @@ async fn mail_is_refused_up_front_when_it_would_cross_the_free_space_reserve() {
         c.mail(&small.to_bytes()).await.unwrap().status,
         Status::Success
     );
+    drop(c);
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
