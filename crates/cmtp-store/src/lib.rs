@@ -54,8 +54,10 @@
 //!
 //! The SQLite database runs in WAL mode with `synchronous=FULL`. The
 //! write-ahead log and its shared-memory index are kept when the store
-//! closes (no checkpoint on close), so that the store opens again, and
-//! serves reads, on a disk that has filled up in the meantime. One writer
+//! closes, so that the store opens again, and serves reads, on a disk that
+//! has filled up in the meantime; the log's content is checkpointed into the
+//! database file as the store closes, so the file alone is a complete copy
+//! of a stopped store. One writer
 //! thread owns the only write connection: it takes every write request
 //! waiting (up to [`SqliteConfig::max_batch`] requests or
 //! [`SqliteConfig::max_batch_bytes`]), runs them in one transaction — each

@@ -595,3 +595,38 @@ async fn a_store_opens_and_serves_reads_on_a_full_disk() {
         .unwrap();
     assert_eq!(report.staged_blobs, 0, "removed when the store opened");
 }
+
+/// The write-ahead log outlives the store, but a stopped store is whole in
+/// its database file: copying that file alone is a complete backup.
+#[tokio::test]
+async fn a_stopped_store_is_whole_in_its_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    let body = pattern(50_000, 6);
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+        store
+            .create_user(new_user("alice"), None, T0)
+            .await
+            .unwrap();
+        store
+            .deliver(delivery("alice", hash(1), &body, T0))
+            .await
+            .unwrap();
+    }
+    assert!(
+        dir.path().join("cmtp.db-wal").exists(),
+        "the log is kept for a start on a full disk"
+    );
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("cmtp.db")).unwrap();
+    let conn = rusqlite::Connection::open(copy.path().join("cmtp.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM mailbox WHERE account = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -190,8 +190,8 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
 /// has to create both (32 KiB at least), which fails on a full disk. Kept,
 /// they let the store open and serve reads on a full disk, and the log's
 /// existing space takes small writes such as deletions. The log is still
-/// checkpointed while the store runs (every 1000 pages) and kept to
-/// `journal_size_limit`.
+/// checkpointed while the store runs (every 1000 pages), by the writer as
+/// the store closes, and kept to `journal_size_limit`.
 fn keep_wal_on_close(conn: &Connection) -> Result<(), StoreError> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
