@@ -53,7 +53,7 @@ pub(crate) async fn run(opts: &ServerOpts, args: &BigMailArgs) -> anyhow::Result
     let mut server = BenchServer::start(opts, "a.test", u, 0, |cfg| {
         cfg.limits.max_message_size = cfg.limits.max_message_size.max(size + (1 << 20));
         cfg.connections.max_per_peer = cfg.connections.max_per_peer.max(k + 64);
-        let reserved = cfg.connections.reserved_for_users;
+        let reserved = cfg.connection_limits().reserved_for_users;
         cfg.connections.max = cfg.connections.max.max(k + 64 + reserved);
     })
     .await?;

@@ -93,11 +93,12 @@ pub struct LimitsConfig {
     /// Bytes of messages being received at once from one peer (see
     /// `connections.ipv4_prefix`) that is not logged in: a message that
     /// would go beyond is refused with TEMPFAILURE before its bytes are
-    /// stored (default 128 MiB, twice the largest message).
-    pub staged_per_peer: u64,
+    /// stored. At least `max_message_size` (default: twice it, 128 MiB).
+    pub staged_per_peer: Option<u64>,
     /// Bytes of messages being received at once that claim one source
-    /// domain (default 256 MiB).
-    pub staged_per_domain: u64,
+    /// domain. At least `max_message_size` (default: four times it, 256
+    /// MiB).
+    pub staged_per_domain: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -109,8 +110,8 @@ impl Default for LimitsConfig {
             max_log: d.max_log,
             max_hops: d.max_hops,
             refuse_plaintext: false,
-            staged_per_peer: 2 * d.max_message_size,
-            staged_per_domain: 4 * d.max_message_size,
+            staged_per_peer: None,
+            staged_per_domain: None,
         }
     }
 }
@@ -124,6 +125,16 @@ impl LimitsConfig {
             max_log: self.max_log,
             max_hops: self.max_hops,
         }
+    }
+
+    /// The staging budgets: per peer, per source domain.
+    pub fn staging(&self) -> (u64, u64) {
+        (
+            self.staged_per_peer
+                .unwrap_or(self.max_message_size.saturating_mul(2)),
+            self.staged_per_domain
+                .unwrap_or(self.max_message_size.saturating_mul(4)),
+        )
     }
 }
 
@@ -168,8 +179,9 @@ pub struct ConnectionsConfig {
     pub max_bad_commands: u32,
     /// Of `max`, how many connections only logged-in sessions may hold:
     /// connections that are not logged in are refused once `max -
-    /// reserved_for_users` of them are open (default 1024).
-    pub reserved_for_users: usize,
+    /// reserved_for_users` of them are open. Less than `max` (default: a
+    /// sixteenth of it, 1024).
+    pub reserved_for_users: Option<usize>,
     /// Leading bits of an IPv4 address that make one peer, for every
     /// per-peer limit: connections, failed logins, bytes being received,
     /// remote key requests (default 32: each address; 24 counts a /24 as
@@ -186,7 +198,7 @@ impl Default for ConnectionsConfig {
             max: 16384,
             max_per_peer: 128,
             max_bad_commands: 10,
-            reserved_for_users: 1024,
+            reserved_for_users: None,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
         }
@@ -270,7 +282,8 @@ pub struct StoreSection {
     /// Deleting mail, logins and everything else keep working (default 256
     /// MiB).
     pub min_free: u64,
-    /// Size of the ballast file `cmtpd.ballast` kept in the data directory:
+    /// Size of the ballast file `cmtpd.ballast` kept beside the database (in
+    /// the data directory unless `path` says otherwise):
     /// when the file system fills up all the same (another program, logs),
     /// cmtpd deletes it so that deleting mail, logins and restarts keep
     /// working, and writes it again once space returns. 0: no ballast
@@ -499,8 +512,20 @@ impl Config {
         if c.ipv6_prefix > 128 {
             bail!("connections.ipv6_prefix must be at most 128");
         }
-        if c.reserved_for_users >= c.max {
+        if c.reserved_for_users.is_some_and(|r| r >= c.max) {
             bail!("connections.reserved_for_users must be less than connections.max");
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("staged_per_peer", l.staged_per_peer),
+            ("staged_per_domain", l.staged_per_domain),
+        ] {
+            if value.is_some_and(|v| v < l.max_message_size) {
+                bail!(
+                    "limits.{key} must be at least limits.max_message_size, \
+                     or no message that large could arrive"
+                );
+            }
         }
         for domain in &self.dns.allow_private {
             Domain::parse(domain).with_context(|| format!("dns.allow_private entry {domain:?}"))?;
@@ -546,7 +571,7 @@ impl Config {
         let c = &self.connections;
         crate::limiter::ConnectionLimits {
             max: c.max,
-            reserved_for_users: c.reserved_for_users,
+            reserved_for_users: c.reserved_for_users.unwrap_or(c.max / 16),
             max_per_peer: c.max_per_peer,
         }
     }
@@ -597,9 +622,16 @@ mod tests {
         cfg.connections.ipv4_prefix = 33;
         assert!(cfg.validate().is_err());
         cfg.connections.ipv4_prefix = 24;
-        cfg.connections.reserved_for_users = cfg.connections.max;
+        cfg.connections.reserved_for_users = Some(cfg.connections.max);
         assert!(cfg.validate().is_err());
-        cfg.connections.reserved_for_users = 0;
+        cfg.connections.reserved_for_users = Some(0);
+        cfg.limits.staged_per_peer = Some(cfg.limits.max_message_size - 1);
+        assert!(cfg.validate().is_err());
+        cfg.limits.staged_per_peer = None;
+        assert_eq!(cfg.limits.staging(), (128 << 20, 256 << 20));
+        assert_eq!(cfg.connection_limits().reserved_for_users, 0);
+        cfg.connections.reserved_for_users = None;
+        assert_eq!(cfg.connection_limits().reserved_for_users, 1024);
         cfg.dns.allow_private = vec!["not a domain".into()];
         assert!(cfg.validate().is_err());
         cfg.dns.allow_private = vec!["lab.test".into()];

@@ -9,8 +9,8 @@
 //!   when the free space, less what messages being received may still
 //!   write, is below the reserve plus the message's size; and a cap on the
 //!   store's size (`[store] max_size`);
-//! - a ballast file (`[store] ballast_size`, `cmtpd.ballast` in the data
-//!   directory): when the file system fills up all the same (another
+//! - a ballast file (`[store] ballast_size`, `cmtpd.ballast` beside the
+//!   database, in the data directory by default): when the file system fills up all the same (another
 //!   program, logs), the monitor deletes it, so that deleting mail, logins,
 //!   key statements and restarts have room; it is written again once space
 //!   returns. (CockroachDB keeps an emergency ballast for the same reason.)
@@ -35,7 +35,7 @@ use crate::config::Config;
 /// How often the free space and the store's size are measured.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Name of the ballast file in the data directory.
+/// Name of the ballast file, beside the database.
 pub const BALLAST_FILE: &str = "cmtpd.ballast";
 
 /// Why new mail cannot be stored now (answered with TEMPFAILURE).
@@ -106,7 +106,8 @@ impl DiskMonitor {
     pub fn new(cfg: &Config) -> DiskMonitor {
         DiskMonitor {
             dir: cfg.store_dir(),
-            ballast_path: cfg.data_dir.join(BALLAST_FILE),
+            // On the file system it stands in for: beside the database.
+            ballast_path: cfg.store_dir().join(BALLAST_FILE),
             ballast_size: cfg.store.ballast_size,
             min_free: cfg.store.min_free,
             max_size: cfg.store.max_size,

@@ -120,17 +120,17 @@ fn start(sh: &Arc<Shared>, slots: &Arc<Semaphore>, dest: Arc<Semaphore>, e: Outb
         .and_then(|_| slots.clone().try_acquire_owned().ok());
     let (sh, slots) = (sh.clone(), slots.clone());
     tokio::spawn(async move {
-        let _dest = match dest_slot {
+        let dest_slot = match dest_slot {
             Some(p) => p,
             None => dest.acquire_owned().await.expect("semaphore open"),
         };
-        let _slot = match slot {
+        let slot = match slot {
             Some(p) => p,
             None => slots.acquire_owned().await.expect("semaphore open"),
         };
         attempt(&sh, e).await;
-        drop(_slot);
-        drop(_dest);
+        drop(slot);
+        drop(dest_slot);
         // A slot is free: look for more due mail now.
         sh.queue_wakeup.notify_one();
     });

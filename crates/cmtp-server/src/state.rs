@@ -109,10 +109,11 @@ impl Shared {
         if let Err(e) = disk.sample(&store).await {
             tracing::warn!(error = %e, "cannot measure free space");
         }
+        let (per_peer, per_domain) = cfg.limits.staging();
         let budget = Arc::new(StagingBudget::new(
             StagingLimits {
-                per_peer: cfg.limits.staged_per_peer,
-                per_domain: cfg.limits.staged_per_domain,
+                per_peer,
+                per_domain,
             },
             Arc::clone(&disk),
         ));

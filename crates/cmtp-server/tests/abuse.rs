@@ -155,7 +155,7 @@ async fn a_refused_or_abandoned_upload_leaves_no_staged_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_cannot_have_more_bytes_in_flight_than_its_staging_budget() {
-    let (a, b) = two(|c| c.limits.staged_per_peer = 4 * MIB as u64).await;
+    let (a, b) = two(|c| c.limits.staged_per_peer = Some(4 * MIB as u64)).await;
     a.register("alice", "pw").await;
     // An upload of 3 MiB in progress, half sent.
     let first = from_b(&a, &b, 3 * MIB, false).to_bytes();
@@ -185,7 +185,7 @@ async fn a_peer_cannot_have_more_bytes_in_flight_than_its_staging_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_claiming_one_domain_share_its_staging_budget() {
-    let (a, b) = two(|c| c.limits.staged_per_domain = 4 * MIB as u64).await;
+    let (a, b) = two(|c| c.limits.staged_per_domain = Some(4 * MIB as u64)).await;
     a.register("alice", "pw").await;
     let first = from_b(&a, &b, 3 * MIB, false).to_bytes();
     let mut slow = Raw::connect_from(a.addr, ip("127.0.0.3")).await;
@@ -278,7 +278,7 @@ async fn connections_are_counted_per_network_prefix() {
 async fn strangers_cannot_take_the_slots_reserved_for_logged_in_sessions() {
     let s = TestServer::start_with("a.test", |c| {
         c.connections.max = 4;
-        c.connections.reserved_for_users = 2;
+        c.connections.reserved_for_users = Some(2);
     })
     .await;
     let _a = Raw::connect_from(s.addr, ip("127.0.0.1")).await;
