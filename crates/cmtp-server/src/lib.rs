@@ -7,7 +7,11 @@
 //! into the `cmtp-store` backend (SQLite by default) before SUCCESS is sent;
 //! mail for other domains goes into the relay queue, which [`relay`] delivers
 //! through DNS discovery ([`remote`]). [`admin`] holds what the `cmtpd`
-//! subcommands do (init, users, invites, queue).
+//! subcommands do (init, users, invites, queue). What a stranger can make
+//! the server store, hold open, dial or compute is budgeted before it is
+//! spent (PROTOCOL.md §15): [`limiter`] (peers, connection slots, logins,
+//! rates), [`budget`] and [`disk`] (bytes being received, free space),
+//! [`decoy`] (what unknown accounts are answered).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
