@@ -53,7 +53,8 @@ pub(crate) async fn run(opts: &ServerOpts, args: &BigMailArgs) -> anyhow::Result
     let mut server = BenchServer::start(opts, "a.test", u, 0, |cfg| {
         cfg.limits.max_message_size = cfg.limits.max_message_size.max(size + (1 << 20));
         cfg.connections.max_per_peer = cfg.connections.max_per_peer.max(k + 64);
-        cfg.connections.max = cfg.connections.max.max(k + 64);
+        let reserved = cfg.connection_limits().reserved_for_users;
+        cfg.connections.max = cfg.connections.max.max(k + 64 + reserved);
     })
     .await?;
     server.login_all().await?;

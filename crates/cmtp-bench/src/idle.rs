@@ -73,7 +73,9 @@ pub(crate) async fn run(opts: &ServerOpts, args: &IdleArgs) -> anyhow::Result<Ru
         );
     }
     let server = BenchServer::start(opts, "a.test", 0, 0, |cfg| {
-        cfg.connections.max = cfg.connections.max.max(n + 64);
+        // (connections that are not logged in leave the reserved share free)
+        let reserved = cfg.connection_limits().reserved_for_users;
+        cfg.connections.max = cfg.connections.max.max(n + 64 + reserved);
         cfg.connections.max_per_peer = cfg.connections.max_per_peer.max(n + 64);
     })
     .await?;

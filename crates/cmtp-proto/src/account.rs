@@ -328,4 +328,36 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, AccountError::WeakKsf(_)));
     }
+
+    /// A hostile (or impersonated) server asking for 4 GiB and 64 passes
+    /// is refused before the client stretches anything: the ceiling is what
+    /// a phone can afford (PROTOCOL.md §12.1).
+    #[test]
+    fn a_login_challenge_above_the_phone_ceiling_is_refused_at_once() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let setup = ServerSetup::generate(&mut rng);
+        let (login, ke1) = Login::start(b"pw", &mut rng).unwrap();
+        let (_, ke2) =
+            ServerLogin::start(&setup, None, &ke1, "alice@a.test", "a.test", &mut rng).unwrap();
+        let challenge = LoginChallenge {
+            ksf: KsfParams {
+                m_cost_kib: 4_194_304,
+                t_cost: 64,
+                p_cost: 4,
+            },
+            ke2: ke2.to_vec(),
+        };
+        let t = std::time::Instant::now();
+        let Err(e) = login.finish(
+            b"pw",
+            &challenge,
+            &Address::parse("alice@a.test").unwrap(),
+            &KsfParams::INSECURE_TEST,
+            &mut rng,
+        ) else {
+            panic!("a challenge above the ceiling was accepted");
+        };
+        assert!(matches!(e, AccountError::WeakKsf(_)), "{e:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
 }

@@ -43,15 +43,28 @@ pub(crate) fn invite_hash(token: &str) -> [u8; 32] {
 
 const AUTH_FAILED: &[u8] = b"wrong password or unknown user";
 
+/// Counts a failed login in `cmtp_login_failures_total{reason}`: `password`
+/// (LOGINFINISH refused: a wrong password or an unknown account), `key` (a
+/// KEYLOGIN signature refused), `ratelimited` (LOGIN or KEYLOGIN refused
+/// for too many failures).
+fn count_failure(reason: &'static str) {
+    metrics::counter!("cmtp_login_failures_total", "reason" => reason).increment(1);
+}
+
 impl Session {
+    /// The rate-limit keys of a password login: the account together with
+    /// the peer (so that nobody can lock another person out: only the
+    /// guesser's own network is refused), and the peer alone
+    /// (PROTOCOL.md §12.3).
     fn keys(&self, user: &Account) -> [(String, u32); 2] {
         let a = &self.sh.cfg.accounts;
+        let peer = self.sh.peer_key(self.peer.ip());
         [
-            (format!("account:{user}"), a.login_failures_per_account),
             (
-                crate::limiter::address_key(self.peer.ip()),
-                a.login_failures_per_address,
+                format!("account:{user} peer:{peer}"),
+                a.login_failures_per_account,
             ),
+            (format!("peer:{peer}"), a.login_failures_per_address),
         ]
     }
 
@@ -78,7 +91,7 @@ impl Session {
             .try_begin(&self.keys(&user), Instant::now())
         {
             tracing::info!(peer = %self.peer, account = %user, "login rate-limited");
-            metrics::counter!("cmtp_login_failures_total").increment(1);
+            count_failure("ratelimited");
             return self.rate_limited(wait);
         }
         let record = match self.sh.store.user(user.as_str()).await {
@@ -88,10 +101,12 @@ impl Session {
                 return self.temp_failure(&e);
             }
         };
+        // An unknown account is answered with parameters drawn from those
+        // the accounts use, the same every time for the same name.
         let ksf = record
             .as_ref()
             .and_then(|u| KsfParams::decode(&u.credentials.ksf).ok())
-            .unwrap_or_else(|| self.sh.ksf_floor());
+            .unwrap_or_else(|| self.sh.decoys.for_unknown(&user));
         let address = self.address(&user).to_string();
         let started = ServerLogin::start(
             &self.sh.opaque,
@@ -148,8 +163,9 @@ impl Session {
                 self.conn.reply(Status::Success, &release.to_bytes())
             }
             _ => {
-                // Already counted when the LOGIN started.
+                // Counted against the limits when the LOGIN started.
                 tracing::info!(peer = %self.peer, account = %user, "login failed");
+                count_failure("password");
                 self.conn.reply(Status::AuthFailed, AUTH_FAILED)
             }
         }
@@ -159,13 +175,14 @@ impl Session {
         // A signature by the identity key cannot be guessed, so KEYLOGIN is
         // limited per peer address only: failed password logins against the
         // account (which anyone can cause) never lock its devices out.
-        let address_key = crate::limiter::address_key(self.peer.ip());
+        let address_key = format!("peer:{}", self.sh.peer_key(self.peer.ip()));
         let limit = self.sh.cfg.accounts.login_failures_per_address;
         if let Some(wait) = self
             .sh
             .login_failures
             .retry_after(&address_key, limit, Instant::now())
         {
+            count_failure("ratelimited");
             return self.rate_limited(wait);
         }
         let record = match self.sh.store.user(user.as_str()).await {
@@ -185,7 +202,7 @@ impl Session {
             self.conn.reply(Status::Success, b"")
         } else {
             tracing::info!(peer = %self.peer, account = %user, "key login failed");
-            metrics::counter!("cmtp_login_failures_total").increment(1);
+            count_failure("key");
             self.sh.login_failures.record(&address_key, Instant::now());
             self.conn.reply(Status::AuthFailed, AUTH_FAILED)
         }
@@ -342,6 +359,10 @@ impl Session {
             }
         }
         tracing::info!(peer = %self.peer, account = %user, change, "credentials stored");
+        // Unknown accounts are answered like the accounts now stored.
+        if let Err(e) = self.sh.decoys.refresh(&self.sh.store).await {
+            tracing::warn!(error = %e, "cannot read the parameters accounts use");
+        }
         match self.sh.local_statement(&user, now).await {
             Ok(Some(statement)) => self.conn.reply(Status::Success, &statement),
             Ok(None) => self.conn.reply(Status::Failure, b"the account vanished"),

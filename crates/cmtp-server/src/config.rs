@@ -54,6 +54,9 @@ pub struct Config {
     /// Relay queue.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// Other domains: remote key requests and what is kept of them.
+    #[serde(default)]
+    pub remote: RemoteConfig,
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
@@ -87,6 +90,15 @@ pub struct LimitsConfig {
     pub max_hops: u32,
     /// Refuse crypto system 0 (plaintext) messages.
     pub refuse_plaintext: bool,
+    /// Bytes of messages being received at once from one peer (see
+    /// `connections.ipv4_prefix`) that is not logged in: a message that
+    /// would go beyond is refused with TEMPFAILURE before its bytes are
+    /// stored. At least `max_message_size` (default: twice it, 128 MiB).
+    pub staged_per_peer: Option<u64>,
+    /// Bytes of messages being received at once that claim one source
+    /// domain. At least `max_message_size` (default: four times it, 256
+    /// MiB).
+    pub staged_per_domain: Option<u64>,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +110,8 @@ impl Default for LimitsConfig {
             max_log: d.max_log,
             max_hops: d.max_hops,
             refuse_plaintext: false,
+            staged_per_peer: None,
+            staged_per_domain: None,
         }
     }
 }
@@ -111,6 +125,16 @@ impl LimitsConfig {
             max_log: self.max_log,
             max_hops: self.max_hops,
         }
+    }
+
+    /// The staging budgets: per peer, per source domain.
+    pub fn staging(&self) -> (u64, u64) {
+        (
+            self.staged_per_peer
+                .unwrap_or(self.max_message_size.saturating_mul(2)),
+            self.staged_per_domain
+                .unwrap_or(self.max_message_size.saturating_mul(4)),
+        )
     }
 }
 
@@ -148,10 +172,24 @@ impl Default for TimeoutsConfig {
 pub struct ConnectionsConfig {
     /// Most connections at once.
     pub max: usize,
-    /// Most connections at once from one peer address.
+    /// Most connections at once from one peer (an IPv4 address or prefix,
+    /// an IPv6 prefix: see `ipv4_prefix`, `ipv6_prefix`).
     pub max_per_peer: usize,
     /// Consecutive bad commands before the connection is closed.
     pub max_bad_commands: u32,
+    /// Of `max`, how many connections only logged-in sessions may hold:
+    /// connections that are not logged in are refused once `max -
+    /// reserved_for_users` of them are open. Less than `max` (default: a
+    /// sixteenth of it, 1024).
+    pub reserved_for_users: Option<usize>,
+    /// Leading bits of an IPv4 address that make one peer, for every
+    /// per-peer limit: connections, failed logins, bytes being received,
+    /// remote key requests (default 32: each address; 24 counts a /24 as
+    /// one peer).
+    pub ipv4_prefix: u8,
+    /// Leading bits of an IPv6 address that make one peer (default 64: one
+    /// host usually holds a whole /64).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for ConnectionsConfig {
@@ -160,6 +198,9 @@ impl Default for ConnectionsConfig {
             max: 16384,
             max_per_peer: 128,
             max_bad_commands: 10,
+            reserved_for_users: None,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -178,9 +219,12 @@ pub struct AccountsConfig {
     pub ksf_min_passes: u32,
     /// Weakest Argon2id lane count accepted.
     pub ksf_min_lanes: u32,
-    /// Failed logins per account within the window before RATELIMITED.
+    /// Failed logins per account from one peer within the window before
+    /// RATELIMITED (counted per account and peer together, so that nobody
+    /// can lock another person out: PROTOCOL.md §12.3). At least 1.
     pub login_failures_per_account: u32,
-    /// Failed logins per peer address within the window before RATELIMITED.
+    /// Failed logins per peer (all accounts) within the window before
+    /// RATELIMITED. At least 1.
     pub login_failures_per_address: u32,
     /// The rate-limit window, seconds.
     pub login_window_secs: u64,
@@ -228,6 +272,23 @@ pub struct StoreSection {
     pub url: Option<String>,
     /// PostgreSQL pool size.
     pub pool_size: usize,
+    /// Largest size of the store in bytes (SQLite: database and log files;
+    /// PostgreSQL: the database). New mail is refused with TEMPFAILURE when
+    /// it would go beyond. None (the default): no limit but the disk's.
+    pub max_size: Option<u64>,
+    /// Free space, in bytes, to keep on the data directory's file system
+    /// (as Postfix's `queue_minfree`): a message is refused up front with
+    /// TEMPFAILURE when the free space is below this plus its size.
+    /// Deleting mail, logins and everything else keep working (default 256
+    /// MiB).
+    pub min_free: u64,
+    /// Size of the ballast file `cmtpd.ballast` kept beside the database (in
+    /// the data directory unless `path` says otherwise):
+    /// when the file system fills up all the same (another program, logs),
+    /// cmtpd deletes it so that deleting mail, logins and restarts keep
+    /// working, and writes it again once space returns. 0: no ballast
+    /// (default 32 MiB).
+    pub ballast_size: u64,
 }
 
 impl Default for StoreSection {
@@ -237,6 +298,9 @@ impl Default for StoreSection {
             path: None,
             url: None,
             pool_size: 16,
+            max_size: None,
+            min_free: 256 << 20,
+            ballast_size: 32 << 20,
         }
     }
 }
@@ -278,6 +342,38 @@ impl Default for RelayConfig {
     }
 }
 
+/// `[remote]`: key requests for other domains, and what is kept of them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// KEYREQUESTs for other domains a peer that is not logged in may make
+    /// per minute, after a first `keyrequest_burst` (each may make this
+    /// server dial out). 0: none (default 30).
+    pub keyrequests_per_minute: u32,
+    /// KEYREQUESTs for other domains a peer may make at once (default 30).
+    pub keyrequest_burst: u32,
+    /// Longest time a remote key statement is cached, whatever expiry the
+    /// remote server signed, seconds (default 86400: a day).
+    pub statement_max_secs: u64,
+    /// Most remote key statements cached (default 100,000).
+    pub max_statements: u64,
+    /// Most pinned remote server keys; beyond it, the pins first seen most
+    /// recently are dropped (default 100,000).
+    pub max_pins: u64,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            keyrequests_per_minute: 30,
+            keyrequest_burst: 30,
+            statement_max_secs: 24 * 3600,
+            max_statements: 100_000,
+            max_pins: 100_000,
+        }
+    }
+}
+
 /// `[dns]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -291,6 +387,11 @@ pub struct DnsConfig {
     /// Least time between two fetches of a pinned domain's key bundle
     /// prompted by a signature that does not verify, seconds (default 60).
     pub key_refresh_secs: Option<u64>,
+    /// Domains whose servers may be found at loopback, private, link-local
+    /// or other non-public addresses through DNS. Other domains are never
+    /// dialled there (a domain in `routes` is dialled where its route says).
+    /// Default: none.
+    pub allow_private: Vec<String>,
 }
 
 /// `[metrics]`
@@ -335,6 +436,7 @@ impl Config {
             accounts: AccountsConfig::default(),
             store: StoreSection::default(),
             relay: RelayConfig::default(),
+            remote: RemoteConfig::default(),
             dns: DnsConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
@@ -394,6 +496,43 @@ impl Config {
         if self.relay.parallel == 0 || self.relay.per_destination == 0 {
             bail!("relay.parallel and relay.per_destination must be at least 1");
         }
+        self.validate_abuse_limits()
+    }
+
+    /// The limits against strangers (PROTOCOL.md §15).
+    fn validate_abuse_limits(&self) -> anyhow::Result<()> {
+        let a = &self.accounts;
+        if a.login_failures_per_account == 0 || a.login_failures_per_address == 0 {
+            bail!(
+                "accounts.login_failures_per_account and accounts.login_failures_per_address \
+                 must be at least 1 (0 would refuse every password login)"
+            );
+        }
+        let c = &self.connections;
+        if c.ipv4_prefix > 32 {
+            bail!("connections.ipv4_prefix must be at most 32");
+        }
+        if c.ipv6_prefix > 128 {
+            bail!("connections.ipv6_prefix must be at most 128");
+        }
+        if c.reserved_for_users.is_some_and(|r| r >= c.max) {
+            bail!("connections.reserved_for_users must be less than connections.max");
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("staged_per_peer", l.staged_per_peer),
+            ("staged_per_domain", l.staged_per_domain),
+        ] {
+            if value.is_some_and(|v| v < l.max_message_size) {
+                bail!(
+                    "limits.{key} must be at least limits.max_message_size, \
+                     or no message that large could arrive"
+                );
+            }
+        }
+        for domain in &self.dns.allow_private {
+            Domain::parse(domain).with_context(|| format!("dns.allow_private entry {domain:?}"))?;
+        }
         Ok(())
     }
 
@@ -421,6 +560,39 @@ impl Config {
     pub fn idle(&self) -> Duration {
         Duration::from_secs(self.timeouts.idle_secs)
     }
+
+    /// How peers are grouped for every per-peer limit.
+    pub fn peer_prefixes(&self) -> crate::limiter::PeerPrefixes {
+        crate::limiter::PeerPrefixes::new(
+            self.connections.ipv4_prefix,
+            self.connections.ipv6_prefix,
+        )
+    }
+
+    /// The connection limits.
+    pub fn connection_limits(&self) -> crate::limiter::ConnectionLimits {
+        let c = &self.connections;
+        crate::limiter::ConnectionLimits {
+            max: c.max,
+            reserved_for_users: c.reserved_for_users.unwrap_or(c.max / 16),
+            max_per_peer: c.max_per_peer,
+        }
+    }
+
+    /// The directory whose file system holds the store's data (SQLite: the
+    /// database's; PostgreSQL: the data directory), for free-space checks.
+    pub fn store_dir(&self) -> PathBuf {
+        match self.store.backend.as_str() {
+            "sqlite" => {
+                let path = self.sqlite_path();
+                match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                    _ => PathBuf::from("."),
+                }
+            }
+            _ => self.data_dir.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -441,6 +613,32 @@ mod tests {
         let cfg = Config::new("a.test", Path::new("/tmp/x"));
         let back: Config = toml::from_str(&cfg.to_toml()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn a_login_limit_of_zero_is_refused_with_a_clear_message() {
+        let mut cfg = Config::new("a.test", Path::new("/tmp/x"));
+        cfg.accounts.login_failures_per_account = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        cfg.accounts.login_failures_per_account = 5;
+        cfg.connections.ipv4_prefix = 33;
+        assert!(cfg.validate().is_err());
+        cfg.connections.ipv4_prefix = 24;
+        cfg.connections.reserved_for_users = Some(cfg.connections.max);
+        assert!(cfg.validate().is_err());
+        cfg.connections.reserved_for_users = Some(0);
+        cfg.limits.staged_per_peer = Some(cfg.limits.max_message_size - 1);
+        assert!(cfg.validate().is_err());
+        cfg.limits.staged_per_peer = None;
+        assert_eq!(cfg.limits.staging(), (128 << 20, 256 << 20));
+        assert_eq!(cfg.connection_limits().reserved_for_users, 0);
+        cfg.connections.reserved_for_users = None;
+        assert_eq!(cfg.connection_limits().reserved_for_users, 1024);
+        cfg.dns.allow_private = vec!["not a domain".into()];
+        assert!(cfg.validate().is_err());
+        cfg.dns.allow_private = vec!["lab.test".into()];
+        cfg.validate().unwrap();
     }
 
     #[test]

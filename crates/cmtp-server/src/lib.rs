@@ -7,7 +7,11 @@
 //! into the `cmtp-store` backend (SQLite by default) before SUCCESS is sent;
 //! mail for other domains goes into the relay queue, which [`relay`] delivers
 //! through DNS discovery ([`remote`]). [`admin`] holds what the `cmtpd`
-//! subcommands do (init, users, invites, queue).
+//! subcommands do (init, users, invites, queue). What a stranger can make
+//! the server store, hold open, dial or compute is budgeted before it is
+//! spent (PROTOCOL.md §15): [`limiter`] (peers, connection slots, logins,
+//! rates), [`budget`] and [`disk`] (bytes being received, free space),
+//! [`decoy`] (what unknown accounts are answered).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -21,16 +25,21 @@
 
 pub mod admin;
 mod auth;
+pub mod budget;
 pub mod config;
+pub mod decoy;
+pub mod disk;
 mod help;
 pub mod keyfile;
 pub mod limiter;
 mod mail;
 mod mailbox;
+mod maintenance;
 pub mod relay;
 pub mod remote;
 mod server;
 mod session;
+mod staging;
 pub mod state;
 
 pub use server::Server;

@@ -2,84 +2,21 @@
 //! checked as soon as it arrives, the rest streams into the store in chunks,
 //! and SUCCESS with a signed receipt is sent only once the message is durable.
 
-use bytes::{Bytes, BytesMut};
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::{Envelope, VERSION_PLAINTEXT};
 use cmtp_proto::names::{Account, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason};
 use cmtp_proto::reply::Status;
 use cmtp_proto::statements::{Receipt, sign_trailer, verify_trailer};
-use cmtp_store::{AnyStore, MessageBody, NewDelivery, NewOutbound, StagedBlob, Store, StoreError};
+use cmtp_store::{NewDelivery, NewOutbound, Store, StoreError};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::session::{Session, internal_error};
+use crate::staging::BlobSink;
 use crate::state::Shared;
 use crate::state::{now, rfc3339};
-
-/// Size of the chunks a message is stored in; a message that fits in one is
-/// stored inline in a single row.
-pub(crate) const STORE_CHUNK: usize = 256 * 1024;
-
-/// Accumulates the stored form of a message and hands full chunks to the
-/// store, so memory stays bounded whatever the message size.
-pub(crate) struct BlobSink {
-    store: AnyStore,
-    buf: BytesMut,
-    staged: Option<StagedBlob>,
-    size: u64,
-}
-
-impl BlobSink {
-    pub(crate) fn new(store: AnyStore) -> Self {
-        BlobSink {
-            store,
-            buf: BytesMut::new(),
-            staged: None,
-            size: 0,
-        }
-    }
-
-    pub(crate) async fn push(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.size += bytes.len() as u64;
-        self.buf.extend_from_slice(bytes);
-        while self.buf.len() >= STORE_CHUNK {
-            let chunk = self.buf.split_to(STORE_CHUNK).freeze();
-            self.stage(chunk).await?;
-        }
-        Ok(())
-    }
-
-    async fn stage(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        if self.staged.is_none() {
-            self.staged = Some(self.store.stage_begin(now()).await?);
-        }
-        let staged = self.staged.as_ref().expect("just set");
-        let t = std::time::Instant::now();
-        let r = self.store.stage_append(staged, chunk).await;
-        metrics::histogram!("cmtp_store_seconds", "op" => "stage_append")
-            .record(t.elapsed().as_secs_f64());
-        r
-    }
-
-    pub(crate) async fn finish(mut self) -> Result<(MessageBody, u64), StoreError> {
-        let size = self.size;
-        match self.staged.is_some() {
-            false => Ok((MessageBody::Inline(self.buf.freeze()), size)),
-            true => {
-                if !self.buf.is_empty() {
-                    let rest = std::mem::take(&mut self.buf).freeze();
-                    self.stage(rest).await?;
-                }
-                Ok((
-                    MessageBody::Staged(self.staged.take().expect("staged")),
-                    size,
-                ))
-            }
-        }
-    }
-}
 
 /// Where an accepted message goes.
 enum Route {
@@ -146,8 +83,8 @@ impl Refusal {
 }
 
 /// The envelope arrived (§7.4 steps 2–6): accept (and stage the head) or refuse.
-pub(crate) async fn envelope(s: &mut Session, env: Envelope) {
-    match decide(s, env).await {
+pub(crate) async fn envelope(s: &mut Session, env: Envelope, announced: u64) {
+    match decide(s, env, announced).await {
         Ok(mut acc) => {
             // The head: header with the new log length, and the names.
             let mut head = Vec::with_capacity(300);
@@ -170,6 +107,16 @@ pub(crate) async fn data(s: &mut Session, bytes: &[u8]) {
     let Some(acc) = s.mail.as_mut() else { return };
     if let Err(e) = acc.sink.push(bytes).await {
         refuse_store(s, e);
+    }
+}
+
+/// The message's announced size grew (an attachment's length arrived):
+/// reserved before its bytes are.
+pub(crate) fn announced(s: &mut Session, total: u64) {
+    let Some(acc) = s.mail.as_mut() else { return };
+    if let Err(r) = acc.sink.reserve(total) {
+        let r = Refusal::status(Status::TempFailure, r.to_string());
+        refuse(s, r);
     }
 }
 
@@ -205,8 +152,10 @@ fn refuse_store(s: &mut Session, e: StoreError) {
     refuse(s, r);
 }
 
-/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6).
-async fn decide(s: &mut Session, env: Envelope) -> Result<Accepting, Refusal> {
+/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6) — before any byte of
+/// the body is read — then reserves the message's bytes announced so far
+/// (disk reserve, staging budgets).
+async fn decide(s: &mut Session, env: Envelope, announced: u64) -> Result<Accepting, Refusal> {
     let sh = s.sh.clone();
     if env.version == VERSION_PLAINTEXT && sh.cfg.limits.refuse_plaintext {
         return Err(Refusal::delivery(
@@ -259,6 +208,13 @@ async fn decide(s: &mut Session, env: Envelope) -> Result<Accepting, Refusal> {
         // domain unreachable, its key contradicting its _cmtpkey record or
         // changed without a rotation statement) is a temporary failure: the
         // sender retries, and nothing is bounced for a fault we cannot judge.
+        // A stranger must not make this server dial out at will: a source
+        // domain not pinned yet costs a remote key request (§15).
+        if !sh.remote.is_pinned(&env.source.domain).await
+            && let Err(text) = sh.check_remote_key_request(s.peer.ip(), false)
+        {
+            return Err(Refusal::status(Status::TempFailure, text));
+        }
         match sh.remote.server_key(&env.source.domain, now()).await {
             Ok(k) => source_key = Some(k),
             Err(e) => {
@@ -288,8 +244,11 @@ async fn decide(s: &mut Session, env: Envelope) -> Result<Accepting, Refusal> {
             env.destination
         ),
     };
+    let reservation = sh
+        .admit_mail(s.peer.ip(), &env.source.domain, is_submission, announced)
+        .map_err(|r| Refusal::status(Status::TempFailure, r.to_string()))?;
     Ok(Accepting {
-        sink: BlobSink::new(sh.store.clone()),
+        sink: BlobSink::new(sh.store.clone(), reservation),
         env,
         route,
         submission: is_submission,
@@ -329,6 +288,11 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     let (body, size) = match sink.finish().await {
         Ok(x) => x,
         Err(e) => return refuse_store(s, e),
+    };
+    // If storing fails, the staged bytes go at once, not at maintenance.
+    let staged = match &body {
+        cmtp_store::MessageBody::Staged(b) => Some(b.clone()),
+        cmtp_store::MessageBody::Inline(_) => None,
     };
     let at = now();
     let t = std::time::Instant::now();
@@ -384,7 +348,17 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
                 format!("no user {} here", env.destination),
             ),
         ),
-        Err(e) => refuse_store(s, e),
+        Err(e) => {
+            if let Some(blob) = staged {
+                let store = sh.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.stage_abort(&blob).await {
+                        tracing::warn!(blob = blob.id(), error = %e, "cannot remove a refused upload now; maintenance will");
+                    }
+                });
+            }
+            refuse_store(s, e)
+        }
     }
 }
 

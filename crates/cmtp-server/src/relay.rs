@@ -1,6 +1,15 @@
 //! The relay queue runner: delivers queued mail to other domains, retries
 //! with exponential backoff, and bounces with one signed DELIVERYFAILURE
 //! notice into the sender's mailbox (PROTOCOL.md §10.3).
+//!
+//! One slow or dead destination must not delay the others (§15): the runner
+//! leases due entries with at most `relay.per_destination` in flight per
+//! domain ([`Store::lease_due_per_domain`]), takes the domain's slot before
+//! a global one (so a domain at its limit never holds a global slot), and
+//! when a destination cannot be reached at all, postpones all its waiting
+//! entries together ([`Store::defer_domain`]) instead of letting each find
+//! out alone. The queue figures (a scan of the whole queue) are read every
+//! [`STATS_INTERVAL`], not on every pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,15 +35,22 @@ enum Outcome {
     Delivered,
     /// Try again later.
     Retry(String),
+    /// The destination could not be reached at all: try again later, and
+    /// postpone its other waiting messages as well.
+    Unreachable(String),
     /// Give up and bounce.
     Bounce(FailureReason, String),
 }
+
+/// How often the queue figures are read for the metrics.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Runs the queue until shutdown.
 pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: mpsc::Sender<()>) {
     let cfg = sh.cfg.relay.clone();
     let slots = Arc::new(Semaphore::new(cfg.parallel));
     let mut per_domain: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut stats_read: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -42,30 +58,37 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
         let free = slots.available_permits();
         if free > 0 {
             let t = now();
+            let in_flight: Vec<(String, usize)> = per_domain
+                .iter()
+                .map(|(d, sem)| (d.clone(), cfg.per_destination - sem.available_permits()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
             match sh
                 .store
-                .lease_due(t, &sh.node, t + cfg.lease_secs, free)
+                .lease_due_per_domain(
+                    t,
+                    &sh.node,
+                    t + cfg.lease_secs,
+                    free,
+                    cfg.per_destination,
+                    &in_flight,
+                )
                 .await
             {
                 Ok(entries) => {
                     for e in entries {
-                        let sem = per_domain
+                        let dest = per_domain
                             .entry(e.dest_domain.clone())
                             .or_insert_with(|| Arc::new(Semaphore::new(cfg.per_destination)))
                             .clone();
-                        let slot = slots.clone().acquire_owned().await.expect("semaphore open");
-                        let sh = sh.clone();
-                        tokio::spawn(async move {
-                            let _dest = sem.acquire_owned().await.expect("semaphore open");
-                            attempt(&sh, e).await;
-                            drop(slot);
-                            // A slot is free: look for more due mail now.
-                            sh.queue_wakeup.notify_one();
-                        });
+                        start(&sh, &slots, dest, e);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the relay queue failed"),
             }
+        }
+        if stats_read.is_none_or(|t| t.elapsed() >= STATS_INTERVAL) {
+            stats_read = Some(std::time::Instant::now());
             if let Ok(stats) = sh.store.queue_stats(now()).await {
                 metrics::gauge!("cmtp_queue_messages").set(stats.total as f64);
                 metrics::gauge!("cmtp_queue_due").set(stats.due as f64);
@@ -84,6 +107,33 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Starts the delivery of a leased entry: the destination's slot first,
+/// then a global one. The entry was leased within both limits, and only
+/// the runner takes slots, so both are free; should one not be, the task
+/// waits for it in the same order.
+fn start(sh: &Arc<Shared>, slots: &Arc<Semaphore>, dest: Arc<Semaphore>, e: OutboundEntry) {
+    let dest_slot = dest.clone().try_acquire_owned().ok();
+    let slot = dest_slot
+        .as_ref()
+        .and_then(|_| slots.clone().try_acquire_owned().ok());
+    let (sh, slots) = (sh.clone(), slots.clone());
+    tokio::spawn(async move {
+        let dest_slot = match dest_slot {
+            Some(p) => p,
+            None => dest.acquire_owned().await.expect("semaphore open"),
+        };
+        let slot = match slot {
+            Some(p) => p,
+            None => slots.acquire_owned().await.expect("semaphore open"),
+        };
+        attempt(&sh, e).await;
+        drop(slot);
+        drop(dest_slot);
+        // A slot is free: look for more due mail now.
+        sh.queue_wakeup.notify_one();
+    });
 }
 
 async fn attempt(sh: &Shared, e: OutboundEntry) {
@@ -112,18 +162,10 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
             }
         }
         Outcome::Retry(why) => {
-            let cfg = &sh.cfg.relay;
-            let delay = cfg
-                .first_retry_secs
-                .saturating_mul(1u64 << e.attempts.min(30))
-                .min(cfg.max_retry_secs)
-                .max(1);
-            let next = (now() + delay).min(e.expires_at);
-            tracing::info!(id, to = %e.destination, attempt = e.attempts + 1, retry_in = delay, error = %why, "relay deferred");
-            metrics::counter!("cmtp_relay_total", "result" => "deferred").increment(1);
-            if let Err(err) = sh.store.retry_later(id, &sh.node, next, &why).await {
-                tracing::error!(id, error = %err, "rescheduling failed");
-            }
+            retry(sh, &e, &why, false).await;
+        }
+        Outcome::Unreachable(why) => {
+            retry(sh, &e, &why, true).await;
         }
         Outcome::Bounce(reason, why) => {
             tracing::info!(id, to = %e.destination, %reason, error = %why, "relay failed; notifying the sender");
@@ -158,6 +200,45 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
     }
 }
 
+/// Schedules the next attempt of `e` with exponential backoff; with
+/// `domain_down`, the destination's other waiting entries wait as long.
+async fn retry(sh: &Shared, e: &OutboundEntry, why: &str, domain_down: bool) {
+    let cfg = &sh.cfg.relay;
+    let delay = cfg
+        .first_retry_secs
+        .saturating_mul(1u64 << e.attempts.min(30))
+        .min(cfg.max_retry_secs)
+        .max(1);
+    let t = now();
+    let next = (t + delay).min(e.expires_at);
+    tracing::info!(id = e.id, to = %e.destination, attempt = e.attempts + 1, retry_in = delay, error = %why, "relay deferred");
+    metrics::counter!("cmtp_relay_total", "result" => "deferred").increment(1);
+    if let Err(err) = sh.store.retry_later(e.id, &sh.node, next, why).await {
+        tracing::error!(id = e.id, error = %err, "rescheduling failed");
+    }
+    if domain_down {
+        match sh.store.defer_domain(&e.dest_domain, t, t + delay).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(domain = %e.dest_domain, postponed = n, retry_in = delay, "destination unreachable; its other messages wait too")
+            }
+            Err(err) => {
+                tracing::warn!(domain = %e.dest_domain, error = %err, "postponing the destination's messages failed")
+            }
+        }
+    }
+}
+
+/// Like [`classify`], for a failure to reach the destination at all
+/// (discovery, connection, greeting): a transient one postpones the whole
+/// domain.
+fn classify_reach(e: &RemoteError) -> Outcome {
+    match classify(e) {
+        Outcome::Retry(why) if e.is_transient() => Outcome::Unreachable(why),
+        other => other,
+    }
+}
+
 fn classify(e: &RemoteError) -> Outcome {
     match e {
         RemoteError::KeyChanged { .. } | RemoteError::DnsMismatch { .. } => {
@@ -183,7 +264,7 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
     };
     let key: PublicKey = match sh.remote.server_key(&domain, now()).await {
         Ok(k) => k,
-        Err(err) => return classify(&err),
+        Err(err) => return classify_reach(&err),
     };
     // Reuse an open connection to the destination when there is one; a
     // reused connection that fails is replaced by a fresh one once (sending a
@@ -207,7 +288,7 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
                         Err(err) => classify(&err),
                     };
                 }
-                Err(err) => return classify(&err),
+                Err(err) => return classify_reach(&err),
             },
         };
         match send(sh, &mut conn, e).await {

@@ -1,8 +1,19 @@
 //! Other domains: discovery, connections, pinned server keys and remote key
 //! statements (PROTOCOL.md §9.5, §14).
+//!
+//! Anyone can make this server look another domain up (KEYREQUEST, MAIL
+//! claiming a foreign sender), so what that costs is bounded (§15): remote
+//! KEYREQUESTs of peers that are not logged in are rate-limited per peer
+//! (`Shared::check_remote_key_request`); cached statements live at most
+//! `[remote] statement_max_secs` whatever expiry the remote signed, and the
+//! cache and the pins are trimmed to `[remote] max_statements`/`max_pins`
+//! by maintenance; and this server never dials a loopback, private,
+//! link-local, multicast or otherwise non-public address that DNS names
+//! ([`is_public_address`]) unless the domain has a `[dns.routes]` entry or
+//! is listed in `[dns] allow_private`.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use cmtp_client::discovery::{Discovery, DiscoveryConfig, DiscoveryError};
@@ -63,6 +74,14 @@ pub enum RemoteError {
     /// The remote server has no key for that user.
     #[error("{0}")]
     NotAvailable(String),
+    /// DNS names only non-public addresses (loopback, private, link-local,
+    /// multicast, ...) for the domain's servers, and the domain is neither
+    /// routed nor allowed to be private. Transient: DNS may be corrected.
+    #[error("the servers of {domain} are at non-public addresses, which this server does not dial")]
+    NonPublicAddress {
+        /// The domain.
+        domain: String,
+    },
     /// Our own store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -104,10 +123,22 @@ impl RemoteError {
     }
 
     /// Whether trying again later may help.
+    ///
+    /// A remote server that breaks the protocol (an absurd length, an
+    /// endless banner, replies that are not signed, a greeting for another
+    /// domain) may be restarting, misconfigured or attacked right now: that
+    /// is transient at first contact as it is once the domain is pinned.
+    /// Only a key that changed without a rotation statement, and a
+    /// permanent refusal by the remote server, are not.
     pub fn is_transient(&self) -> bool {
         match self {
             RemoteError::Discovery(e) => e.is_transient(),
-            RemoteError::Client { error, .. } => error.is_transient(),
+            RemoteError::Client { error, .. } => match error {
+                ClientError::KeyMismatch { .. } => false,
+                ClientError::Refused { status, .. } => status.is_transient(),
+                _ => true,
+            },
+            RemoteError::NonPublicAddress { .. } => true,
             RemoteError::Store(e) => e.is_transient(),
             _ => false,
         }
@@ -124,6 +155,11 @@ pub struct Remote {
     /// verify: at most one such refresh per domain per `refresh_interval`.
     refreshed: std::sync::Mutex<HashMap<Domain, std::time::Instant>>,
     refresh_interval: Duration,
+    /// Domains that may be dialled at non-public addresses: those with a
+    /// static route, and `[dns] allow_private`.
+    private_ok: HashSet<String>,
+    /// Longest time a remote statement is cached, seconds.
+    statement_max_secs: u64,
 }
 
 /// The default least time between two refreshes of one domain's key
@@ -145,6 +181,14 @@ impl Remote {
             }
             routes.insert(domain.clone(), targets);
         }
+        let private_ok = cfg
+            .dns
+            .routes
+            .keys()
+            .chain(&cfg.dns.allow_private)
+            .filter_map(|d| Domain::parse(d).ok())
+            .map(|d| d.as_str().to_owned())
+            .collect();
         let config = DiscoveryConfig {
             nameservers: if cfg.dns.nameservers.is_empty() {
                 None
@@ -161,6 +205,8 @@ impl Remote {
                 .dns
                 .key_refresh_secs
                 .map_or(REFRESH_INTERVAL, Duration::from_secs),
+            private_ok,
+            statement_max_secs: cfg.remote.statement_max_secs,
             discovery: Discovery::new(config)?,
             timeout: Duration::from_secs(cfg.relay.timeout_secs),
             store,
@@ -175,10 +221,24 @@ impl Remote {
         key: Option<PublicKey>,
     ) -> Result<Connection, RemoteError> {
         let targets = self.discovery.resolve(domain.as_str()).await?;
-        let addrs: Vec<SocketAddr> = targets
+        let mut addrs: Vec<SocketAddr> = targets
             .iter()
             .flat_map(|t| t.addrs.iter().copied())
             .collect();
+        if !self.private_ok.contains(domain.as_str()) {
+            let (public, refused): (Vec<_>, Vec<_>) =
+                addrs.into_iter().partition(|a| is_public_address(a.ip()));
+            if !refused.is_empty() {
+                tracing::warn!(%domain, ?refused, "DNS names non-public addresses for this domain; not dialling them");
+                metrics::counter!("cmtp_remote_nonpublic_refused_total").increment(1);
+            }
+            if public.is_empty() {
+                return Err(RemoteError::NonPublicAddress {
+                    domain: domain.to_string(),
+                });
+            }
+            addrs = public;
+        }
         let mut last = None;
         for addr in addrs {
             match self.try_connect(addr, domain, key).await {
@@ -250,6 +310,11 @@ impl Remote {
             g.insert(domain.clone(), std::time::Instant::now());
         }
         Some(self.refresh_server_key(domain, now).await)
+    }
+
+    /// Whether `domain`'s key is pinned (a store failure counts as no).
+    pub async fn is_pinned(&self, domain: &Domain) -> bool {
+        matches!(self.store.pin(domain.as_str()).await, Ok(Some(_)))
     }
 
     /// The pinned key of `domain`, fetching and pinning it on first contact.
@@ -379,14 +444,188 @@ impl Remote {
         statement
             .verify(&key, Some(account), domain, now)
             .map_err(statement_err)?;
+        // Kept no longer than this server allows, whatever the remote signed.
+        let expires_at = statement
+            .expires_at
+            .min(now.saturating_add(self.statement_max_secs));
         self.store
-            .cache_statement(
-                account.as_str(),
-                domain.as_str(),
-                body.clone(),
-                statement.expires_at,
-            )
+            .cache_statement(account.as_str(), domain.as_str(), body.clone(), expires_at)
             .await?;
         Ok(body)
+    }
+}
+
+/// Whether `ip` is an address on the public internet: not unspecified,
+/// loopback, private (RFC 1918, unique local), shared (CGNAT), link-local,
+/// multicast, broadcast, reserved or documentation space; IPv4 embedded in
+/// IPv6 (mapped, compatible, NAT64, 6to4) is judged as IPv4.
+pub fn is_public_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, shared (CGNAT)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24, protocol assignments
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || o[0] >= 240) // 240.0.0.0/4, reserved
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_address(IpAddr::V4(v4));
+            }
+            if s[..6] == [0; 6] {
+                // ::, ::1 and the deprecated IPv4-compatible ::a.b.c.d.
+                return false;
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                // NAT64 (64:ff9b::/96): the IPv4 address it stands for.
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                );
+                return is_public_address(IpAddr::V4(v4));
+            }
+            if s[0] == 0x2002 {
+                // 6to4 (2002::/16): the IPv4 address it stands for.
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                );
+                return is_public_address(IpAddr::V4(v4));
+            }
+            !((s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link-local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10, site-local (deprecated)
+                || (s[0] & 0xff00) == 0xff00 // ff00::/8, multicast
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32, documentation
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])) // 100::/64, discard
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:c0a8:101::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "ff0e::1",
+            "2001:db8::1",
+            "100::1",
+        ] {
+            let ip: IpAddr = private.parse().unwrap();
+            assert!(!is_public_address(ip), "{private} is not public");
+        }
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.0.1.1",
+            "193.0.0.1",
+            "223.255.255.254",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001::200e",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(is_public_address(ip), "{public} is public");
+        }
+    }
+
+    #[test]
+    fn first_contact_protocol_errors_are_transient_like_later_ones() {
+        let client = |error| RemoteError::Client {
+            domain: "b.test".into(),
+            error,
+        };
+        for e in [
+            ClientError::Protocol(cmtp_client::error::PeerMisbehaved::MalformedReply(
+                cmtp_proto::reply::ReplyError::BodyTooLarge {
+                    len: u64::from(u32::MAX),
+                    max: 1 << 20,
+                },
+            )),
+            ClientError::NotCmtp {
+                line: "HTTP/1.1 400".into(),
+            },
+            ClientError::SmtpServer {
+                line: "220 mx".into(),
+            },
+            ClientError::BadSignature("greeting".into()),
+            ClientError::Timeout("reading the banner".into()),
+        ] {
+            assert!(client(e.clone()).is_transient(), "{e}");
+        }
+        assert!(
+            !client(ClientError::KeyMismatch {
+                domain: "b.test".into(),
+                expected: "a".into(),
+                got: "b".into(),
+            })
+            .is_transient()
+        );
+        assert!(
+            !client(ClientError::Refused {
+                status: Status::BadCommand,
+                text: "no".into(),
+            })
+            .is_transient()
+        );
+        assert!(
+            RemoteError::NonPublicAddress {
+                domain: "b.test".into()
+            }
+            .is_transient()
+        );
     }
 }

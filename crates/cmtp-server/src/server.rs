@@ -67,7 +67,7 @@ impl Server {
             shutdown_rx.clone(),
             alive.clone(),
         )));
-        tasks.push(tokio::spawn(maintenance(
+        tasks.push(tokio::spawn(crate::maintenance::run(
             shared.clone(),
             shutdown_rx.clone(),
             alive,
@@ -133,7 +133,7 @@ async fn accept_loop(
     sessions: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let c = &shared.cfg.connections;
+    let limits = shared.cfg.connection_limits();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -148,12 +148,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = match shared.conns.acquire(peer.ip(), c.max, c.max_per_peer) {
+        let slot = match shared
+            .conns
+            .acquire_stranger(shared.peer_key(peer.ip()), &limits)
+        {
             Ok(slot) => slot,
             Err(why) => {
-                metrics::counter!("cmtp_connections_refused_total").increment(1);
-                tracing::info!(%peer, why, "connection refused");
-                let line = banner::busy_line(&shared.domain, why);
+                tracing::info!(%peer, reason = why.reason(), "connection refused");
+                let line = banner::busy_line(&shared.domain, why.text());
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(2),
@@ -166,43 +168,6 @@ async fn accept_loop(
             }
         };
         let (shared, shutdown, cancel) = (shared.clone(), shutdown.clone(), cancel.clone());
-        sessions.spawn(async move {
-            Session::run(shared, stream, peer, shutdown, cancel).await;
-            drop(slot);
-        });
-    }
-}
-
-/// Periodic housekeeping: expired invites, old de-duplication entries,
-/// abandoned uploads.
-async fn maintenance(
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-    _alive: mpsc::Sender<()>,
-) {
-    use cmtp_store::Store;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = shutdown.changed() => return,
-        }
-        // An upload in progress must outlive the slowest transfer the data
-        // timeout allows (grace + size / minimum rate), with a margin.
-        let t = &shared.cfg.timeouts;
-        let slowest =
-            t.data_grace_secs + shared.cfg.limits.max_message_size / t.min_data_rate.max(1);
-        let default = cmtp_store::Retention::default();
-        let retention = cmtp_store::Retention {
-            staged_grace: default.staged_grace.max(slowest + 600),
-            ..default
-        };
-        match shared
-            .store
-            .purge_expired(crate::state::now(), retention)
-            .await
-        {
-            Ok(r) => tracing::debug!(?r, "maintenance"),
-            Err(e) => tracing::warn!(error = %e, "maintenance failed"),
-        }
+        sessions.spawn(Session::run(shared, stream, peer, slot, shutdown, cancel));
     }
 }

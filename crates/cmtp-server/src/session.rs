@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Exchange;
+use crate::limiter::ConnectionSlot;
 use crate::state::Shared;
 
 /// The session ends (the socket failed).
@@ -36,6 +37,9 @@ pub(crate) struct Session {
     cancel: CancellationToken,
     /// The message being received, once accepted.
     pub(crate) mail: Option<Box<crate::mail::Accepting>>,
+    /// The connection's slot: a stranger's until the session logs in, then
+    /// one of the share reserved for logged-in sessions.
+    slot: ConnectionSlot,
 }
 
 impl Session {
@@ -44,6 +48,7 @@ impl Session {
         sh: Arc<Shared>,
         stream: TcpStream,
         peer: SocketAddr,
+        slot: ConnectionSlot,
         shutdown: watch::Receiver<bool>,
         cancel: CancellationToken,
     ) {
@@ -59,6 +64,7 @@ impl Session {
             shutdown,
             cancel,
             mail: None,
+            slot,
         };
         metrics::counter!("cmtp_connections_total").increment(1);
         metrics::gauge!("cmtp_connections_open").increment(1.0);
@@ -85,6 +91,11 @@ impl Session {
             while let Some(ev) = self.conn.poll_event(Instant::now()) {
                 if self.handle(ev).await.is_err() {
                     self.conn.handle_eof();
+                }
+                // The slot follows the login (PROTOCOL.md §15).
+                match self.conn.logged_in() {
+                    Some(_) => self.slot.promote(),
+                    None => self.slot.demote(),
                 }
             }
             if self.flush().await.is_err() {
@@ -193,10 +204,14 @@ impl Session {
                 metrics::counter!("cmtp_commands_total", "command" => "REGFINISH").increment(1);
                 Box::pin(self.reg_finish(bundle, exchange, crate::state::now())).await;
             }
-            ServerEvent::MailEnvelope(env) => {
+            ServerEvent::MailEnvelope {
+                envelope,
+                announced,
+            } => {
                 metrics::counter!("cmtp_commands_total", "command" => "MAIL").increment(1);
-                Box::pin(crate::mail::envelope(self, env)).await;
+                Box::pin(crate::mail::envelope(self, envelope, announced)).await;
             }
+            ServerEvent::MailAnnounced(total) => crate::mail::announced(self, total),
             ServerEvent::MailData(bytes) => Box::pin(crate::mail::data(self, &bytes)).await,
             ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)).await,
             ServerEvent::MailEnd { trailer, hash } => {
@@ -249,6 +264,11 @@ impl Session {
                 },
             }
         } else {
+            // A stranger must not make this server dial out at will (§15).
+            let logged_in = self.conn.logged_in().is_some();
+            if let Err(text) = self.sh.check_remote_key_request(self.peer.ip(), logged_in) {
+                return self.conn.reply(Status::RateLimited, text.as_bytes());
+            }
             let remote = &self.sh.remote;
             let result = match &user {
                 // The bundle as the domain's server gives it, checked against the pin.

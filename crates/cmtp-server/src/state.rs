@@ -14,8 +14,11 @@ use tokio::sync::Notify;
 
 use cmtp_proto::connection::server::{ServerConfig, Timeouts};
 
+use crate::budget::{BudgetRefusal, Charge, Reservation, StagingBudget, StagingLimits};
 use crate::config::Config;
-use crate::limiter::{ConnectionTracker, FailureLimiter};
+use crate::decoy::KsfDecoys;
+use crate::disk::DiskMonitor;
+use crate::limiter::{ConnectionTracker, FailureLimiter, PeerKey, PeerPrefixes, RateLimiter};
 use crate::remote::Remote;
 
 /// The software name and version announced in banners and greetings.
@@ -39,8 +42,19 @@ pub struct Shared {
     pub limits: MessageLimits,
     /// Open connections.
     pub conns: Arc<ConnectionTracker>,
-    /// Failed logins per account and per address.
+    /// Failed logins per account and peer, and per peer.
     pub login_failures: FailureLimiter,
+    /// How peers are grouped for every per-peer limit.
+    pub peers: PeerPrefixes,
+    /// Bytes of messages being received, per peer and per source domain,
+    /// checked against the disk.
+    pub budget: Arc<StagingBudget>,
+    /// Free space and the store's size.
+    pub disk: Arc<DiskMonitor>,
+    /// Remote KEYREQUESTs of peers that are not logged in.
+    pub keyrequests: RateLimiter,
+    /// Argon2id parameters answered for unknown accounts.
+    pub decoys: KsfDecoys,
     /// Other domains: discovery, keys, connections.
     pub remote: Remote,
     /// This node's name (queue leases).
@@ -121,6 +135,26 @@ impl Shared {
         let opaque = ServerSetup::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("stored OPAQUE setup: {e}"))?;
         let remote = Remote::new(&cfg, store.clone())?;
+        let disk = Arc::new(DiskMonitor::new(&cfg));
+        if let Err(e) = disk.sample(&store).await {
+            tracing::warn!(error = %e, "cannot measure free space");
+        }
+        let (per_peer, per_domain) = cfg.limits.staging();
+        let budget = Arc::new(StagingBudget::new(
+            StagingLimits {
+                per_peer,
+                per_domain,
+            },
+            Arc::clone(&disk),
+        ));
+        let decoys = KsfDecoys::new(
+            KsfDecoys::derive_key(&opaque.to_bytes()),
+            cfg.accounts.ksf_floor(),
+            Vec::new(),
+        );
+        if let Err(e) = decoys.refresh(&store).await {
+            tracing::warn!(error = %e, "cannot read the parameters accounts use");
+        }
         let rotations = crate::keyfile::load_rotations(&cfg.key_path())?;
         let node = cfg.node_name.clone().unwrap_or_else(|| {
             format!(
@@ -141,6 +175,14 @@ impl Shared {
                 cfg.accounts.login_window_secs,
             )),
             conns: Arc::new(ConnectionTracker::default()),
+            peers: cfg.peer_prefixes(),
+            budget,
+            disk,
+            keyrequests: RateLimiter::new(
+                cfg.remote.keyrequests_per_minute,
+                cfg.remote.keyrequest_burst,
+            ),
+            decoys,
             cfg,
             key,
             store,
@@ -159,6 +201,65 @@ impl Shared {
     /// The weakest KSF parameters accepted.
     pub fn ksf_floor(&self) -> KsfParams {
         self.cfg.accounts.ksf_floor()
+    }
+
+    /// The peer (source prefix) `ip` belongs to.
+    pub fn peer_key(&self, ip: std::net::IpAddr) -> PeerKey {
+        self.peers.key(ip)
+    }
+
+    /// Admits a message about to be received, before any of its bytes is
+    /// stored: reserves `announced` bytes (its size as announced so far)
+    /// against the disk reserve and the store's size limit and, unless it
+    /// is a `submission` by the logged-in source, against the staging
+    /// budgets of the sending peer and of the claimed `source` domain.
+    ///
+    /// The MAIL path calls this once the envelope is checked, hands the
+    /// reservation to the staging sink (`crate::staging::BlobSink`), and
+    /// answers a refusal with TEMPFAILURE and the refusal's text. A refusal
+    /// is counted in `cmtp_messages_refused_total{reason}`.
+    pub fn admit_mail(
+        &self,
+        peer: std::net::IpAddr,
+        source: &Domain,
+        submission: bool,
+        announced: u64,
+    ) -> Result<Reservation, BudgetRefusal> {
+        let charge = if submission {
+            Charge::Submission
+        } else {
+            Charge::Stranger {
+                peer: self.peer_key(peer),
+                domain: source.clone(),
+            }
+        };
+        self.budget.reserve(charge, announced).inspect_err(|r| {
+            metrics::counter!("cmtp_messages_refused_total", "reason" => r.reason()).increment(1);
+        })
+    }
+
+    /// Whether a KEYREQUEST for another domain (which may make this server
+    /// dial out) is allowed now: peers that are not logged in get
+    /// `[remote] keyrequests_per_minute` after a first `keyrequest_burst`.
+    /// `Err` carries the text of the RATELIMITED reply. The session calls
+    /// this before asking another domain.
+    pub fn check_remote_key_request(
+        &self,
+        peer: std::net::IpAddr,
+        logged_in: bool,
+    ) -> Result<(), String> {
+        if logged_in {
+            return Ok(());
+        }
+        self.keyrequests
+            .check(self.peer_key(peer), std::time::Instant::now())
+            .map_err(|wait| {
+                metrics::counter!("cmtp_keyrequests_refused_total").increment(1);
+                format!(
+                    "too many key requests for other domains; try again in {} seconds",
+                    wait.as_secs().max(1)
+                )
+            })
     }
 
     fn validity(&self) -> u64 {

@@ -71,6 +71,12 @@ macro_rules! conformance_suite {
             pins,
             statement_cache,
             purge_staged,
+            stage_abort_removes_the_bytes_at_once,
+            ksf_histogram_counts_parameters,
+            lease_per_domain_skips_busy_domains,
+            defer_domain_postpones_only_that_domain,
+            remote_caches_are_trimmed_to_their_bounds,
+            size_is_reported,
             concurrent_deliveries,
             concurrent_duplicates,
             concurrent_failures_are_isolated,
@@ -689,6 +695,7 @@ pub async fn dedup_retention<S: Store>(store: S) {
     let retention = Retention {
         dedup: 1000,
         staged_grace: 60,
+        ..Retention::default()
     };
     let report = store.purge_expired(T0 + 1500, retention).await.unwrap();
     assert_eq!(report.dedup_entries, 1, "only the deleted, old entry");
@@ -1251,6 +1258,7 @@ pub async fn purge_staged<S: Store>(store: S) {
     let retention = Retention {
         dedup: 86_400,
         staged_grace: 3600,
+        ..Retention::default()
     };
     let report = store.purge_expired(T0 + 3601, retention).await.unwrap();
     assert_eq!(report.staged_blobs, 1);
@@ -1280,6 +1288,265 @@ pub async fn purge_staged<S: Store>(store: S) {
         message_bytes(&store, "alice", d.id).await.unwrap(),
         b"in progress!"
     );
+}
+
+/// A refused or abandoned upload is removed at once: its chunks are gone,
+/// it can no longer be appended to or referenced, and aborting a blob that
+/// a message already owns changes nothing.
+pub async fn stage_abort_removes_the_bytes_at_once<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let staged = store.stage_begin(T0).await.unwrap();
+    for n in 0..3 {
+        store
+            .stage_append(&staged, Bytes::from(pattern(1000, n)))
+            .await
+            .unwrap();
+    }
+    let blob = BlobRef {
+        id: staged.id(),
+        size: 3000,
+        chunks: 3,
+    };
+    assert!(store.read_chunk(blob, 2).await.unwrap().is_some());
+    assert!(store.stage_abort(&staged).await.unwrap());
+    for seq in 0..3 {
+        assert_eq!(
+            store.read_chunk(blob, seq).await.unwrap(),
+            None,
+            "chunk {seq}"
+        );
+    }
+    assert!(!store.stage_abort(&staged).await.unwrap(), "already gone");
+    assert_eq!(
+        store
+            .stage_append(&staged, Bytes::from_static(b"late"))
+            .await,
+        Err(StoreError::BlobNotFound)
+    );
+    assert_eq!(
+        store
+            .deliver(NewDelivery {
+                size: 3000,
+                body: MessageBody::Staged(staged),
+                ..delivery("alice", hash(1), b"", T0)
+            })
+            .await,
+        Err(StoreError::BlobNotFound)
+    );
+    // Nothing is left for maintenance.
+    let report = store
+        .purge_expired(T0 + 100_000, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.staged_blobs, 0);
+
+    // A delivered blob is not staged any more: abort leaves it alone.
+    let kept = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&kept, Bytes::from_static(b"delivered"))
+        .await
+        .unwrap();
+    let d = store
+        .deliver(NewDelivery {
+            size: 9,
+            body: MessageBody::Staged(kept.clone()),
+            ..delivery("alice", hash(2), b"", T0)
+        })
+        .await
+        .unwrap();
+    assert!(!store.stage_abort(&kept).await.unwrap());
+    assert_eq!(
+        message_bytes(&store, "alice", d.id).await.unwrap(),
+        b"delivered"
+    );
+}
+
+/// The histogram of key-stretching parameters counts users per encoding,
+/// ordered by the encoding's bytes, and follows password changes.
+pub async fn ksf_histogram_counts_parameters<S: Store>(store: S) {
+    assert!(store.ksf_histogram().await.unwrap().is_empty());
+    let with_ksf = |name: &str, ksf: [u8; 12]| {
+        let mut u = new_user(name);
+        u.credentials.ksf = ksf;
+        u
+    };
+    for (name, ksf) in [
+        ("a", [9; 12]),
+        ("b", [1; 12]),
+        ("c", [9; 12]),
+        ("d", [9; 12]),
+    ] {
+        store
+            .create_user(with_ksf(name, ksf), None, T0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.ksf_histogram().await.unwrap(),
+        vec![([1; 12], 1), ([9; 12], 3)]
+    );
+    let mut credentials = new_user("a").credentials;
+    credentials.ksf = [5; 12];
+    assert!(
+        store
+            .update_credentials("a", credentials, T0 + 1)
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_user("b").await.unwrap());
+    assert_eq!(
+        store.ksf_histogram().await.unwrap(),
+        vec![([5; 12], 1), ([9; 12], 2)]
+    );
+}
+
+fn to(domain: &str, n: u64, at: u64) -> NewOutbound {
+    NewOutbound {
+        destination: format!("dave@{domain}"),
+        dest_domain: domain.to_owned(),
+        ..outbound("alice", hash(n), b"m", at)
+    }
+}
+
+/// Leasing per domain: a domain at its limit (counting what is in flight)
+/// is skipped, so the mail queued behind it for other domains is leased.
+pub async fn lease_per_domain_skips_busy_domains<S: Store>(store: S) {
+    for n in 0..10 {
+        store.enqueue(to("slow.example", n, T0)).await.unwrap();
+    }
+    for n in 10..12 {
+        store.enqueue(to("fast.example", n, T0 + 1)).await.unwrap();
+    }
+    let busy = [("slow.example".to_owned(), 2)];
+    let got = store
+        .lease_due_per_domain(T0 + 1, "n1", T0 + 60, 5, 2, &busy)
+        .await
+        .unwrap();
+    let domains: Vec<&str> = got.iter().map(|e| e.dest_domain.as_str()).collect();
+    assert_eq!(domains, ["fast.example", "fast.example"]);
+    assert!(got.iter().all(|e| e.lease_owner.as_deref() == Some("n1")));
+    // With one slot free for slow.example: one more, the oldest.
+    let busy = [("slow.example".to_owned(), 1)];
+    let got = store
+        .lease_due_per_domain(T0 + 1, "n1", T0 + 60, 5, 2, &busy)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].dest_domain.as_str(), got[0].hash),
+        ("slow.example", hash(0))
+    );
+    // Nothing in flight: up to the limit per domain, and never more than asked.
+    let got = store
+        .lease_due_per_domain(T0 + 1, "n2", T0 + 60, 5, 3, &[])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|e| e.dest_domain == "slow.example"));
+    let got = store
+        .lease_due_per_domain(T0 + 1, "n2", T0 + 60, 1, 3, &[])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        store
+            .lease_due_per_domain(T0 + 1, "n2", T0 + 60, 0, 3, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Leased entries are not leased again.
+    assert_eq!(store.queue_stats(T0 + 1).await.unwrap().leased, 7);
+}
+
+/// Deferring a domain moves its unleased due entries (not past their
+/// expiry, never earlier), leaves leased ones and other domains alone, and
+/// counts no attempt.
+pub async fn defer_domain_postpones_only_that_domain<S: Store>(store: S) {
+    for n in 0..3 {
+        store.enqueue(to("dead.example", n, T0)).await.unwrap();
+    }
+    let mut short = to("dead.example", 3, T0);
+    short.expires_at = T0 + 100;
+    store.enqueue(short).await.unwrap();
+    store.enqueue(to("live.example", 4, T0)).await.unwrap();
+    let leased = store.lease_due(T0, "n1", T0 + 60, 1).await.unwrap();
+    assert_eq!(leased[0].hash, hash(0));
+    assert_eq!(
+        store
+            .defer_domain("dead.example", T0 + 1, T0 + 600)
+            .await
+            .unwrap(),
+        3
+    );
+    let queue = store.list_queue().await.unwrap();
+    let next = |h: u64| {
+        queue
+            .iter()
+            .find(|e| e.hash == hash(h))
+            .map(|e| (e.next_attempt_at, e.attempts))
+            .unwrap()
+    };
+    assert_eq!(next(0), (T0, 0), "the leased entry is its holder's");
+    assert_eq!(next(1), (T0 + 600, 0));
+    assert_eq!(next(2), (T0 + 600, 0));
+    assert_eq!(next(3), (T0 + 100, 0), "not past its expiry");
+    assert_eq!(next(4), (T0, 0), "another domain");
+    // Entries already due later are not brought forward.
+    assert_eq!(
+        store
+            .defer_domain("dead.example", T0 + 2, T0 + 300)
+            .await
+            .unwrap(),
+        0
+    );
+    let due = store.lease_due(T0 + 10, "n2", T0 + 70, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].hash, hash(4));
+}
+
+/// Over their bounds, the remote statement cache loses the statements that
+/// expire soonest and the pins lose the domains first seen last.
+pub async fn remote_caches_are_trimmed_to_their_bounds<S: Store>(store: S) {
+    for n in 0..5u64 {
+        let domain = format!("d{n}.example");
+        store
+            .cache_statement("dave", &domain, vec![n as u8], T0 + 1000 - n)
+            .await
+            .unwrap();
+        store.set_pin(&domain, [n as u8; 32], T0 + n).await.unwrap();
+    }
+    let retention = Retention {
+        max_cached_statements: 3,
+        max_pins: 2,
+        ..Retention::default()
+    };
+    let report = store.purge_expired(T0 + 10, retention).await.unwrap();
+    assert_eq!((report.cached_statements, report.pins), (2, 3));
+    for n in 0..5u64 {
+        let domain = format!("d{n}.example");
+        let cached = store
+            .cached_statement("dave", &domain, T0 + 10)
+            .await
+            .unwrap();
+        assert_eq!(cached.is_some(), n < 3, "statement of {domain}");
+        let pin = store.pin(&domain).await.unwrap();
+        assert_eq!(pin.is_some(), n < 2, "pin of {domain}");
+    }
+    // Within the bounds nothing more goes.
+    let report = store.purge_expired(T0 + 10, retention).await.unwrap();
+    assert_eq!((report.cached_statements, report.pins), (0, 0));
+}
+
+/// The store reports the space it occupies.
+pub async fn size_is_reported<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    store
+        .deliver(delivery("alice", hash(1), &pattern(100_000, 1), T0))
+        .await
+        .unwrap();
+    let size = store.size().await.unwrap();
+    assert!(size >= 100_000, "{size} bytes");
 }
 
 /// 32 tasks × 50 deliveries at once: exactly 1600 distinct entries.

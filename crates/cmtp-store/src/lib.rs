@@ -52,7 +52,12 @@
 //!
 //! # SQLite and group commit
 //!
-//! The SQLite database runs in WAL mode with `synchronous=FULL`. One writer
+//! The SQLite database runs in WAL mode with `synchronous=FULL`. The
+//! write-ahead log and its shared-memory index are kept when the store
+//! closes, so that the store opens again, and serves reads, on a disk that
+//! has filled up in the meantime; the log's content is checkpointed into the
+//! database file as the store closes, so the file alone is a complete copy
+//! of a stopped store. One writer
 //! thread owns the only write connection: it takes every write request
 //! waiting (up to [`SqliteConfig::max_batch`] requests or
 //! [`SqliteConfig::max_batch_bytes`]), runs them in one transaction — each
@@ -94,7 +99,8 @@
 //! - an invite is consumed in the transaction that creates the user;
 //!   `secret_get_or_init` inserts with `ON CONFLICT DO NOTHING`, then reads;
 //! - staged blobs are appended one chunk per statement; nothing ever holds a
-//!   whole blob in memory;
+//!   whole blob in memory; [`Store::stage_abort`] removes a refused upload
+//!   with its chunks in one statement;
 //! - the schema is created or migrated at start inside one transaction
 //!   holding a transaction-level advisory lock (`pg_advisory_xact_lock`), so
 //!   nodes starting together migrate once; a `schema_version` table records
@@ -128,6 +134,12 @@
 //! nothing and return `false` (a late `complete` from the old holder cannot
 //! remove the entry the new holder is delivering). `fail_with_notice`
 //! removes the entry and delivers the failure notice in one transaction.
+//! [`Store::lease_due_per_domain`] leases at most so many entries per
+//! destination domain (counting those the caller has in flight), so that one
+//! slow or unreachable destination cannot hold every delivery slot while
+//! mail for other domains waits, and [`Store::defer_domain`] postpones every
+//! waiting entry of a destination found unreachable; both walk indexes
+//! (`next_attempt_at`; `dest_domain, next_attempt_at`), not the whole table.
 //! The store compares times but never reads the clock, so nodes must keep
 //! their clocks in sync (NTP), and a lease must outlast the longest delivery
 //! attempt; a delivery that outlives its lease may be attempted twice, and

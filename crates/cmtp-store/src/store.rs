@@ -43,6 +43,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Every user with its mailbox's message count and size, by account.
     fn list_users(&self) -> impl Future<Output = Result<Vec<UserSummary>, StoreError>> + Send;
 
+    /// How many users hold each distinct key-stretching parameter encoding
+    /// (the `ksf` of their credentials), ordered by the encoding's bytes.
+    fn ksf_histogram(
+        &self,
+    ) -> impl Future<Output = Result<Vec<([u8; 12], u64)>, StoreError>> + Send;
+
     /// Deletes a user together with its mailbox (entries and their bytes),
     /// its cached key statement and its pending invites, in one transaction.
     /// `false` if there was no such user. De-duplication entries and queued
@@ -84,7 +90,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Removes expired invites, de-duplication entries past retention (never
     /// one whose message is still in a mailbox), staged blobs left
     /// unreferenced past their grace period, and expired remote key
-    /// statements.
+    /// statements; then trims the remote statement cache and the pins to
+    /// the bounds in `retention`.
     fn purge_expired(
         &self,
         now: u64,
@@ -134,6 +141,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         blob: &StagedBlob,
         chunk: Bytes,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a staged blob and its chunks at once: the message it was for
+    /// was refused or abandoned. `false` (and nothing changes) if the blob
+    /// is no longer staged: referenced by a delivery or a queue entry (whose
+    /// bytes are never touched), purged, or aborted before.
+    fn stage_abort(
+        &self,
+        blob: &StagedBlob,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Chunk `seq` of a blob; `None` past the end or once the blob is gone.
     fn read_chunk(
@@ -198,6 +214,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<OutboundEntry>, StoreError>> + Send;
 
+    /// Like [`lease_due`](Self::lease_due), but leases at most `per_domain`
+    /// entries per destination domain, counting the entries of that domain
+    /// the caller already has in flight (`in_flight`: domain and count;
+    /// domains not listed have none). Due entries are taken in due order;
+    /// entries of a domain at its limit are skipped, so one busy or slow
+    /// destination does not keep the others' mail waiting. Atomic like
+    /// `lease_due`.
+    fn lease_due_per_domain(
+        &self,
+        now: u64,
+        node: &str,
+        lease_until: u64,
+        limit: usize,
+        per_domain: usize,
+        in_flight: &[(String, usize)],
+    ) -> impl Future<Output = Result<Vec<OutboundEntry>, StoreError>> + Send;
+
+    /// Postpones every entry for `domain` that nobody holds (no lease, or an
+    /// expired one at `now`) and is due before `until` to `until` (never
+    /// later than its `expires_at`, never earlier than it was), without
+    /// counting an attempt: the destination is unreachable, so its other
+    /// messages need not each find that out. Returns how many changed.
+    fn defer_domain(
+        &self,
+        domain: &str,
+        now: u64,
+        until: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// The entry was delivered: removes it and its bytes. `false` if `node`
     /// no longer holds its lease (another node took it over), and nothing
     /// changes.
@@ -237,6 +282,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Makes every deferred entry that nobody holds due at `now`; returns how
     /// many changed.
     fn retry_all_now(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The space the store occupies, in bytes (SQLite: the database file
+    /// and its write-ahead log; PostgreSQL: the whole database, as
+    /// `pg_database_size` reports it, shared by every node).
+    fn size(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Queue figures at `now`.
     fn queue_stats(&self, now: u64) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
@@ -374,6 +424,7 @@ impl Store for AnyStore {
         fn create_user(&self, user: NewUser, invite: Option<[u8; 32]>, now: u64) -> ();
         fn user(&self, account: &str) -> Option<User>;
         fn list_users(&self) -> Vec<UserSummary>;
+        fn ksf_histogram(&self) -> Vec<([u8; 12], u64)>;
         fn delete_user(&self, account: &str) -> bool;
         fn update_credentials(&self, account: &str, credentials: Credentials, now: u64) -> bool;
         fn create_invite(&self, account: &str, token_hash: [u8; 32], expires_at: u64, now: u64) -> ();
@@ -384,6 +435,7 @@ impl Store for AnyStore {
         fn key_statement(&self, account: &str) -> Option<KeyStatement>;
         fn stage_begin(&self, now: u64) -> StagedBlob;
         fn stage_append(&self, blob: &StagedBlob, chunk: Bytes) -> ();
+        fn stage_abort(&self, blob: &StagedBlob) -> bool;
         fn read_chunk(&self, blob: BlobRef, seq: u32) -> Option<Bytes>;
         fn deliver(&self, delivery: NewDelivery) -> Delivered;
         fn list_mailbox(&self, account: &str) -> Vec<MailboxEntry>;
@@ -391,11 +443,14 @@ impl Store for AnyStore {
         fn delete_message(&self, account: &str, id: u64) -> bool;
         fn enqueue(&self, item: NewOutbound) -> Enqueued;
         fn lease_due(&self, now: u64, node: &str, lease_until: u64, limit: usize) -> Vec<OutboundEntry>;
+        fn lease_due_per_domain(&self, now: u64, node: &str, lease_until: u64, limit: usize, per_domain: usize, in_flight: &[(String, usize)]) -> Vec<OutboundEntry>;
+        fn defer_domain(&self, domain: &str, now: u64, until: u64) -> u64;
         fn complete(&self, id: u64, node: &str) -> bool;
         fn retry_later(&self, id: u64, node: &str, next_attempt_at: u64, error: &str) -> bool;
         fn fail_with_notice(&self, id: u64, node: &str, error: &str, notice: NewDelivery) -> bool;
         fn list_queue(&self) -> Vec<OutboundEntry>;
         fn retry_all_now(&self, now: u64) -> u64;
+        fn size(&self) -> u64;
         fn queue_stats(&self, now: u64) -> QueueStats;
         fn pin(&self, domain: &str) -> Option<Pin>;
         fn set_pin(&self, domain: &str, key: [u8; 32], now: u64) -> ();

@@ -85,8 +85,10 @@ pub struct Pin {
 ///
 /// A staged blob is referenced at most once: cloning the handle does not
 /// duplicate the blob, and a second reference fails with
-/// [`StoreError::BlobNotFound`](crate::StoreError::BlobNotFound). A staged
-/// blob that is never referenced is removed by
+/// [`StoreError::BlobNotFound`](crate::StoreError::BlobNotFound). The
+/// server removes the blob of a refused or abandoned message at once with
+/// [`Store::stage_abort`](crate::Store::stage_abort); one that is never
+/// referenced nor aborted (the server died) is removed by
 /// [`Store::purge_expired`](crate::Store::purge_expired) once its grace period
 /// (counted from `stage_begin`) is over, and (SQLite only, where no other
 /// node can be uploading) when the store is opened.
@@ -269,15 +271,24 @@ pub struct Retention {
     /// Remove staged blobs that are still unreferenced this long (seconds)
     /// after `stage_begin`; must exceed the longest upload.
     pub staged_grace: u64,
+    /// Keep at most this many remote key statements: beyond it, those that
+    /// expire soonest are removed.
+    pub max_cached_statements: u64,
+    /// Keep at most this many pinned remote server keys: beyond it, the
+    /// pins first seen most recently are removed (an established pin is
+    /// never displaced by a flood of new domains).
+    pub max_pins: u64,
 }
 
 impl Default for Retention {
     /// De-duplication entries 14 days (the default relay lifetime is 5 days),
-    /// staged blobs 1 hour.
+    /// staged blobs 1 hour, 100,000 remote statements and pins.
     fn default() -> Self {
         Retention {
             dedup: 14 * 24 * 3600,
             staged_grace: 3600,
+            max_cached_statements: 100_000,
+            max_pins: 100_000,
         }
     }
 }
@@ -291,6 +302,8 @@ pub struct PurgeReport {
     pub dedup_entries: u64,
     /// Abandoned staged blobs.
     pub staged_blobs: u64,
-    /// Expired remote key statements.
+    /// Remote key statements: expired, or over the bound.
     pub cached_statements: u64,
+    /// Pinned remote server keys over the bound.
+    pub pins: u64,
 }

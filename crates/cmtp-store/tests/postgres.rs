@@ -403,7 +403,7 @@ async fn concurrent_starts_migrate_once() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 1);
+    assert_eq!(rows[0].get::<_, i32>(0), 2);
     for (i, s) in stores.iter().enumerate() {
         s.create_user(new_user(&format!("user{i}")), None, T0)
             .await
@@ -438,7 +438,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
     assert!(!e.is_transient());

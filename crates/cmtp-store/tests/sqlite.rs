@@ -117,7 +117,23 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
+    // A version 1 database (without the relay's per-domain index) is
+    // brought up to version 2.
+    conn.execute_batch("DROP INDEX outbound_domain_due; UPDATE schema_version SET version = 1")
+        .unwrap();
+    drop(conn);
+    drop(SqliteStore::open(SqliteConfig::new(&path)).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (v, index): (u32, bool) = conn
+        .query_row(
+            "SELECT version, EXISTS(SELECT 1 FROM sqlite_schema WHERE name = 'outbound_domain_due')
+             FROM schema_version",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((v, index), (2, true));
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -128,7 +144,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
     assert!(!e.is_transient());
@@ -533,4 +549,84 @@ async fn group_commit_throughput() {
         let (n, rate) = cmtp_store::conformance::delivery_throughput(&store, concurrency).await;
         println!("concurrency {concurrency:>3}: {n} deliveries = {rate:.0}/s");
     }
+}
+
+/// A store closed cleanly opens again on a disk filled to the last byte,
+/// even with abandoned uploads it cannot remove then, and serves reads: the
+/// write-ahead log and its index are kept across the close, so opening needs
+/// no new space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opens_and_serves_reads_on_a_full_disk() {
+    let fs = Tmpfs::mount("16m", None)
+        .unwrap_or_else(|why| panic!("{why}; CI runs as root, this test must run"));
+    let path = fs.path().join("cmtp.db");
+    let body = pattern(300_000, 4);
+    let id = {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+        store
+            .create_user(new_user("alice"), None, T0)
+            .await
+            .unwrap();
+        let d = store
+            .deliver(delivery("alice", hash(1), &body, T0))
+            .await
+            .unwrap();
+        let abandoned = store.stage_begin(T0).await.unwrap();
+        store
+            .stage_append(&abandoned, Bytes::from(pattern(200_000, 5)))
+            .await
+            .unwrap();
+        d.id
+    };
+    fill_filesystem(&fs.path().join("filler"));
+    let store = SqliteStore::open(SqliteConfig::new(&path))
+        .await
+        .expect("the store opens on a full disk");
+    assert!(store.user("alice").await.unwrap().is_some());
+    let (_, blob) = store.mailbox_message("alice", id).await.unwrap().unwrap();
+    assert_eq!(read_all(&store, blob).await, body);
+    drop(store);
+    // Space returns: the abandoned upload goes at the next opening.
+    std::fs::remove_file(fs.path().join("filler")).unwrap();
+    let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    let report = store
+        .purge_expired(T0 + 1, cmtp_store::Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.staged_blobs, 0, "removed when the store opened");
+}
+
+/// The write-ahead log outlives the store, but a stopped store is whole in
+/// its database file: copying that file alone is a complete backup.
+#[tokio::test]
+async fn a_stopped_store_is_whole_in_its_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    let body = pattern(50_000, 6);
+    {
+        let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+        store
+            .create_user(new_user("alice"), None, T0)
+            .await
+            .unwrap();
+        store
+            .deliver(delivery("alice", hash(1), &body, T0))
+            .await
+            .unwrap();
+    }
+    assert!(
+        dir.path().join("cmtp.db-wal").exists(),
+        "the log is kept for a start on a full disk"
+    );
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(&path, copy.path().join("cmtp.db")).unwrap();
+    let conn = rusqlite::Connection::open(copy.path().join("cmtp.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM mailbox WHERE account = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
 }

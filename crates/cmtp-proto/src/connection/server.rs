@@ -188,7 +188,16 @@ pub enum ServerEvent<E> {
     /// `MAIL`: the envelope arrived (PROTOCOL.md §7.4 steps 2–6 are the
     /// application's). Answer with [`ServerConnection::accept_mail`] or
     /// [`ServerConnection::refuse_mail`].
-    MailEnvelope(Envelope),
+    MailEnvelope {
+        /// The envelope.
+        envelope: Envelope,
+        /// The message's size as announced so far (§7.1): everything but
+        /// the attachments, whose lengths have not arrived yet.
+        announced: u64,
+    },
+    /// An attachment's length arrived: the accepted message's announced
+    /// size is now this many bytes — reserve it before the bytes come.
+    MailAnnounced(u64),
     /// Bytes of the accepted message in its stored form, in order: log,
     /// body, and for each attachment its `u64` length then its bytes.
     MailData(Bytes),
@@ -935,9 +944,12 @@ impl<E> ServerConnection<E> {
                 self.input.advance(n);
                 m.log_len = raw.log_len;
                 match raw.parse() {
-                    Ok(env) => {
+                    Ok(envelope) => {
                         m.phase = MailPhase::Deciding;
-                        Step::Event(ServerEvent::MailEnvelope(env))
+                        Step::Event(ServerEvent::MailEnvelope {
+                            envelope,
+                            announced: m.reader.announced(),
+                        })
                     }
                     Err(e) => {
                         // §7.4 step 1: the framing is intact, the rest is dropped.
@@ -974,9 +986,11 @@ impl<E> ServerConnection<E> {
             MessageEvent::AttachmentStart { len, .. } => {
                 self.input.advance(n);
                 if accepted {
-                    Step::Event(ServerEvent::MailData(Bytes::copy_from_slice(
+                    // The size first (to reserve), then the length field.
+                    self.queued = Some(ServerEvent::MailData(Bytes::copy_from_slice(
                         &len.to_be_bytes(),
-                    )))
+                    )));
+                    Step::Event(ServerEvent::MailAnnounced(m.reader.announced()))
                 } else {
                     Step::Continue
                 }

@@ -46,6 +46,8 @@ struct App {
     /// Refuse MAIL at the envelope with this status.
     refuse_mail: Option<(Status, Vec<u8>)>,
     own_line: Vec<u8>,
+    /// The message size last announced.
+    announced: u64,
     /// Leave requests unanswered (to look at the connection while it waits).
     hold: bool,
     held: Vec<ServerEvent<u32>>,
@@ -165,7 +167,8 @@ impl Pair {
             }
             ServerEvent::Request(other) => s.reply(Status::Success, other.word().as_bytes()),
             ServerEvent::RegFinish { .. } => s.reply(Status::Success, b""),
-            ServerEvent::MailEnvelope(env) => match app.refuse_mail.clone() {
+            ServerEvent::MailAnnounced(total) => app.announced = total,
+            ServerEvent::MailEnvelope { envelope: env, .. } => match app.refuse_mail.clone() {
                 Some((status, body)) => s.refuse_mail(status, &body),
                 None => {
                     env.encode_head(env.log_len + app.own_line.len() as u64, &mut app.staged);
@@ -519,7 +522,7 @@ fn a_slow_message_gets_timeout_bound_to_mail_and_is_aborted() {
     s.handle_input(&bytes[..400], now);
     assert!(matches!(
         s.poll_event(now),
-        Some(ServerEvent::MailEnvelope(_))
+        Some(ServerEvent::MailEnvelope { .. })
     ));
     s.accept_mail(10);
     while s.poll_event(now).is_some() {}
@@ -824,6 +827,8 @@ fn an_accepted_message_reaches_the_application_in_its_stored_form() {
     let mut stored = m.clone();
     stored.log.extend_from_slice(&p.app.own_line);
     assert_eq!(p.app.staged, stored.to_bytes());
+    // The announced size grew with each attachment to the message size.
+    assert_eq!(p.app.announced, (m.encoded_len() - m.log.len()) as u64);
     // The connection goes on.
     p.send(&Command::Noop);
     assert_eq!(p.statuses(), [Status::Success]);
@@ -908,7 +913,7 @@ fn a_peer_that_hangs_up_mid_message_aborts_it() {
     s.handle_input(&bytes[..1000], now);
     assert!(matches!(
         s.poll_event(now),
-        Some(ServerEvent::MailEnvelope(_))
+        Some(ServerEvent::MailEnvelope { .. })
     ));
     s.accept_mail(0);
     while let Some(ev) = s.poll_event(now) {

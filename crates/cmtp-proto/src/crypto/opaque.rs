@@ -95,12 +95,20 @@ impl KsfParams {
         p_cost: 1,
     };
 
-    /// Largest accepted memory cost: 4 GiB, in KiB.
-    pub const MAX_M_COST_KIB: u32 = 4_194_304;
+    /// Largest accepted memory cost: 256 MiB, in KiB. Together with
+    /// [`MAX_WORK`](Self::MAX_WORK) this is the ceiling of what a login may
+    /// cost, chosen so that a phone can afford it (PROTOCOL.md §12.1): a
+    /// server, or someone impersonating one, cannot make a client spend
+    /// gigabytes and minutes on a login. Registrations are held to the same
+    /// ceiling, so every account can log in from a phone.
+    pub const MAX_M_COST_KIB: u32 = 262_144;
     /// Largest accepted pass count.
-    pub const MAX_T_COST: u32 = 64;
+    pub const MAX_T_COST: u32 = 16;
     /// Largest accepted lane count.
-    pub const MAX_P_COST: u32 = 64;
+    pub const MAX_P_COST: u32 = 16;
+    /// Largest accepted memory × passes, in KiB-passes (1 GiB·pass: about
+    /// 5 times the default's 64 MiB × 3; on a 2020s phone roughly 2 s).
+    pub const MAX_WORK: u64 = 1_048_576;
     /// Length of the encoding.
     pub const ENCODED_LEN: usize = 12;
 
@@ -136,13 +144,16 @@ impl KsfParams {
             return err("lane count is zero");
         }
         if self.m_cost_kib > Self::MAX_M_COST_KIB {
-            return err("memory cost above 4 GiB");
+            return err("memory cost above 256 MiB");
         }
         if self.t_cost > Self::MAX_T_COST {
-            return err("pass count above 64");
+            return err("pass count above 16");
         }
         if self.p_cost > Self::MAX_P_COST {
-            return err("lane count above 64");
+            return err("lane count above 16");
+        }
+        if u64::from(self.m_cost_kib) * u64::from(self.t_cost) > Self::MAX_WORK {
+            return err("memory times passes above 1 GiB");
         }
         if u64::from(self.m_cost_kib) < 8 * u64::from(self.p_cost) {
             return err("memory cost below 8 KiB per lane");
@@ -756,15 +767,28 @@ mod tests {
             p_cost: 1,
         };
         for bad in [
+            // What a hostile server asked for before the ceiling: 4 GiB, 64 passes.
             KsfParams {
-                m_cost_kib: 4_194_305,
+                m_cost_kib: 4_194_304,
+                t_cost: 64,
+                p_cost: 64,
+            },
+            KsfParams {
+                m_cost_kib: 262_145,
+                t_cost: 1,
                 ..r
             },
-            KsfParams { t_cost: 65, ..r },
+            KsfParams { t_cost: 17, ..r },
             KsfParams {
-                p_cost: 65,
-                m_cost_kib: 1 << 20,
-                ..r
+                p_cost: 17,
+                m_cost_kib: 1 << 17,
+                t_cost: 1,
+            },
+            // Each within its own limit, too much together.
+            KsfParams {
+                m_cost_kib: 262_144,
+                t_cost: 5,
+                p_cost: 4,
             },
             KsfParams { t_cost: 0, ..r },
             KsfParams { p_cost: 0, ..r },
@@ -777,12 +801,20 @@ mod tests {
             assert!(bad.validate(&floor).is_err(), "{bad:?}");
             assert!(bad.argon2().is_err(), "{bad:?}");
         }
-        KsfParams {
-            m_cost_kib: 4_194_304,
-            t_cost: 64,
-            p_cost: 64,
+        // The ceiling itself is accepted.
+        for good in [
+            KsfParams {
+                m_cost_kib: 262_144,
+                t_cost: 4,
+                p_cost: 16,
+            },
+            KsfParams {
+                m_cost_kib: 65_536,
+                t_cost: 16,
+                p_cost: 4,
+            },
+        ] {
+            good.validate(&floor).unwrap();
         }
-        .validate(&floor)
-        .unwrap();
     }
 }

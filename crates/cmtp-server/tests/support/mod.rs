@@ -206,7 +206,18 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::from_stream(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// Connects from the loopback address `source` (127.0.0.0/8 holds many:
+    /// distinct peers on one machine).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Self::from_stream(socket.connect(addr).await.unwrap()).await
+    }
+
+    async fn from_stream(stream: TcpStream) -> Raw {
         let mut raw = Raw {
             stream,
             buf: Vec::new(),

@@ -354,6 +354,10 @@ impl Store for PostgresStore {
         attempt!(self, Read, |c| ops::list_users(&c).await)
     }
 
+    async fn ksf_histogram(&self) -> Result<Vec<([u8; 12], u64)>, StoreError> {
+        attempt!(self, Read, |c| ops::ksf_histogram(&c).await)
+    }
+
     async fn delete_user(&self, account: &str) -> Result<bool, StoreError> {
         attempt!(self, Write, |c| ops::delete_user(&mut c, account).await)
     }
@@ -443,6 +447,10 @@ impl Store for PostgresStore {
             .await)
     }
 
+    async fn stage_abort(&self, blob: &StagedBlob) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::stage_abort(&c, blob.id).await)
+    }
+
     async fn read_chunk(&self, blob: BlobRef, seq: u32) -> Result<Option<Bytes>, StoreError> {
         attempt!(self, Read, |c| ops::read_chunk(&c, blob.id, seq).await)
     }
@@ -486,6 +494,32 @@ impl Store for PostgresStore {
             limit
         )
         .await)
+    }
+
+    async fn lease_due_per_domain(
+        &self,
+        now: u64,
+        node: &str,
+        lease_until: u64,
+        limit: usize,
+        per_domain: usize,
+        in_flight: &[(String, usize)],
+    ) -> Result<Vec<OutboundEntry>, StoreError> {
+        attempt!(self, Write, |c| ops::lease_due_per_domain(
+            &c,
+            now,
+            node,
+            lease_until,
+            limit,
+            per_domain,
+            in_flight
+        )
+        .await)
+    }
+
+    async fn defer_domain(&self, domain: &str, now: u64, until: u64) -> Result<u64, StoreError> {
+        attempt!(self, Write, |c| ops::defer_domain(&c, domain, now, until)
+            .await)
     }
 
     async fn complete(&self, id: u64, node: &str) -> Result<bool, StoreError> {
@@ -532,6 +566,10 @@ impl Store for PostgresStore {
 
     async fn retry_all_now(&self, now: u64) -> Result<u64, StoreError> {
         attempt!(self, Write, |c| ops::retry_all_now(&c, now).await)
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        attempt!(self, Read, |c| ops::size(&c).await)
     }
 
     async fn queue_stats(&self, now: u64) -> Result<QueueStats, StoreError> {

@@ -173,6 +173,24 @@ pub(crate) async fn list_users(c: &Client) -> Result<Vec<UserSummary>, StoreErro
         .collect()
 }
 
+pub(crate) async fn ksf_histogram(c: &Client) -> Result<Vec<([u8; 12], u64)>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT ksf, COUNT(*) FROM users GROUP BY ksf ORDER BY ksf",
+            &[],
+        )
+        .await
+        .db()?;
+    rows.iter()
+        .map(|r| {
+            let v: &[u8] = get(r, 0)?;
+            let ksf = <[u8; 12]>::try_from(v)
+                .map_err(|_| StoreError::Corrupt(format!("ksf is {} bytes, not 12", v.len())))?;
+            Ok((ksf, get_u64(r, 1)?))
+        })
+        .collect()
+}
+
 pub(crate) async fn delete_user(c: &mut Client, account: &str) -> Result<bool, StoreError> {
     let tx = c.transaction().await.db()?;
     tx.execute(
@@ -299,10 +317,32 @@ pub(crate) async fn purge_expired(
         )
         .await
         .db()?;
-    let cached_statements = tx
+    let mut cached_statements = tx
         .execute(
             "DELETE FROM statement_cache WHERE expires_at <= $1",
             &[&sql(now)],
+        )
+        .await
+        .db()?;
+    // Over its bound, the cache loses the statements that expire soonest.
+    cached_statements += tx
+        .execute(
+            "DELETE FROM statement_cache WHERE (account, domain) IN (
+                 SELECT account, domain FROM statement_cache
+                 ORDER BY expires_at, account, domain
+                 LIMIT GREATEST(0, (SELECT COUNT(*) FROM statement_cache) - $1))",
+            &[&sql(retention.max_cached_statements)],
+        )
+        .await
+        .db()?;
+    // Over their bound, the pins first seen last go first: a flood of new
+    // domains never displaces an established pin.
+    let pins = tx
+        .execute(
+            "DELETE FROM pins WHERE domain IN (
+                 SELECT domain FROM pins ORDER BY first_seen DESC, domain DESC
+                 LIMIT GREATEST(0, (SELECT COUNT(*) FROM pins) - $1))",
+            &[&sql(retention.max_pins)],
         )
         .await
         .db()?;
@@ -312,6 +352,7 @@ pub(crate) async fn purge_expired(
         dedup_entries,
         staged_blobs,
         cached_statements,
+        pins,
     })
 }
 
@@ -446,6 +487,17 @@ pub(crate) async fn stage_append(c: &Client, blob: u64, chunk: &Bytes) -> Result
         return Err(StoreError::BlobNotFound);
     }
     Ok(())
+}
+
+pub(crate) async fn stage_abort(c: &Client, blob: u64) -> Result<bool, StoreError> {
+    // Chunks go with their blob (ON DELETE CASCADE); a referenced blob is
+    // not staged and is not touched.
+    let stmt = c
+        .prepare_cached("DELETE FROM blobs WHERE id = $1 AND staged_at IS NOT NULL")
+        .await
+        .db()?;
+    let n = c.execute(&stmt, &[&sql(blob)]).await.db()?;
+    Ok(n > 0)
 }
 
 pub(crate) async fn read_chunk(
@@ -931,6 +983,98 @@ pub(crate) async fn lease_due(
     Ok(entries)
 }
 
+pub(crate) async fn lease_due_per_domain(
+    c: &Client,
+    now: u64,
+    node: &str,
+    lease_until: u64,
+    limit: usize,
+    per_domain: usize,
+    in_flight: &[(String, usize)],
+) -> Result<Vec<OutboundEntry>, StoreError> {
+    if limit == 0 || per_domain == 0 {
+        return Ok(Vec::new());
+    }
+    // The due entries are numbered per domain in due order (after the ones
+    // already in flight); those within the domain's limit are picked, then
+    // locked with SKIP LOCKED (FOR UPDATE cannot go with a window function)
+    // and re-checked, as in `lease_due`.
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH busy AS (
+                 SELECT * FROM unnest($5::TEXT[], $6::BIGINT[]) AS b (domain, n)),
+             ranked AS (
+                 SELECT o.id, o.next_attempt_at,
+                        row_number() OVER (PARTITION BY o.dest_domain
+                                           ORDER BY o.next_attempt_at, o.id)
+                        + COALESCE(busy.n, 0) AS slot
+                 FROM outbound o LEFT JOIN busy ON busy.domain = o.dest_domain
+                 WHERE o.next_attempt_at <= $1
+                   AND (o.lease_until IS NULL OR o.lease_until <= $1)),
+             picked AS (
+                 SELECT id FROM ranked WHERE slot <= $7
+                 ORDER BY next_attempt_at, id LIMIT $2),
+             due AS (
+                 SELECT id FROM outbound
+                 WHERE id IN (SELECT id FROM picked)
+                   AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbound o SET lease_owner = $3, lease_until = $4
+             FROM due, blobs b
+             WHERE o.id = due.id AND b.id = o.blob_id
+             RETURNING {OUTBOUND_COLUMNS}"
+        ))
+        .await
+        .db()?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let per_domain = i64::try_from(per_domain).unwrap_or(i64::MAX);
+    let domains: Vec<&str> = in_flight.iter().map(|(d, _)| d.as_str()).collect();
+    let counts: Vec<i64> = in_flight
+        .iter()
+        .map(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX))
+        .collect();
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &sql(now),
+                &limit,
+                &node,
+                &sql(lease_until),
+                &domains,
+                &counts,
+                &per_domain,
+            ],
+        )
+        .await
+        .db()?;
+    let mut entries = rows
+        .iter()
+        .map(outbound_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| (e.next_attempt_at, e.id));
+    Ok(entries)
+}
+
+pub(crate) async fn defer_domain(
+    c: &Client,
+    domain: &str,
+    now: u64,
+    until: u64,
+) -> Result<u64, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE outbound SET next_attempt_at = LEAST($3, expires_at)
+             WHERE dest_domain = $1 AND next_attempt_at < LEAST($3, expires_at)
+               AND (lease_until IS NULL OR lease_until <= $2)",
+        )
+        .await
+        .db()?;
+    c.execute(&stmt, &[&domain, &sql(now), &sql(until)])
+        .await
+        .db()
+}
+
 pub(crate) async fn complete(c: &Client, id: u64, node: &str) -> Result<bool, StoreError> {
     // The owner check and the removal are one statement: if another node
     // took the entry over (or is taking it, holding its row lock), this
@@ -1032,6 +1176,14 @@ pub(crate) async fn retry_all_now(c: &Client, now: u64) -> Result<u64, StoreErro
     )
     .await
     .db()
+}
+
+pub(crate) async fn size(c: &Client) -> Result<u64, StoreError> {
+    let r = c
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .db()?;
+    get_u64(&r, 0)
 }
 
 pub(crate) async fn queue_stats(c: &Client, now: u64) -> Result<QueueStats, StoreError> {

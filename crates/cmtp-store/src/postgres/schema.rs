@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// The key of the advisory lock held while migrating ("cmtpschm"). Advisory
 /// locks are per database, so stores on other databases of the same cluster
@@ -25,7 +25,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x636d_7470_7363_686d;
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database (in the first schema of the
 /// connection's `search_path`).
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1: the SQLite schema, in PostgreSQL types.
 ///
@@ -144,6 +144,13 @@ CREATE TABLE statement_cache (
     PRIMARY KEY (account, domain)
 );
 CREATE INDEX statement_cache_expiry ON statement_cache (expires_at);
+";
+
+/// Version 2: the relay's per-destination queries (deferring every entry
+/// of an unreachable domain, leasing per domain) find a domain's entries in
+/// due order without reading the whole queue.
+const V2: &str = "
+CREATE INDEX outbound_domain_due ON outbound (dest_domain, next_attempt_at);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

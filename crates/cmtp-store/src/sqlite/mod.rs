@@ -74,6 +74,7 @@ pub struct SqliteStore {
 struct Inner {
     writer: writer::Writer,
     readers: Arc<pool::ReadPool>,
+    path: PathBuf,
 }
 
 /// Turns a rusqlite error into a [`StoreError`].
@@ -127,6 +128,7 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
     )
     .db()?;
     conn.busy_timeout(config.busy_timeout).db()?;
+    keep_wal_on_close(&conn)?;
     // Larger pages for a new database (ignored for an existing one): a small
     // message then fits in one page and a commit writes fewer WAL frames.
     conn.execute_batch("PRAGMA page_size = 16384").db()?;
@@ -179,19 +181,43 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
     )
     .db()?;
     conn.busy_timeout(busy_timeout).db()?;
+    keep_wal_on_close(&conn)?;
     Ok(conn)
+}
+
+/// The last connection to close would checkpoint the write-ahead log and
+/// delete it and its shared-memory index; opening the database again then
+/// has to create both (32 KiB at least), which fails on a full disk. Kept,
+/// they let the store open and serve reads on a full disk, and the log's
+/// existing space takes small writes such as deletions. The log is still
+/// checkpointed while the store runs (every 1000 pages), by the writer as
+/// the store closes, and kept to `journal_size_limit`.
+fn keep_wal_on_close(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .db()?;
+    Ok(())
 }
 
 fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     let mut conn = open_writer(&config)?;
     schema::migrate(&mut conn)?;
-    // Nobody can be uploading into a store that is just opening.
-    let abandoned = ops::purge_staged(&conn, None)?;
-    if abandoned > 0 {
-        tracing::info!(
+    // Nobody can be uploading into a store that is just opening. On a full
+    // disk the removal itself may not fit: the store opens anyway (reads and
+    // small writes work), and maintenance removes them later.
+    match ops::purge_staged(&conn, None) {
+        Ok(0) => {}
+        Ok(abandoned) => tracing::info!(
             abandoned,
             "removed staged blobs abandoned by the previous run"
-        );
+        ),
+        Err(e) if e.is_transient() => tracing::warn!(
+            error = %e,
+            "cannot remove the staged blobs of the previous run now; maintenance will"
+        ),
+        Err(e) => return Err(e),
     }
     let readers = (0..config.read_connections.max(1))
         .map(|_| open_reader(&config.path, config.busy_timeout))
@@ -211,6 +237,7 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
                 config.path.clone(),
                 config.busy_timeout,
             )),
+            path: config.path.clone(),
         }),
     })
 }
@@ -286,6 +313,10 @@ impl Store for SqliteStore {
 
     async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
         self.read(ops::list_users).await
+    }
+
+    async fn ksf_histogram(&self) -> Result<Vec<([u8; 12], u64)>, StoreError> {
+        self.read(ops::ksf_histogram).await
     }
 
     async fn delete_user(&self, account: &str) -> Result<bool, StoreError> {
@@ -384,6 +415,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn stage_abort(&self, blob: &StagedBlob) -> Result<bool, StoreError> {
+        let id = blob.id;
+        self.write(0, move |c| ops::stage_abort(c, id)).await
+    }
+
     async fn read_chunk(&self, blob: BlobRef, seq: u32) -> Result<Option<Bytes>, StoreError> {
         self.read(move |c| ops::read_chunk(c, blob.id, seq)).await
     }
@@ -435,6 +471,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn lease_due_per_domain(
+        &self,
+        now: u64,
+        node: &str,
+        lease_until: u64,
+        limit: usize,
+        per_domain: usize,
+        in_flight: &[(String, usize)],
+    ) -> Result<Vec<OutboundEntry>, StoreError> {
+        let node = node.to_owned();
+        let in_flight = in_flight.to_vec();
+        self.write(0, move |c| {
+            ops::lease_due_per_domain(c, now, &node, lease_until, limit, per_domain, &in_flight)
+        })
+        .await
+    }
+
+    async fn defer_domain(&self, domain: &str, now: u64, until: u64) -> Result<u64, StoreError> {
+        let domain = domain.to_owned();
+        self.write(0, move |c| ops::defer_domain(c, &domain, now, until))
+            .await
+    }
+
     async fn complete(&self, id: u64, node: &str) -> Result<bool, StoreError> {
         let node = node.to_owned();
         self.write(0, move |c| ops::complete(c, id, &node)).await
@@ -480,6 +539,27 @@ impl Store for SqliteStore {
 
     async fn retry_all_now(&self, now: u64) -> Result<u64, StoreError> {
         self.write(0, move |c| ops::retry_all_now(c, now)).await
+    }
+
+    async fn size(&self) -> Result<u64, StoreError> {
+        let path = self.inner.path.clone();
+        let measure = move || {
+            let mut total = 0;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                match std::fs::metadata(&p) {
+                    Ok(m) => total += m.len(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+                    Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
+                }
+            }
+            Ok(total)
+        };
+        match tokio::task::spawn_blocking(measure).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Internal(format!("measuring the database: {e}"))),
+        }
     }
 
     async fn queue_stats(&self, now: u64) -> Result<QueueStats, StoreError> {

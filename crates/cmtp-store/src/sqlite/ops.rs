@@ -117,6 +117,16 @@ pub(crate) fn list_users(c: &Connection) -> Result<Vec<UserSummary>, StoreError>
     rows.collect::<rusqlite::Result<Vec<_>>>().db()
 }
 
+pub(crate) fn ksf_histogram(c: &Connection) -> Result<Vec<([u8; 12], u64)>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT ksf, COUNT(*) FROM users GROUP BY ksf ORDER BY ksf")
+        .db()?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, get_u64(r, 1)?)))
+        .db()?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().db()
+}
+
 pub(crate) fn delete_user(c: &Connection, account: &str) -> Result<bool, StoreError> {
     let blobs: Vec<i64> = {
         let mut stmt = c
@@ -215,10 +225,29 @@ pub(crate) fn purge_expired(
         )
         .db()?;
     let staged_blobs = purge_staged(c, Some(now.saturating_sub(retention.staged_grace)))?;
-    let cached_statements = c
+    let mut cached_statements = c
         .execute(
             "DELETE FROM statement_cache WHERE expires_at <= ?1",
             [sql(now)],
+        )
+        .db()?;
+    // Over its bound, the cache loses the statements that expire soonest.
+    cached_statements += c
+        .execute(
+            "DELETE FROM statement_cache WHERE rowid IN (
+                 SELECT rowid FROM statement_cache ORDER BY expires_at, rowid
+                 LIMIT max(0, (SELECT COUNT(*) FROM statement_cache) - ?1))",
+            [sql(retention.max_cached_statements)],
+        )
+        .db()?;
+    // Over their bound, the pins first seen last go first: a flood of new
+    // domains never displaces an established pin.
+    let pins = c
+        .execute(
+            "DELETE FROM pins WHERE domain IN (
+                 SELECT domain FROM pins ORDER BY first_seen DESC, domain DESC
+                 LIMIT max(0, (SELECT COUNT(*) FROM pins) - ?1))",
+            [sql(retention.max_pins)],
         )
         .db()?;
     Ok(PurgeReport {
@@ -226,6 +255,7 @@ pub(crate) fn purge_expired(
         dedup_entries: dedup_entries as u64,
         staged_blobs,
         cached_statements: cached_statements as u64,
+        pins: pins as u64,
     })
 }
 
@@ -351,6 +381,22 @@ pub(crate) fn stage_append(c: &Connection, blob: u64, chunk: &Bytes) -> Result<(
         .execute(params![sql(blob), seq, &chunk[..]])
         .db()?;
     Ok(())
+}
+
+/// Removes a staged blob and its chunks; `false` if it is no longer staged
+/// (referenced by a delivery or a queue entry, purged, or never created).
+pub(crate) fn stage_abort(c: &Connection, blob: u64) -> Result<bool, StoreError> {
+    let staged: bool = c
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM blobs WHERE id = ?1 AND staged_at IS NOT NULL)",
+        )
+        .db()?
+        .query_row([sql(blob)], |r| r.get(0))
+        .db()?;
+    if staged {
+        delete_blob(c, sql(blob))?;
+    }
+    Ok(staged)
 }
 
 pub(crate) fn read_chunk(c: &Connection, blob: u64, seq: u32) -> Result<Option<Bytes>, StoreError> {
@@ -656,6 +702,61 @@ pub(crate) fn lease_due(
             .db()?;
         rows.collect::<rusqlite::Result<_>>().db()?
     };
+    lease_ids(c, ids, node, lease_until)
+}
+
+/// Like [`lease_due`], with at most `per_domain` entries per destination
+/// domain counting the `in_flight` ones. Walks the due entries in due order
+/// (the `outbound_due` index) and stops as soon as `limit` are found.
+pub(crate) fn lease_due_per_domain(
+    c: &Connection,
+    now: u64,
+    node: &str,
+    lease_until: u64,
+    limit: usize,
+    per_domain: usize,
+    in_flight: &[(String, usize)],
+) -> Result<Vec<OutboundEntry>, StoreError> {
+    let mut counts: std::collections::HashMap<String, usize> = in_flight.iter().cloned().collect();
+    let mut ids = Vec::new();
+    if limit > 0 && per_domain > 0 {
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT id, dest_domain FROM outbound
+                 WHERE next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+                 ORDER BY next_attempt_at, id",
+            )
+            .db()?;
+        let mut rows = stmt.query([sql(now)]).db()?;
+        while let Some(r) = rows.next().db()? {
+            let domain = r
+                .get_ref(1)
+                .db()?
+                .as_str()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let n = match counts.get_mut(domain) {
+                Some(n) => n,
+                None => counts.entry(domain.to_owned()).or_insert(0),
+            };
+            if *n >= per_domain {
+                continue;
+            }
+            *n += 1;
+            ids.push(r.get::<_, i64>(0).db()?);
+            if ids.len() >= limit {
+                break;
+            }
+        }
+    }
+    lease_ids(c, ids, node, lease_until)
+}
+
+fn lease_ids(
+    c: &Connection,
+    ids: Vec<i64>,
+    node: &str,
+    lease_until: u64,
+) -> Result<Vec<OutboundEntry>, StoreError> {
     let mut update = c
         .prepare_cached("UPDATE outbound SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1")
         .db()?;
@@ -670,6 +771,24 @@ pub(crate) fn lease_due(
         entries.push(select.query_row([id], outbound_row).db()?);
     }
     Ok(entries)
+}
+
+pub(crate) fn defer_domain(
+    c: &Connection,
+    domain: &str,
+    now: u64,
+    until: u64,
+) -> Result<u64, StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE outbound SET next_attempt_at = MIN(?3, expires_at)
+             WHERE dest_domain = ?1 AND next_attempt_at < MIN(?3, expires_at)
+               AND (lease_until IS NULL OR lease_until <= ?2)",
+        )
+        .db()?
+        .execute(params![domain, sql(now), sql(until)])
+        .db()?;
+    Ok(n as u64)
 }
 
 /// Removes entry `id` if `node` holds its lease; returns the sender.

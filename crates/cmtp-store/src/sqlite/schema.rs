@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1.
 ///
@@ -127,6 +127,13 @@ CREATE TABLE statement_cache (
     PRIMARY KEY (account, domain)
 );
 CREATE INDEX statement_cache_expiry ON statement_cache(expires_at);
+";
+
+/// Version 2: the relay's per-destination queries (deferring every entry
+/// of an unreachable domain, leasing per domain) find a domain's entries in
+/// due order without reading the whole queue.
+const V2: &str = "
+CREATE INDEX outbound_domain_due ON outbound(dest_domain, next_attempt_at);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

@@ -192,6 +192,14 @@ fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Job>>, lim
         }
         run_batch(&conn, batch, &mut carried);
     }
+    // The write-ahead log stays when the store closes (it lets the store
+    // open on a full disk), but what it holds goes into the database file
+    // now: the file alone is then a complete copy of a stopped store.
+    match conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!("the final checkpoint could not complete (a reader held it)"),
+        Err(e) => tracing::warn!(error = %e, "the final checkpoint failed"),
+    }
     // Close explicitly so that a failure is at least logged.
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the database writer connection failed");

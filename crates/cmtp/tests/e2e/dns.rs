@@ -109,7 +109,7 @@ fn sending_to_a_domain_whose_key_contradicts_its_dns_record_fails_verification()
         dns
     });
     let resolver = format!(
-        "\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n",
+        "\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\nallow_private = [\"a.test\", \"b.test\"]\n",
         dns.addr()
     );
     let a = Server::start_with(base, "a.test", pa, &[], &resolver);

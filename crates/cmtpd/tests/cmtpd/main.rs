@@ -21,6 +21,7 @@ use cmtp_proto::payload::{LoginChallenge, XzibitRelease, decode_listing};
 use cmtp_proto::reply::Status;
 use cmtp_server::config::Config;
 
+mod abuse;
 mod cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cmtpd");
@@ -352,7 +353,12 @@ async fn a_full_disk_gives_tempfailure_damages_nothing_and_service_resumes() {
         .unwrap_or_else(|why| panic!("{why}; CI runs as root, this test must run"));
     let dir = fs.path().join("data");
     let port = free_port();
-    write_config(&dir, "a.test", port, |_| {});
+    // No reserve and no ballast: the store itself meets the full disk here
+    // (abuse.rs shows the reserve and the ballast).
+    write_config(&dir, "a.test", port, |c| {
+        c.store.min_free = 0;
+        c.store.ballast_size = 0;
+    });
     add_user(&dir, "alice", "pw-a");
     add_user(&dir, "bob", "pw-b");
     let d = Daemon::start(&dir, port);
