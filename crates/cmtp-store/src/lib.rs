@@ -178,7 +178,7 @@ pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{AnyStore, BlobReader, Store, StoreConfig};
 pub use types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
+    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
+    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };

@@ -108,6 +108,39 @@ async fn reopen_keeps_everything() {
     store.integrity_check().await.unwrap();
 }
 
+/// A version 1 database (before quotas, aliases, held entries, reset
+/// tokens) is migrated in place and keeps its users and queue.
+#[tokio::test]
+async fn a_version_1_database_is_migrated_keeping_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(cmtp_store::conformance::SQLITE_SCHEMA_V1)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO users VALUES ('alice', zeroblob(32), zeroblob(192), zeroblob(12), x'01', 5, 6);
+             INSERT INTO blobs (id, size, chunks, staged_at) VALUES (1, 3, 1, NULL);
+             INSERT INTO blob_chunks VALUES (1, 0, x'616263');
+             INSERT INTO outbound (hash, sender, destination, dest_domain, size, created_at,
+                                   expires_at, next_attempt_at, blob_id)
+             VALUES (zeroblob(32), 'alice', 'bob@b.test', 'b.test', 3, 7, 99999, 7, 1);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    let alice = store.user("alice").await.unwrap().unwrap();
+    assert_eq!((alice.created_at, alice.quota), (5, None));
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert!(!queue[0].held);
+    assert_eq!(read_all(&store, queue[0].blob).await, b"abc");
+    store.add_alias("ally", "alice", T0).await.unwrap();
+    assert!(store.set_held(queue[0].id, true).await.unwrap());
+    store.integrity_check().await.unwrap();
+}
+
 #[tokio::test]
 async fn schema_versions_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +150,7 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -128,7 +161,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
     assert!(!e.is_transient());

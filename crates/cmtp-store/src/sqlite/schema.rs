@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Version 1.
 ///
@@ -21,7 +21,7 @@ const MIGRATIONS: &[&str] = &[V1];
 /// row. Ids of `mailbox`, `outbound` and `blobs` are AUTOINCREMENT so they
 /// are never reused. `delivered` is the de-duplication index; it outlives
 /// mailbox entries (and their users) until `purge_expired`.
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
@@ -127,6 +127,39 @@ CREATE TABLE statement_cache (
     PRIMARY KEY (account, domain)
 );
 CREATE INDEX statement_cache_expiry ON statement_cache(expires_at);
+";
+
+/// Version 2: administration. Mailbox quotas and the time of the last
+/// "mailbox full" notice on `users`; queue entries an administrator holds;
+/// aliases (another name of an account); reset tokens (a new password and
+/// key for an account); unlock records (cleared login rate limits, applied
+/// by every node that has not seen them).
+const V2: &str = "
+ALTER TABLE users ADD COLUMN quota INTEGER;
+ALTER TABLE users ADD COLUMN quota_notice_at INTEGER;
+ALTER TABLE outbound ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE aliases (
+    alias      TEXT PRIMARY KEY NOT NULL,
+    account    TEXT NOT NULL REFERENCES users(account) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX aliases_account ON aliases(account);
+
+CREATE TABLE reset_tokens (
+    token_hash BLOB PRIMARY KEY NOT NULL,
+    account    TEXT NOT NULL REFERENCES users(account) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX reset_tokens_account ON reset_tokens(account);
+CREATE INDEX reset_tokens_expiry ON reset_tokens(expires_at);
+
+CREATE TABLE unlocks (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL,
+    at      INTEGER NOT NULL
+);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to
