@@ -1157,7 +1157,10 @@ pub async fn quotas_and_usage<S: Store>(store: S) {
     assert_eq!(store.user("alice").await.unwrap().unwrap().quota, None);
     assert!(store.set_quota("alice", Some(1000)).await.unwrap());
     assert!(!store.set_quota("nobody", Some(1)).await.unwrap());
-    assert_eq!(store.user("alice").await.unwrap().unwrap().quota, Some(1000));
+    assert_eq!(
+        store.user("alice").await.unwrap().unwrap().quota,
+        Some(1000)
+    );
     assert_eq!(
         store.mailbox_usage("alice").await.unwrap(),
         MailboxUsage::default()
@@ -1193,9 +1196,24 @@ pub async fn quotas_and_usage<S: Store>(store: S) {
         vec![("alice", Some(1000)), ("bob", None)]
     );
     assert!(store.claim_quota_notice("alice", T0, 3600).await.unwrap());
-    assert!(!store.claim_quota_notice("alice", T0 + 10, 3600).await.unwrap());
-    assert!(store.claim_quota_notice("bob", T0 + 10, 3600).await.unwrap());
-    assert!(store.claim_quota_notice("alice", T0 + 3600, 3600).await.unwrap());
+    assert!(
+        !store
+            .claim_quota_notice("alice", T0 + 10, 3600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_quota_notice("bob", T0 + 10, 3600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_quota_notice("alice", T0 + 3600, 3600)
+            .await
+            .unwrap()
+    );
     assert!(!store.claim_quota_notice("nobody", T0, 3600).await.unwrap());
     assert!(store.set_quota("alice", None).await.unwrap());
     assert_eq!(store.user("alice").await.unwrap().unwrap().quota, None);
@@ -1299,8 +1317,14 @@ pub async fn reset_tokens<S: Store>(store: S) {
         Err(StoreError::AlreadyExists)
     );
     assert!(store.reset_valid("alice", t1, T0).await.unwrap());
-    assert!(!store.reset_valid("bob", t1, T0).await.unwrap(), "another account");
-    assert!(!store.reset_valid("alice", t1, T0 + 100).await.unwrap(), "expired");
+    assert!(
+        !store.reset_valid("bob", t1, T0).await.unwrap(),
+        "another account"
+    );
+    assert!(
+        !store.reset_valid("alice", t1, T0 + 100).await.unwrap(),
+        "expired"
+    );
     store
         .put_key_statement("alice", b"old statement".to_vec(), T0 + 1000)
         .await
@@ -1388,7 +1412,12 @@ pub async fn queue_admin<S: Store>(store: S) {
     );
     assert!(store.retry_now(b.id, T0 + 10).await.unwrap());
     assert_eq!(
-        store.queue_entry(b.id).await.unwrap().unwrap().next_attempt_at,
+        store
+            .queue_entry(b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at,
         T0 + 10
     );
 

@@ -175,6 +175,8 @@ pub use error::StoreError;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
+pub use sqlite::backup as sqlite_backup;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{AnyStore, BlobReader, Store, StoreConfig};
 pub use types::{

@@ -360,7 +360,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Makes one entry due at `now` unless it is held or leased; `false` if
     /// it is not there, held, or leased.
-    fn retry_now(&self, id: u64, now: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn retry_now(&self, id: u64, now: u64)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Makes every deferred entry that nobody holds and that is not held due
     /// at `now`; returns how many changed.

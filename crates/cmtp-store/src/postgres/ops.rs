@@ -209,9 +209,12 @@ pub(crate) async fn delete_user(c: &mut Client, account: &str) -> Result<bool, S
         .await
         .db()?;
     for table in ["aliases", "reset_tokens", "unlocks"] {
-        tx.execute(&format!("DELETE FROM {table} WHERE account = $1"), &[&account])
-            .await
-            .db()?;
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE account = $1"),
+            &[&account],
+        )
+        .await
+        .db()?;
     }
     let n = match tx
         .execute("DELETE FROM users WHERE account = $1", &[&account])

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one database file, WAL, `synchronous=FULL`,
 //! one writer thread doing group commit, a pool of read-only connections.
 
+pub mod backup;
 mod ops;
 mod pool;
 pub(crate) mod schema;

@@ -142,8 +142,11 @@ pub(crate) fn delete_user(c: &Connection, account: &str) -> Result<bool, StoreEr
     c.execute("DELETE FROM invites WHERE account = ?1", [account])
         .db()?;
     for table in ["aliases", "reset_tokens", "unlocks"] {
-        c.execute(&format!("DELETE FROM {table} WHERE account = ?1"), [account])
-            .db()?;
+        c.execute(
+            &format!("DELETE FROM {table} WHERE account = ?1"),
+            [account],
+        )
+        .db()?;
     }
     let n = c
         .execute("DELETE FROM users WHERE account = ?1", [account])
@@ -452,7 +455,10 @@ pub(crate) fn purge_expired(
         )
         .db()?;
     let reset_tokens = c
-        .execute("DELETE FROM reset_tokens WHERE expires_at <= ?1", [sql(now)])
+        .execute(
+            "DELETE FROM reset_tokens WHERE expires_at <= ?1",
+            [sql(now)],
+        )
         .db()?;
     let unlocks = c
         .execute(
