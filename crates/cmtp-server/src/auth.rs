@@ -35,6 +35,8 @@ pub(crate) enum Pending {
     },
     /// PASSWORD answered, waiting for REGFINISH.
     Password { user: Account },
+    /// RESET answered, waiting for REGFINISH (see `crate::reset`).
+    Reset { user: Account, token: [u8; 32] },
 }
 
 /// The SHA-256 under which an invite token is stored.
@@ -46,7 +48,7 @@ const AUTH_FAILED: &[u8] = b"wrong password or unknown user";
 
 impl Session {
     fn keys(&self, user: &Account) -> [(String, u32); 2] {
-        let a = &self.sh.cfg.accounts;
+        let a = &self.sh.cfg().accounts;
         [
             (format!("account:{user}"), a.login_failures_per_account),
             (
@@ -187,7 +189,7 @@ impl Session {
         // limited per peer address only: failed password logins against the
         // account (which anyone can cause) never lock its devices out.
         let address_key = crate::limiter::address_key(self.peer.ip());
-        let limit = self.sh.cfg.accounts.login_failures_per_address;
+        let limit = self.sh.cfg().accounts.login_failures_per_address;
         if let Some(wait) = self
             .sh
             .login_failures
@@ -228,7 +230,7 @@ impl Session {
     ) -> Result<(), Stop> {
         self.pending = Pending::None;
         let invite = if invite.is_empty() {
-            if !self.sh.cfg.accounts.open_registration {
+            if !self.sh.cfg().accounts.open_registration {
                 return self
                     .reply(
                         Status::Failure,
@@ -297,7 +299,7 @@ impl Session {
         .await
     }
 
-    async fn offer(
+    pub(crate) async fn offer(
         &mut self,
         pending: Pending,
         user: &Account,
@@ -335,12 +337,15 @@ impl Session {
         let (user, invite, change) = match std::mem::take(&mut self.pending) {
             Pending::Register { user, invite } => (user, invite, false),
             Pending::Password { user } => (user, None, true),
+            Pending::Reset { user, token } => {
+                return self.reset_finish(user, token, bundle, digest, now).await;
+            }
             other => {
                 self.pending = other;
                 return self
                     .reply(
                         Status::Failure,
-                        b"no REGISTER or PASSWORD in progress on this connection",
+                        b"no REGISTER, PASSWORD or RESET in progress on this connection",
                         digest,
                     )
                     .await;

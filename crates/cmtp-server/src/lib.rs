@@ -22,13 +22,18 @@
 pub mod admin;
 mod auth;
 pub mod config;
+mod config_template;
 mod help;
+pub mod housekeeping;
 pub mod keyfile;
 pub mod limiter;
 mod mail;
 mod mailbox;
+pub mod quota;
 pub mod relay;
+pub mod reload;
 pub mod remote;
+mod reset;
 mod server;
 mod session;
 pub mod state;

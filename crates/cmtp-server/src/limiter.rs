@@ -157,6 +157,12 @@ impl FailureLimiter {
         }
     }
 
+    /// Forgets every failure of `key` (an administrator unlocked it:
+    /// `cmtpd user unlock`, applied by [`crate::housekeeping`]).
+    pub fn clear(&self, key: &str) {
+        self.failures.lock().expect("limiter lock").remove(key);
+    }
+
     /// Records a failure of `key`.
     pub fn record(&self, key: &str, now: Instant) {
         let mut g = self.failures.lock().expect("limiter lock");
@@ -167,6 +173,11 @@ impl FailureLimiter {
             q.pop_front();
         }
     }
+}
+
+/// The rate-limit key of an account (as the login path counts it).
+pub fn account_key(account: &cmtp_proto::names::Account) -> String {
+    format!("account:{account}")
 }
 
 /// The rate-limit key of a peer address: the address itself for IPv4, its
@@ -252,5 +263,20 @@ mod tests {
         assert_eq!(l.retry_after("alice", 3, t0), None);
         l.record("alice", t0);
         assert!(!l.is_limited("alice", 3, t0 + Duration::from_secs(11)));
+    }
+
+    #[test]
+    fn clearing_a_key_forgets_its_failures_only() {
+        let l = FailureLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.record("account:alice", t0);
+            l.record("account:bob", t0);
+        }
+        l.clear("account:alice");
+        assert!(!l.is_limited("account:alice", 1, t0));
+        assert!(l.is_limited("account:bob", 3, t0));
+        let alice = cmtp_proto::names::Account::parse("alice").unwrap();
+        assert_eq!(account_key(&alice), "account:alice");
     }
 }

@@ -13,6 +13,7 @@ use cmtp_proto::reply::Status;
 use cmtp_proto::statements::{Receipt, sign_trailer, verify_trailer};
 use cmtp_store::{AnyStore, MessageBody, NewDelivery, NewOutbound, StagedBlob, Store, StoreError};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::session::{Read, Session, Stop};
 use crate::state::{now, rfc3339};
@@ -141,8 +142,8 @@ enum Event {
 
 pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Stop> {
     let started = Instant::now();
-    let t = s.sh.cfg.timeouts.clone();
-    let mut reader = MessageReader::new(s.sh.limits);
+    let t = s.sh.cfg().timeouts.clone();
+    let mut reader = MessageReader::new(s.sh.limits());
     let mut mode = Mode::Undecided;
     loop {
         let (n, ev) = match reader.next(&s.buf) {
@@ -253,7 +254,11 @@ pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Sto
             }
             Event::End { trailer, hash } => {
                 if let Mode::Accept(acc) = std::mem::replace(&mut mode, Mode::Discard) {
-                    finish(s, *acc, trailer, hash, digest).await?;
+                    // Every line logged while finishing carries the hash.
+                    let span = tracing::info_span!("message", hash = %hex::encode(hash));
+                    finish(s, *acc, trailer, hash, digest)
+                        .instrument(span)
+                        .await?;
                 }
                 return Ok(());
             }
@@ -299,7 +304,7 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
         .parse()
         .map_err(|e| Refusal::status(Status::BadMessage, format!("invalid envelope: {e}")))?;
     let sh = s.sh.clone();
-    if env.version == VERSION_PLAINTEXT && sh.cfg.limits.refuse_plaintext {
+    if env.version == VERSION_PLAINTEXT && sh.cfg().limits.refuse_plaintext {
         return Err(Refusal::delivery(
             FailureReason::Refused,
             "this server refuses plaintext (crypto system 0) mail",
@@ -311,9 +316,9 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
         .as_ref()
         .is_some_and(|u| ours(&env.source.domain) && env.source.account.as_ref() == Some(u));
     let route = if ours(&env.destination.domain) {
-        match sh.local_user_exists(&env.destination.account).await {
-            Ok(true) => Route::Local(env.destination.account.clone()),
-            Ok(false) => {
+        match sh.resolve_local(&env.destination.account).await {
+            Ok(Some(account)) => Route::Local(account),
+            Ok(None) => {
                 return Err(Refusal::delivery(
                     FailureReason::NoSuchUser,
                     format!("no user {} here", env.destination),
@@ -370,6 +375,11 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
             }
         }
     }
+    if let Route::Local(account) = &route
+        && let Err(text) = sh.check_quota(account, env.body_len + env.log_len).await
+    {
+        return Err(Refusal::status(Status::TempFailure, text));
+    }
     let time = rfc3339(now());
     let our_line = match &submitter {
         Some(u) if is_submission => format!(
@@ -398,7 +408,7 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
 
 /// The log is complete: check the hop count and append our line.
 async fn end_of_log(s: &Session, acc: &mut Accepting) -> Result<(), Refusal> {
-    if acc.env.log_len + acc.our_line.len() as u64 > s.sh.limits.max_log {
+    if acc.env.log_len + acc.our_line.len() as u64 > s.sh.limits().max_log {
         return Err(Refusal::delivery(
             FailureReason::Loop,
             format!(
@@ -407,7 +417,7 @@ async fn end_of_log(s: &Session, acc: &mut Accepting) -> Result<(), Refusal> {
             ),
         ));
     }
-    if acc.log_lines >= u64::from(s.sh.limits.max_hops) {
+    if acc.log_lines >= u64::from(s.sh.limits().max_hops) {
         return Err(Refusal::delivery(
             FailureReason::Loop,
             format!(
@@ -501,7 +511,7 @@ async fn finish(
                     dest_domain: env.destination.domain.as_str().to_owned(),
                     size,
                     created_at: at,
-                    expires_at: at + sh.cfg.relay.lifetime_secs,
+                    expires_at: at + sh.cfg().relay.lifetime_secs,
                     body,
                 })
                 .await
@@ -515,7 +525,7 @@ async fn finish(
         Ok((what, duplicate)) => {
             metrics::counter!("cmtp_messages_accepted_total", "route" => what).increment(1);
             metrics::counter!("cmtp_message_bytes_total").increment(size);
-            tracing::info!(peer = %s.peer, hash = %hex::encode(&hash[..8]), from = %env.source, to = %env.destination,
+            tracing::info!(peer = %s.peer, hash = %hex::encode(hash), from = %env.source, to = %env.destination,
                 size, duplicate, "message {what}");
             let receipt = Receipt::issue(&sh.key, hash, at, sh.domain.clone());
             s.reply(Status::Success, &receipt.to_bytes(), digest).await

@@ -96,7 +96,8 @@ impl RemoteError {
 /// Access to other domains' servers.
 #[derive(Debug)]
 pub struct Remote {
-    discovery: Discovery,
+    /// Replaced as a whole when a reload changes `[dns]`.
+    discovery: arc_swap::ArcSwap<Discovery>,
     timeout: Duration,
     store: AnyStore,
     /// When each domain's key was last fetched because a signature did not
@@ -110,16 +111,29 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 impl Remote {
     /// From the `[dns]` and `[relay]` configuration.
     pub fn new(cfg: &Config, store: AnyStore) -> anyhow::Result<Remote> {
+        Ok(Remote {
+            refreshed: std::sync::Mutex::new(HashMap::new()),
+            discovery: arc_swap::ArcSwap::from_pointee(Self::discovery(cfg)?),
+            timeout: Duration::from_secs(cfg.relay.timeout_secs),
+            store,
+        })
+    }
+
+    /// Applies a new `[dns]` section (routes, nameservers, timeout) to the
+    /// lookups that start from now on.
+    pub fn reconfigure(&self, cfg: &Config) -> anyhow::Result<()> {
+        self.discovery
+            .store(std::sync::Arc::new(Self::discovery(cfg)?));
+        Ok(())
+    }
+
+    fn discovery(cfg: &Config) -> anyhow::Result<Discovery> {
         let mut routes = HashMap::new();
         for (domain, list) in &cfg.dns.routes {
-            let mut targets = Vec::new();
-            for t in list {
-                let (host, port) = match t.rsplit_once(':') {
-                    Some((h, p)) => (h.trim_matches(['[', ']']).to_owned(), p.parse()?),
-                    None => (t.clone(), cmtp_proto::limits::DEFAULT_PORT),
-                };
-                targets.push((host, port));
-            }
+            let targets = list
+                .iter()
+                .map(|t| crate::config::parse_route(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             routes.insert(domain.clone(), targets);
         }
         let config = DiscoveryConfig {
@@ -129,15 +143,10 @@ impl Remote {
                 Some(cfg.dns.nameservers.clone())
             },
             static_routes: routes,
-            timeout: Duration::from_millis(cfg.dns.timeout_ms.unwrap_or(5000)),
+            timeout: Duration::from_millis(cfg.dns.timeout_ms),
             ..DiscoveryConfig::default()
         };
-        Ok(Remote {
-            refreshed: std::sync::Mutex::new(HashMap::new()),
-            discovery: Discovery::new(config)?,
-            timeout: Duration::from_secs(cfg.relay.timeout_secs),
-            store,
-        })
+        Ok(Discovery::new(config)?)
     }
 
     /// Opens a connection to one of `domain`'s servers (in discovery order)
@@ -147,7 +156,7 @@ impl Remote {
         domain: &Domain,
         key: Option<PublicKey>,
     ) -> Result<Connection, RemoteError> {
-        let targets = self.discovery.resolve(domain.as_str()).await?;
+        let targets = self.discovery.load_full().resolve(domain.as_str()).await?;
         let addrs: Vec<SocketAddr> = targets
             .iter()
             .flat_map(|t| t.addrs.iter().copied())
@@ -293,7 +302,11 @@ impl Remote {
         };
         let bundle = ServerKeyBundle::decode(&body).map_err(statement_err)?;
         let key = bundle.verify_self(domain, now).map_err(statement_err)?;
-        let published = self.discovery.key_fingerprints(domain.as_str()).await?;
+        let published = self
+            .discovery
+            .load_full()
+            .key_fingerprints(domain.as_str())
+            .await?;
         if !published.is_empty() && !published.contains(&key.fingerprint()) {
             tracing::warn!(%domain, fingerprint = %key.fingerprint_hex(), "server key does not match _cmtpkey TXT record");
             return Err(RemoteError::DnsMismatch {

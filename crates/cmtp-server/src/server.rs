@@ -39,7 +39,7 @@ impl Server {
         let (alive, done) = mpsc::channel::<()>(1);
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
-        for addr in &shared.cfg.listen {
+        for addr in &shared.cfg().listen {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
@@ -54,6 +54,11 @@ impl Server {
             )));
         }
         tasks.push(tokio::spawn(crate::relay::run(
+            shared.clone(),
+            shutdown_rx.clone(),
+            alive.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::housekeeping::run(
             shared.clone(),
             shutdown_rx.clone(),
             alive.clone(),
@@ -88,7 +93,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down: no new connections; finishing those in progress");
         let _ = self.shutdown.send(true);
-        let grace = Duration::from_secs(self.shared.cfg.timeouts.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.shared.cfg().timeouts.shutdown_grace_secs);
         if tokio::time::timeout(grace, self.done.recv()).await.is_err() {
             tracing::warn!("connections still open after {grace:?}; closing them");
         }
@@ -105,7 +110,6 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    let c = &shared.cfg.connections;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -120,7 +124,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let slot = match shared.conns.acquire(peer.ip(), c.max, c.max_per_peer) {
+        let (max, max_per_peer) = {
+            let c = &shared.cfg().connections;
+            (c.max, c.max_per_peer)
+        };
+        let slot = match shared.conns.acquire(peer.ip(), max, max_per_peer) {
             Ok(slot) => slot,
             Err(why) => {
                 metrics::counter!("cmtp_connections_refused_total").increment(1);
@@ -161,9 +169,9 @@ async fn maintenance(
         }
         // An upload in progress must outlive the slowest transfer the data
         // timeout allows (grace + size / minimum rate), with a margin.
-        let t = &shared.cfg.timeouts;
+        let t = shared.cfg().timeouts.clone();
         let slowest =
-            t.data_grace_secs + shared.cfg.limits.max_message_size / t.min_data_rate.max(1);
+            t.data_grace_secs + shared.cfg().limits.max_message_size / t.min_data_rate.max(1);
         let default = cmtp_store::Retention::default();
         let retention = cmtp_store::Retention {
             staged_grace: default.staged_grace.max(slowest + 600),

@@ -129,7 +129,7 @@ impl Session {
             match decode_command(&self.buf) {
                 Ok(Some(c)) => return Ok(Some(c)),
                 Ok(None) => {
-                    let t = &self.sh.cfg.timeouts;
+                    let t = self.sh.cfg().timeouts.clone();
                     let deadline = match (self.buf.is_empty(), partial_since) {
                         (true, _) => Instant::now() + Duration::from_secs(t.idle_secs),
                         (false, Some(since)) => since + Duration::from_secs(t.command_secs),
@@ -188,7 +188,7 @@ impl Session {
             _ => Status::BadArgument,
         };
         self.bad_streak += 1;
-        if self.bad_streak >= self.sh.cfg.connections.max_bad_commands {
+        if self.bad_streak >= self.sh.cfg().connections.max_bad_commands {
             self.reply(
                 Status::TooManyErrors,
                 format!(
@@ -345,7 +345,7 @@ impl Session {
             return Ok(());
         }
         // A peer that does not read its replies is cut off after the idle timeout.
-        let idle = Duration::from_secs(self.sh.cfg.timeouts.idle_secs);
+        let idle = Duration::from_secs(self.sh.cfg().timeouts.idle_secs);
         let r = match tokio::time::timeout(idle, self.wr.write_all(&self.out)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -374,8 +374,8 @@ impl Session {
                     extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
                     key: self.sh.key.public(),
                     nonce: self.nonce,
-                    max_message_size: self.sh.limits.max_message_size,
-                    max_attachments: self.sh.limits.max_attachments,
+                    max_message_size: self.sh.limits().max_message_size,
+                    max_attachments: self.sh.limits().max_attachments,
                 };
                 self.reply(Status::Success, g.to_text().as_bytes(), digest)
                     .await
@@ -401,6 +401,11 @@ impl Session {
                 request,
             } => Box::pin(self.register(user, invite, request, digest, now)).await,
             Command::Password { request } => Box::pin(self.password(request, digest)).await,
+            Command::Reset {
+                user,
+                token,
+                request,
+            } => Box::pin(self.reset(user, token, request, digest, now)).await,
             Command::RegFinish { bundle } => Box::pin(self.reg_finish(bundle, digest, now)).await,
             Command::List => Box::pin(self.list(digest)).await,
             Command::Fetch { id } => Box::pin(self.fetch(id, digest)).await,
