@@ -811,20 +811,35 @@ pub fn flatten(cfg: &Config) -> BTreeMap<String, toml::Value> {
     out
 }
 
-/// A `dns.routes` target: `host:port` or `host` (default port).
+/// A `dns.routes` target: `host:port`, `host`, `[v6]:port` or `[v6]`
+/// (without a port: the default port).
 pub fn parse_route(t: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = match t.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && !(h.starts_with('[') && !h.ends_with(']')) => {
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').context("no closing ]")?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => anyhow::bail!("unexpected {after:?} after ]"),
+        }
+    } else {
+        match t.split_once(':') {
+            // One colon: host and port. More: a bare IPv6 address.
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            _ => (t, None),
+        }
+    };
+    let port = match port {
+        Some(p) => {
             let port: u16 = p
                 .parse()
                 .with_context(|| format!("port {p:?} is not a number"))?;
             anyhow::ensure!(port != 0, "port 0");
-            (h.trim_matches(['[', ']']).to_owned(), port)
+            port
         }
-        _ => (t.to_owned(), cmtp_proto::limits::DEFAULT_PORT),
+        None => cmtp_proto::limits::DEFAULT_PORT,
     };
     anyhow::ensure!(!host.is_empty(), "no host");
-    Ok((host, port))
+    Ok((host.to_owned(), port))
 }
 
 /// `path` made absolute against the current directory (without touching
@@ -976,5 +991,7 @@ mod tests {
         assert_eq!(parse_route("[::1]:7").unwrap(), ("::1".into(), 7));
         assert!(parse_route("h:0").is_err());
         assert!(parse_route(":5").is_err());
+        assert_eq!(parse_route("::1").unwrap(), ("::1".into(), 9001));
+        assert!(parse_route("[::1").is_err());
     }
 }

@@ -12,7 +12,9 @@
 //! timeouts, login limits, routes and DNS, the relay schedule and the log
 //! level and format change at once, without closing any connection; keys
 //! that need a restart ([`crate::config::RESTART_ONLY`]) keep their running
-//! values and are named in the outcome.
+//! values and are named in the outcome. A reload also makes the node forget
+//! the names and key statements it keeps in memory (for up to a minute), so
+//! that an alias or account removed meanwhile is no longer answered.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,9 @@ impl Shared {
         }
         drop(current);
         self.store_cfg(merged);
+        // Accounts or aliases removed by other processes stop being
+        // answered from memory now rather than within a minute.
+        self.forget_cached_accounts();
         // Unlocks recorded meanwhile are applied now rather than at the next poll.
         self.housekeeping_wakeup.notify_one();
         tracing::info!(

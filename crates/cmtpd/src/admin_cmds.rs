@@ -394,12 +394,10 @@ pub(crate) async fn user(p: &Printer, cfg: &Config, cmd: &UserCmd) -> anyhow::Re
             let account = account(name)?;
             let hours = valid_hours.unwrap_or(cfg.accounts.reset_validity_hours);
             let (token, expires) = admin::reset_token(&store, &account, hours * 3600).await?;
-            let warning = format!(
-                "the user chooses a new password AND gets a new identity key. Mail already \
-                 sealed to the old key stays readable only on a device that still holds the \
-                 old key: end-to-end encryption has no back door, and this server never had \
-                 the key. Until the reset is done, the old password keeps working."
-            );
+            let warning = "the user chooses a new password AND gets a new identity key. Mail \
+                 already sealed to the old key stays readable only on a device that still holds \
+                 the old key: end-to-end encryption has no back door, and this server never had \
+                 the key. Until the reset is done, the old password keeps working.";
             p.note(&format!(
                 "reset token for {account}@{d} valid until {}; the user runs:\n  cmtp reset {account}@{d} --token {token}\nwarning: {warning}",
                 rfc3339(expires)

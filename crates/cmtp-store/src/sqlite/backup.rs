@@ -27,6 +27,9 @@ use crate::error::StoreError;
 /// The table of extra files inside a backup.
 const FILES_TABLE: &str = "cmtpd_backup_files";
 
+/// The files stored in a backup beside the database: (name, bytes).
+pub type BackupFiles = Vec<(String, Vec<u8>)>;
+
 /// What a backup holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackupSummary {
@@ -206,10 +209,7 @@ pub fn read_file(backup: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreErro
 /// Restores the backup `backup` into the new database file `db` (which must
 /// not exist), mode 0600; returns the files stored in the backup and what
 /// it holds. Blocking.
-pub fn restore(
-    backup: &Path,
-    db: &Path,
-) -> Result<(Vec<(String, Vec<u8>)>, BackupSummary), StoreError> {
+pub fn restore(backup: &Path, db: &Path) -> Result<(BackupFiles, BackupSummary), StoreError> {
     if db.exists() {
         return Err(StoreError::InvalidInput(format!(
             "{} exists: restore into an empty data directory",
@@ -237,7 +237,7 @@ pub fn restore(
         )));
     }
     integrity(&src)?;
-    let files: Vec<(String, Vec<u8>)> = {
+    let files: BackupFiles = {
         let mut stmt = src
             .prepare(&format!(
                 "SELECT name, data FROM {FILES_TABLE} ORDER BY name"

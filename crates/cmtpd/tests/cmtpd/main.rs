@@ -21,6 +21,7 @@ use cmtp_proto::payload::{LoginChallenge, XzibitRelease, decode_listing};
 use cmtp_proto::reply::Status;
 use cmtp_server::config::Config;
 
+mod admin;
 mod cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cmtpd");
