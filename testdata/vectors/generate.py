@@ -248,6 +248,11 @@ def gen_commands(extra):
         "REGISTER user=bob invite=<empty> (open registration), blob = 32 bytes 0x33",
     )
     f.add(
+        "reset",
+        command("RESET", ["alice", "rst-Tok_42"], b"\x66" * 32),
+        "RESET user=alice token=rst-Tok_42 (§12.6), blob = registration request of 32 bytes 0x66",
+    )
+    f.add(
         "regfinish",
         command("REGFINISH", [], extra["registration_bundle"]),
         "REGFINISH, blob = the registration bundle `registration_bundle` of payload.hex",

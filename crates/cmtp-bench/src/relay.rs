@@ -73,7 +73,7 @@ pub(crate) async fn run(opts: &ServerOpts, args: &RelayArgs) -> anyhow::Result<R
         let domain = domain.to_owned();
         move |cfg: &mut cmtp_server::config::Config| {
             cfg.dns.nameservers = vec![dns];
-            cfg.dns.timeout_ms = Some(1000);
+            cfg.dns.timeout_ms = 1000;
             cfg.dns
                 .routes
                 .insert(domain, vec![format!("127.0.0.1:{port}")]);

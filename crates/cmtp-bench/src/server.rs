@@ -166,7 +166,7 @@ impl BenchServer {
                     url
                 }
             };
-            cfg.store.backend = "postgres".into();
+            cfg.store.backend = cmtp_server::config::StoreBackend::Postgres;
             cfg.store.url = Some(url);
         }
         tweak(&mut cfg);
@@ -413,9 +413,9 @@ fn init_logs(cfg: &Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(std::io::stderr);
-    match cfg.log.format.as_str() {
-        "json" => builder.json().init(),
-        _ => builder.init(),
+    match cfg.log.format {
+        cmtp_server::config::LogFormat::Json => builder.json().init(),
+        cmtp_server::config::LogFormat::Human => builder.init(),
     }
     Ok(())
 }

@@ -305,9 +305,36 @@ impl Home {
         Ok(Some(IdentityKey::from_seed(&seed)))
     }
 
-    /// Writes the identity key (atomically, mode 0600).
+    /// Where a replaced identity key with fingerprint `fp` is kept:
+    /// `identity.key.old-<first 16 hex digits>`.
+    pub fn old_identity_path(&self, fp: &str) -> PathBuf {
+        self.root
+            .join(format!("{IDENTITY_FILE}.old-{}", &fp[..fp.len().min(16)]))
+    }
+
+    /// Writes the identity key (atomically, mode 0600). A different key
+    /// already there is not lost: it is kept beside, as
+    /// [`old_identity_path`](Self::old_identity_path) (mail sealed to it
+    /// opens with it only; after `cmtp reset` or a login to an account whose
+    /// key was reset).
     pub fn save_identity(&self, identity: &IdentityKey, address: &Address) -> Result<()> {
         self.ensure()?;
+        let kept = match self.load_identity() {
+            Ok(Some(old)) if old.public() != identity.public() => {
+                Some(self.old_identity_path(&old.public().fingerprint_hex()))
+            }
+            Ok(_) => None,
+            // Unreadable here (permissions, format): still not ours to destroy.
+            Err(_) => Some(
+                self.root
+                    .join(format!("{IDENTITY_FILE}.old-{}", crate::clock::now())),
+            ),
+        };
+        if let Some(kept) = kept
+            && !kept.exists()
+        {
+            std::fs::rename(self.identity_path(), &kept).map_err(|e| Error::file(&kept, e))?;
+        }
         let text = Zeroizing::new(format!(
             "# identity key of {address}: secret, never share it. Fingerprint {}\n{}\n",
             identity.public().fingerprint_hex(),

@@ -310,17 +310,46 @@ impl Client {
         invite: &str,
         password: &[u8],
     ) -> Result<AccountInfo> {
+        let cmd = |request: Vec<u8>| Command::Register {
+            user: address.account.clone(),
+            invite: invite.to_owned(),
+            request,
+        };
+        self.enroll(address, password, cmd, "REGISTER").await
+    }
+
+    /// Replaces the forgotten password of `address` with a reset token from
+    /// the administrator (PROTOCOL.md §12.6): a NEW identity key is made, as
+    /// at registration, and saved (a different key already in the home is
+    /// kept beside it, see [`Home::save_identity`](crate::home::Home::save_identity)). Mail sealed to the old
+    /// key opens only with the old key.
+    pub async fn reset(
+        &mut self,
+        address: &Address,
+        token: &str,
+        password: &[u8],
+    ) -> Result<AccountInfo> {
+        let cmd = |request: Vec<u8>| Command::Reset {
+            user: address.account.clone(),
+            token: token.to_owned(),
+            request,
+        };
+        self.enroll(address, password, cmd, "RESET").await
+    }
+
+    /// REGISTER or RESET, then REGFINISH with a new identity key.
+    async fn enroll(
+        &mut self,
+        address: &Address,
+        password: &[u8],
+        command: impl FnOnce(Vec<u8>) -> Command,
+        what: &str,
+    ) -> Result<AccountInfo> {
         let mut s = self.connect(&address.domain).await?;
         let (reg, request) =
             account::Registration::start(password, &mut OsRng).map_err(account_error)?;
-        let reply = s
-            .command(&Command::Register {
-                user: address.account.clone(),
-                invite: invite.to_owned(),
-                request: request.to_vec(),
-            })
-            .await?;
-        let offer = expect_success(&reply, "REGISTER")
+        let reply = s.command(&command(request.to_vec())).await?;
+        let offer = expect_success(&reply, what)
             .and_then(|body| decode(RegistrationOffer::decode(body), "registration offer"))?;
         let identity = IdentityKey::generate(&mut OsRng);
         let ksf = stronger(self.ksf_floor(), offer.floor);

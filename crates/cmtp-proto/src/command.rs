@@ -76,8 +76,19 @@ pub enum Command {
         /// OPAQUE registration request (32 bytes).
         request: Vec<u8>,
     },
-    /// `REGFINISH` + registration bundle: completes a registration or a
-    /// password change.
+    /// `RESET user token` + registration request: opens the replacement of a
+    /// forgotten password and its identity key with a one-time token from
+    /// the administrator (`cmtpd user reset`), PROTOCOL.md §12.6.
+    Reset {
+        /// The account whose credentials are replaced.
+        user: Account,
+        /// The reset token (same alphabet and limit as an invite token).
+        token: String,
+        /// OPAQUE registration request (32 bytes).
+        request: Vec<u8>,
+    },
+    /// `REGFINISH` + registration bundle: completes a registration, a
+    /// password change or a reset.
     RegFinish {
         /// The encoded [`crate::payload::RegistrationBundle`].
         bundle: Vec<u8>,
@@ -126,6 +137,10 @@ fn shape(word: &[u8]) -> Option<Shape> {
         b"LOGINFINISH" => s(0, Some((KE3_LEN, KE3_LEN))),
         b"KEYLOGIN" => s(1, Some((64, 64))),
         b"REGISTER" => s(
+            2,
+            Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
+        ),
+        b"RESET" => s(
             2,
             Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
         ),
@@ -396,6 +411,11 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
             invite: invite_token(1, args[1])?,
             request: blob.to_vec(),
         },
+        b"RESET" => Command::Reset {
+            user: account(0)?,
+            token: invite_token(1, args[1])?,
+            request: blob.to_vec(),
+        },
         b"REGFINISH" => Command::RegFinish {
             bundle: blob.to_vec(),
         },
@@ -426,6 +446,7 @@ impl Command {
             Command::LoginFinish { .. } => "LOGINFINISH",
             Command::KeyLogin { .. } => "KEYLOGIN",
             Command::Register { .. } => "REGISTER",
+            Command::Reset { .. } => "RESET",
             Command::RegFinish { .. } => "REGFINISH",
             Command::Password { .. } => "PASSWORD",
             Command::List => "LIST",
@@ -454,6 +475,11 @@ impl Command {
             Command::Register {
                 user,
                 invite,
+                request,
+            }
+            | Command::Reset {
+                user,
+                token: invite,
                 request,
             } => {
                 put_str(out, user.as_str());
@@ -724,13 +750,23 @@ mod tests {
             (account.clone(), bytes(64))
                 .prop_map(|(user, signature)| Command::KeyLogin { user, signature }),
             (
-                account,
+                account.clone(),
                 "[A-Za-z0-9_-]{0,40}",
                 bytes(REGISTRATION_REQUEST_LEN)
             )
                 .prop_map(|(user, invite, request)| Command::Register {
                     user,
                     invite,
+                    request
+                }),
+            (
+                account,
+                "[A-Za-z0-9_-]{0,40}",
+                bytes(REGISTRATION_REQUEST_LEN)
+            )
+                .prop_map(|(user, token, request)| Command::Reset {
+                    user,
+                    token,
                     request
                 }),
             proptest::collection::vec(any::<u8>(), 1..600)

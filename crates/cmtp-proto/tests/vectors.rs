@@ -286,6 +286,14 @@ fn commands_hex() {
             },
         ),
         (
+            "reset",
+            Command::Reset {
+                user: acc("alice"),
+                token: "rst-Tok_42".into(),
+                request: vec![0x66; 32],
+            },
+        ),
+        (
             "regfinish",
             Command::RegFinish {
                 bundle: payload.peek("registration_bundle"),
@@ -330,6 +338,7 @@ fn commands_hex() {
             "LOGINFINISH",
             "KEYLOGIN",
             "REGISTER",
+            "RESET",
             "REGFINISH",
             "PASSWORD",
             "LIST",

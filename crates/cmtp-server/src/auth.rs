@@ -3,12 +3,9 @@
 use std::time::Instant;
 
 use cmtp_proto::account::verify_key_login;
-use cmtp_proto::crypto::opaque::{
-    KsfParams, ServerLogin, server_registration_response, validate_record,
-};
-use cmtp_proto::crypto::xzibit::Xzibit;
+use cmtp_proto::crypto::opaque::{KsfParams, ServerLogin, server_registration_response};
 use cmtp_proto::names::Account;
-use cmtp_proto::payload::{LoginChallenge, RegistrationBundle, RegistrationOffer, XzibitRelease};
+use cmtp_proto::payload::{LoginChallenge, RegistrationOffer, XzibitRelease};
 use cmtp_proto::reply::Status;
 use cmtp_store::{Credentials, NewUser, Store, StoreError};
 use sha2::{Digest, Sha256};
@@ -34,6 +31,8 @@ pub(crate) enum Exchange {
     },
     /// PASSWORD answered, waiting for REGFINISH.
     Password { user: Account },
+    /// RESET answered, waiting for REGFINISH (see `crate::reset`).
+    Reset { user: Account, token: [u8; 32] },
 }
 
 /// The SHA-256 under which an invite token is stored.
@@ -57,7 +56,7 @@ impl Session {
     /// guesser's own network is refused), and the peer alone
     /// (PROTOCOL.md §12.3).
     fn keys(&self, user: &Account) -> [(String, u32); 2] {
-        let a = &self.sh.cfg.accounts;
+        let a = &self.sh.cfg().accounts;
         let peer = self.sh.peer_key(self.peer.ip());
         [
             (
@@ -176,7 +175,7 @@ impl Session {
         // limited per peer address only: failed password logins against the
         // account (which anyone can cause) never lock its devices out.
         let address_key = format!("peer:{}", self.sh.peer_key(self.peer.ip()));
-        let limit = self.sh.cfg.accounts.login_failures_per_address;
+        let limit = self.sh.cfg().accounts.login_failures_per_address;
         if let Some(wait) = self
             .sh
             .login_failures
@@ -216,7 +215,7 @@ impl Session {
         now: u64,
     ) {
         let invite = if invite.is_empty() {
-            if !self.sh.cfg.accounts.open_registration {
+            if !self.sh.cfg().accounts.open_registration {
                 return self.conn.reply(
                     Status::Failure,
                     b"registration needs an invite token from the administrator",
@@ -261,7 +260,7 @@ impl Session {
         self.offer(Exchange::Password { user: user.clone() }, &user, &request);
     }
 
-    fn offer(&mut self, exchange: Exchange, user: &Account, request: &[u8]) {
+    pub(crate) fn offer(&mut self, exchange: Exchange, user: &Account, request: &[u8]) {
         let address = self.address(user).to_string();
         match server_registration_response(&self.sh.opaque, request, &address) {
             Ok(response) => {
@@ -285,6 +284,9 @@ impl Session {
         let (user, invite, change) = match exchange {
             Exchange::Register { user, invite } => (user, invite, false),
             Exchange::Password { user } => (user, None, true),
+            Exchange::Reset { user, token } => {
+                return self.reset_finish(user, token, bundle, now).await;
+            }
             Exchange::Login { .. } => {
                 // The connection hands REGFINISH only a registration's state.
                 return self
@@ -292,24 +294,9 @@ impl Session {
                     .reply(Status::Failure, b"no REGISTER or PASSWORD in progress");
             }
         };
-        let address = self.address(&user);
-        let checked = RegistrationBundle::decode(&bundle)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                validate_record(&b.record).map_err(|e| format!("record: {e}"))?;
-                b.ksf.validate(&self.sh.ksf_floor()).map_err(|e| {
-                    format!("Argon2id parameters weaker than this server accepts: {e}")
-                })?;
-                b.verify(&address)
-                    .map_err(|e| format!("proof of possession: {e}"))?;
-                Xzibit::decode(&b.xzibit).map_err(|e| format!("xzibit: {e}"))?;
-                Ok(b)
-            });
-        let b = match checked {
+        let b = match self.check_bundle(&user, &bundle) {
             Ok(b) => b,
-            Err(why) => {
-                return self.conn.reply(Status::BadArgument, why.as_bytes());
-            }
+            Err(why) => return self.conn.reply(Status::BadArgument, why.as_bytes()),
         };
         let credentials = Credentials {
             opaque_record: b.record.clone(),

@@ -1,19 +1,29 @@
 //! The TOML configuration of cmtpd, with sane defaults for every value.
 //!
 //! Only `domain` is required; everything else has a default, and
-//! `cmtpd run --domain D --data-dir DIR` writes a complete `cmtpd.toml` into
-//! the data directory on first start.
+//! `cmtpd init` (or `cmtpd run --domain D` on first start) writes a complete
+//! `cmtpd.toml` that documents every key with its default
+//! ([`Config::documented_toml`]). Relative paths in a file (`data_dir`,
+//! `key_file`, `store.path`) are relative to the file's own directory, never
+//! to the directory cmtpd happens to be started from ([`Config::load`]).
+//!
+//! [`Config::problems`] lists everything wrong with a configuration at once
+//! (`cmtpd config check` prints them; start and reload refuse them), and
+//! [`Config::merge_reload`] decides what a reload (SIGHUP, `cmtpd reload`)
+//! may change in a running server.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cmtp_proto::crypto::opaque::KsfParams;
 use cmtp_proto::limits::MessageLimits;
 use cmtp_proto::names::Domain;
 use serde::{Deserialize, Serialize};
+
+pub use crate::config_template::{KEY_DOCS, KeyDoc, reloadable};
 
 /// Name of the configuration file inside the data directory.
 pub const CONFIG_FILE: &str = "cmtpd.toml";
@@ -24,17 +34,18 @@ pub const CONFIG_FILE: &str = "cmtpd.toml";
 pub struct Config {
     /// The domain this server serves.
     pub domain: String,
-    /// Where the key, the database and this file live.
+    /// Where the key, the database and this file live (relative to the
+    /// configuration file's directory; default: that directory).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Addresses to listen on.
     #[serde(default = "default_listen")]
     pub listen: Vec<SocketAddr>,
     /// The server key file (default `<data_dir>/server.key`); cluster nodes share one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// Name of this node in a cluster (default: host name and process id).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Message limits.
     #[serde(default)]
@@ -69,7 +80,7 @@ pub struct Config {
 }
 
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("cmtpd-data")
+    PathBuf::from(".")
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -213,6 +224,8 @@ pub struct AccountsConfig {
     pub open_registration: bool,
     /// Validity of an invite token, hours.
     pub invite_validity_hours: u64,
+    /// Validity of a reset token (`cmtpd user reset`), hours.
+    pub reset_validity_hours: u64,
     /// Weakest Argon2id memory (KiB) accepted at registration.
     pub ksf_min_memory_kib: u32,
     /// Weakest Argon2id pass count accepted.
@@ -230,6 +243,8 @@ pub struct AccountsConfig {
     pub login_window_secs: u64,
     /// Validity of the key statements the server issues, days.
     pub statement_validity_days: u64,
+    /// Least time between two "your mailbox is full" notices to one user, hours.
+    pub quota_notice_interval_hours: u64,
 }
 
 impl Default for AccountsConfig {
@@ -238,6 +253,7 @@ impl Default for AccountsConfig {
         AccountsConfig {
             open_registration: false,
             invite_validity_hours: 7 * 24,
+            reset_validity_hours: 24,
             ksf_min_memory_kib: k.m_cost_kib,
             ksf_min_passes: k.t_cost,
             ksf_min_lanes: k.p_cost,
@@ -245,6 +261,7 @@ impl Default for AccountsConfig {
             login_failures_per_address: 20,
             login_window_secs: 15 * 60,
             statement_validity_days: 30,
+            quota_notice_interval_hours: 24,
         }
     }
 }
@@ -260,15 +277,37 @@ impl AccountsConfig {
     }
 }
 
+/// Which storage backend (`[store] backend`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One SQLite file in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by the nodes of a cluster.
+    Postgres,
+}
+
+impl std::fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Postgres => "postgres",
+        })
+    }
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// `sqlite` (default) or `postgres`.
-    pub backend: String,
+    pub backend: StoreBackend,
     /// SQLite database file (default `<data_dir>/cmtp.db`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// PostgreSQL connection URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// PostgreSQL pool size.
     pub pool_size: usize,
@@ -294,7 +333,7 @@ pub struct StoreSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
-            backend: "sqlite".into(),
+            backend: StoreBackend::Sqlite,
             path: None,
             url: None,
             pool_size: 16,
@@ -375,17 +414,18 @@ impl Default for RemoteConfig {
 }
 
 /// `[dns]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Nameservers (`ip:port`); empty = the system's.
     pub nameservers: Vec<SocketAddr>,
+    /// Query timeout, milliseconds.
+    pub timeout_ms: u64,
     /// Static routes: domain → `host:port` list, overriding DNS.
     pub routes: BTreeMap<String, Vec<String>>,
-    /// Query timeout, milliseconds (default 5000).
-    pub timeout_ms: Option<u64>,
     /// Least time between two fetches of a pinned domain's key bundle
     /// prompted by a signature that does not verify, seconds (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_refresh_secs: Option<u64>,
     /// Domains whose servers may be found at loopback, private, link-local
     /// or other non-public addresses through DNS. Other domains are never
@@ -394,12 +434,56 @@ pub struct DnsConfig {
     pub allow_private: Vec<String>,
 }
 
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_ms: 5000,
+            routes: BTreeMap::new(),
+            key_refresh_secs: None,
+            allow_private: Vec::new(),
+        }
+    }
+}
+
 /// `[metrics]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint; none = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (human or json)")),
+        }
+    }
 }
 
 /// `[log]`
@@ -407,7 +491,7 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `human` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter such as `info` or `cmtp_server=debug,info`.
     pub level: String,
 }
@@ -415,11 +499,37 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: "human".into(),
+            format: LogFormat::Human,
             level: "info".into(),
         }
     }
 }
+
+/// What [`Config::merge_reload`] decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Keys whose new values take effect now.
+    pub applied: Vec<String>,
+    /// Keys that changed in the file but need a restart; their running
+    /// values are kept.
+    pub need_restart: Vec<String>,
+}
+
+/// Keys a running server cannot change without a restart (everything else
+/// reloads). Named as in the file.
+pub const RESTART_ONLY: &[&str] = &[
+    "domain",
+    "data_dir",
+    "listen",
+    "key_file",
+    "node_name",
+    "store",
+    "metrics",
+    "relay.parallel",
+    "relay.per_destination",
+    "relay.timeout_secs",
+    "accounts.login_window_secs",
+];
 
 impl Config {
     /// A default configuration for `domain` with `data_dir`.
@@ -443,97 +553,307 @@ impl Config {
         }
     }
 
-    /// Reads and checks a configuration file.
+    /// Reads a configuration file, makes its relative paths relative to the
+    /// file's directory, and checks it ([`Config::problems`]).
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.validate()?;
+        let cfg = Self::load_unchecked(path)?;
+        cfg.validate()
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(cfg)
     }
 
-    /// The TOML text of this configuration.
-    pub fn to_toml(&self) -> String {
-        let body = toml::to_string_pretty(self).expect("configuration serialises");
-        format!(
-            "# cmtpd configuration. Every key is optional except `domain`; see README.md.\n{body}"
-        )
+    /// [`Config::load`] without the semantic checks (for `cmtpd config
+    /// check`, which lists the problems itself). Syntax errors, unknown keys
+    /// and values of the wrong type still fail.
+    pub fn load_unchecked(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = absolute(path.parent().unwrap_or(Path::new(".")));
+        cfg.resolve_paths(&base);
+        Ok(cfg)
     }
 
-    /// Checks values that the types cannot.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        Domain::parse(&self.domain).with_context(|| format!("domain {:?}", self.domain))?;
-        if self.listen.is_empty() {
-            bail!("`listen` names no address");
-        }
-        if self.limits.max_message_size < 1024 {
-            bail!("limits.max_message_size must be at least 1024");
-        }
-        if !matches!(self.log.format.as_str(), "human" | "json") {
-            bail!("log.format must be \"human\" or \"json\"");
-        }
-        match self.store.backend.as_str() {
-            "sqlite" => {}
-            "postgres" if self.store.url.is_some() => {}
-            "postgres" => bail!("store.backend = \"postgres\" needs store.url"),
-            other => bail!("unknown store.backend {other:?} (sqlite or postgres)"),
-        }
-        self.accounts
-            .ksf_floor()
-            .validate(&KsfParams {
-                m_cost_kib: 8,
-                t_cost: 1,
-                p_cost: 1,
+    /// Makes `data_dir`, `key_file` and `store.path` absolute, relative
+    /// paths being taken relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &Path| {
+            clean(&if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
             })
-            .map_err(|e| anyhow::anyhow!("accounts.ksf_min_*: {e}"))?;
-        for (domain, routes) in &self.dns.routes {
-            Domain::parse(domain).with_context(|| format!("dns.routes key {domain:?}"))?;
-            if routes.is_empty() {
-                bail!("dns.routes.{domain} is empty");
+        };
+        self.data_dir = fix(&self.data_dir);
+        if let Some(k) = &self.key_file {
+            self.key_file = Some(fix(k));
+        }
+        if let Some(p) = &self.store.path {
+            self.store.path = Some(fix(p));
+        }
+    }
+
+    /// The TOML text of this configuration with every key documented, its
+    /// default named, and unset optional keys commented out (what `cmtpd
+    /// init` writes).
+    pub fn to_toml(&self) -> String {
+        self.documented_toml()
+    }
+
+    /// See [`Config::to_toml`].
+    pub fn documented_toml(&self) -> String {
+        crate::config_template::render(self)
+    }
+
+    /// Checks values that the types cannot; all problems at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", problems.join("\n"))
+        }
+    }
+
+    /// Every problem of this configuration, each a sentence naming the key;
+    /// empty when it is usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        fn need(p: &mut Vec<String>, ok: bool, msg: &str) {
+            if !ok {
+                p.push(msg.to_owned());
             }
         }
-        if self.relay.parallel == 0 || self.relay.per_destination == 0 {
-            bail!("relay.parallel and relay.per_destination must be at least 1");
-        }
-        self.validate_abuse_limits()
-    }
-
-    /// The limits against strangers (PROTOCOL.md §15).
-    fn validate_abuse_limits(&self) -> anyhow::Result<()> {
-        let a = &self.accounts;
-        if a.login_failures_per_account == 0 || a.login_failures_per_address == 0 {
-            bail!(
-                "accounts.login_failures_per_account and accounts.login_failures_per_address \
-                 must be at least 1 (0 would refuse every password login)"
+        if let Err(e) = Domain::parse(&self.domain) {
+            need(
+                &mut p,
+                false,
+                &format!("domain {:?} is not a domain name: {e}", self.domain),
             );
         }
+        need(&mut p, !self.listen.is_empty(), "listen names no address");
+        let l = &self.limits;
+        need(
+            &mut p,
+            l.max_message_size >= 1024,
+            "limits.max_message_size must be at least 1024 bytes",
+        );
+        need(
+            &mut p,
+            l.max_log >= 256,
+            "limits.max_log must be at least 256 bytes (room for a few log lines)",
+        );
+        need(
+            &mut p,
+            l.max_hops >= 1,
+            "limits.max_hops must be at least 1 (0 would refuse all mail)",
+        );
+        let t = &self.timeouts;
+        for (key, v) in [
+            ("timeouts.idle_secs", t.idle_secs),
+            ("timeouts.command_secs", t.command_secs),
+            ("timeouts.data_grace_secs", t.data_grace_secs),
+            ("timeouts.min_data_rate", t.min_data_rate),
+            ("relay.lifetime_secs", self.relay.lifetime_secs),
+            ("relay.first_retry_secs", self.relay.first_retry_secs),
+            ("relay.poll_ms", self.relay.poll_ms),
+            ("relay.timeout_secs", self.relay.timeout_secs),
+            ("relay.lease_secs", self.relay.lease_secs),
+            (
+                "accounts.login_window_secs",
+                self.accounts.login_window_secs,
+            ),
+            (
+                "accounts.invite_validity_hours",
+                self.accounts.invite_validity_hours,
+            ),
+            (
+                "accounts.reset_validity_hours",
+                self.accounts.reset_validity_hours,
+            ),
+            (
+                "accounts.statement_validity_days",
+                self.accounts.statement_validity_days,
+            ),
+        ] {
+            need(&mut p, v > 0, &format!("{key} must be greater than 0"));
+        }
         let c = &self.connections;
-        if c.ipv4_prefix > 32 {
-            bail!("connections.ipv4_prefix must be at most 32");
+        need(&mut p, c.max >= 1, "connections.max must be at least 1");
+        need(
+            &mut p,
+            c.max_per_peer >= 1,
+            "connections.max_per_peer must be at least 1",
+        );
+        need(
+            &mut p,
+            c.max_bad_commands >= 1,
+            "connections.max_bad_commands must be at least 1",
+        );
+        let a = &self.accounts;
+        need(
+            &mut p,
+            a.login_failures_per_account >= 1,
+            "accounts.login_failures_per_account must be at least 1 (0 would refuse every login)",
+        );
+        need(
+            &mut p,
+            a.login_failures_per_address >= 1,
+            "accounts.login_failures_per_address must be at least 1 (0 would refuse every login)",
+        );
+        if let Err(e) = a.ksf_floor().validate(&KsfParams {
+            m_cost_kib: 8,
+            t_cost: 1,
+            p_cost: 1,
+        }) {
+            p.push(format!("accounts.ksf_min_*: {e}"));
         }
-        if c.ipv6_prefix > 128 {
-            bail!("connections.ipv6_prefix must be at most 128");
+        match self.store.backend {
+            StoreBackend::Sqlite => {
+                if self.store.url.is_some() {
+                    p.push(
+                        "store.url is set but store.backend is \"sqlite\": set backend = \"postgres\" or remove the url".into(),
+                    );
+                }
+            }
+            StoreBackend::Postgres => {
+                if self.store.url.is_none() {
+                    p.push("store.backend = \"postgres\" needs store.url".into());
+                }
+                if self.store.path.is_some() {
+                    p.push(
+                        "store.path (a SQLite file) is set but store.backend is \"postgres\""
+                            .into(),
+                    );
+                }
+                need(
+                    &mut p,
+                    self.store.pool_size >= 1,
+                    "store.pool_size must be at least 1",
+                );
+            }
         }
-        if c.reserved_for_users.is_some_and(|r| r >= c.max) {
-            bail!("connections.reserved_for_users must be less than connections.max");
+        for (domain, routes) in &self.dns.routes {
+            if let Err(e) = Domain::parse(domain) {
+                p.push(format!(
+                    "dns.routes key {domain:?} is not a domain name: {e}"
+                ));
+            }
+            if routes.is_empty() {
+                p.push(format!("dns.routes.{domain:?} is empty"));
+            }
+            for r in routes {
+                if let Err(e) = parse_route(r) {
+                    p.push(format!("dns.routes.{domain:?}: {r:?}: {e}"));
+                }
+            }
         }
+        if self.dns.timeout_ms == 0 {
+            p.push("dns.timeout_ms must be greater than 0".into());
+        }
+        let r = &self.relay;
+        need(
+            &mut p,
+            r.parallel >= 1 && r.per_destination >= 1,
+            "relay.parallel and relay.per_destination must be at least 1",
+        );
+        if r.first_retry_secs > r.max_retry_secs {
+            p.push(format!(
+                "relay.first_retry_secs ({}) exceeds relay.max_retry_secs ({})",
+                r.first_retry_secs, r.max_retry_secs
+            ));
+        }
+        if let Some(m) = self.metrics.listen
+            && self.listen.contains(&m)
+        {
+            p.push(format!(
+                "metrics.listen {m} is also in listen: the two need different addresses"
+            ));
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            p.push(format!("log.level {:?}: {e}", self.log.level));
+        }
+        if let Some(n) = &self.node_name
+            && (n.is_empty() || n.len() > 64)
+        {
+            p.push("node_name must be 1 to 64 characters".into());
+        }
+        // The limits against strangers (PROTOCOL.md §15).
+        let c = &self.connections;
+        need(
+            &mut p,
+            c.ipv4_prefix <= 32,
+            "connections.ipv4_prefix must be at most 32",
+        );
+        need(
+            &mut p,
+            c.ipv6_prefix <= 128,
+            "connections.ipv6_prefix must be at most 128",
+        );
+        need(
+            &mut p,
+            c.reserved_for_users.is_none_or(|r| r < c.max),
+            "connections.reserved_for_users must be less than connections.max",
+        );
         let l = &self.limits;
         for (key, value) in [
             ("staged_per_peer", l.staged_per_peer),
             ("staged_per_domain", l.staged_per_domain),
         ] {
-            if value.is_some_and(|v| v < l.max_message_size) {
-                bail!(
+            need(
+                &mut p,
+                value.is_none_or(|v| v >= l.max_message_size),
+                &format!(
                     "limits.{key} must be at least limits.max_message_size, \
                      or no message that large could arrive"
-                );
-            }
+                ),
+            );
         }
         for domain in &self.dns.allow_private {
-            Domain::parse(domain).with_context(|| format!("dns.allow_private entry {domain:?}"))?;
+            if let Err(e) = Domain::parse(domain) {
+                p.push(format!("dns.allow_private entry {domain:?}: {e}"));
+            }
         }
-        Ok(())
+        if self.dns.key_refresh_secs == Some(0) {
+            p.push("dns.key_refresh_secs must be greater than 0".into());
+        }
+        p
+    }
+
+    /// What is allowed but probably not meant, each a sentence naming the
+    /// key (`cmtpd config check` prints them; start logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let c = &self.connections;
+        if c.max_per_peer > c.max {
+            w.push(format!(
+                "connections.max_per_peer ({}) exceeds connections.max ({}): it has no effect",
+                c.max_per_peer, c.max
+            ));
+        }
+        let r = &self.relay;
+        if r.lease_secs <= r.timeout_secs {
+            w.push(format!(
+                "relay.lease_secs ({}) does not exceed relay.timeout_secs ({}): in a cluster, a lease \
+                 that ends before a slow attempt does lets another node start the same delivery \
+                 (the destination de-duplicates it)",
+                r.lease_secs, r.timeout_secs
+            ));
+        }
+        if self.loopback_only() {
+            w.push(
+                "listen names loopback addresses only: other domains cannot reach this server"
+                    .into(),
+            );
+        }
+        w
+    }
+
+    /// Whether every listen address is a loopback address (reachable from
+    /// this machine only).
+    pub fn loopback_only(&self) -> bool {
+        self.listen.iter().all(|a| a.ip().is_loopback())
     }
 
     /// The domain, parsed.
@@ -554,6 +874,12 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("cmtp.db"))
+    }
+
+    /// The file in the data directory holding the running server's process
+    /// id (for `cmtpd reload`).
+    pub fn pid_path(&self) -> PathBuf {
+        self.data_dir.join("cmtpd.pid")
     }
 
     /// Idle timeout.
@@ -582,36 +908,193 @@ impl Config {
     /// The directory whose file system holds the store's data (SQLite: the
     /// database's; PostgreSQL: the data directory), for free-space checks.
     pub fn store_dir(&self) -> PathBuf {
-        match self.store.backend.as_str() {
-            "sqlite" => {
+        match self.store.backend {
+            StoreBackend::Sqlite => {
                 let path = self.sqlite_path();
                 match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
                     _ => PathBuf::from("."),
                 }
             }
-            _ => self.data_dir.clone(),
+            StoreBackend::Postgres => self.data_dir.clone(),
         }
     }
+
+    /// The configuration a running server (now on `self`) should use after
+    /// a reload to `new`: `new`, except that the keys of [`RESTART_ONLY`]
+    /// keep their running values. Says which changed keys apply now and
+    /// which wait for a restart.
+    pub fn merge_reload(&self, new: Config) -> (Config, ReloadPlan) {
+        let mut merged = new;
+        let mut plan = ReloadPlan::default();
+        macro_rules! keep {
+            ($($name:literal => $($field:ident).+;)*) => {
+                $(
+                    if merged.$($field).+ != self.$($field).+ {
+                        plan.need_restart.push($name.to_owned());
+                        merged.$($field).+ = self.$($field).+.clone();
+                    }
+                )*
+            };
+        }
+        keep! {
+            "domain" => domain;
+            "data_dir" => data_dir;
+            "listen" => listen;
+            "key_file" => key_file;
+            "node_name" => node_name;
+            "store" => store;
+            "metrics" => metrics;
+            "relay.parallel" => relay.parallel;
+            "relay.per_destination" => relay.per_destination;
+            "relay.timeout_secs" => relay.timeout_secs;
+            "accounts.login_window_secs" => accounts.login_window_secs;
+        }
+        let (old, now) = (flatten(self), flatten(&merged));
+        for (key, value) in &now {
+            if old.get(key) != Some(value) {
+                plan.applied.push(key.clone());
+            }
+        }
+        for key in old.keys() {
+            if !now.contains_key(key) {
+                plan.applied.push(key.clone());
+            }
+        }
+        (merged, plan)
+    }
+}
+
+/// `key.path = value` pairs of a configuration (for comparisons and
+/// `cmtpd config show`).
+pub fn flatten(cfg: &Config) -> BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) if prefix != "dns.routes" => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let v = toml::Value::try_from(cfg).expect("configuration serialises");
+    walk("", &v, &mut out);
+    out
+}
+
+/// A `dns.routes` target: `host:port`, `host`, `[v6]:port` or `[v6]`
+/// (without a port: the default port).
+pub fn parse_route(t: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').context("no closing ]")?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if after.is_empty() => (h, None),
+            None => anyhow::bail!("unexpected {after:?} after ]"),
+        }
+    } else {
+        match t.split_once(':') {
+            // One colon: host and port. More: a bare IPv6 address.
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            _ => (t, None),
+        }
+    };
+    let port = match port {
+        Some(p) => {
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("port {p:?} is not a number"))?;
+            anyhow::ensure!(port != 0, "port 0");
+            port
+        }
+        None => cmtp_proto::limits::DEFAULT_PORT,
+    };
+    anyhow::ensure!(!host.is_empty(), "no host");
+    Ok((host.to_owned(), port))
+}
+
+/// `path` made absolute against the current directory (without touching
+/// the file system).
+pub fn absolute(path: &Path) -> PathBuf {
+    let p = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    clean(&std::path::absolute(p).unwrap_or_else(|_| p.to_owned()))
+}
+
+/// Removes `.` components (and `..` after a normal component) lexically.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Config {
+        let mut cfg: Config = toml::from_str(text).unwrap();
+        cfg.resolve_paths(Path::new("/etc/cmtpd"));
+        cfg
+    }
+
     #[test]
     fn a_minimal_file_gets_every_default() {
-        let cfg: Config = toml::from_str("domain = \"a.test\"").unwrap();
+        let cfg = parse("domain = \"a.test\"");
         cfg.validate().unwrap();
         assert_eq!(cfg.limits, LimitsConfig::default());
         assert_eq!(cfg.listen, default_listen());
         assert_eq!(cfg.accounts.ksf_floor(), KsfParams::RECOMMENDED);
+        assert_eq!(cfg.data_dir, Path::new("/etc/cmtpd"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let cfg = parse(
+            "domain = \"a.test\"\ndata_dir = \"../../var/lib/cmtpd\"\nkey_file = \"keys/server.key\"\n[store]\npath = \"/srv/cmtp.db\"",
+        );
+        assert_eq!(cfg.data_dir, Path::new("/var/lib/cmtpd"));
+        assert_eq!(cfg.key_path(), Path::new("/etc/cmtpd/keys/server.key"));
+        assert_eq!(cfg.sqlite_path(), Path::new("/srv/cmtp.db"));
     }
 
     #[test]
     fn the_written_file_reads_back_equal() {
-        let cfg = Config::new("a.test", Path::new("/tmp/x"));
-        let back: Config = toml::from_str(&cfg.to_toml()).unwrap();
+        let mut cfg = Config::new("a.test", Path::new("/tmp/x"));
+        cfg.dns
+            .routes
+            .insert("b.test".into(), vec!["10.0.0.1:9001".into()]);
+        cfg.metrics.listen = Some("127.0.0.1:9100".parse().unwrap());
+        let mut back: Config = toml::from_str(&cfg.to_toml()).unwrap();
+        back.resolve_paths(Path::new("/elsewhere"));
         assert_eq!(back, cfg);
     }
 
@@ -642,12 +1125,79 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
+    fn choices_are_enums_and_unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("domain = \"a.test\"\nlisten_addr = 1").is_err());
+        let e = toml::from_str::<Config>("domain = \"a.test\"\n[log]\nformat = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("human") && e.contains("json"), "{e}");
+        let e = toml::from_str::<Config>("domain = \"a.test\"\n[store]\nbackend = \"mysql\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sqlite") && e.contains("postgres"), "{e}");
+        let cfg = parse("domain = \"a.test\"\n[store]\nbackend = \"postgres\"\nurl = \"x\"");
+        assert_eq!(cfg.store.backend, StoreBackend::Postgres);
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once() {
         let mut cfg = Config::new("a..test", Path::new("/tmp"));
-        assert!(cfg.validate().is_err());
-        cfg.domain = "a.test".into();
-        cfg.store.backend = "postgres".into();
-        assert!(cfg.validate().is_err());
+        cfg.accounts.login_failures_per_account = 0;
+        cfg.timeouts.idle_secs = 0;
+        cfg.store.backend = StoreBackend::Postgres;
+        cfg.relay.lease_secs = 10;
+        cfg.relay.timeout_secs = 0;
+        cfg.dns
+            .routes
+            .insert("b.test".into(), vec!["host:notaport".into()]);
+        let p = cfg.problems().join("\n");
+        for needle in [
+            "domain \"a..test\"",
+            "accounts.login_failures_per_account",
+            "timeouts.idle_secs must be greater than 0",
+            "needs store.url",
+            "relay.timeout_secs must be greater than 0",
+            "notaport",
+        ] {
+            assert!(p.contains(needle), "{needle} missing in:\n{p}");
+        }
+        assert!(
+            Config::new("a.test", Path::new("/tmp"))
+                .problems()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_reload_keeps_what_needs_a_restart() {
+        let old = Config::new("a.test", Path::new("/tmp/x"));
+        let mut new = old.clone();
+        new.limits.max_message_size = 4096;
+        new.listen = vec!["0.0.0.0:9001".parse().unwrap()];
+        new.dns.routes.insert("b.test".into(), vec!["h:1".into()]);
+        new.log.level = "debug".into();
+        let (merged, plan) = old.merge_reload(new);
+        assert_eq!(merged.listen, old.listen);
+        assert_eq!(merged.limits.max_message_size, 4096);
+        assert_eq!(plan.need_restart, vec!["listen".to_owned()]);
+        assert_eq!(
+            plan.applied,
+            vec![
+                "dns.routes".to_owned(),
+                "limits.max_message_size".to_owned(),
+                "log.level".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_parse() {
+        assert_eq!(parse_route("h:25").unwrap(), ("h".into(), 25));
+        assert_eq!(parse_route("h").unwrap(), ("h".into(), 9001));
+        assert_eq!(parse_route("[::1]:7").unwrap(), ("::1".into(), 7));
+        assert!(parse_route("h:0").is_err());
+        assert!(parse_route(":5").is_err());
+        assert_eq!(parse_route("::1").unwrap(), ("::1".into(), 9001));
+        assert!(parse_route("[::1").is_err());
     }
 }

@@ -17,6 +17,8 @@ a binary payload (u32 length + bytes). Every reply is signed.
   OBAI                      close the connection
   REGISTER <user> <invite> <request>   start a registration (then REGFINISH)
   PASSWORD <request>        start a password change (logged in)
+  RESET <user> <token> <request>       new password and key with a reset
+                            token from the administrator (then REGFINISH)
   LIST                      list your mailbox (logged in)
   FETCH <id>                fetch one message (logged in)
   DELETE <id>               delete one message (logged in)

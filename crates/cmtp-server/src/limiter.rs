@@ -363,12 +363,27 @@ impl FailureLimiter {
         }
     }
 
+    /// Forgets every failure of `key` and of the keys it is a prefix of
+    /// (`account:alice` clears `account:alice peer:…` for every peer): an
+    /// administrator unlocked it (`cmtpd user unlock`, applied by
+    /// [`crate::housekeeping`]).
+    pub fn clear(&self, key: &str) {
+        let prefix = format!("{key} ");
+        lock(&self.failures).retain(|k, _| k != key && !k.starts_with(&prefix));
+    }
+
     /// Records a failure of `key`.
     pub fn record(&self, key: &str, now: Instant) {
         let mut g = lock(&self.failures);
         Self::prune(&mut g, self.window, now);
         Self::push(g.entry(key.to_owned()).or_default(), now);
     }
+}
+
+/// The rate-limit key of an account: the prefix of every key the login
+/// path counts it under (`account:NAME peer:PREFIX`, PROTOCOL.md §12.3).
+pub fn account_key(account: &cmtp_proto::names::Account) -> String {
+    format!("account:{account}")
 }
 
 /// A token bucket per peer: `burst` requests at once, then `per_minute`.
@@ -623,5 +638,24 @@ mod tests {
         assert!(r.check(a, t0 + Duration::from_secs(3600)).is_err());
         let none = RateLimiter::new(0, 5);
         assert!(none.check(a, t0).is_err());
+    }
+
+    #[test]
+    fn clearing_a_key_forgets_its_failures_only() {
+        let l = FailureLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.record("account:alice", t0);
+            l.record("account:bob", t0);
+        }
+        l.record("account:alice peer:192.0.2.1", t0);
+        l.record("account:alicex peer:192.0.2.1", t0);
+        l.clear("account:alice");
+        assert!(!l.is_limited("account:alice", 1, t0));
+        assert!(!l.is_limited("account:alice peer:192.0.2.1", 1, t0));
+        assert!(l.is_limited("account:alicex peer:192.0.2.1", 1, t0));
+        assert!(l.is_limited("account:bob", 3, t0));
+        let alice = cmtp_proto::names::Account::parse("alice").unwrap();
+        assert_eq!(account_key(&alice), "account:alice");
     }
 }

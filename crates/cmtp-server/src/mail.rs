@@ -157,7 +157,7 @@ fn refuse_store(s: &mut Session, e: StoreError) {
 /// (disk reserve, staging budgets).
 async fn decide(s: &mut Session, env: Envelope, announced: u64) -> Result<Accepting, Refusal> {
     let sh = s.sh.clone();
-    if env.version == VERSION_PLAINTEXT && sh.cfg.limits.refuse_plaintext {
+    if env.version == VERSION_PLAINTEXT && sh.cfg().limits.refuse_plaintext {
         return Err(Refusal::delivery(
             FailureReason::Refused,
             "this server refuses plaintext (crypto system 0) mail",
@@ -169,9 +169,9 @@ async fn decide(s: &mut Session, env: Envelope, announced: u64) -> Result<Accept
         .as_ref()
         .is_some_and(|u| ours(&env.source.domain) && env.source.account.as_ref() == Some(u));
     let route = if ours(&env.destination.domain) {
-        match sh.local_user_exists(&env.destination.account).await {
-            Ok(true) => Route::Local(env.destination.account.clone()),
-            Ok(false) => {
+        match sh.resolve_local(&env.destination.account).await {
+            Ok(Some(account)) => Route::Local(account),
+            Ok(None) => {
                 return Err(Refusal::delivery(
                     FailureReason::NoSuchUser,
                     format!("no user {} here", env.destination),
@@ -229,6 +229,11 @@ async fn decide(s: &mut Session, env: Envelope, announced: u64) -> Result<Accept
                 ));
             }
         }
+    }
+    if let Route::Local(account) = &route
+        && let Err(text) = sh.check_quota(account, env.body_len + env.log_len).await
+    {
+        return Err(Refusal::status(Status::TempFailure, text));
     }
     let time = rfc3339(now());
     let our_line = match &submitter {
@@ -321,7 +326,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
                     dest_domain: env.destination.domain.as_str().to_owned(),
                     size,
                     created_at: at,
-                    expires_at: at + sh.cfg.relay.lifetime_secs,
+                    expires_at: at + sh.cfg().relay.lifetime_secs,
                     body,
                 })
                 .await
@@ -335,7 +340,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
         Ok((what, duplicate)) => {
             metrics::counter!("cmtp_messages_accepted_total", "route" => what).increment(1);
             metrics::counter!("cmtp_message_bytes_total").increment(size);
-            tracing::info!(peer = %s.peer, hash = %hex::encode(&hash[..8]), from = %env.source, to = %env.destination,
+            tracing::info!(peer = %s.peer, hash = %hex::encode(hash), from = %env.source, to = %env.destination,
                 size, duplicate, "message {what}");
             let receipt = Receipt::issue(&sh.key, hash, at, sh.domain.clone());
             s.conn.reply(Status::Success, &receipt.to_bytes());

@@ -51,13 +51,14 @@ async fn purge_loop(shared: &Shared, mut shutdown: watch::Receiver<bool>) {
 pub(crate) async fn purge(shared: &Shared) {
     // An upload in progress must outlive the slowest transfer the data
     // timeout allows (grace + size / minimum rate), with a margin.
-    let t = &shared.cfg.timeouts;
-    let slowest = t.data_grace_secs + shared.cfg.limits.max_message_size / t.min_data_rate.max(1);
+    let cfg = shared.cfg();
+    let t = &cfg.timeouts;
+    let slowest = t.data_grace_secs + cfg.limits.max_message_size / t.min_data_rate.max(1);
     let default = cmtp_store::Retention::default();
     let retention = cmtp_store::Retention {
         staged_grace: default.staged_grace.max(slowest + 600),
-        max_cached_statements: shared.cfg.remote.max_statements,
-        max_pins: shared.cfg.remote.max_pins,
+        max_cached_statements: cfg.remote.max_statements,
+        max_pins: cfg.remote.max_pins,
         ..default
     };
     match shared

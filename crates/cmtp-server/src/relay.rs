@@ -25,6 +25,7 @@ use cmtp_proto::reply::Status;
 use cmtp_proto::statements::{Receipt, sign_trailer};
 use cmtp_store::{BlobReader, MessageBody, NewDelivery, OutboundEntry, Store};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument;
 
 use crate::remote::RemoteError;
 use crate::state::{Shared, now, rfc3339};
@@ -47,14 +48,17 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Runs the queue until shutdown.
 pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: mpsc::Sender<()>) {
-    let cfg = sh.cfg.relay.clone();
-    let slots = Arc::new(Semaphore::new(cfg.parallel));
+    // `parallel` and `per_destination` need a restart; the rest of
+    // `[relay]` is read afresh each round (a reload applies it).
+    let started = sh.cfg().relay.clone();
+    let slots = Arc::new(Semaphore::new(started.parallel));
     let mut per_domain: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let mut stats_read: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let cfg = sh.cfg().relay.clone();
         let free = slots.available_permits();
         if free > 0 {
             let t = now();
@@ -79,7 +83,7 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
                     for e in entries {
                         let dest = per_domain
                             .entry(e.dest_domain.clone())
-                            .or_insert_with(|| Arc::new(Semaphore::new(cfg.per_destination)))
+                            .or_insert_with(|| Arc::new(Semaphore::new(started.per_destination)))
                             .clone();
                         start(&sh, &slots, dest, e);
                     }
@@ -95,12 +99,15 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
                 metrics::gauge!("cmtp_queue_bytes").set(stats.bytes as f64);
                 metrics::gauge!("cmtp_queue_oldest_seconds")
                     .set(stats.oldest_age.unwrap_or(0) as f64);
+                metrics::gauge!("cmtp_queue_held").set(stats.held as f64);
+                metrics::gauge!("cmtp_queue_oldest_due_seconds")
+                    .set(stats.oldest_due_age.unwrap_or(0) as f64);
             }
         }
         // Forget what is no longer used: idle connections past their time,
         // per-domain limits with nothing in flight.
         sh.relay_pool.prune();
-        per_domain.retain(|_, sem| sem.available_permits() < cfg.per_destination);
+        per_domain.retain(|_, sem| sem.available_permits() < started.per_destination);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms)) => {}
             _ = sh.queue_wakeup.notified() => {}
@@ -128,7 +135,10 @@ fn start(sh: &Arc<Shared>, slots: &Arc<Semaphore>, dest: Arc<Semaphore>, e: Outb
             Some(p) => p,
             None => slots.acquire_owned().await.expect("semaphore open"),
         };
-        attempt(&sh, e).await;
+        // Every line logged during the attempt carries the queue id and the
+        // message hash.
+        let span = tracing::info_span!("relay", id = e.id, hash = %hex::encode(e.hash));
+        attempt(&sh, e).instrument(span).await;
         drop(slot);
         drop(dest_slot);
         // A slot is free: look for more due mail now.
@@ -153,12 +163,13 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
         deliver(sh, &e).await
     };
     let id = e.id;
+    let hash = hex::encode(e.hash);
     match outcome {
         Outcome::Delivered => {
-            tracing::info!(id, to = %e.destination, "relayed");
+            tracing::info!(id, %hash, to = %e.destination, "relayed");
             metrics::counter!("cmtp_relay_total", "result" => "delivered").increment(1);
             if let Err(err) = sh.store.complete(id, &sh.node).await {
-                tracing::error!(id, error = %err, "marking a relayed message done failed; it may be sent again (the destination de-duplicates it)");
+                tracing::error!(id, %hash, error = %err, "marking a relayed message done failed; it may be sent again (the destination de-duplicates it)");
             }
         }
         Outcome::Retry(why) => {
@@ -168,31 +179,38 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
             retry(sh, &e, &why, true).await;
         }
         Outcome::Bounce(reason, why) => {
-            tracing::info!(id, to = %e.destination, %reason, error = %why, "relay failed; notifying the sender");
+            tracing::info!(id, %hash, to = %e.destination, %reason, error = %why, "relay failed; notifying the sender");
             metrics::counter!("cmtp_relay_total", "result" => "bounced").increment(1);
             // The sender must learn of it: a store that cannot answer now
             // means trying again later, not dropping the message silently.
             let sender = match sh.store.user(&e.sender).await {
                 Ok(u) => u,
                 Err(err) => {
-                    tracing::warn!(id, error = %err, "cannot read the sender for the notice; retrying later");
+                    tracing::warn!(id, %hash, error = %err, "cannot read the sender for the notice; retrying later");
                     let _ = sh.store.retry_later(id, &sh.node, now() + 60, &why).await;
                     return;
                 }
             };
             let Some(sender) = sender else {
-                tracing::info!(id, sender = %e.sender, "the sender no longer exists; no notice");
+                tracing::info!(id, %hash, sender = %e.sender, "the sender no longer exists; no notice");
                 let _ = sh.store.complete(id, &sh.node).await;
                 return;
             };
             match notice(sh, &e, &sender, reason, &why) {
                 Ok(n) => {
-                    if let Err(err) = sh.store.fail_with_notice(id, &sh.node, &why, n).await {
-                        tracing::error!(id, error = %err, "storing the delivery failure notice failed; will retry");
+                    let notice_hash = hex::encode(n.hash);
+                    match sh.store.fail_with_notice(id, &sh.node, &why, n).await {
+                        Ok(true) => {
+                            tracing::info!(id, %hash, notice = %notice_hash, "bounced: delivery failure notice delivered to the sender")
+                        }
+                        Ok(false) => {}
+                        Err(err) => {
+                            tracing::error!(id, %hash, error = %err, "storing the delivery failure notice failed; will retry")
+                        }
                     }
                 }
                 Err(err) => {
-                    tracing::error!(id, error = %err, "building the delivery failure notice failed; dropping the message");
+                    tracing::error!(id, %hash, error = %err, "building the delivery failure notice failed; dropping the message");
                     let _ = sh.store.complete(id, &sh.node).await;
                 }
             }
@@ -203,7 +221,7 @@ async fn attempt(sh: &Shared, e: OutboundEntry) {
 /// Schedules the next attempt of `e` with exponential backoff; with
 /// `domain_down`, the destination's other waiting entries wait as long.
 async fn retry(sh: &Shared, e: &OutboundEntry, why: &str, domain_down: bool) {
-    let cfg = &sh.cfg.relay;
+    let cfg = sh.cfg().relay.clone();
     let delay = cfg
         .first_retry_secs
         .saturating_mul(1u64 << e.attempts.min(30))
@@ -211,10 +229,10 @@ async fn retry(sh: &Shared, e: &OutboundEntry, why: &str, domain_down: bool) {
         .max(1);
     let t = now();
     let next = (t + delay).min(e.expires_at);
-    tracing::info!(id = e.id, to = %e.destination, attempt = e.attempts + 1, retry_in = delay, error = %why, "relay deferred");
+    tracing::info!(id = e.id, hash = %hex::encode(e.hash), to = %e.destination, attempt = e.attempts + 1, retry_in = delay, error = %why, "relay deferred");
     metrics::counter!("cmtp_relay_total", "result" => "deferred").increment(1);
     if let Err(err) = sh.store.retry_later(e.id, &sh.node, next, why).await {
-        tracing::error!(id = e.id, error = %err, "rescheduling failed");
+        tracing::error!(id = e.id, hash = %hex::encode(e.hash), error = %err, "rescheduling failed");
     }
     if domain_down {
         match sh.store.defer_domain(&e.dest_domain, t, t + delay).await {

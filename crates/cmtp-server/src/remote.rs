@@ -148,7 +148,8 @@ impl RemoteError {
 /// Access to other domains' servers.
 #[derive(Debug)]
 pub struct Remote {
-    discovery: Discovery,
+    /// Replaced as a whole when a reload changes `[dns]`.
+    discovery: arc_swap::ArcSwap<Discovery>,
     timeout: Duration,
     store: AnyStore,
     /// When each domain's key was last fetched because a signature did not
@@ -157,7 +158,7 @@ pub struct Remote {
     refresh_interval: Duration,
     /// Domains that may be dialled at non-public addresses: those with a
     /// static route, and `[dns] allow_private`.
-    private_ok: HashSet<String>,
+    private_ok: arc_swap::ArcSwap<HashSet<String>>,
     /// Longest time a remote statement is cached, seconds.
     statement_max_secs: u64,
 }
@@ -169,16 +170,40 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 impl Remote {
     /// From the `[dns]` and `[relay]` configuration.
     pub fn new(cfg: &Config, store: AnyStore) -> anyhow::Result<Remote> {
+        let (discovery, private_ok) = Self::discovery(cfg)?;
+        Ok(Remote {
+            refreshed: std::sync::Mutex::new(HashMap::new()),
+            refresh_interval: cfg
+                .dns
+                .key_refresh_secs
+                .map_or(REFRESH_INTERVAL, Duration::from_secs),
+            private_ok: arc_swap::ArcSwap::from_pointee(private_ok),
+            statement_max_secs: cfg.remote.statement_max_secs,
+            discovery: arc_swap::ArcSwap::from_pointee(discovery),
+            timeout: Duration::from_secs(cfg.relay.timeout_secs),
+            store,
+        })
+    }
+
+    /// Applies a new `[dns]` section (routes, nameservers, timeout, the
+    /// domains allowed at non-public addresses) to the lookups that start
+    /// from now on.
+    pub fn reconfigure(&self, cfg: &Config) -> anyhow::Result<()> {
+        let (discovery, private_ok) = Self::discovery(cfg)?;
+        self.discovery.store(std::sync::Arc::new(discovery));
+        self.private_ok.store(std::sync::Arc::new(private_ok));
+        Ok(())
+    }
+
+    /// The discovery for `cfg`, and the domains it may dial at non-public
+    /// addresses (those with a static route, and `[dns] allow_private`).
+    fn discovery(cfg: &Config) -> anyhow::Result<(Discovery, HashSet<String>)> {
         let mut routes = HashMap::new();
         for (domain, list) in &cfg.dns.routes {
-            let mut targets = Vec::new();
-            for t in list {
-                let (host, port) = match t.rsplit_once(':') {
-                    Some((h, p)) => (h.trim_matches(['[', ']']).to_owned(), p.parse()?),
-                    None => (t.clone(), cmtp_proto::limits::DEFAULT_PORT),
-                };
-                targets.push((host, port));
-            }
+            let targets = list
+                .iter()
+                .map(|t| crate::config::parse_route(t))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             routes.insert(domain.clone(), targets);
         }
         let private_ok = cfg
@@ -196,21 +221,10 @@ impl Remote {
                 Some(cfg.dns.nameservers.clone())
             },
             static_routes: routes,
-            timeout: Duration::from_millis(cfg.dns.timeout_ms.unwrap_or(5000)),
+            timeout: Duration::from_millis(cfg.dns.timeout_ms),
             ..DiscoveryConfig::default()
         };
-        Ok(Remote {
-            refreshed: std::sync::Mutex::new(HashMap::new()),
-            refresh_interval: cfg
-                .dns
-                .key_refresh_secs
-                .map_or(REFRESH_INTERVAL, Duration::from_secs),
-            private_ok,
-            statement_max_secs: cfg.remote.statement_max_secs,
-            discovery: Discovery::new(config)?,
-            timeout: Duration::from_secs(cfg.relay.timeout_secs),
-            store,
-        })
+        Ok((Discovery::new(config)?, private_ok))
     }
 
     /// Opens a connection to one of `domain`'s servers (in discovery order)
@@ -220,12 +234,12 @@ impl Remote {
         domain: &Domain,
         key: Option<PublicKey>,
     ) -> Result<Connection, RemoteError> {
-        let targets = self.discovery.resolve(domain.as_str()).await?;
+        let targets = self.discovery.load_full().resolve(domain.as_str()).await?;
         let mut addrs: Vec<SocketAddr> = targets
             .iter()
             .flat_map(|t| t.addrs.iter().copied())
             .collect();
-        if !self.private_ok.contains(domain.as_str()) {
+        if !self.private_ok.load().contains(domain.as_str()) {
             let (public, refused): (Vec<_>, Vec<_>) =
                 addrs.into_iter().partition(|a| is_public_address(a.ip()));
             if !refused.is_empty() {
@@ -386,7 +400,11 @@ impl Remote {
         };
         let bundle = ServerKeyBundle::decode(&body).map_err(statement_err)?;
         let key = bundle.verify_self(domain, now).map_err(statement_err)?;
-        let published = self.discovery.key_fingerprints(domain.as_str()).await?;
+        let published = self
+            .discovery
+            .load_full()
+            .key_fingerprints(domain.as_str())
+            .await?;
         if !published.is_empty() && !published.contains(&key.fingerprint()) {
             tracing::warn!(%domain, fingerprint = %key.fingerprint_hex(), "server key does not match _cmtpkey TXT record");
             return Err(RemoteError::DnsMismatch {

@@ -47,7 +47,7 @@ impl Server {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut addrs = Vec::new();
-        for addr in &shared.cfg.listen {
+        for addr in &shared.cfg().listen {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
@@ -63,6 +63,11 @@ impl Server {
             )));
         }
         tasks.push(tokio::spawn(crate::relay::run(
+            shared.clone(),
+            shutdown_rx.clone(),
+            alive.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::housekeeping::run(
             shared.clone(),
             shutdown_rx.clone(),
             alive.clone(),
@@ -101,7 +106,7 @@ impl Server {
         tracing::info!("shutting down: no new connections; finishing those in progress");
         let _ = self.shutdown.send(true);
         self.sessions.close();
-        let grace = Duration::from_secs(self.shared.cfg.timeouts.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.shared.cfg().timeouts.shutdown_grace_secs);
         if tokio::time::timeout(grace, self.sessions.wait())
             .await
             .is_err()
@@ -133,7 +138,6 @@ async fn accept_loop(
     sessions: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let limits = shared.cfg.connection_limits();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -148,6 +152,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Read at every accept: a reload changes them.
+        let limits = shared.cfg().connection_limits();
         let slot = match shared
             .conns
             .acquire_stranger(shared.peer_key(peer.ip()), &limits)

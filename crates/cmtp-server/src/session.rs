@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::Exchange;
 use crate::limiter::ConnectionSlot;
@@ -55,7 +56,7 @@ impl Session {
         stream.set_nodelay(true).ok();
         let mut nonce = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-        let conn = ServerConnection::new(sh.conn_config.clone(), nonce, Instant::now());
+        let conn = ServerConnection::new(sh.conn_config.load_full(), nonce, Instant::now());
         let mut s = Session {
             sh,
             conn,
@@ -88,6 +89,12 @@ impl Session {
 
     async fn serve(&mut self) {
         loop {
+            // A reload changes the limits of open connections too, from
+            // their next command on.
+            let current = self.sh.conn_config.load();
+            if !Arc::ptr_eq(&current, self.conn.config()) {
+                self.conn.reconfigure(Arc::clone(&current));
+            }
             while let Some(ev) = self.conn.poll_event(Instant::now()) {
                 if self.handle(ev).await.is_err() {
                     self.conn.handle_eof();
@@ -156,7 +163,7 @@ impl Session {
     /// Sends what the connection has to send. A peer that does not read its
     /// replies is cut off after the idle timeout.
     pub(crate) async fn flush(&mut self) -> Result<(), Stop> {
-        let idle = Duration::from_secs(self.sh.cfg.timeouts.idle_secs);
+        let idle = Duration::from_secs(self.sh.cfg().timeouts.idle_secs);
         while !self.conn.output().is_empty() {
             let write = self.stream.write(self.conn.output());
             match tokio::time::timeout(idle, write).await {
@@ -215,7 +222,9 @@ impl Session {
             ServerEvent::MailData(bytes) => Box::pin(crate::mail::data(self, &bytes)).await,
             ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)).await,
             ServerEvent::MailEnd { trailer, hash } => {
-                Box::pin(crate::mail::finish(self, trailer, hash)).await
+                // Every line logged while finishing carries the hash.
+                let span = tracing::info_span!("message", hash = %hex::encode(hash));
+                Box::pin(crate::mail::finish(self, trailer, hash).instrument(span)).await
             }
             ServerEvent::MailAborted => crate::mail::aborted(self),
             _ => {}
@@ -235,6 +244,11 @@ impl Session {
                 request,
             } => self.register(user, invite, request, now).await,
             Command::Password { request } => self.password(request).await,
+            Command::Reset {
+                user,
+                token,
+                request,
+            } => self.reset(user, token, request, now).await,
             Command::List => self.list().await,
             Command::Fetch { id } => return self.fetch(id).await,
             Command::Delete { id } => self.delete(id).await,

@@ -1,8 +1,15 @@
 //! What every connection and background task of one server shares.
+//!
+//! The configuration is behind an [`ArcSwap`]: readers call
+//! [`Shared::cfg`] (a cheap, lock-free load) each time they need a value,
+//! and a reload ([`Shared::reload`], on SIGHUP or `cmtpd reload`) swaps in a
+//! new one without stopping anything; connections in progress see the new
+//! limits at their next read.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use cmtp_proto::crypto::IdentityKey;
 use cmtp_proto::crypto::opaque::{KsfParams, ServerSetup};
 use cmtp_proto::limits::MessageLimits;
@@ -28,8 +35,8 @@ pub use cmtp_client::clock::{now, rfc3339};
 
 /// Shared state of one server (one node).
 pub struct Shared {
-    /// The configuration.
-    pub cfg: Config,
+    /// The configuration in effect (see [`Shared::cfg`]).
+    cfg: ArcSwap<Config>,
     /// The served domain.
     pub domain: Domain,
     /// The server key.
@@ -38,8 +45,6 @@ pub struct Shared {
     pub store: AnyStore,
     /// The OPAQUE server setup (shared by all nodes through the store).
     pub opaque: ServerSetup,
-    /// Message limits.
-    pub limits: MessageLimits,
     /// Open connections.
     pub conns: Arc<ConnectionTracker>,
     /// Failed logins per account and peer, and per peer.
@@ -61,12 +66,15 @@ pub struct Shared {
     pub node: String,
     /// Wakes the relay queue runner when mail was queued.
     pub queue_wakeup: Notify,
+    /// Wakes the housekeeping task (unlocks) after a reload.
+    pub housekeeping_wakeup: Notify,
     /// Open connections to other domains, reused by the relay queue.
     pub relay_pool: crate::relay::ConnectionPool,
     /// Rotation statements leading to the current key, oldest first.
     pub rotations: Vec<cmtp_proto::statements::Rotation>,
-    /// What every connection's state machine is configured with.
-    pub conn_config: Arc<ServerConfig>,
+    /// What every new connection's state machine is configured with
+    /// (rebuilt at a reload: limits and timeouts).
+    pub conn_config: ArcSwap<ServerConfig>,
     /// Messages being received now (accepted at their envelope, not yet
     /// stored or abandoned).
     pub messages_in_flight: std::sync::atomic::AtomicUsize,
@@ -75,8 +83,9 @@ pub struct Shared {
     /// issued_at, when cached). Saves a database read and a signature check
     /// per KEYREQUEST.
     statements: Mutex<std::collections::HashMap<Account, CachedStatement>>,
-    /// Local accounts recently seen to exist (saves a read per MAIL).
-    known_users: Mutex<std::collections::HashMap<Account, std::time::Instant>>,
+    /// Local names (accounts and aliases) recently seen to exist, with the
+    /// account they deliver to (saves a read per MAIL).
+    known_users: Mutex<std::collections::HashMap<Account, (Account, std::time::Instant)>>,
 }
 
 /// How far back statements are dated, so that a verifier whose clock is
@@ -165,12 +174,11 @@ impl Shared {
                 std::process::id()
             )
         });
-        let conn_config = Arc::new(connection_config(&cfg, &key));
+        let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key));
         Ok(Shared {
             conn_config,
             messages_in_flight: std::sync::atomic::AtomicUsize::new(0),
             domain: cfg.domain(),
-            limits: cfg.limits.message_limits(),
             login_failures: FailureLimiter::new(Duration::from_secs(
                 cfg.accounts.login_window_secs,
             )),
@@ -183,13 +191,14 @@ impl Shared {
                 cfg.remote.keyrequest_burst,
             ),
             decoys,
-            cfg,
+            cfg: ArcSwap::from_pointee(cfg),
             key,
             store,
             opaque,
             remote,
             node,
             queue_wakeup: Notify::new(),
+            housekeeping_wakeup: Notify::new(),
             rotations,
             relay_pool: crate::relay::ConnectionPool::default(),
             bundle: Mutex::new(None),
@@ -198,9 +207,29 @@ impl Shared {
         })
     }
 
+    /// The configuration in effect now. Cheap (no lock, no reference
+    /// count); hold the guard briefly and load again later rather than
+    /// keeping it, so that a reload is seen.
+    pub fn cfg(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.cfg.load()
+    }
+
+    /// Replaces the configuration in effect (see [`Shared::reload`]); new
+    /// connections take the new limits and timeouts.
+    pub(crate) fn store_cfg(&self, cfg: Config) {
+        self.conn_config
+            .store(Arc::new(connection_config(&cfg, &self.key)));
+        self.cfg.store(Arc::new(cfg));
+    }
+
+    /// Message limits in effect now.
+    pub fn limits(&self) -> MessageLimits {
+        self.cfg().limits.message_limits()
+    }
+
     /// The weakest KSF parameters accepted.
     pub fn ksf_floor(&self) -> KsfParams {
-        self.cfg.accounts.ksf_floor()
+        self.cfg().accounts.ksf_floor()
     }
 
     /// The peer (source prefix) `ip` belongs to.
@@ -263,7 +292,7 @@ impl Shared {
     }
 
     fn validity(&self) -> u64 {
-        self.cfg.accounts.statement_validity_days * 24 * 3600
+        self.cfg().accounts.statement_validity_days * 24 * 3600
     }
 
     /// The validity of a statement issued `now` (PROTOCOL.md §9.2): dated
@@ -341,25 +370,49 @@ impl Shared {
         Ok(found.map(|(bytes, _)| bytes))
     }
 
-    /// Whether a local account exists. A yes is remembered for
-    /// [`STATEMENT_CACHE_TTL`]; a no is always asked of the store.
+    /// Whether a local account or alias of that name exists.
     pub async fn local_user_exists(&self, account: &Account) -> Result<bool, StoreError> {
-        if let Some(at) = self.known_users.lock().expect("user cache").get(account)
+        Ok(self.resolve_local(account).await?.is_some())
+    }
+
+    /// The account whose mailbox mail for the local name `name` goes to:
+    /// `name` itself for an account, its account for an alias, `None` if
+    /// neither exists. A yes is remembered for [`STATEMENT_CACHE_TTL`]; a no
+    /// is always asked of the store (so a new account or alias works at once).
+    pub async fn resolve_local(&self, name: &Account) -> Result<Option<Account>, StoreError> {
+        if let Some((target, at)) = self.known_users.lock().expect("user cache").get(name)
             && at.elapsed() < STATEMENT_CACHE_TTL
         {
-            return Ok(true);
+            return Ok(Some(target.clone()));
         }
-        let exists = self.store.user(account.as_str()).await?.is_some();
+        let target = match self.store.resolve_account(name.as_str()).await? {
+            Some(t) => Some(
+                Account::parse(&t)
+                    .map_err(|e| StoreError::Corrupt(format!("account name {t:?}: {e}")))?,
+            ),
+            None => None,
+        };
         let mut cache = self.known_users.lock().expect("user cache");
-        if exists {
-            if cache.len() >= 100_000 {
-                cache.retain(|_, at| at.elapsed() < STATEMENT_CACHE_TTL);
+        match &target {
+            Some(t) => {
+                if cache.len() >= 100_000 {
+                    cache.retain(|_, (_, at)| at.elapsed() < STATEMENT_CACHE_TTL);
+                }
+                cache.insert(name.clone(), (t.clone(), std::time::Instant::now()));
             }
-            cache.insert(account.clone(), std::time::Instant::now());
-        } else {
-            cache.remove(account);
+            None => {
+                cache.remove(name);
+            }
         }
-        Ok(exists)
+        Ok(target)
+    }
+
+    /// Forgets every key statement and name this node has in memory (after
+    /// an account's key changed: `cmtpd user reset`). Other nodes of a
+    /// cluster forget theirs within [`STATEMENT_CACHE_TTL`].
+    pub(crate) fn forget_cached_accounts(&self) {
+        self.statements.lock().expect("statement cache").clear();
+        self.known_users.lock().expect("user cache").clear();
     }
 
     /// The stored statement if it is still good, else a new one; with its
@@ -379,8 +432,18 @@ impl Shared {
         {
             return Ok(Some((s.statement, parsed.issued_at)));
         }
-        let Some(user) = self.store.user(account.as_str()).await? else {
-            return Ok(None);
+        // An alias is answered with a statement naming the alias and its
+        // account's key (PROTOCOL.md §6.3), issued afresh (it is not stored:
+        // the table of statements is per account).
+        let (user, alias) = match self.store.user(account.as_str()).await? {
+            Some(u) => (u, false),
+            None => match self.store.resolve_account(account.as_str()).await? {
+                Some(target) => match self.store.user(&target).await? {
+                    Some(u) => (u, true),
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
         };
         let key = cmtp_proto::crypto::PublicKey::from_bytes(&user.identity_pk)
             .map_err(|e| StoreError::Corrupt(format!("identity key of {account}: {e}")))?;
@@ -394,9 +457,11 @@ impl Shared {
             expires,
         );
         let bytes = statement.to_bytes();
-        self.store
-            .put_key_statement(account.as_str(), bytes.clone(), expires)
-            .await?;
+        if !alias {
+            self.store
+                .put_key_statement(account.as_str(), bytes.clone(), expires)
+                .await?;
+        }
         Ok(Some((bytes, issued)))
     }
 }

@@ -562,7 +562,7 @@ async fn a_dns_record_pointing_at_loopback_is_not_dialled_unless_allowed() {
     let resolver = dns.addr();
     let a = TestServer::start_with("a.test", |c| {
         c.dns.nameservers = vec![resolver];
-        c.dns.timeout_ms = Some(500);
+        c.dns.timeout_ms = 500;
     })
     .await;
     let r = ask(a.addr).await;
@@ -574,7 +574,7 @@ async fn a_dns_record_pointing_at_loopback_is_not_dialled_unless_allowed() {
     );
     let allowed = TestServer::start_with("a.test", |c| {
         c.dns.nameservers = vec![resolver];
-        c.dns.timeout_ms = Some(500);
+        c.dns.timeout_ms = 500;
         c.dns.allow_private = vec!["b.test".into()];
     })
     .await;

@@ -50,7 +50,7 @@ fn federated(dns: SocketAddr, port: u16) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         c.listen = vec![SocketAddr::from(([127, 0, 0, 1], port))];
         c.dns.nameservers = vec![dns];
-        c.dns.timeout_ms = Some(500);
+        c.dns.timeout_ms = 500;
         c.relay.first_retry_secs = 1;
         c.relay.max_retry_secs = 1;
         c.relay.poll_ms = 100;
@@ -622,7 +622,7 @@ async fn nxdomain_bounces_and_a_dns_timeout_retries() {
     let cfg = federated(hole.addr(), pc);
     let c2 = TestServer::start_with("c.test", |c| {
         cfg(c);
-        c.dns.timeout_ms = Some(200);
+        c.dns.timeout_ms = 200;
     })
     .await;
     let carol = c2.register("carol", "pw").await;

@@ -28,8 +28,8 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use crate::{
-    BlobReader, BlobRef, Credentials, MAX_CHUNK, MessageBody, NewDelivery, NewOutbound, NewUser,
-    Retention, Store, StoreError,
+    BlobReader, BlobRef, Credentials, MAX_CHUNK, MailboxUsage, MessageBody, NewDelivery,
+    NewOutbound, NewUser, Retention, Store, StoreError,
 };
 
 /// Generates one `#[tokio::test]` per conformance case, each on a fresh store
@@ -80,6 +80,12 @@ macro_rules! conformance_suite {
             concurrent_deliveries,
             concurrent_duplicates,
             concurrent_failures_are_isolated,
+            quotas_and_usage,
+            aliases,
+            unlocks,
+            reset_tokens,
+            queue_admin,
+            held_entries_are_never_leased,
         );
     };
     (@cases [$mode:ident] $factory:path; $($case:ident),* $(,)?) => {
@@ -103,6 +109,14 @@ macro_rules! conformance_suite {
         $factory().await
     };
 }
+
+/// The first SQLite schema (version 1), to test migrations from it.
+#[cfg(feature = "sqlite")]
+pub const SQLITE_SCHEMA_V1: &str = crate::sqlite::schema::V1;
+
+/// The first PostgreSQL schema (version 1), to test migrations from it.
+#[cfg(feature = "postgres")]
+pub const POSTGRES_SCHEMA_V1: &str = crate::postgres::schema::V1;
 
 /// A fixed "now" for the cases (unix seconds).
 pub const T0: u64 = 1_700_000_000;
@@ -1141,6 +1155,330 @@ pub async fn queue_concurrent_leases<S: Store>(store: S) {
     let distinct: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 100, "every entry leased exactly once");
     assert_eq!(distinct.len(), 100);
+}
+
+/// Quotas are set, shown and removed; usage counts the mailbox; a "mailbox
+/// full" notice is claimed at most once per interval.
+pub async fn quotas_and_usage<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    assert_eq!(store.user("alice").await.unwrap().unwrap().quota, None);
+    assert!(store.set_quota("alice", Some(1000)).await.unwrap());
+    assert!(!store.set_quota("nobody", Some(1)).await.unwrap());
+    assert_eq!(
+        store.user("alice").await.unwrap().unwrap().quota,
+        Some(1000)
+    );
+    assert_eq!(
+        store.mailbox_usage("alice").await.unwrap(),
+        MailboxUsage::default()
+    );
+    store
+        .deliver(delivery("alice", hash(1), &[1; 300], T0))
+        .await
+        .unwrap();
+    store
+        .deliver(delivery("alice", hash(2), &[2; 200], T0))
+        .await
+        .unwrap();
+    store
+        .deliver(delivery("bob", hash(3), &[3; 50], T0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.mailbox_usage("alice").await.unwrap(),
+        MailboxUsage {
+            messages: 2,
+            bytes: 500
+        }
+    );
+    assert_eq!(
+        store.mailbox_usage("nobody").await.unwrap(),
+        MailboxUsage::default()
+    );
+    let list = store.list_users().await.unwrap();
+    assert_eq!(
+        list.iter()
+            .map(|u| (u.account.as_str(), u.quota))
+            .collect::<Vec<_>>(),
+        vec![("alice", Some(1000)), ("bob", None)]
+    );
+    assert!(store.claim_quota_notice("alice", T0, 3600).await.unwrap());
+    assert!(
+        !store
+            .claim_quota_notice("alice", T0 + 10, 3600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_quota_notice("bob", T0 + 10, 3600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim_quota_notice("alice", T0 + 3600, 3600)
+            .await
+            .unwrap()
+    );
+    assert!(!store.claim_quota_notice("nobody", T0, 3600).await.unwrap());
+    assert!(store.set_quota("alice", None).await.unwrap());
+    assert_eq!(store.user("alice").await.unwrap().unwrap().quota, None);
+}
+
+/// Aliases: another name of an account, never of another alias, never the
+/// name of an account; removed with their account.
+pub async fn aliases<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    store.add_alias("ally", "alice", T0).await.unwrap();
+    assert_eq!(
+        store.resolve_account("ally").await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        store.resolve_account("alice").await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(store.resolve_account("nobody").await.unwrap(), None);
+    assert_eq!(
+        store.add_alias("ally", "bob", T0).await,
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        store.add_alias("bob", "alice", T0).await,
+        Err(StoreError::AlreadyExists),
+        "the name of an account"
+    );
+    assert_eq!(
+        store.add_alias("x", "nobody", T0).await,
+        Err(StoreError::UnknownAccount)
+    );
+    assert_eq!(
+        store.add_alias("y", "ally", T0).await,
+        Err(StoreError::UnknownAccount),
+        "an alias of an alias"
+    );
+    assert_eq!(
+        store.create_user(new_user("ally"), None, T0).await,
+        Err(StoreError::AlreadyExists),
+        "an account named like an alias"
+    );
+    store.add_alias("robert", "bob", T0 + 1).await.unwrap();
+    let list = store.list_aliases().await.unwrap();
+    assert_eq!(
+        list.iter()
+            .map(|a| (a.alias.as_str(), a.account.as_str(), a.created_at))
+            .collect::<Vec<_>>(),
+        vec![("ally", "alice", T0), ("robert", "bob", T0 + 1)]
+    );
+    assert!(store.remove_alias("robert").await.unwrap());
+    assert!(!store.remove_alias("robert").await.unwrap());
+    assert!(store.delete_user("alice").await.unwrap());
+    assert!(store.list_aliases().await.unwrap().is_empty());
+    assert_eq!(store.resolve_account("ally").await.unwrap(), None);
+    // The name is free again.
+    store.create_user(new_user("ally"), None, T0).await.unwrap();
+}
+
+/// Unlock records: for existing accounts only, read in order after a
+/// cursor, purged after a day.
+pub async fn unlocks<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    assert!(!store.unlock_user("nobody", T0).await.unwrap());
+    assert!(store.unlocks_after(0).await.unwrap().is_empty());
+    assert!(store.unlock_user("alice", T0).await.unwrap());
+    assert!(store.unlock_user("bob", T0 + 5).await.unwrap());
+    let all = store.unlocks_after(0).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|u| (u.account.as_str(), u.at))
+            .collect::<Vec<_>>(),
+        vec![("alice", T0), ("bob", T0 + 5)]
+    );
+    assert!(all[0].id < all[1].id);
+    let rest = store.unlocks_after(all[0].id).await.unwrap();
+    assert_eq!(rest, vec![all[1].clone()]);
+    assert!(store.unlocks_after(all[1].id).await.unwrap().is_empty());
+    let report = store
+        .purge_expired(T0 + 2 * 86_400, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.unlocks, 2);
+    assert!(store.unlocks_after(0).await.unwrap().is_empty());
+}
+
+/// Reset tokens: checked, then consumed in the transaction that replaces
+/// the identity key and the credentials; an invalid token changes nothing.
+pub async fn reset_tokens<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let (t1, t2, t3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    assert_eq!(
+        store.create_reset("nobody", t1, T0 + 100, T0).await,
+        Err(StoreError::UnknownAccount)
+    );
+    store.create_reset("alice", t1, T0 + 100, T0).await.unwrap();
+    store.create_reset("alice", t2, T0 + 100, T0).await.unwrap();
+    store.create_reset("bob", t3, T0 + 10, T0).await.unwrap();
+    assert_eq!(
+        store.create_reset("alice", t1, T0 + 100, T0).await,
+        Err(StoreError::AlreadyExists)
+    );
+    assert!(store.reset_valid("alice", t1, T0).await.unwrap());
+    assert!(
+        !store.reset_valid("bob", t1, T0).await.unwrap(),
+        "another account"
+    );
+    assert!(
+        !store.reset_valid("alice", t1, T0 + 100).await.unwrap(),
+        "expired"
+    );
+    store
+        .put_key_statement("alice", b"old statement".to_vec(), T0 + 1000)
+        .await
+        .unwrap();
+    let new_cred = Credentials {
+        opaque_record: vec![0x5A; 192],
+        ksf: [9; 12],
+        xzibit: b"new xzibit".to_vec(),
+    };
+    let before = store.user("alice").await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .reset_user("alice", t3, [0xEE; 32], new_cred.clone(), T0 + 1)
+            .await,
+        Err(StoreError::ResetTokenInvalid),
+        "bob's token"
+    );
+    assert_eq!(
+        store
+            .reset_user("alice", t1, [0xEE; 32], new_cred.clone(), T0 + 100)
+            .await,
+        Err(StoreError::ResetTokenInvalid),
+        "expired"
+    );
+    assert_eq!(store.user("alice").await.unwrap().unwrap(), before);
+    store
+        .reset_user("alice", t1, [0xEE; 32], new_cred.clone(), T0 + 2)
+        .await
+        .unwrap();
+    let after = store.user("alice").await.unwrap().unwrap();
+    assert_eq!(after.identity_pk, [0xEE; 32]);
+    assert_eq!(after.credentials, new_cred);
+    assert_eq!((after.created_at, after.updated_at), (T0, T0 + 2));
+    assert_eq!(store.key_statement("alice").await.unwrap(), None);
+    // Used up, and the account's other tokens with it.
+    for t in [t1, t2] {
+        assert!(!store.reset_valid("alice", t, T0 + 3).await.unwrap());
+        assert_eq!(
+            store
+                .reset_user("alice", t, [0xEF; 32], new_cred.clone(), T0 + 3)
+                .await,
+            Err(StoreError::ResetTokenInvalid)
+        );
+    }
+    assert!(store.reset_valid("bob", t3, T0).await.unwrap());
+    let report = store
+        .purge_expired(T0 + 10, Retention::default())
+        .await
+        .unwrap();
+    assert_eq!(report.reset_tokens, 1);
+    assert!(!store.reset_valid("bob", t3, T0).await.unwrap());
+    // Deleting an account takes its tokens.
+    store.create_reset("bob", t3, T0 + 100, T0).await.unwrap();
+    assert!(store.delete_user("bob").await.unwrap());
+    store.create_user(new_user("bob"), None, T0).await.unwrap();
+    assert!(!store.reset_valid("bob", t3, T0).await.unwrap());
+}
+
+/// One entry at a time: shown, made due, held and released, deleted.
+pub async fn queue_admin<S: Store>(store: S) {
+    let a = store
+        .enqueue(outbound("alice", hash(1), b"aaaa", T0))
+        .await
+        .unwrap();
+    let b = store
+        .enqueue(outbound("alice", hash(2), b"bb", T0))
+        .await
+        .unwrap();
+    let e = store.queue_entry(a.id).await.unwrap().unwrap();
+    assert_eq!((e.id, e.hash, e.size, e.held), (a.id, hash(1), 4, false));
+    assert_eq!(store.queue_entry(a.id + b.id + 100).await.unwrap(), None);
+
+    // b: deferred; retry_now makes it due.
+    let leased = store.lease_due(T0, "n1", T0 + 60, 10).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    assert!(
+        store
+            .retry_later(b.id, "n1", T0 + 3600, "later")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.retry_now(a.id, T0 + 10).await.unwrap(),
+        "a is leased"
+    );
+    assert!(store.retry_now(b.id, T0 + 10).await.unwrap());
+    assert_eq!(
+        store
+            .queue_entry(b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .next_attempt_at,
+        T0 + 10
+    );
+
+    // Held: not made due, not counted as due, shown as held.
+    assert!(store.set_held(b.id, true).await.unwrap());
+    assert!(store.queue_entry(b.id).await.unwrap().unwrap().held);
+    assert!(!store.retry_now(b.id, T0 + 20).await.unwrap());
+    let stats = store.queue_stats(T0 + 20).await.unwrap();
+    assert_eq!((stats.held, stats.due, stats.leased), (1, 0, 1));
+    assert!(store.set_held(b.id, false).await.unwrap());
+    let stats = store.queue_stats(T0 + 20).await.unwrap();
+    assert_eq!((stats.held, stats.due), (0, 1));
+    assert_eq!(stats.oldest_due_age, Some(10));
+    assert!(!store.set_held(a.id + b.id + 100, true).await.unwrap());
+
+    // Deleted, even while leased: the holder's later calls change nothing.
+    let blob = store.queue_entry(a.id).await.unwrap().unwrap().blob;
+    assert!(store.delete_queued(a.id).await.unwrap());
+    assert!(!store.delete_queued(a.id).await.unwrap());
+    assert_eq!(store.queue_entry(a.id).await.unwrap(), None);
+    assert_eq!(store.read_chunk(blob, 0).await.unwrap(), None);
+    assert!(!store.complete(a.id, "n1").await.unwrap());
+    assert!(!store.retry_later(a.id, "n1", T0, "x").await.unwrap());
+    assert_eq!(store.list_queue().await.unwrap().len(), 1);
+}
+
+/// A held entry is never leased, nor made due by `retry_all_now`, until it
+/// is released; then it is leased as usual.
+pub async fn held_entries_are_never_leased<S: Store>(store: S) {
+    let a = store
+        .enqueue(outbound("alice", hash(1), b"a", T0))
+        .await
+        .unwrap();
+    let b = store
+        .enqueue(outbound("alice", hash(2), b"b", T0))
+        .await
+        .unwrap();
+    assert!(store.set_held(a.id, true).await.unwrap());
+    let leased = store.lease_due(T0 + 1, "n1", T0 + 60, 10).await.unwrap();
+    assert_eq!(leased.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b.id]);
+    assert!(store.retry_later(b.id, "n1", T0 + 5000, "x").await.unwrap());
+    // Far in the future, past its expiry: still never handed out.
+    assert!(
+        store
+            .lease_due(T0 + 10 * 86_400, "n2", T0 + 10 * 86_400 + 60, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.id != a.id)
+    );
+    assert_eq!(store.retry_all_now(T0 + 2).await.unwrap(), 0);
+    assert!(store.set_held(a.id, false).await.unwrap());
+    let leased = store.lease_due(T0 + 2, "n3", T0 + 60, 10).await.unwrap();
+    assert_eq!(leased.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a.id]);
 }
 
 /// Pins: absent, set, confirmed (keeps `first_seen`), replaced (restarts it).

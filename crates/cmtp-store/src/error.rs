@@ -20,6 +20,10 @@ pub enum StoreError {
     /// used. Permanent.
     #[error("invite invalid, expired or already used")]
     InviteInvalid,
+    /// The reset token is unknown, for another account, expired, or already
+    /// used. Permanent.
+    #[error("reset token invalid, expired or already used")]
+    ResetTokenInvalid,
     /// The operation names a local account that does not exist (for example a
     /// delivery racing the deletion of its recipient). Permanent.
     #[error("no such account")]
@@ -103,6 +107,7 @@ mod tests {
         for e in [
             StoreError::AlreadyExists,
             StoreError::InviteInvalid,
+            StoreError::ResetTokenInvalid,
             StoreError::UnknownAccount,
             StoreError::BlobNotFound,
             StoreError::InvalidInput("x".into()),

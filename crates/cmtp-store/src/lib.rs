@@ -1,9 +1,12 @@
 //! `cmtp-store`: everything cmtpd keeps, behind one interface.
 //!
 //! The server (`cmtp-server`, `cmtpd`) never talks to a database directly:
-//! it calls the [`Store`] trait — users and invites, server secrets, key
-//! statements, mailboxes with de-duplication, the outbound relay queue with
-//! leases, pinned remote server keys, the remote key statement cache.
+//! it calls the [`Store`] trait — users and invites, quotas, aliases, reset
+//! tokens and unlock records, server secrets, key statements, mailboxes with
+//! de-duplication, the outbound relay queue with leases (and entries an
+//! administrator holds), pinned remote server keys, the remote key
+//! statement cache. [`sqlite_backup`] takes online backups of the SQLite
+//! database.
 //! Backends implement the trait; [`AnyStore`] picks one from a
 //! [`StoreConfig`] and implements [`Store`] by delegation:
 //!
@@ -122,7 +125,7 @@
 //! # The relay queue and its leases
 //!
 //! The outbound queue is shared by all nodes. [`Store::lease_due`] hands due
-//! entries to a node until `lease_until`: an entry is handed to at most one
+//! entries that no administrator holds ([`Store::set_held`]) to a node until `lease_until`: an entry is handed to at most one
 //! node while its lease is valid (`lease_until > now`), and to another node
 //! once it has expired — that is how a node that died mid-delivery is taken
 //! over. On PostgreSQL the due entries are picked with
@@ -187,10 +190,12 @@ pub use error::StoreError;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
+pub use sqlite::backup as sqlite_backup;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{AnyStore, BlobReader, Store, StoreConfig};
 pub use types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
+    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
+    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };

@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, NewDelivery,
-    NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention, StagedBlob, User,
-    UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
+    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
+    StagedBlob, Unlock, User, UserSummary,
 };
 
 /// Everything cmtpd keeps, behind one interface that every backend
@@ -63,6 +63,110 @@ pub trait Store: Clone + Send + Sync + 'static {
         credentials: Credentials,
         now: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Sets (`Some`) or removes (`None`) the mailbox quota of `account`,
+    /// in bytes. `false` if there is no such user.
+    fn set_quota(
+        &self,
+        account: &str,
+        quota: Option<u64>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// How many messages, and bytes, the mailbox of `account` holds (zero
+    /// for an unknown account).
+    fn mailbox_usage(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<MailboxUsage, StoreError>> + Send;
+
+    /// Claims the right to send `account` a "mailbox full" notice at `now`:
+    /// `true` (and recorded) unless one was claimed within the last
+    /// `interval` seconds; atomic across nodes, so at most one notice per
+    /// interval is sent. `false` for an unknown account.
+    fn claim_quota_notice(
+        &self,
+        account: &str,
+        now: u64,
+        interval: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records that an administrator cleared the login rate limits of
+    /// `account` at `now` (the limits themselves are kept in memory by each
+    /// node, which applies the records it has not seen yet, see
+    /// [`Store::unlocks_after`]). `false` if there is no such user.
+    fn unlock_user(
+        &self,
+        account: &str,
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The unlock records with an id greater than `after`, oldest first.
+    fn unlocks_after(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<Vec<Unlock>, StoreError>> + Send;
+
+    // ----- aliases -----
+
+    /// Makes `alias` another name of `account`. Errors:
+    /// [`StoreError::AlreadyExists`] (an account or an alias has that name),
+    /// [`StoreError::UnknownAccount`] (no such account; an alias of an alias
+    /// is refused the same way).
+    fn add_alias(
+        &self,
+        alias: &str,
+        account: &str,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes an alias; `false` if there was none of that name.
+    fn remove_alias(&self, alias: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every alias, by name.
+    fn list_aliases(&self) -> impl Future<Output = Result<Vec<Alias>, StoreError>> + Send;
+
+    /// The account that mail for `name` goes to: `name` itself if it is an
+    /// account, the alias's account if it is an alias, else `None`.
+    fn resolve_account(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    // ----- reset tokens -----
+
+    /// Records a reset token for `account` (the SHA-256 of the token).
+    /// Errors: [`StoreError::UnknownAccount`], [`StoreError::AlreadyExists`]
+    /// (that hash exists).
+    fn create_reset(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the reset token exists, is for `account`, is unused and is
+    /// unexpired at `now`.
+    fn reset_valid(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Replaces the identity key and the login material of `account` with
+    /// the reset token `token_hash`, in one transaction: the token must be
+    /// valid at `now` and is consumed (with every other reset token of the
+    /// account), and the cached key statement of the old key is removed.
+    /// Errors: [`StoreError::ResetTokenInvalid`] (nothing changes).
+    fn reset_user(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        identity_pk: [u8; 32],
+        credentials: Credentials,
+        now: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     // ----- invites -----
 
@@ -202,10 +306,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         item: NewOutbound,
     ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
 
-    /// Leases up to `limit` entries that are due at `now` and not leased (or
-    /// whose lease expired) to `node` until `lease_until`, atomically: two
-    /// nodes never hold the same entry. Entries past `expires_at` are
-    /// returned too; the caller fails them with a notice.
+    /// Leases up to `limit` entries that are due at `now`, not held, and not
+    /// leased (or whose lease expired) to `node` until `lease_until`,
+    /// atomically: two nodes never hold the same entry. Entries past
+    /// `expires_at` are returned too; the caller fails them with a notice.
     fn lease_due(
         &self,
         now: u64,
@@ -279,8 +383,33 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Every queue entry, by id.
     fn list_queue(&self) -> impl Future<Output = Result<Vec<OutboundEntry>, StoreError>> + Send;
 
-    /// Makes every deferred entry that nobody holds due at `now`; returns how
-    /// many changed.
+    /// One queue entry.
+    fn queue_entry(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<OutboundEntry>, StoreError>> + Send;
+
+    /// Removes a queue entry and its bytes, whoever holds its lease (an
+    /// attempt in progress then finds it gone and changes nothing); no
+    /// notice is sent. `false` if there is no such entry.
+    fn delete_queued(&self, id: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Holds (`true`) or releases (`false`) a queue entry: a held entry is
+    /// never leased ([`Store::lease_due`]) until it is released. An attempt
+    /// already in progress finishes. `false` if there is no such entry.
+    fn set_held(
+        &self,
+        id: u64,
+        held: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Makes one entry due at `now` unless it is held or leased; `false` if
+    /// it is not there, held, or leased.
+    fn retry_now(&self, id: u64, now: u64)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Makes every deferred entry that nobody holds and that is not held due
+    /// at `now`; returns how many changed.
     fn retry_all_now(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The space the store occupies, in bytes (SQLite: the database file
@@ -427,6 +556,18 @@ impl Store for AnyStore {
         fn ksf_histogram(&self) -> Vec<([u8; 12], u64)>;
         fn delete_user(&self, account: &str) -> bool;
         fn update_credentials(&self, account: &str, credentials: Credentials, now: u64) -> bool;
+        fn set_quota(&self, account: &str, quota: Option<u64>) -> bool;
+        fn mailbox_usage(&self, account: &str) -> MailboxUsage;
+        fn claim_quota_notice(&self, account: &str, now: u64, interval: u64) -> bool;
+        fn unlock_user(&self, account: &str, now: u64) -> bool;
+        fn unlocks_after(&self, after: u64) -> Vec<Unlock>;
+        fn add_alias(&self, alias: &str, account: &str, now: u64) -> ();
+        fn remove_alias(&self, alias: &str) -> bool;
+        fn list_aliases(&self) -> Vec<Alias>;
+        fn resolve_account(&self, name: &str) -> Option<String>;
+        fn create_reset(&self, account: &str, token_hash: [u8; 32], expires_at: u64, now: u64) -> ();
+        fn reset_valid(&self, account: &str, token_hash: [u8; 32], now: u64) -> bool;
+        fn reset_user(&self, account: &str, token_hash: [u8; 32], identity_pk: [u8; 32], credentials: Credentials, now: u64) -> ();
         fn create_invite(&self, account: &str, token_hash: [u8; 32], expires_at: u64, now: u64) -> ();
         fn invite_valid(&self, account: &str, token_hash: [u8; 32], now: u64) -> bool;
         fn purge_expired(&self, now: u64, retention: Retention) -> PurgeReport;
@@ -449,6 +590,10 @@ impl Store for AnyStore {
         fn retry_later(&self, id: u64, node: &str, next_attempt_at: u64, error: &str) -> bool;
         fn fail_with_notice(&self, id: u64, node: &str, error: &str, notice: NewDelivery) -> bool;
         fn list_queue(&self) -> Vec<OutboundEntry>;
+        fn queue_entry(&self, id: u64) -> Option<OutboundEntry>;
+        fn delete_queued(&self, id: u64) -> bool;
+        fn set_held(&self, id: u64, held: bool) -> bool;
+        fn retry_now(&self, id: u64, now: u64) -> bool;
         fn retry_all_now(&self, now: u64) -> u64;
         fn size(&self) -> u64;
         fn queue_stats(&self, now: u64) -> QueueStats;

@@ -37,7 +37,8 @@ pub struct NewUser {
 pub struct User {
     /// The account name.
     pub account: String,
-    /// The user's Ed25519 identity public key (never changes).
+    /// The user's Ed25519 identity public key (changes only with a reset,
+    /// [`Store::reset_user`](crate::Store::reset_user)).
     pub identity_pk: [u8; 32],
     /// The user's current login material.
     pub credentials: Credentials,
@@ -45,6 +46,8 @@ pub struct User {
     pub created_at: u64,
     /// When the user was created or last changed its credentials.
     pub updated_at: u64,
+    /// The most bytes the mailbox may hold (`None`: no limit).
+    pub quota: Option<u64>,
 }
 
 /// One line of `cmtpd user list`.
@@ -58,6 +61,29 @@ pub struct UserSummary {
     pub messages: u64,
     /// The total size of those messages, in bytes.
     pub bytes: u64,
+    /// The mailbox quota in bytes, if any.
+    pub quota: Option<u64>,
+}
+
+/// How much a mailbox holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxUsage {
+    /// How many messages.
+    pub messages: u64,
+    /// Their total size, in bytes.
+    pub bytes: u64,
+}
+
+/// Another name of a local account: mail to `alias@domain` is delivered to
+/// the account's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// The alias (a valid account name that is no account).
+    pub alias: String,
+    /// The account it delivers to.
+    pub account: String,
+    /// When it was created.
+    pub created_at: u64,
 }
 
 /// A key statement the server issued for one of its users, as cached.
@@ -239,6 +265,8 @@ pub struct OutboundEntry {
     pub lease_owner: Option<String>,
     /// When that lease expires.
     pub lease_until: Option<u64>,
+    /// Held by an administrator: never attempted until released.
+    pub held: bool,
     /// The message bytes.
     pub blob: BlobRef,
 }
@@ -248,16 +276,23 @@ pub struct OutboundEntry {
 pub struct QueueStats {
     /// All entries.
     pub total: u64,
-    /// Entries whose attempt is due and that nobody holds.
+    /// Entries whose attempt is due and that nobody holds (held ones
+    /// excluded).
     pub due: u64,
-    /// Entries waiting for a later attempt.
+    /// Entries waiting for a later attempt (held ones excluded).
     pub deferred: u64,
+    /// Entries held by an administrator.
+    pub held: u64,
     /// Entries leased by a node (lease not yet expired).
     pub leased: u64,
     /// The total size of the queued messages, in bytes.
     pub bytes: u64,
     /// The age of the oldest entry, in seconds (`None` when empty).
     pub oldest_age: Option<u64>,
+    /// How long the most overdue entry (due, not held, not leased) has been
+    /// waiting past its attempt time, in seconds (`None` if none is due):
+    /// a queue runner that falls behind shows here.
+    pub oldest_due_age: Option<u64>,
 }
 
 /// How long [`Store::purge_expired`](crate::Store::purge_expired) keeps what
@@ -306,4 +341,21 @@ pub struct PurgeReport {
     pub cached_statements: u64,
     /// Pinned remote server keys over the bound.
     pub pins: u64,
+    /// Expired reset tokens.
+    pub reset_tokens: u64,
+    /// Unlock records older than a day (already applied by every node).
+    pub unlocks: u64,
+}
+
+/// An administrator's request to clear the login rate limits of an
+/// account, as recorded by [`Store::unlock_user`](crate::Store::unlock_user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unlock {
+    /// Increasing with each unlock (a cursor for
+    /// [`Store::unlocks_after`](crate::Store::unlocks_after)).
+    pub id: u64,
+    /// The account.
+    pub account: String,
+    /// When it was unlocked.
+    pub at: u64,
 }

@@ -403,13 +403,49 @@ async fn concurrent_starts_migrate_once() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 2);
+    assert_eq!(rows[0].get::<_, i32>(0), 3);
     for (i, s) in stores.iter().enumerate() {
         s.create_user(new_user(&format!("user{i}")), None, T0)
             .await
             .unwrap();
     }
     assert_eq!(stores[0].list_users().await.unwrap().len(), 8);
+}
+
+/// A version 1 database is migrated in place and keeps its users and queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_migrated_keeping_everything() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let client = raw(&url).await;
+    client
+        .batch_execute(cmtp_store::conformance::POSTGRES_SCHEMA_V1)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO users VALUES ('alice', decode(repeat('00', 32), 'hex'),
+                 decode(repeat('00', 192), 'hex'), decode(repeat('00', 12), 'hex'), '\\x01', 5, 6);
+             INSERT INTO blobs (id, size, chunks, staged_at) VALUES (1, 3, 1, NULL);
+             INSERT INTO blob_chunks VALUES (1, 0, '\\x616263');
+             INSERT INTO outbound (hash, sender, destination, dest_domain, size, created_at,
+                                   expires_at, next_attempt_at, blob_id)
+             VALUES (decode(repeat('00', 32), 'hex'), 'alice', 'bob@b.test', 'b.test', 3, 7,
+                     99999, 7, 1);",
+        )
+        .await
+        .unwrap();
+    let store = PostgresStore::open(config(&url)).await.unwrap();
+    let alice = store.user("alice").await.unwrap().unwrap();
+    assert_eq!((alice.created_at, alice.quota), (5, None));
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert!(!queue[0].held);
+    assert_eq!(read_all(&store, queue[0].blob).await, b"abc");
+    store.add_alias("ally", "alice", T0).await.unwrap();
+    assert!(store.set_held(queue[0].id, true).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +474,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 2
+            supported: 3
         }
     );
     assert!(!e.is_transient());

@@ -108,6 +108,39 @@ async fn reopen_keeps_everything() {
     store.integrity_check().await.unwrap();
 }
 
+/// A version 1 database (before quotas, aliases, held entries, reset
+/// tokens) is migrated in place and keeps its users and queue.
+#[tokio::test]
+async fn a_version_1_database_is_migrated_keeping_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(cmtp_store::conformance::SQLITE_SCHEMA_V1)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO users VALUES ('alice', zeroblob(32), zeroblob(192), zeroblob(12), x'01', 5, 6);
+             INSERT INTO blobs (id, size, chunks, staged_at) VALUES (1, 3, 1, NULL);
+             INSERT INTO blob_chunks VALUES (1, 0, x'616263');
+             INSERT INTO outbound (hash, sender, destination, dest_domain, size, created_at,
+                                   expires_at, next_attempt_at, blob_id)
+             VALUES (zeroblob(32), 'alice', 'bob@b.test', 'b.test', 3, 7, 99999, 7, 1);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    let alice = store.user("alice").await.unwrap().unwrap();
+    assert_eq!((alice.created_at, alice.quota), (5, None));
+    let queue = store.list_queue().await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert!(!queue[0].held);
+    assert_eq!(read_all(&store, queue[0].blob).await, b"abc");
+    store.add_alias("ally", "alice", T0).await.unwrap();
+    assert!(store.set_held(queue[0].id, true).await.unwrap());
+    store.integrity_check().await.unwrap();
+}
+
 #[tokio::test]
 async fn schema_versions_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,10 +150,10 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
-    // A version 1 database (without the relay's per-domain index) is
-    // brought up to version 2.
-    conn.execute_batch("DROP INDEX outbound_domain_due; UPDATE schema_version SET version = 1")
+    assert_eq!(v, 3);
+    // A version 2 database (without the relay's per-domain index) is
+    // brought up to the current version.
+    conn.execute_batch("DROP INDEX outbound_domain_due; UPDATE schema_version SET version = 2")
         .unwrap();
     drop(conn);
     drop(SqliteStore::open(SqliteConfig::new(&path)).await.unwrap());
@@ -133,7 +166,7 @@ async fn schema_versions_are_checked() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((v, index), (2, true));
+    assert_eq!((v, index), (3, true));
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -144,7 +177,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 2
+            supported: 3
         }
     );
     assert!(!e.is_transient());

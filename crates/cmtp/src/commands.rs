@@ -59,7 +59,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let needs_account = !matches!(
         command,
-        Cmd::Register { .. } | Cmd::Login { .. } | Cmd::Setup
+        Cmd::Register { .. } | Cmd::Login { .. } | Cmd::Reset { .. } | Cmd::Setup
     );
     if needs_account && !client.is_configured() {
         if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
@@ -101,6 +101,32 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .register(&address, &invite, password.as_bytes())
                 .await?;
             out.account("registered", &client, &account);
+            Ok(exit::OK)
+        }
+        Cmd::Reset {
+            address,
+            token,
+            password_file,
+        } => {
+            let address = parse_address(&address, "address")?;
+            eprintln!(
+                "cmtp: a reset gives {address} a new password AND a new identity key. Mail sealed \
+                 to the old key stays readable only on a device that still holds the old key: \
+                 end-to-end encryption has no back door."
+            );
+            let password = prompt::new_password(password_file.as_deref())?;
+            let old = client.home().load_identity().ok().flatten();
+            let account = client.reset(&address, &token, password.as_bytes()).await?;
+            if let Some(old) = old.filter(|k| k.public() != account.statement.key) {
+                eprintln!(
+                    "cmtp: the old identity key is kept in {}",
+                    client
+                        .home()
+                        .old_identity_path(&old.public().fingerprint_hex())
+                        .display()
+                );
+            }
+            out.account("reset", &client, &account);
             Ok(exit::OK)
         }
         Cmd::Login {

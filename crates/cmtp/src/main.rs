@@ -130,6 +130,20 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Forgot your password? Choose a new one with a reset token from your
+    /// administrator (`cmtpd user reset`). You get a NEW identity key: mail
+    /// sealed to the old key stays readable only where the old key is kept
+    /// (another device, or identity.key.old-* in this home).
+    Reset {
+        /// Your address, user@domain.
+        address: String,
+        /// The reset token from your administrator.
+        #[arg(long)]
+        token: String,
+        /// Read the new password from the first line of this file instead of asking.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
     /// Log in with your password (on a new device: recovers your key).
     Login {
         /// Your address, user@domain.

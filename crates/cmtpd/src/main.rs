@@ -2,36 +2,48 @@
 //!
 //! `cmtpd run --domain example.org --data-dir /var/lib/cmtpd` creates the data
 //! directory, its configuration, the server key and the database on first
-//! start and serves; later starts reuse them. See `cmtpd --help`.
+//! start and serves; later starts reuse them. Every other command works on
+//! an existing data directory and never creates one (a wrong path is an
+//! error, not a new server). See `cmtpd --help` and README.md
+//! ("Administration").
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, Write};
+mod admin_cmds;
+mod logs;
+mod out;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cmtp_proto::crypto::opaque::KsfParams;
-use cmtp_proto::names::{Account, Domain};
+use cmtp_proto::names::Domain;
 use cmtp_server::admin;
-use cmtp_server::config::{CONFIG_FILE, Config};
+use cmtp_server::config::{CONFIG_FILE, Config, LogFormat, absolute};
+
+use crate::out::{Output, Printer};
 
 /// The CMTP (Cipher Mail Transport Protocol) server for one domain.
 #[derive(Parser, Debug)]
-#[command(name = "cmtpd", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file (default: <data-dir>/cmtpd.toml).
+#[command(
+    name = "cmtpd",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success; 1 error (or `config check` found problems); 2 usage."
+)]
+pub(crate) struct Cli {
+    /// Configuration file (default: <data-dir>/cmtpd.toml). Relative paths
+    /// inside it are relative to its directory.
     #[arg(long, global = true, env = "CMTPD_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory: configuration, server key, database.
-    #[arg(
-        long,
-        global = true,
-        env = "CMTPD_DATA_DIR",
-        default_value = "cmtpd-data"
-    )]
-    data_dir: PathBuf,
+    /// Data directory: configuration, server key, database [default: cmtpd-data].
+    #[arg(long, global = true, env = "CMTPD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Output format of the administration commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -47,8 +59,8 @@ enum Cmd {
         #[arg(long)]
         listen: Vec<SocketAddr>,
         /// Log format: human or json.
-        #[arg(long)]
-        log_format: Option<String>,
+        #[arg(long, value_parser = parse_log_format)]
+        log_format: Option<LogFormat>,
     },
     /// Prepare the data directory without serving, and print the DNS records to publish.
     Init {
@@ -58,64 +70,43 @@ enum Cmd {
         /// Host name the SRV record should point at (default: cmtp.<domain>).
         #[arg(long)]
         host: Option<String>,
+        /// Address to listen on, written into a new configuration
+        /// (repeatable; default 127.0.0.1:9001, this machine only).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
     },
     /// Manage accounts.
     #[command(subcommand)]
-    User(UserCmd),
-    /// Inspect and nudge the relay queue.
+    User(admin_cmds::UserCmd),
+    /// Inspect and steer the relay queue.
     #[command(subcommand)]
-    Queue(QueueCmd),
+    Queue(admin_cmds::QueueCmd),
     /// Show or rotate the server key.
     #[command(subcommand)]
-    Key(KeyCmd),
-}
-
-#[derive(Subcommand, Debug)]
-enum KeyCmd {
-    /// Print the server key's fingerprint and the DNS TXT record for it.
-    Show,
-    /// Replace the server key; peers that pinned the old key accept the new
-    /// one through a rotation statement signed by the old key. Restart cmtpd
-    /// (every node of a cluster) afterwards.
-    Rotate,
-}
-
-#[derive(Subcommand, Debug)]
-enum UserCmd {
-    /// Print a one-time invite token for a new account.
-    Invite {
-        /// The account name (the part before @).
-        name: String,
-        /// Hours the token stays valid (default from the configuration: 168).
-        #[arg(long)]
-        valid_hours: Option<u64>,
+    Key(admin_cmds::KeyCmd),
+    /// Check or show the configuration.
+    #[command(subcommand)]
+    Config(admin_cmds::ConfigCmd),
+    /// Make the running server read its configuration again (as SIGHUP
+    /// does): limits, routes and logging change without dropping
+    /// connections.
+    Reload,
+    /// Write a consistent copy of the running (or stopped) server's data
+    /// into FILE: database, server key and configuration (SQLite only; for
+    /// PostgreSQL use pg_dump). FILE holds secrets: it is created mode 0600.
+    Backup {
+        /// The backup file to create.
+        file: PathBuf,
     },
-    /// Create an account directly (keys are generated here, as a client would).
-    Add {
-        /// The account name.
-        name: String,
-        /// Read the password from the first line of this file instead of a prompt.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-    },
-    /// List accounts.
-    List,
-    /// Delete an account with all its mail and keys.
-    Delete {
-        /// The account name.
-        name: String,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
+    /// Restore a backup into a new or empty data directory.
+    Restore {
+        /// The backup file (from `cmtpd backup`).
+        file: PathBuf,
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum QueueCmd {
-    /// List queued messages.
-    List,
-    /// Make every queued message due now.
-    Retry,
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -128,7 +119,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(real_main(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("cmtpd: error: {e:#}");
             ExitCode::from(1)
@@ -136,17 +127,36 @@ fn main() -> ExitCode {
     }
 }
 
-/// Finds the configuration: `--config`, else `<data-dir>/cmtpd.toml`, else a
-/// new one for `--domain` (written to the data directory when `write`).
-fn resolve_config(cli: &Cli, domain: Option<&str>, write: bool) -> anyhow::Result<Config> {
-    let path = cli
-        .config
-        .clone()
-        .unwrap_or_else(|| cli.data_dir.join(CONFIG_FILE));
+impl Cli {
+    /// The data directory as given (or the default), made absolute.
+    fn data_dir(&self) -> PathBuf {
+        absolute(self.data_dir.as_deref().unwrap_or(Path::new("cmtpd-data")))
+    }
+
+    /// `--config`, else `<data-dir>/cmtpd.toml`.
+    fn config_path(&self) -> PathBuf {
+        match &self.config {
+            Some(c) => absolute(c),
+            None => self.data_dir().join(CONFIG_FILE),
+        }
+    }
+}
+
+/// Reads the configuration: `--config`, else `<data-dir>/cmtpd.toml`. With
+/// `create` (run, init) and none there, a new one for `--domain` is written.
+/// A configuration inside the data directory always uses that directory
+/// (`--data-dir`); `--data-dir` also overrides the `data_dir` of a
+/// `--config` file.
+pub(crate) fn resolve_config(
+    cli: &Cli,
+    domain: Option<&str>,
+    create: bool,
+) -> anyhow::Result<Config> {
+    let path = cli.config_path();
     if path.exists() {
         let mut cfg = Config::load(&path)?;
-        if cli.config.is_none() {
-            cfg.data_dir = cli.data_dir.clone();
+        if cli.config.is_none() || cli.data_dir.is_some() {
+            cfg.data_dir = cli.data_dir();
         }
         if let Some(d) = domain
             && Domain::parse(d)? != cfg.domain()
@@ -159,286 +169,207 @@ fn resolve_config(cli: &Cli, domain: Option<&str>, write: bool) -> anyhow::Resul
         }
         return Ok(cfg);
     }
-    if cli.config.is_some() {
-        bail!("configuration file {} does not exist", path.display());
+    if !create {
+        if cli.config.is_some() {
+            bail!("the configuration file {} does not exist", path.display());
+        }
+        bail!(
+            "no configuration at {}: is --data-dir right? (`cmtpd init --domain D --data-dir DIR` creates a server)",
+            path.display()
+        );
     }
     let Some(domain) = domain else {
         bail!(
             "no configuration at {}: give --domain to create one (e.g. cmtpd run --domain example.org --data-dir {})",
             path.display(),
-            cli.data_dir.display()
+            cli.data_dir().display()
         );
     };
     let cfg = Config::new(
         Domain::parse(domain)
             .with_context(|| format!("--domain {domain}"))?
             .as_str(),
-        &cli.data_dir,
+        &cli.data_dir(),
     );
     cfg.validate()?;
-    if write {
-        let (p, _) = admin::write_config_if_missing(&cfg)?;
-        eprintln!("cmtpd: wrote {}", p.display());
-    }
     Ok(cfg)
 }
 
-fn existing_config(cli: &Cli) -> anyhow::Result<Config> {
-    resolve_config(cli, None, false)
-}
-
-fn init_logs(cfg: &Config, format: Option<&str>) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let format = format.unwrap_or(&cfg.log.format);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        "json" => builder.json().init(),
-        "human" => builder.init(),
-        other => bail!("unknown log format {other:?} (human or json)"),
+/// Writes a configuration made by [`resolve_config`] for `run`/`init`.
+fn write_if_new(cli: &Cli, cfg: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let path = cli.config_path();
+    if path.exists() {
+        return Ok(None);
     }
-    Ok(())
+    admin::write_new_config(&path, cfg)?;
+    Ok(Some(path))
 }
 
-async fn real_main(cli: Cli) -> anyhow::Result<()> {
+async fn real_main(cli: Cli) -> anyhow::Result<u8> {
+    let p = Printer { format: cli.output };
     match &cli.command {
         Cmd::Run {
             domain,
             listen,
             log_format,
         } => {
-            let mut cfg = resolve_config(&cli, domain.as_deref(), true)?;
-            if !listen.is_empty() {
-                cfg.listen = listen.clone();
-            }
-            init_logs(&cfg, log_format.as_deref())?;
-            // Every connection is a file descriptor: lift the soft limit
-            // (often 1024) to the hard limit so `connections.max` can be reached.
-            match rlimit::increase_nofile_limit(u64::MAX) {
-                Ok(n) => tracing::info!(limit = n, "open-file limit"),
-                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
-            }
-            if let Some(addr) = cfg.metrics.listen {
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .with_context(|| format!("starting the metrics listener on {addr}"))?;
-                tracing::info!(%addr, "metrics at http://{addr}/metrics");
-            }
-            let server = cmtp_server::Server::start(cfg).await?;
-            wait_for_signal().await?;
-            server.shutdown().await;
-            Ok(())
-        }
-        Cmd::Init { domain, host } => {
             let cfg = resolve_config(&cli, domain.as_deref(), true)?;
-            let prepared = admin::prepare(&cfg).await?;
-            println!("data directory: {}", cfg.data_dir.display());
-            println!(
-                "server key:     {} ({})",
-                cfg.key_path().display(),
-                if prepared.key_created {
-                    "created"
-                } else {
-                    "existing"
+            if let Some(path) = write_if_new(&cli, &cfg)? {
+                eprintln!("cmtpd: wrote {}", path.display());
+            }
+            run(&cli, cfg, domain.as_deref(), listen, *log_format).await?;
+            Ok(0)
+        }
+        Cmd::Init {
+            domain,
+            host,
+            listen,
+        } => {
+            let mut cfg = resolve_config(&cli, domain.as_deref(), true)?;
+            let path = cli.config_path();
+            if !listen.is_empty() {
+                if path.exists() && cfg.listen != *listen {
+                    bail!(
+                        "{} exists and listens on {:?}: edit `listen` there",
+                        path.display(),
+                        cfg.listen
+                    );
                 }
-            );
-            println!(
-                "fingerprint:    {}",
-                prepared.key.public().fingerprint_hex()
-            );
-            println!();
-            let host = host
-                .clone()
-                .unwrap_or_else(|| format!("cmtp.{}", cfg.domain));
-            print!("{}", admin::dns_records(&cfg, &prepared.key, &host));
-            Ok(())
+                cfg.listen = listen.clone();
+                cfg.validate()?;
+            }
+            let wrote = write_if_new(&cli, &cfg)?;
+            admin_cmds::init(&p, &cfg, &path, wrote.is_some(), host.as_deref()).await?;
+            Ok(0)
         }
         Cmd::User(u) => {
-            let cfg = existing_config(&cli)?;
-            let store = admin::prepare(&cfg).await?.store;
-            match u {
-                UserCmd::Invite { name, valid_hours } => {
-                    let account =
-                        Account::parse(name).with_context(|| format!("account name {name:?}"))?;
-                    let hours = valid_hours.unwrap_or(cfg.accounts.invite_validity_hours);
-                    let (token, expires) = admin::invite(&store, &account, hours * 3600).await?;
-                    println!("{token}");
-                    eprintln!(
-                        "invite for {account}@{} valid until {}; register with:\n  cmtp register {account}@{} --invite {token}",
-                        cfg.domain,
-                        cmtp_server::state::rfc3339(expires),
-                        cfg.domain
-                    );
-                    Ok(())
-                }
-                UserCmd::Add {
-                    name,
-                    password_file,
-                } => {
-                    let account =
-                        Account::parse(name).with_context(|| format!("account name {name:?}"))?;
-                    let password = match password_file {
-                        Some(p) => admin::read_password_file(p)?,
-                        None => prompt_new_password()?,
-                    };
-                    let fp = admin::add_user(
-                        &cfg,
-                        &store,
-                        &account,
-                        password.as_bytes(),
-                        client_ksf(&cfg),
-                    )
-                    .await?;
-                    println!("created {account}@{} (key fingerprint {fp})", cfg.domain);
-                    Ok(())
-                }
-                UserCmd::List => {
-                    let users = admin::list_users(&store).await?;
-                    println!(
-                        "{:<32} {:>9} {:>12}  created",
-                        "account", "messages", "bytes"
-                    );
-                    for u in users {
-                        println!(
-                            "{:<32} {:>9} {:>12}  {}",
-                            u.account,
-                            u.messages,
-                            u.bytes,
-                            cmtp_server::state::rfc3339(u.created_at)
-                        );
-                    }
-                    Ok(())
-                }
-                UserCmd::Delete { name, yes } => {
-                    let account =
-                        Account::parse(name).with_context(|| format!("account name {name:?}"))?;
-                    if !yes
-                        && !confirm(
-                            &format!(
-                                "Delete {account}@{} with all its mail and keys? Type the account name to confirm: ",
-                                cfg.domain
-                            ),
-                            account.as_str(),
-                        )?
-                    {
-                        bail!("not confirmed; nothing deleted");
-                    }
-                    if admin::delete_user(&store, &account).await? {
-                        println!("deleted {account}@{}", cfg.domain);
-                        Ok(())
-                    } else {
-                        bail!("no account {account}")
-                    }
-                }
-            }
-        }
-        Cmd::Key(k) => {
-            let cfg = existing_config(&cli)?;
-            let path = cfg.key_path();
-            match k {
-                KeyCmd::Show => {
-                    let key = cmtp_server::keyfile::load(&path)?;
-                    println!("{}", key.public().fingerprint_hex());
-                    eprintln!(
-                        "_cmtpkey.{}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"",
-                        cfg.domain,
-                        key.public().fingerprint_hex()
-                    );
-                }
-                KeyCmd::Rotate => {
-                    let (old, new) = cmtp_server::keyfile::rotate(
-                        &path,
-                        &cfg.domain(),
-                        cmtp_server::state::now(),
-                    )?;
-                    println!("{}", new.fingerprint_hex());
-                    eprintln!(
-                        "rotated the key of {d}: {} -> {}\n\
-                         restart cmtpd (every node) to use it; while peers catch up, publish both fingerprints:\n  \
-                         _cmtpkey.{d}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"\n  \
-                         _cmtpkey.{d}. IN TXT \"v=cmtp1; k=ed25519; fp={}\"",
-                        old.fingerprint_hex(),
-                        new.fingerprint_hex(),
-                        new.fingerprint_hex(),
-                        old.fingerprint_hex(),
-                        d = cfg.domain
-                    );
-                }
-            }
-            Ok(())
+            let cfg = resolve_config(&cli, None, false)?;
+            admin_cmds::user(&p, &cfg, u).await?;
+            Ok(0)
         }
         Cmd::Queue(q) => {
-            let cfg = existing_config(&cli)?;
-            let store = admin::prepare(&cfg).await?.store;
-            match q {
-                QueueCmd::List => {
-                    let entries = admin::queue(&store).await?;
-                    println!(
-                        "{:>6} {:<28} {:<28} {:>9} {:>8}  next attempt / last error",
-                        "id", "sender", "destination", "size", "attempts"
-                    );
-                    for e in &entries {
-                        println!(
-                            "{:>6} {:<28} {:<28} {:>9} {:>8}  {} / {}",
-                            e.id,
-                            format!("{}@{}", e.sender, cfg.domain),
-                            e.destination,
-                            e.size,
-                            e.attempts,
-                            cmtp_server::state::rfc3339(e.next_attempt_at),
-                            e.last_error.as_deref().unwrap_or("-")
-                        );
-                    }
-                    eprintln!("{} message(s) queued", entries.len());
-                    Ok(())
-                }
-                QueueCmd::Retry => {
-                    let n = admin::queue_retry(&store).await?;
-                    println!(
-                        "{n} message(s) due now; a running cmtpd picks them up within a second"
-                    );
-                    Ok(())
-                }
-            }
+            let cfg = resolve_config(&cli, None, false)?;
+            admin_cmds::queue(&p, &cfg, q).await?;
+            Ok(0)
+        }
+        Cmd::Key(k) => {
+            let cfg = resolve_config(&cli, None, false)?;
+            admin_cmds::key(&p, &cfg, k)?;
+            Ok(0)
+        }
+        Cmd::Config(c) => admin_cmds::config(&p, &cli, c),
+        Cmd::Reload => {
+            let cfg = resolve_config(&cli, None, false)?;
+            admin_cmds::reload(&p, &cfg)
+        }
+        Cmd::Backup { file } => {
+            let cfg = resolve_config(&cli, None, false)?;
+            admin_cmds::backup(&p, &cfg, file).await?;
+            Ok(0)
+        }
+        Cmd::Restore { file } => {
+            let path = cli.config_path();
+            let cfg = if path.exists() {
+                resolve_config(&cli, None, false)?
+            } else {
+                let data_dir = match (&cli.config, &cli.data_dir) {
+                    (Some(c), None) => absolute(c.parent().unwrap_or(Path::new("."))),
+                    _ => cli.data_dir(),
+                };
+                admin::backup_config(file, &data_dir)?
+            };
+            admin_cmds::restore(&p, &cfg, file, &path).await?;
+            Ok(0)
         }
     }
 }
 
-/// The Argon2id cost `user add` registers with: the configured floor, but
-/// never less than RFC 9106's second recommendation unless the floor is lower
-/// on purpose (tests).
-fn client_ksf(cfg: &Config) -> KsfParams {
-    cfg.accounts.ksf_floor()
-}
-
-fn prompt_new_password() -> anyhow::Result<zeroize::Zeroizing<String>> {
-    let a = zeroize::Zeroizing::new(rpassword::prompt_password("New password: ")?);
-    let b = zeroize::Zeroizing::new(rpassword::prompt_password("Repeat it: ")?);
-    if *a != *b {
-        bail!("the passwords differ");
+/// `cmtpd run`: serves until SIGTERM or SIGINT; SIGHUP reloads.
+async fn run(
+    cli: &Cli,
+    mut cfg: Config,
+    domain: Option<&str>,
+    listen: &[SocketAddr],
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<()> {
+    if !listen.is_empty() {
+        cfg.listen = listen.to_vec();
     }
-    Ok(a)
-}
-
-fn confirm(question: &str, expected: &str) -> anyhow::Result<bool> {
-    eprint!("{question}");
-    std::io::stderr().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(line.trim() == expected)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut logs = logs::Logs::init(&cfg.log, log_format)?;
+    // Every connection is a file descriptor: lift the soft limit
+    // (often 1024) to the hard limit so `connections.max` can be reached.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("starting the metrics listener on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    for w in cfg.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
+    if !cfg.data_dir.exists() {
+        admin::create_private_dir(&cfg.data_dir)?;
+    }
+    let _pid = cmtp_server::reload::PidFile::create(&cfg)?;
+    let server = cmtp_server::Server::start(cfg).await?;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT received") }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => {
+                seq += 1;
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let status = reload_once(cli, domain, &server, &mut logs, seq);
+                if let Err(e) = cmtp_server::reload::write_status(&server.shared().cfg(), &status) {
+                    tracing::warn!(error = %e, "cannot record the reload outcome");
+                }
+            }
+        }
     }
+    server.shutdown().await;
     Ok(())
+}
+
+fn reload_once(
+    cli: &Cli,
+    domain: Option<&str>,
+    server: &cmtp_server::Server,
+    logs: &mut logs::Logs,
+    seq: u64,
+) -> cmtp_server::reload::ReloadStatus {
+    let mut status = cmtp_server::reload::ReloadStatus {
+        pid: std::process::id(),
+        seq,
+        ok: false,
+        error: None,
+        applied: vec![],
+        need_restart: vec![],
+    };
+    let result = resolve_config(cli, domain, false)
+        .and_then(|new| server.shared().reload(new))
+        .and_then(|plan| {
+            logs.apply(&server.shared().cfg().log)?;
+            Ok(plan)
+        });
+    match result {
+        Ok(plan) => {
+            status.ok = true;
+            status.applied = plan.applied;
+            status.need_restart = plan.need_restart;
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; the running configuration stays");
+            status.error = Some(format!("{e:#}"));
+        }
+    }
+    status
 }

@@ -121,6 +121,19 @@ impl Cmtpd {
         );
         std::fs::write(dir.join("cmtpd.toml"), config).unwrap();
         std::fs::write(dir.join("alice.pw"), "correct horse battery staple\n").unwrap();
+        // Key and database first: no command but `init` and `run` creates them.
+        let out = Command::new(cmtpd_path())
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("init")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cmtpd init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = Command::new(cmtpd_path())
             .arg("--data-dir")
             .arg(&dir)

@@ -342,6 +342,13 @@ impl<E> ServerConnection<E> {
         &self.config
     }
 
+    /// A new configuration (the server reloaded its own): limits and
+    /// timeouts apply from the next command and the next message on; a
+    /// message being received keeps the limits it started with.
+    pub fn reconfigure(&mut self, config: Arc<ServerConfig>) {
+        self.config = config;
+    }
+
     /// The connection nonce (KEYLOGIN signatures bind to it).
     pub fn nonce(&self) -> &[u8; 32] {
         &self.nonce

@@ -13,7 +13,7 @@
 //! its own sessions if the server has it off).
 
 mod ops;
-mod schema;
+pub(crate) mod schema;
 
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ use tokio_postgres::NoTls;
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, NewDelivery,
-    NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention, StagedBlob, User,
-    UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
+    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
+    StagedBlob, Unlock, User, UserSummary,
 };
 
 /// How to open a [`PostgresStore`]. Build it with [`PostgresConfig::new`]
@@ -377,6 +377,95 @@ impl Store for PostgresStore {
         .await)
     }
 
+    async fn set_quota(&self, account: &str, quota: Option<u64>) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::set_quota(&c, account, quota).await)
+    }
+
+    async fn mailbox_usage(&self, account: &str) -> Result<MailboxUsage, StoreError> {
+        attempt!(self, Read, |c| ops::mailbox_usage(&c, account).await)
+    }
+
+    async fn claim_quota_notice(
+        &self,
+        account: &str,
+        now: u64,
+        interval: u64,
+    ) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::claim_quota_notice(
+            &c, account, now, interval
+        )
+        .await)
+    }
+
+    async fn unlock_user(&self, account: &str, now: u64) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::unlock_user(&c, account, now).await)
+    }
+
+    async fn unlocks_after(&self, after: u64) -> Result<Vec<Unlock>, StoreError> {
+        attempt!(self, Read, |c| ops::unlocks_after(&c, after).await)
+    }
+
+    async fn add_alias(&self, alias: &str, account: &str, now: u64) -> Result<(), StoreError> {
+        attempt!(self, Write, |c| ops::add_alias(&mut c, alias, account, now)
+            .await)
+    }
+
+    async fn remove_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::remove_alias(&c, alias).await)
+    }
+
+    async fn list_aliases(&self) -> Result<Vec<Alias>, StoreError> {
+        attempt!(self, Read, |c| ops::list_aliases(&c).await)
+    }
+
+    async fn resolve_account(&self, name: &str) -> Result<Option<String>, StoreError> {
+        attempt!(self, Read, |c| ops::resolve_account(&c, name).await)
+    }
+
+    async fn create_reset(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        attempt!(self, Write, |c| ops::create_reset(
+            &c, account, token_hash, expires_at, now
+        )
+        .await)
+    }
+
+    async fn reset_valid(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        attempt!(self, Read, |c| ops::reset_valid(
+            &c, account, token_hash, now
+        )
+        .await)
+    }
+
+    async fn reset_user(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        identity_pk: [u8; 32],
+        credentials: Credentials,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        attempt!(self, Write, |c| ops::reset_user(
+            &mut c,
+            account,
+            token_hash,
+            identity_pk,
+            &credentials,
+            now
+        )
+        .await)
+    }
+
     async fn create_invite(
         &self,
         account: &str,
@@ -562,6 +651,22 @@ impl Store for PostgresStore {
 
     async fn list_queue(&self) -> Result<Vec<OutboundEntry>, StoreError> {
         attempt!(self, Read, |c| ops::list_queue(&c).await)
+    }
+
+    async fn queue_entry(&self, id: u64) -> Result<Option<OutboundEntry>, StoreError> {
+        attempt!(self, Read, |c| ops::queue_entry(&c, id).await)
+    }
+
+    async fn delete_queued(&self, id: u64) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::delete_queued(&c, id).await)
+    }
+
+    async fn set_held(&self, id: u64, held: bool) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::set_held(&c, id, held).await)
+    }
+
+    async fn retry_now(&self, id: u64, now: u64) -> Result<bool, StoreError> {
+        attempt!(self, Write, |c| ops::retry_now(&c, id, now).await)
     }
 
     async fn retry_all_now(&self, now: u64) -> Result<u64, StoreError> {

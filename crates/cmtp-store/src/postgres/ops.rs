@@ -15,10 +15,15 @@ use tokio_postgres::error::SqlState;
 use super::DbResult;
 use crate::error::StoreError;
 use crate::types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
+    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
+    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
+
+/// Serialises the creation of a name (account or alias): both take this
+/// transaction-level advisory lock on the name's hash first, so an account
+/// and an alias of one name cannot be created at the same moment.
+const NAME_LOCK: &str = "SELECT pg_advisory_xact_lock(1668117616, hashtext($1))";
 
 // ----- conversions -----
 
@@ -81,6 +86,19 @@ pub(crate) async fn create_user(
     now: u64,
 ) -> Result<(), StoreError> {
     let tx = c.transaction().await.db()?;
+    tx.execute(NAME_LOCK, &[&user.account]).await.db()?;
+    let alias: bool = get(
+        &tx.query_one(
+            "SELECT EXISTS (SELECT 1 FROM aliases WHERE alias = $1)",
+            &[&user.account],
+        )
+        .await
+        .db()?,
+        0,
+    )?;
+    if alias {
+        return Err(StoreError::AlreadyExists);
+    }
     // The user first: a concurrent creation of the same account waits for
     // this one and then finds the account taken, so an invite is consumed by
     // at most one of them, and never by a creation that fails.
@@ -132,13 +150,14 @@ fn user_row(r: &Row) -> Result<User, StoreError> {
         },
         created_at: get_u64(r, 5)?,
         updated_at: get_u64(r, 6)?,
+        quota: get_opt_u64(r, 7)?,
     })
 }
 
 pub(crate) async fn user(c: &Client, account: &str) -> Result<Option<User>, StoreError> {
     let stmt = c
         .prepare_cached(
-            "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at
+            "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at, quota
              FROM users WHERE account = $1",
         )
         .await
@@ -154,9 +173,9 @@ pub(crate) async fn user(c: &Client, account: &str) -> Result<Option<User>, Stor
 pub(crate) async fn list_users(c: &Client) -> Result<Vec<UserSummary>, StoreError> {
     let rows = c
         .query(
-            "SELECT u.account, u.created_at, COUNT(m.id), COALESCE(SUM(m.size), 0)::BIGINT
+            "SELECT u.account, u.created_at, COUNT(m.id), COALESCE(SUM(m.size), 0)::BIGINT, u.quota
              FROM users u LEFT JOIN mailbox m ON m.account = u.account
-             GROUP BY u.account, u.created_at ORDER BY u.account COLLATE \"C\"",
+             GROUP BY u.account, u.created_at, u.quota ORDER BY u.account COLLATE \"C\"",
             &[],
         )
         .await
@@ -168,6 +187,7 @@ pub(crate) async fn list_users(c: &Client) -> Result<Vec<UserSummary>, StoreErro
                 created_at: get_u64(r, 1)?,
                 messages: get_u64(r, 2)?,
                 bytes: get_u64(r, 3)?,
+                quota: get_opt_u64(r, 4)?,
             })
         })
         .collect()
@@ -206,6 +226,14 @@ pub(crate) async fn delete_user(c: &mut Client, account: &str) -> Result<bool, S
     tx.execute("DELETE FROM invites WHERE account = $1", &[&account])
         .await
         .db()?;
+    for table in ["aliases", "reset_tokens", "unlocks"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE account = $1"),
+            &[&account],
+        )
+        .await
+        .db()?;
+    }
     let n = match tx
         .execute("DELETE FROM users WHERE account = $1", &[&account])
         .await
@@ -245,6 +273,265 @@ pub(crate) async fn update_credentials(
         .await
         .db()?;
     Ok(n > 0)
+}
+
+pub(crate) async fn set_quota(
+    c: &Client,
+    account: &str,
+    quota: Option<u64>,
+) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE users SET quota = $2 WHERE account = $1",
+            &[&account, &quota.map(sql)],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn mailbox_usage(c: &Client, account: &str) -> Result<MailboxUsage, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM mailbox WHERE account = $1",
+        )
+        .await
+        .db()?;
+    let r = c.query_one(&stmt, &[&account]).await.db()?;
+    Ok(MailboxUsage {
+        messages: get_u64(&r, 0)?,
+        bytes: get_u64(&r, 1)?,
+    })
+}
+
+pub(crate) async fn claim_quota_notice(
+    c: &Client,
+    account: &str,
+    now: u64,
+    interval: u64,
+) -> Result<bool, StoreError> {
+    // One statement: the row lock orders nodes claiming at once; the second
+    // re-checks the condition on the first's committed row and matches nothing.
+    let n = c
+        .execute(
+            "UPDATE users SET quota_notice_at = $2
+             WHERE account = $1 AND (quota_notice_at IS NULL OR quota_notice_at <= $3)",
+            &[&account, &sql(now), &sql(now.saturating_sub(interval))],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn unlock_user(c: &Client, account: &str, now: u64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "INSERT INTO unlocks (account, at)
+             SELECT $1::TEXT, $2::BIGINT WHERE EXISTS (SELECT 1 FROM users WHERE account = $1::TEXT)",
+            &[&account, &sql(now)],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn unlocks_after(c: &Client, after: u64) -> Result<Vec<Unlock>, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT id, account, at FROM unlocks WHERE id > $1 ORDER BY id LIMIT 10000")
+        .await
+        .db()?;
+    let rows = c.query(&stmt, &[&sql(after)]).await.db()?;
+    rows.iter()
+        .map(|r| {
+            Ok(Unlock {
+                id: get_u64(r, 0)?,
+                account: get(r, 1)?,
+                at: get_u64(r, 2)?,
+            })
+        })
+        .collect()
+}
+
+// ----- aliases -----
+
+pub(crate) async fn add_alias(
+    c: &mut Client,
+    alias: &str,
+    account: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.db()?;
+    tx.execute(NAME_LOCK, &[&alias]).await.db()?;
+    let r = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE account = $1)
+                 OR EXISTS (SELECT 1 FROM aliases WHERE alias = $1),
+                    EXISTS (SELECT 1 FROM users WHERE account = $2)",
+            &[&alias, &account],
+        )
+        .await
+        .db()?;
+    let (taken, target): (bool, bool) = (get(&r, 0)?, get(&r, 1)?);
+    if taken {
+        return Err(StoreError::AlreadyExists);
+    }
+    if !target {
+        return Err(StoreError::UnknownAccount);
+    }
+    match tx
+        .execute(
+            "INSERT INTO aliases (alias, account, created_at) VALUES ($1, $2, $3)",
+            &[&alias, &account, &sql(now)],
+        )
+        .await
+    {
+        Ok(_) => {}
+        // The account was deleted meanwhile.
+        Err(e) if is_foreign_key_violation(&e) => return Err(StoreError::UnknownAccount),
+        Err(e) => return Err(super::map_err(e)),
+    }
+    tx.commit().await.db()
+}
+
+pub(crate) async fn remove_alias(c: &Client, alias: &str) -> Result<bool, StoreError> {
+    let n = c
+        .execute("DELETE FROM aliases WHERE alias = $1", &[&alias])
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn list_aliases(c: &Client) -> Result<Vec<Alias>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT alias, account, created_at FROM aliases ORDER BY alias COLLATE \"C\"",
+            &[],
+        )
+        .await
+        .db()?;
+    rows.iter()
+        .map(|r| {
+            Ok(Alias {
+                alias: get(r, 0)?,
+                account: get(r, 1)?,
+                created_at: get_u64(r, 2)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn resolve_account(c: &Client, name: &str) -> Result<Option<String>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT account FROM users WHERE account = $1
+             UNION ALL SELECT account FROM aliases WHERE alias = $1 LIMIT 1",
+        )
+        .await
+        .db()?;
+    c.query_opt(&stmt, &[&name])
+        .await
+        .db()?
+        .map(|r| get(&r, 0))
+        .transpose()
+}
+
+// ----- reset tokens -----
+
+pub(crate) async fn create_reset(
+    c: &Client,
+    account: &str,
+    hash: [u8; 32],
+    expires_at: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    let result = c
+        .execute(
+            "INSERT INTO reset_tokens (token_hash, account, created_at, expires_at)
+             SELECT $1::BYTEA, $2::TEXT, $3::BIGINT, $4::BIGINT
+             WHERE EXISTS (SELECT 1 FROM users WHERE account = $2::TEXT)
+             ON CONFLICT (token_hash) DO NOTHING",
+            &[&&hash[..], &account, &sql(now), &sql(expires_at)],
+        )
+        .await;
+    match result {
+        Ok(1) => Ok(()),
+        Ok(_) => {
+            let exists = user(c, account).await?.is_some();
+            Err(if exists {
+                StoreError::AlreadyExists
+            } else {
+                StoreError::UnknownAccount
+            })
+        }
+        Err(e) if is_foreign_key_violation(&e) => Err(StoreError::UnknownAccount),
+        Err(e) => Err(super::map_err(e)),
+    }
+}
+
+pub(crate) async fn reset_valid(
+    c: &Client,
+    account: &str,
+    hash: [u8; 32],
+    now: u64,
+) -> Result<bool, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM reset_tokens
+                            WHERE token_hash = $1 AND account = $2 AND expires_at > $3)",
+            &[&&hash[..], &account, &sql(now)],
+        )
+        .await
+        .db()?;
+    get(&row, 0)
+}
+
+pub(crate) async fn reset_user(
+    c: &mut Client,
+    account: &str,
+    hash: [u8; 32],
+    identity_pk: [u8; 32],
+    cred: &Credentials,
+    now: u64,
+) -> Result<(), StoreError> {
+    let tx = c.transaction().await.db()?;
+    // Consuming the token first: two resets with one token wait for each
+    // other here, and the second finds it gone.
+    let used = tx
+        .execute(
+            "DELETE FROM reset_tokens WHERE token_hash = $1 AND account = $2 AND expires_at > $3",
+            &[&&hash[..], &account, &sql(now)],
+        )
+        .await
+        .db()?;
+    if used == 0 {
+        return Err(StoreError::ResetTokenInvalid);
+    }
+    tx.execute("DELETE FROM reset_tokens WHERE account = $1", &[&account])
+        .await
+        .db()?;
+    tx.execute("DELETE FROM key_statements WHERE account = $1", &[&account])
+        .await
+        .db()?;
+    let n = tx
+        .execute(
+            "UPDATE users SET identity_pk = $2, opaque_record = $3, ksf = $4, xzibit = $5,
+                              updated_at = $6
+             WHERE account = $1",
+            &[
+                &account,
+                &&identity_pk[..],
+                &cred.opaque_record,
+                &&cred.ksf[..],
+                &cred.xzibit,
+                &sql(now),
+            ],
+        )
+        .await
+        .db()?;
+    if n == 0 {
+        return Err(StoreError::ResetTokenInvalid);
+    }
+    tx.commit().await.db()
 }
 
 // ----- invites -----
@@ -288,6 +575,9 @@ pub(crate) async fn invite_valid(
 }
 
 // ----- maintenance -----
+
+/// How long unlock records are kept (every node has applied them by then).
+const UNLOCK_RETENTION: u64 = 24 * 3600;
 
 pub(crate) async fn purge_expired(
     c: &mut Client,
@@ -346,6 +636,20 @@ pub(crate) async fn purge_expired(
         )
         .await
         .db()?;
+    let reset_tokens = tx
+        .execute(
+            "DELETE FROM reset_tokens WHERE expires_at <= $1",
+            &[&sql(now)],
+        )
+        .await
+        .db()?;
+    let unlocks = tx
+        .execute(
+            "DELETE FROM unlocks WHERE at < $1",
+            &[&sql(now.saturating_sub(UNLOCK_RETENTION))],
+        )
+        .await
+        .db()?;
     tx.commit().await.db()?;
     Ok(PurgeReport {
         invites,
@@ -353,6 +657,8 @@ pub(crate) async fn purge_expired(
         staged_blobs,
         cached_statements,
         pins,
+        reset_tokens,
+        unlocks,
     })
 }
 
@@ -918,7 +1224,7 @@ pub(crate) async fn enqueue(c: &mut Client, o: &NewOutbound) -> Result<Enqueued,
     })
 }
 
-const OUTBOUND_COLUMNS: &str = "o.id, o.hash, o.sender, o.destination, o.dest_domain, o.size, o.created_at, o.expires_at, o.next_attempt_at, o.attempts, o.last_error, o.lease_owner, o.lease_until, b.id, b.size, b.chunks";
+const OUTBOUND_COLUMNS: &str = "o.id, o.hash, o.sender, o.destination, o.dest_domain, o.size, o.created_at, o.expires_at, o.next_attempt_at, o.attempts, o.last_error, o.lease_owner, o.lease_until, b.id, b.size, b.chunks, o.held";
 
 fn outbound_row(r: &Row) -> Result<OutboundEntry, StoreError> {
     Ok(OutboundEntry {
@@ -935,6 +1241,7 @@ fn outbound_row(r: &Row) -> Result<OutboundEntry, StoreError> {
         last_error: get(r, 10)?,
         lease_owner: get(r, 11)?,
         lease_until: get_opt_u64(r, 12)?,
+        held: get(r, 16)?,
         blob: BlobRef {
             id: get_u64(r, 13)?,
             size: get_u64(r, 14)?,
@@ -960,6 +1267,7 @@ pub(crate) async fn lease_due(
             "WITH due AS (
                  SELECT id FROM outbound
                  WHERE next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                   AND NOT held
                  ORDER BY next_attempt_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)
@@ -1171,7 +1479,8 @@ pub(crate) async fn list_queue(c: &Client) -> Result<Vec<OutboundEntry>, StoreEr
 pub(crate) async fn retry_all_now(c: &Client, now: u64) -> Result<u64, StoreError> {
     c.execute(
         "UPDATE outbound SET next_attempt_at = $1
-         WHERE next_attempt_at > $1 AND (lease_until IS NULL OR lease_until <= $1)",
+         WHERE next_attempt_at > $1 AND (lease_until IS NULL OR lease_until <= $1)
+           AND NOT held",
         &[&sql(now)],
     )
     .await
@@ -1186,17 +1495,71 @@ pub(crate) async fn size(c: &Client) -> Result<u64, StoreError> {
     get_u64(&r, 0)
 }
 
+pub(crate) async fn queue_entry(c: &Client, id: u64) -> Result<Option<OutboundEntry>, StoreError> {
+    c.query_opt(
+        &format!(
+            "SELECT {OUTBOUND_COLUMNS} FROM outbound o JOIN blobs b ON b.id = o.blob_id
+             WHERE o.id = $1"
+        ),
+        &[&sql(id)],
+    )
+    .await
+    .db()?
+    .as_ref()
+    .map(outbound_row)
+    .transpose()
+}
+
+pub(crate) async fn delete_queued(c: &Client, id: u64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "WITH o AS (DELETE FROM outbound WHERE id = $1 RETURNING blob_id)
+             DELETE FROM blobs WHERE id IN (SELECT blob_id FROM o)",
+            &[&sql(id)],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn set_held(c: &Client, id: u64, held: bool) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE outbound SET held = $2 WHERE id = $1",
+            &[&sql(id), &held],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) async fn retry_now(c: &Client, id: u64, now: u64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE outbound SET next_attempt_at = LEAST(next_attempt_at, $2)
+             WHERE id = $1 AND NOT held AND (lease_until IS NULL OR lease_until <= $2)",
+            &[&sql(id), &sql(now)],
+        )
+        .await
+        .db()?;
+    Ok(n > 0)
+}
+
 pub(crate) async fn queue_stats(c: &Client, now: u64) -> Result<QueueStats, StoreError> {
     let r = c
         .query_one(
             "SELECT COUNT(*),
-                    COUNT(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= $1)
+                    COUNT(*) FILTER (WHERE NOT held AND (lease_until IS NULL OR lease_until <= $1)
                                      AND next_attempt_at <= $1),
-                    COUNT(*) FILTER (WHERE (lease_until IS NULL OR lease_until <= $1)
+                    COUNT(*) FILTER (WHERE NOT held AND (lease_until IS NULL OR lease_until <= $1)
                                      AND next_attempt_at > $1),
                     COUNT(*) FILTER (WHERE lease_until > $1),
                     COALESCE(SUM(size), 0)::BIGINT,
-                    MIN(created_at)
+                    MIN(created_at),
+                    COUNT(*) FILTER (WHERE held),
+                    MIN(next_attempt_at) FILTER (WHERE NOT held
+                                                 AND (lease_until IS NULL OR lease_until <= $1)
+                                                 AND next_attempt_at <= $1)
              FROM outbound",
             &[&sql(now)],
         )
@@ -1206,9 +1569,11 @@ pub(crate) async fn queue_stats(c: &Client, now: u64) -> Result<QueueStats, Stor
         total: get_u64(&r, 0)?,
         due: get_u64(&r, 1)?,
         deferred: get_u64(&r, 2)?,
+        held: get_u64(&r, 6)?,
         leased: get_u64(&r, 3)?,
         bytes: get_u64(&r, 4)?,
         oldest_age: get_opt_u64(&r, 5)?.map(|t| now.saturating_sub(t)),
+        oldest_due_age: get_opt_u64(&r, 7)?.map(|t| now.saturating_sub(t)),
     })
 }
 

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// The key of the advisory lock held while migrating ("cmtpschm"). Advisory
 /// locks are per database, so stores on other databases of the same cluster
@@ -25,7 +25,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x636d_7470_7363_686d;
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database (in the first schema of the
 /// connection's `search_path`).
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: the SQLite schema, in PostgreSQL types.
 ///
@@ -37,7 +37,7 @@ const MIGRATIONS: &[&str] = &[V1, V2];
 /// outlives mailbox entries (and their users) until `purge_expired`. The
 /// outbound lease is `(lease_owner, lease_until)`. Times, sizes and counts
 /// are BIGINT (unix seconds, bytes).
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
@@ -146,10 +146,41 @@ CREATE TABLE statement_cache (
 CREATE INDEX statement_cache_expiry ON statement_cache (expires_at);
 ";
 
-/// Version 2: the relay's per-destination queries (deferring every entry
+/// Version 2: administration, as in the SQLite schema: quotas and the last
+/// "mailbox full" notice on `users`, held queue entries, aliases, reset
+/// tokens and unlock records.
+const V2: &str = "
+ALTER TABLE users ADD COLUMN quota BIGINT;
+ALTER TABLE users ADD COLUMN quota_notice_at BIGINT;
+ALTER TABLE outbound ADD COLUMN held BOOLEAN NOT NULL DEFAULT FALSE;
+
+CREATE TABLE aliases (
+    alias      TEXT PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES users (account) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX aliases_account ON aliases (account);
+
+CREATE TABLE reset_tokens (
+    token_hash BYTEA PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES users (account) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX reset_tokens_account ON reset_tokens (account);
+CREATE INDEX reset_tokens_expiry ON reset_tokens (expires_at);
+
+CREATE TABLE unlocks (
+    id      BIGSERIAL PRIMARY KEY,
+    account TEXT NOT NULL,
+    at      BIGINT NOT NULL
+);
+";
+
+/// Version 3: the relay's per-destination queries (deferring every entry
 /// of an unreachable domain, leasing per domain) find a domain's entries in
 /// due order without reading the whole queue.
-const V2: &str = "
+const V3: &str = "
 CREATE INDEX outbound_domain_due ON outbound (dest_domain, next_attempt_at);
 ";
 

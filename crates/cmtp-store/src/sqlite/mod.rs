@@ -1,9 +1,10 @@
 //! The embedded SQLite backend: one database file, WAL, `synchronous=FULL`,
 //! one writer thread doing group commit, a pool of read-only connections.
 
+pub mod backup;
 mod ops;
 mod pool;
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -16,9 +17,9 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MessageBody,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
+    MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats,
+    Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// How to open a [`SqliteStore`]. Build it with [`SqliteConfig::new`] and
@@ -45,6 +46,11 @@ pub struct SqliteConfig {
     /// `max_page_count`); writes beyond it fail with the transient
     /// [`StoreError::Full`]. `None` (the default): only the disk limits it.
     pub max_size: Option<u64>,
+    /// Remove staged blobs left by a previous run when opening (default
+    /// `true`). Turn it off for a process that opens the database beside a
+    /// running server (an administration command): the uploads in progress
+    /// are that server's.
+    pub clear_abandoned_uploads: bool,
 }
 
 impl SqliteConfig {
@@ -57,6 +63,7 @@ impl SqliteConfig {
             max_batch: 256,
             max_batch_bytes: 16 << 20,
             max_size: None,
+            clear_abandoned_uploads: true,
         }
     }
 }
@@ -204,20 +211,24 @@ fn keep_wal_on_close(conn: &Connection) -> Result<(), StoreError> {
 fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     let mut conn = open_writer(&config)?;
     schema::migrate(&mut conn)?;
-    // Nobody can be uploading into a store that is just opening. On a full
-    // disk the removal itself may not fit: the store opens anyway (reads and
-    // small writes work), and maintenance removes them later.
-    match ops::purge_staged(&conn, None) {
-        Ok(0) => {}
-        Ok(abandoned) => tracing::info!(
-            abandoned,
-            "removed staged blobs abandoned by the previous run"
-        ),
-        Err(e) if e.is_transient() => tracing::warn!(
-            error = %e,
-            "cannot remove the staged blobs of the previous run now; maintenance will"
-        ),
-        Err(e) => return Err(e),
+    // Nobody can be uploading into a store that a server is just opening
+    // (an administrator's command opening it beside a running server must
+    // not touch them). On a full disk the removal itself may not fit: the
+    // store opens anyway (reads and small writes work), and maintenance
+    // removes them later.
+    if config.clear_abandoned_uploads {
+        match ops::purge_staged(&conn, None) {
+            Ok(0) => {}
+            Ok(abandoned) => tracing::info!(
+                abandoned,
+                "removed staged blobs abandoned by the previous run"
+            ),
+            Err(e) if e.is_transient() => tracing::warn!(
+                error = %e,
+                "cannot remove the staged blobs of the previous run now; maintenance will"
+            ),
+            Err(e) => return Err(e),
+        }
     }
     let readers = (0..config.read_connections.max(1))
         .map(|_| open_reader(&config.path, config.busy_timeout))
@@ -333,6 +344,100 @@ impl Store for SqliteStore {
         let account = account.to_owned();
         self.write(0, move |c| {
             ops::update_credentials(c, &account, &credentials, now)
+        })
+        .await
+    }
+
+    async fn set_quota(&self, account: &str, quota: Option<u64>) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| ops::set_quota(c, &account, quota))
+            .await
+    }
+
+    async fn mailbox_usage(&self, account: &str) -> Result<MailboxUsage, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::mailbox_usage(c, &account)).await
+    }
+
+    async fn claim_quota_notice(
+        &self,
+        account: &str,
+        now: u64,
+        interval: u64,
+    ) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| {
+            ops::claim_quota_notice(c, &account, now, interval)
+        })
+        .await
+    }
+
+    async fn unlock_user(&self, account: &str, now: u64) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| ops::unlock_user(c, &account, now))
+            .await
+    }
+
+    async fn unlocks_after(&self, after: u64) -> Result<Vec<Unlock>, StoreError> {
+        self.read(move |c| ops::unlocks_after(c, after)).await
+    }
+
+    async fn add_alias(&self, alias: &str, account: &str, now: u64) -> Result<(), StoreError> {
+        let (alias, account) = (alias.to_owned(), account.to_owned());
+        self.write(0, move |c| ops::add_alias(c, &alias, &account, now))
+            .await
+    }
+
+    async fn remove_alias(&self, alias: &str) -> Result<bool, StoreError> {
+        let alias = alias.to_owned();
+        self.write(0, move |c| ops::remove_alias(c, &alias)).await
+    }
+
+    async fn list_aliases(&self) -> Result<Vec<Alias>, StoreError> {
+        self.read(ops::list_aliases).await
+    }
+
+    async fn resolve_account(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |c| ops::resolve_account(c, &name)).await
+    }
+
+    async fn create_reset(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| {
+            ops::create_reset(c, &account, token_hash, expires_at, now)
+        })
+        .await
+    }
+
+    async fn reset_valid(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::reset_valid(c, &account, token_hash, now))
+            .await
+    }
+
+    async fn reset_user(
+        &self,
+        account: &str,
+        token_hash: [u8; 32],
+        identity_pk: [u8; 32],
+        credentials: Credentials,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.write(0, move |c| {
+            ops::reset_user(c, &account, token_hash, identity_pk, &credentials, now)
         })
         .await
     }
@@ -535,6 +640,22 @@ impl Store for SqliteStore {
 
     async fn list_queue(&self) -> Result<Vec<OutboundEntry>, StoreError> {
         self.read(ops::list_queue).await
+    }
+
+    async fn queue_entry(&self, id: u64) -> Result<Option<OutboundEntry>, StoreError> {
+        self.read(move |c| ops::queue_entry(c, id)).await
+    }
+
+    async fn delete_queued(&self, id: u64) -> Result<bool, StoreError> {
+        self.write(0, move |c| ops::delete_queued(c, id)).await
+    }
+
+    async fn set_held(&self, id: u64, held: bool) -> Result<bool, StoreError> {
+        self.write(0, move |c| ops::set_held(c, id, held)).await
+    }
+
+    async fn retry_now(&self, id: u64, now: u64) -> Result<bool, StoreError> {
+        self.write(0, move |c| ops::retry_now(c, id, now)).await
     }
 
     async fn retry_all_now(&self, now: u64) -> Result<u64, StoreError> {

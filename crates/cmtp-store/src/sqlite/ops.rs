@@ -8,9 +8,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::DbResult;
 use crate::error::StoreError;
 use crate::types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
+    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
+    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// A time or size for SQLite's signed 64-bit integers (saturating: no real
@@ -22,6 +22,12 @@ fn sql(v: u64) -> i64 {
 fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let v: i64 = row.get(idx)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let v: Option<i64> = row.get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
+        .transpose()
 }
 
 fn id_u64(v: i64) -> u64 {
@@ -38,7 +44,8 @@ pub(crate) fn create_user(
 ) -> Result<(), StoreError> {
     let exists: bool = c
         .query_row(
-            "SELECT EXISTS(SELECT 1 FROM users WHERE account = ?1)",
+            "SELECT EXISTS(SELECT 1 FROM users WHERE account = ?1)
+                 OR EXISTS(SELECT 1 FROM aliases WHERE alias = ?1)",
             [&user.account],
             |r| r.get(0),
         )
@@ -75,7 +82,7 @@ pub(crate) fn create_user(
 
 pub(crate) fn user(c: &Connection, account: &str) -> Result<Option<User>, StoreError> {
     c.query_row(
-        "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at
+        "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at, quota
          FROM users WHERE account = ?1",
         [account],
         |r| {
@@ -89,6 +96,7 @@ pub(crate) fn user(c: &Connection, account: &str) -> Result<Option<User>, StoreE
                 },
                 created_at: get_u64(r, 5)?,
                 updated_at: get_u64(r, 6)?,
+                quota: get_opt_u64(r, 7)?,
             })
         },
     )
@@ -99,7 +107,7 @@ pub(crate) fn user(c: &Connection, account: &str) -> Result<Option<User>, StoreE
 pub(crate) fn list_users(c: &Connection) -> Result<Vec<UserSummary>, StoreError> {
     let mut stmt = c
         .prepare(
-            "SELECT u.account, u.created_at, COUNT(m.id), COALESCE(SUM(m.size), 0)
+            "SELECT u.account, u.created_at, COUNT(m.id), COALESCE(SUM(m.size), 0), u.quota
              FROM users u LEFT JOIN mailbox m ON m.account = u.account
              GROUP BY u.account ORDER BY u.account",
         )
@@ -111,6 +119,7 @@ pub(crate) fn list_users(c: &Connection) -> Result<Vec<UserSummary>, StoreError>
                 created_at: get_u64(r, 1)?,
                 messages: get_u64(r, 2)?,
                 bytes: get_u64(r, 3)?,
+                quota: get_opt_u64(r, 4)?,
             })
         })
         .db()?;
@@ -142,6 +151,13 @@ pub(crate) fn delete_user(c: &Connection, account: &str) -> Result<bool, StoreEr
         .db()?;
     c.execute("DELETE FROM invites WHERE account = ?1", [account])
         .db()?;
+    for table in ["aliases", "reset_tokens", "unlocks"] {
+        c.execute(
+            &format!("DELETE FROM {table} WHERE account = ?1"),
+            [account],
+        )
+        .db()?;
+    }
     let n = c
         .execute("DELETE FROM users WHERE account = ?1", [account])
         .db()?;
@@ -162,6 +178,220 @@ pub(crate) fn update_credentials(
         )
         .db()?;
     Ok(n > 0)
+}
+
+pub(crate) fn set_quota(
+    c: &Connection,
+    account: &str,
+    quota: Option<u64>,
+) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE users SET quota = ?2 WHERE account = ?1",
+            params![account, quota.map(sql)],
+        )
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) fn mailbox_usage(c: &Connection, account: &str) -> Result<MailboxUsage, StoreError> {
+    c.prepare_cached("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM mailbox WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| {
+            Ok(MailboxUsage {
+                messages: get_u64(r, 0)?,
+                bytes: get_u64(r, 1)?,
+            })
+        })
+        .db()
+}
+
+pub(crate) fn claim_quota_notice(
+    c: &Connection,
+    account: &str,
+    now: u64,
+    interval: u64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE users SET quota_notice_at = ?2
+             WHERE account = ?1 AND (quota_notice_at IS NULL OR quota_notice_at <= ?3)",
+            params![account, sql(now), sql(now.saturating_sub(interval))],
+        )
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) fn unlock_user(c: &Connection, account: &str, now: u64) -> Result<bool, StoreError> {
+    if !account_exists(c, account)? {
+        return Ok(false);
+    }
+    c.execute(
+        "INSERT INTO unlocks (account, at) VALUES (?1, ?2)",
+        params![account, sql(now)],
+    )
+    .db()?;
+    Ok(true)
+}
+
+pub(crate) fn unlocks_after(c: &Connection, after: u64) -> Result<Vec<Unlock>, StoreError> {
+    let mut stmt = c
+        .prepare_cached("SELECT id, account, at FROM unlocks WHERE id > ?1 ORDER BY id LIMIT 10000")
+        .db()?;
+    let rows = stmt
+        .query_map([sql(after)], |r| {
+            Ok(Unlock {
+                id: get_u64(r, 0)?,
+                account: r.get(1)?,
+                at: get_u64(r, 2)?,
+            })
+        })
+        .db()?;
+    rows.collect::<rusqlite::Result<_>>().db()
+}
+
+// ----- aliases -----
+
+pub(crate) fn add_alias(
+    c: &Connection,
+    alias: &str,
+    account: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    let taken: bool = c
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM users WHERE account = ?1)
+                 OR EXISTS(SELECT 1 FROM aliases WHERE alias = ?1)",
+            [alias],
+            |r| r.get(0),
+        )
+        .db()?;
+    if taken {
+        return Err(StoreError::AlreadyExists);
+    }
+    if !account_exists(c, account)? {
+        return Err(StoreError::UnknownAccount);
+    }
+    c.execute(
+        "INSERT INTO aliases (alias, account, created_at) VALUES (?1, ?2, ?3)",
+        params![alias, account, sql(now)],
+    )
+    .db()?;
+    Ok(())
+}
+
+pub(crate) fn remove_alias(c: &Connection, alias: &str) -> Result<bool, StoreError> {
+    let n = c
+        .execute("DELETE FROM aliases WHERE alias = ?1", [alias])
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) fn list_aliases(c: &Connection) -> Result<Vec<Alias>, StoreError> {
+    let mut stmt = c
+        .prepare("SELECT alias, account, created_at FROM aliases ORDER BY alias")
+        .db()?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Alias {
+                alias: r.get(0)?,
+                account: r.get(1)?,
+                created_at: get_u64(r, 2)?,
+            })
+        })
+        .db()?;
+    rows.collect::<rusqlite::Result<_>>().db()
+}
+
+pub(crate) fn resolve_account(c: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    c.prepare_cached(
+        "SELECT account FROM users WHERE account = ?1
+         UNION ALL SELECT account FROM aliases WHERE alias = ?1 LIMIT 1",
+    )
+    .db()?
+    .query_row([name], |r| r.get(0))
+    .optional()
+    .db()
+}
+
+// ----- reset tokens -----
+
+pub(crate) fn create_reset(
+    c: &Connection,
+    account: &str,
+    hash: [u8; 32],
+    expires_at: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    if !account_exists(c, account)? {
+        return Err(StoreError::UnknownAccount);
+    }
+    let n = c
+        .execute(
+            "INSERT INTO reset_tokens (token_hash, account, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (token_hash) DO NOTHING",
+            params![hash, account, sql(now), sql(expires_at)],
+        )
+        .db()?;
+    if n == 0 {
+        return Err(StoreError::AlreadyExists);
+    }
+    Ok(())
+}
+
+pub(crate) fn reset_valid(
+    c: &Connection,
+    account: &str,
+    hash: [u8; 32],
+    now: u64,
+) -> Result<bool, StoreError> {
+    c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM reset_tokens WHERE token_hash = ?1 AND account = ?2 AND expires_at > ?3)",
+        params![hash, account, sql(now)],
+        |r| r.get(0),
+    )
+    .db()
+}
+
+pub(crate) fn reset_user(
+    c: &Connection,
+    account: &str,
+    hash: [u8; 32],
+    identity_pk: [u8; 32],
+    cred: &Credentials,
+    now: u64,
+) -> Result<(), StoreError> {
+    let used = c
+        .execute(
+            "DELETE FROM reset_tokens WHERE token_hash = ?1 AND account = ?2 AND expires_at > ?3",
+            params![hash, account, sql(now)],
+        )
+        .db()?;
+    if used == 0 {
+        return Err(StoreError::ResetTokenInvalid);
+    }
+    c.execute("DELETE FROM reset_tokens WHERE account = ?1", [account])
+        .db()?;
+    c.execute("DELETE FROM key_statements WHERE account = ?1", [account])
+        .db()?;
+    let n = c
+        .execute(
+            "UPDATE users SET identity_pk = ?2, opaque_record = ?3, ksf = ?4, xzibit = ?5, updated_at = ?6
+             WHERE account = ?1",
+            params![
+                account,
+                identity_pk,
+                cred.opaque_record,
+                cred.ksf,
+                cred.xzibit,
+                sql(now)
+            ],
+        )
+        .db()?;
+    if n == 0 {
+        return Err(StoreError::ResetTokenInvalid);
+    }
+    Ok(())
 }
 
 fn account_exists(c: &Connection, account: &str) -> Result<bool, StoreError> {
@@ -209,6 +439,9 @@ pub(crate) fn invite_valid(
 
 // ----- maintenance -----
 
+/// How long unlock records are kept (every node has applied them by then).
+pub(crate) const UNLOCK_RETENTION: u64 = 24 * 3600;
+
 pub(crate) fn purge_expired(
     c: &Connection,
     now: u64,
@@ -250,12 +483,26 @@ pub(crate) fn purge_expired(
             [sql(retention.max_pins)],
         )
         .db()?;
+    let reset_tokens = c
+        .execute(
+            "DELETE FROM reset_tokens WHERE expires_at <= ?1",
+            [sql(now)],
+        )
+        .db()?;
+    let unlocks = c
+        .execute(
+            "DELETE FROM unlocks WHERE at < ?1",
+            [sql(now.saturating_sub(UNLOCK_RETENTION))],
+        )
+        .db()?;
     Ok(PurgeReport {
         invites: invites as u64,
         dedup_entries: dedup_entries as u64,
         staged_blobs,
         cached_statements: cached_statements as u64,
         pins: pins as u64,
+        reset_tokens: reset_tokens as u64,
+        unlocks: unlocks as u64,
     })
 }
 
@@ -653,7 +900,7 @@ pub(crate) fn enqueue(c: &Connection, o: &NewOutbound) -> Result<Enqueued, Store
     })
 }
 
-const OUTBOUND_COLUMNS: &str = "o.id, o.hash, o.sender, o.destination, o.dest_domain, o.size, o.created_at, o.expires_at, o.next_attempt_at, o.attempts, o.last_error, o.lease_owner, o.lease_until, b.id, b.size, b.chunks";
+const OUTBOUND_COLUMNS: &str = "o.id, o.hash, o.sender, o.destination, o.dest_domain, o.size, o.created_at, o.expires_at, o.next_attempt_at, o.attempts, o.last_error, o.lease_owner, o.lease_until, b.id, b.size, b.chunks, o.held";
 
 fn outbound_row(r: &Row<'_>) -> rusqlite::Result<OutboundEntry> {
     let lease_until: Option<i64> = r.get(12)?;
@@ -671,6 +918,7 @@ fn outbound_row(r: &Row<'_>) -> rusqlite::Result<OutboundEntry> {
         last_error: r.get(10)?,
         lease_owner: r.get(11)?,
         lease_until: lease_until.map(id_u64),
+        held: r.get::<_, i64>(16)? != 0,
         blob: BlobRef {
             id: get_u64(r, 13)?,
             size: get_u64(r, 14)?,
@@ -691,6 +939,7 @@ pub(crate) fn lease_due(
             .prepare_cached(
                 "SELECT id FROM outbound
                  WHERE next_attempt_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+                   AND held = 0
                  ORDER BY next_attempt_at, id LIMIT ?2",
             )
             .db()?;
@@ -870,32 +1119,87 @@ pub(crate) fn retry_all_now(c: &Connection, now: u64) -> Result<u64, StoreError>
     let n = c
         .execute(
             "UPDATE outbound SET next_attempt_at = ?1
-             WHERE next_attempt_at > ?1 AND (lease_until IS NULL OR lease_until <= ?1)",
+             WHERE next_attempt_at > ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+               AND held = 0",
             [sql(now)],
         )
         .db()?;
     Ok(n as u64)
 }
 
+pub(crate) fn queue_entry(c: &Connection, id: u64) -> Result<Option<OutboundEntry>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {OUTBOUND_COLUMNS} FROM outbound o JOIN blobs b ON b.id = o.blob_id WHERE o.id = ?1"
+    ))
+    .db()?
+    .query_row([sql(id)], outbound_row)
+    .optional()
+    .db()
+}
+
+pub(crate) fn delete_queued(c: &Connection, id: u64) -> Result<bool, StoreError> {
+    let blob: Option<i64> = c
+        .query_row(
+            "DELETE FROM outbound WHERE id = ?1 RETURNING blob_id",
+            [sql(id)],
+            |r| r.get(0),
+        )
+        .optional()
+        .db()?;
+    match blob {
+        Some(blob) => {
+            delete_blob(c, blob)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+pub(crate) fn set_held(c: &Connection, id: u64, held: bool) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE outbound SET held = ?2 WHERE id = ?1",
+            params![sql(id), i64::from(held)],
+        )
+        .db()?;
+    Ok(n > 0)
+}
+
+pub(crate) fn retry_now(c: &Connection, id: u64, now: u64) -> Result<bool, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE outbound SET next_attempt_at = MIN(next_attempt_at, ?2)
+             WHERE id = ?1 AND held = 0 AND (lease_until IS NULL OR lease_until <= ?2)",
+            params![sql(id), sql(now)],
+        )
+        .db()?;
+    Ok(n > 0)
+}
+
 pub(crate) fn queue_stats(c: &Connection, now: u64) -> Result<QueueStats, StoreError> {
     c.query_row(
         "SELECT COUNT(*),
-                COALESCE(SUM(CASE WHEN (lease_until IS NULL OR lease_until <= ?1) AND next_attempt_at <= ?1 THEN 1 ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN (lease_until IS NULL OR lease_until <= ?1) AND next_attempt_at > ?1 THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN held = 0 AND (lease_until IS NULL OR lease_until <= ?1) AND next_attempt_at <= ?1 THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN held = 0 AND (lease_until IS NULL OR lease_until <= ?1) AND next_attempt_at > ?1 THEN 1 ELSE 0 END), 0),
                 COALESCE(SUM(CASE WHEN lease_until > ?1 THEN 1 ELSE 0 END), 0),
                 COALESCE(SUM(size), 0),
-                MIN(created_at)
+                MIN(created_at),
+                COALESCE(SUM(held), 0),
+                MIN(CASE WHEN held = 0 AND (lease_until IS NULL OR lease_until <= ?1) AND next_attempt_at <= ?1 THEN next_attempt_at END)
          FROM outbound",
         [sql(now)],
         |r| {
             let oldest: Option<i64> = r.get(5)?;
+            let oldest_due: Option<i64> = r.get(7)?;
             Ok(QueueStats {
                 total: get_u64(r, 0)?,
                 due: get_u64(r, 1)?,
                 deferred: get_u64(r, 2)?,
+                held: get_u64(r, 6)?,
                 leased: get_u64(r, 3)?,
                 bytes: get_u64(r, 4)?,
                 oldest_age: oldest.map(|t| now.saturating_sub(id_u64(t))),
+                oldest_due_age: oldest_due.map(|t| now.saturating_sub(id_u64(t))),
             })
         },
     )

@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1.
 ///
@@ -21,7 +21,7 @@ const MIGRATIONS: &[&str] = &[V1, V2];
 /// row. Ids of `mailbox`, `outbound` and `blobs` are AUTOINCREMENT so they
 /// are never reused. `delivered` is the de-duplication index; it outlives
 /// mailbox entries (and their users) until `purge_expired`.
-const V1: &str = "
+pub(crate) const V1: &str = "
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
@@ -129,10 +129,43 @@ CREATE TABLE statement_cache (
 CREATE INDEX statement_cache_expiry ON statement_cache(expires_at);
 ";
 
-/// Version 2: the relay's per-destination queries (deferring every entry
+/// Version 2: administration. Mailbox quotas and the time of the last
+/// "mailbox full" notice on `users`; queue entries an administrator holds;
+/// aliases (another name of an account); reset tokens (a new password and
+/// key for an account); unlock records (cleared login rate limits, applied
+/// by every node that has not seen them).
+const V2: &str = "
+ALTER TABLE users ADD COLUMN quota INTEGER;
+ALTER TABLE users ADD COLUMN quota_notice_at INTEGER;
+ALTER TABLE outbound ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE aliases (
+    alias      TEXT PRIMARY KEY NOT NULL,
+    account    TEXT NOT NULL REFERENCES users(account) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX aliases_account ON aliases(account);
+
+CREATE TABLE reset_tokens (
+    token_hash BLOB PRIMARY KEY NOT NULL,
+    account    TEXT NOT NULL REFERENCES users(account) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX reset_tokens_account ON reset_tokens(account);
+CREATE INDEX reset_tokens_expiry ON reset_tokens(expires_at);
+
+CREATE TABLE unlocks (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    account TEXT NOT NULL,
+    at      INTEGER NOT NULL
+);
+";
+
+/// Version 3: the relay's per-destination queries (deferring every entry
 /// of an unreachable domain, leasing per domain) find a domain's entries in
 /// due order without reading the whole queue.
-const V2: &str = "
+const V3: &str = "
 CREATE INDEX outbound_domain_due ON outbound(dest_domain, next_attempt_at);
 ";
 

@@ -11,6 +11,7 @@
 mod auth;
 mod dns;
 mod mail;
+mod reset;
 mod setup;
 mod smtp;
 mod support;

@@ -149,6 +149,12 @@ impl Server {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// `cmtpd user reset NAME`: the token.
+    pub(crate) fn reset_token(&self, name: &str) -> String {
+        let out = self.admin(&["user", "reset", name]);
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
     /// `cmtpd user add NAME --password-file F`.
     pub(crate) fn add_user(&self, name: &str, password_file: &Path) {
         self.admin(&[

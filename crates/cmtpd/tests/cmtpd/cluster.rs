@@ -26,7 +26,7 @@ fn node_config(
     tweak: impl FnOnce(&mut Config),
 ) {
     write_config(dir, "a.test", port, |c| {
-        c.store.backend = "postgres".into();
+        c.store.backend = cmtp_server::config::StoreBackend::Postgres;
         c.store.url = Some(url.to_owned());
         c.store.pool_size = 8;
         c.key_file = Some(shared_key.to_owned());

@@ -22,6 +22,7 @@ use cmtp_proto::reply::Status;
 use cmtp_server::config::Config;
 
 mod abuse;
+mod admin;
 mod cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cmtpd");
@@ -46,6 +47,14 @@ fn write_config(dir: &Path, domain: &str, port: u16, tweak: impl FnOnce(&mut Con
     tweak(&mut cfg);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("cmtpd.toml"), cfg.to_toml()).unwrap();
+    // Key and database, as an administrator makes them before adding users
+    // (no command but `init` and `run` creates them).
+    let out = cmtpd(dir).arg("init").output().unwrap();
+    assert!(
+        out.status.success(),
+        "cmtpd init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cfg
 }
 
@@ -537,7 +546,7 @@ async fn sigterm_stops_cleanly_metrics_are_served_and_logs_can_be_json() {
     let mport = free_port();
     write_config(tmp.path(), "a.test", port, |c| {
         c.metrics.listen = Some(SocketAddr::from(([127, 0, 0, 1], mport)));
-        c.log.format = "json".into();
+        c.log.format = cmtp_server::config::LogFormat::Json;
     });
     let mut d = Daemon::start(tmp.path(), port);
     let mut c = Connection::connect(d.addr, T).await.unwrap();
