@@ -178,7 +178,8 @@ pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{AnyStore, BlobReader, Store, StoreConfig};
 pub use types::{
-    BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry, MessageBody,
+    BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, INBOX, KeyStatement, MAX_CHUNK,
+    MailboxChange, MailboxChanges, MailboxEntry, MailboxPage, MailboxState, MessageBody,
     NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
     StagedBlob, User, UserSummary,
 };

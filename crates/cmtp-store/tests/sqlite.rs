@@ -117,7 +117,7 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, 2);
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -128,7 +128,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
     assert!(!e.is_transient());
