@@ -228,9 +228,24 @@ impl Connection {
     pub async fn mail_with_progress(
         &mut self,
         message: &[u8],
+        progress: impl FnMut(u64),
+    ) -> Result<Reply, ClientError> {
+        self.command_with_message(&Command::Mail, message, progress)
+            .await
+    }
+
+    /// Sends a command after which a message follows (`MAIL`, `APPEND`:
+    /// [`Command::carries_message`]) and the whole encoded message, and
+    /// reads the reply, calling `progress(bytes_sent)` as it goes. The reply
+    /// may come before the message is fully sent (an early refusal).
+    pub async fn command_with_message(
+        &mut self,
+        cmd: &Command,
+        message: &[u8],
         mut progress: impl FnMut(u64),
     ) -> Result<Reply, ClientError> {
-        let frame = Command::Mail.to_bytes();
+        debug_assert!(cmd.carries_message());
+        let frame = cmd.to_bytes();
         self.write_all(&frame).await?;
         let seq = self.seq;
         let mut sent = 0usize;

@@ -1,6 +1,7 @@
-//! Receiving a message after MAIL (PROTOCOL.md §6.2, §7.4): the envelope is
-//! checked as soon as it arrives, the rest streams into the store in chunks,
-//! and SUCCESS with a signed receipt is sent only once the message is durable.
+//! Receiving a message after MAIL (PROTOCOL.md §6.2, §7.4) or APPEND
+//! (§13.6): the envelope is checked as soon as it arrives, the rest streams
+//! into the store in chunks, and SUCCESS with a signed receipt is sent only
+//! once the message is durable.
 
 use std::time::Duration;
 
@@ -80,12 +81,32 @@ impl BlobSink {
     }
 }
 
+/// What the message after the command is for.
+pub(crate) enum Intake {
+    /// MAIL: deliver or relay (§7.4).
+    Mail,
+    /// APPEND: file a message of the logged-in user's own into a folder of
+    /// their mailbox (§13.6).
+    Append {
+        /// The folder.
+        folder: cmtp_proto::payload::mailbox::Folder,
+        /// Its initial flags.
+        flags: u32,
+    },
+}
+
 /// Where an accepted message goes.
 enum Route {
     /// Into a local mailbox.
     Local(Account),
     /// Into the relay queue, submitted by a logged-in local user.
     Relay { sender: Account },
+    /// Into a folder of the logged-in user's own mailbox (APPEND).
+    File {
+        account: Account,
+        folder: String,
+        flags: u32,
+    },
 }
 
 /// A message being accepted.
@@ -110,19 +131,19 @@ enum Mode {
 }
 
 /// A refusal decided from the envelope.
-struct Refusal {
+pub(crate) struct Refusal {
     status: Status,
     body: Vec<u8>,
 }
 
 impl Refusal {
-    fn delivery(reason: FailureReason, text: impl Into<String>) -> Self {
+    pub(crate) fn delivery(reason: FailureReason, text: impl Into<String>) -> Self {
         Refusal {
             status: Status::DeliveryFailure,
             body: DeliveryFailure::new(reason, text).to_bytes(),
         }
     }
-    fn status(status: Status, text: impl Into<String>) -> Self {
+    pub(crate) fn status(status: Status, text: impl Into<String>) -> Self {
         Refusal {
             status,
             body: text.into().into_bytes(),
@@ -140,6 +161,15 @@ enum Event {
 }
 
 pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Stop> {
+    receive_for(s, digest, Intake::Mail).await
+}
+
+/// Reads the message that follows MAIL or APPEND and answers it.
+pub(crate) async fn receive_for(
+    s: &mut Session,
+    digest: [u8; 32],
+    intake: Intake,
+) -> Result<(), Stop> {
     let started = Instant::now();
     let t = s.sh.cfg.timeouts.clone();
     let mut reader = MessageReader::new(s.sh.limits);
@@ -202,7 +232,7 @@ pub(crate) async fn receive(s: &mut Session, digest: [u8; 32]) -> Result<(), Sto
             }
         };
         match ev {
-            Event::Envelope(raw) => match decide(s, &raw).await {
+            Event::Envelope(raw) => match decide(s, &raw, &intake).await {
                 Ok(mut acc) => {
                     // The head: header with the new log length, and the names.
                     let mut head = Vec::with_capacity(300);
@@ -293,8 +323,8 @@ async fn refuse_store(s: &mut Session, e: StoreError, digest: [u8; 32]) -> Resul
     .await
 }
 
-/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6).
-async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal> {
+/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6; §13.6 for APPEND).
+async fn decide(s: &mut Session, raw: &RawEnvelope, intake: &Intake) -> Result<Accepting, Refusal> {
     let env = raw
         .parse()
         .map_err(|e| Refusal::status(Status::BadMessage, format!("invalid envelope: {e}")))?;
@@ -304,6 +334,24 @@ async fn decide(s: &mut Session, raw: &RawEnvelope) -> Result<Accepting, Refusal
             FailureReason::Refused,
             "this server refuses plaintext (crypto system 0) mail",
         ));
+    }
+    if let Intake::Append { folder, flags } = intake {
+        return crate::mailbox::decide_append(s, env, folder, *flags).map(
+            |(env, account, line)| Accepting {
+                sink: BlobSink::new(sh.store.clone()),
+                env,
+                route: Route::File {
+                    account,
+                    folder: folder.as_str().to_owned(),
+                    flags: *flags,
+                },
+                submission: true,
+                source_key: None,
+                log_seen: 0,
+                log_lines: 0,
+                our_line: line.into_bytes(),
+            },
+        );
     }
     let ours = |d: &cmtp_proto::names::Domain| *d == sh.domain;
     let submitter = s.logged_in.clone();
@@ -509,6 +557,28 @@ async fn finish(
             sh.queue_wakeup.notify_one();
             r
         }
+        Route::File {
+            account,
+            folder,
+            flags,
+        } => sh
+            .store
+            .deliver_into(
+                NewDelivery {
+                    account: account.as_str().to_owned(),
+                    hash,
+                    source: env.source.to_string(),
+                    received_at: at,
+                    version: env.version,
+                    attachment_count: env.attachment_count,
+                    size,
+                    body,
+                },
+                &folder,
+                flags,
+            )
+            .await
+            .map(|d| ("filed", d.duplicate)),
     };
     metrics::histogram!("cmtp_store_seconds", "op" => "commit").record(t.elapsed().as_secs_f64());
     match stored {

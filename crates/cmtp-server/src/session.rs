@@ -405,6 +405,14 @@ impl Session {
             Command::List => Box::pin(self.list(digest)).await,
             Command::Fetch { id } => Box::pin(self.fetch(id, digest)).await,
             Command::Delete { id } => Box::pin(self.delete(id, digest)).await,
+            Command::ListPage { before, limit } => {
+                Box::pin(self.list_page(before, limit, digest)).await
+            }
+            Command::Changes { since, limit } => Box::pin(self.changes(since, limit, digest)).await,
+            Command::Flags { set, clear, ids } => {
+                Box::pin(self.flags(set, clear, ids, digest)).await
+            }
+            Command::Append { folder, flags } => Box::pin(self.append(folder, flags, digest)).await,
             other => {
                 let text = format!("{} is not supported by this server", other.word());
                 self.reply(Status::BadCommand, text.as_bytes(), digest)
