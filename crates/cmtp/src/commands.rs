@@ -295,6 +295,7 @@ fn edit(c: &Composed) -> anyhow::Result<Edited> {
     let text = match dialoguer::Editor::new()
         .extension(".txt")
         .require_save(false)
+        .trim_newlines(false)
         .edit(&cmtp_app::compose::template(c))
         .context("running $EDITOR")?
     {

@@ -13,4 +13,5 @@ mod dns;
 mod mail;
 mod setup;
 mod smtp;
+mod store;
 mod support;
