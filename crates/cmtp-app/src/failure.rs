@@ -131,11 +131,7 @@ pub enum Error {
     Invalid(String),
     /// A message is larger than the own server accepts (its greeting says
     /// how large a message may be); nothing of it was sent.
-    #[error(
-        "the message is too big: {} bytes, and the server accepts at most {max} bytes{}",
-        size,
-        if detail.is_empty() { String::new() } else { format!(" ({detail})") }
-    )]
+    #[error("{}", too_big_text(*size, *max, detail))]
     TooBig {
         /// Its size in bytes as it would be sent (0: unknown).
         size: u64,
@@ -144,6 +140,18 @@ pub enum Error {
         /// More from the server, if it refused.
         detail: String,
     },
+}
+
+fn too_big_text(size: u64, max: u64, detail: &str) -> String {
+    let mut t = if size > 0 {
+        format!("the message is too big: {size} bytes, and the server accepts at most {max} bytes")
+    } else {
+        format!("the message is too big: the server accepts at most {max} bytes")
+    };
+    if !detail.is_empty() {
+        t.push_str(&format!(" ({detail})"));
+    }
+    t
 }
 
 impl Error {

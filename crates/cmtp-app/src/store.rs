@@ -7,13 +7,15 @@
 //!
 //! ```text
 //! meta        key → value: account, epoch, modseq (sync position),
-//!             listing progress, the server's last max-message-size
+//!             listing progress
 //! messages    one row per message of the server mailbox, by per-user id
 //!             (PROTOCOL.md §13.1): the summary (hash, modseq, flags, folder,
-//!             size, received_at, envelope source and destination), the
-//!             sealed bytes as fetched, and what opening them gave once:
+//!             size, received_at, envelope source and destination), and
+//!             what opening the fetched bytes gave once:
 //!             the verdict and the decrypted subject, date, reply-to, cc,
 //!             text and attachment names
+//! raw_messages  the sealed bytes of each message as fetched (apart, so
+//!             that listing the messages never reads them)
 //! parts       the decrypted attachments of each message
 //! pending_flags  flag changes made offline, pushed at the next sync
 //! outbox      messages composed and not yet accepted by the own server:
@@ -64,7 +66,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attachment_count INTEGER NOT NULL,
     source           TEXT NOT NULL,
     destination      TEXT,
-    raw              BLOB,
+    fetched          INTEGER NOT NULL DEFAULT 0,
     verdict          TEXT,
     verdict_detail   TEXT,
     subject          TEXT,
@@ -75,7 +77,12 @@ CREATE TABLE IF NOT EXISTS messages (
     attachment_names TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder, uid);
-CREATE INDEX IF NOT EXISTS messages_unfetched ON messages(uid) WHERE raw IS NULL;
+CREATE INDEX IF NOT EXISTS messages_unfetched ON messages(uid) WHERE fetched = 0;
+CREATE INDEX IF NOT EXISTS messages_folder_flags ON messages(folder, flags);
+CREATE TABLE IF NOT EXISTS raw_messages (
+    uid   INTEGER PRIMARY KEY REFERENCES messages(uid) ON DELETE CASCADE,
+    bytes BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS parts (
     uid  INTEGER NOT NULL REFERENCES messages(uid) ON DELETE CASCADE,
     idx  INTEGER NOT NULL,
@@ -448,7 +455,7 @@ impl LocalStore {
     /// another account).
     pub fn reset_mail(&self) -> Result<()> {
         self.db(self.conn.execute_batch(
-            "DELETE FROM parts; DELETE FROM messages; DELETE FROM pending_flags;
+            "DELETE FROM parts; DELETE FROM raw_messages; DELETE FROM messages; DELETE FROM pending_flags;
              DELETE FROM meta WHERE key IN ('epoch', 'modseq', 'listed', 'listing_before', 'listing_modseq');",
         ))
     }
@@ -471,7 +478,6 @@ impl LocalStore {
     /// Inserts or updates a message's summary. A known id with another hash
     /// (the server's database was restored) is replaced and fetched again.
     /// Returns whether its bytes still have to be fetched.
-    #[allow(clippy::too_many_arguments)]
     pub fn upsert_summary(&self, s: &cmtp_proto::payload::mailbox::Summary) -> Result<bool> {
         let source = match &s.source_account {
             Some(a) => format!("{a}@{}", s.source_domain),
@@ -479,7 +485,7 @@ impl LocalStore {
         };
         let existing: Option<(Vec<u8>, bool)> = self.db(self
             .conn
-            .prepare_cached("SELECT hash, raw IS NOT NULL FROM messages WHERE uid = ?1")
+            .prepare_cached("SELECT hash, fetched FROM messages WHERE uid = ?1")
             .and_then(|mut st| {
                 st.query_row([i(s.uid)], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
@@ -489,12 +495,15 @@ impl LocalStore {
                 self.db(self
                     .conn
                     .prepare_cached(
-                        "UPDATE messages SET modseq = ?2, flags = ?3, folder = ?4 WHERE uid = ?1",
+                        "UPDATE messages SET modseq = ?2, folder = ?4,
+                             flags = (?3 | COALESCE((SELECT set_bits FROM pending_flags WHERE uid = ?1), 0))
+                                     & ~COALESCE((SELECT clear_bits FROM pending_flags WHERE uid = ?1), 0)
+                         WHERE uid = ?1",
                     )
                     .and_then(|mut st| {
                         st.execute(params![i(s.uid), i(s.modseq), s.flags, s.folder.as_str()])
                     }))?;
-                // A flag change made here and not yet pushed wins.
+                // A flag change made here and not yet pushed wins (above).
                 Ok(!fetched)
             }
             other => {
@@ -545,7 +554,7 @@ impl LocalStore {
     pub fn unfetched(&self) -> Result<Vec<u64>> {
         let mut st = self.db(self
             .conn
-            .prepare("SELECT uid FROM messages WHERE raw IS NULL ORDER BY uid DESC"))?;
+            .prepare("SELECT uid FROM messages WHERE fetched = 0 ORDER BY uid DESC"))?;
         let rows = self.db(st.query_map([], |r| r.get::<_, i64>(0)))?;
         Ok(self
             .db(rows.collect::<rusqlite::Result<Vec<_>>>())?
@@ -558,7 +567,7 @@ impl LocalStore {
     pub fn store_fetched(&self, uid: u64, raw: &[u8], o: &Opened) -> Result<()> {
         let names: Vec<&str> = o.attachments.iter().map(|(n, _)| n.as_str()).collect();
         self.db(self.conn.execute(
-            "UPDATE messages SET raw = ?2, destination = ?3, verdict = ?4, verdict_detail = ?5,
+            "UPDATE messages SET fetched = 1, destination = ?3, verdict = ?4, verdict_detail = ?5,
                     subject = ?6, date = ?7, reply_to = ?8, cc = ?9, body = ?10,
                     attachment_names = ?11
              WHERE uid = ?1",
@@ -605,9 +614,11 @@ impl LocalStore {
         Ok(self
             .db(self
                 .conn
-                .query_row("SELECT raw FROM messages WHERE uid = ?1", [i(uid)], |r| {
-                    r.get::<_, Option<Vec<u8>>>(0)
-                })
+                .query_row(
+                    "SELECT bytes FROM raw_messages WHERE uid = ?1",
+                    [i(uid)],
+                    |r| r.get::<_, Option<Vec<u8>>>(0),
+                )
                 .optional())?
             .flatten())
     }
@@ -956,6 +967,11 @@ mod tests {
         seen.flags = 1;
         assert!(!s.upsert_summary(&seen).unwrap(), "already fetched");
         assert_eq!(s.message(1).unwrap().unwrap().flags, 1);
+        // A change made here and not pushed yet stays over the server's.
+        s.set_flags(1, 4, 1).unwrap();
+        s.upsert_summary(&seen).unwrap();
+        assert_eq!(s.message(1).unwrap().unwrap().flags, 4);
+        s.clear_pending_flags(1).unwrap();
         assert_eq!(s.attachments(1).unwrap().len(), 1);
         assert!(s.upsert_summary(&summary(1, 2)).unwrap(), "another message");
         assert!(s.attachments(1).unwrap().is_empty());

@@ -209,7 +209,9 @@ pub(crate) async fn run(opts: &ServerOpts, args: &ClientArgs) -> anyhow::Result<
     );
 
     let proxy = CountingProxy::start(server.addr).await?;
-    let dir = tempfile::Builder::new().prefix("cmtp-bench-home-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("cmtp-bench-home-")
+        .tempdir()?;
     let home = home_for(dir.path(), &recipient, proxy.addr)?;
 
     // The first sync: everything.
@@ -217,18 +219,29 @@ pub(crate) async fn run(opts: &ServerOpts, args: &ClientArgs) -> anyhow::Result<
     let (fetched, _) = inbox(&home).await?;
     let secs = t.elapsed().as_secs_f64();
     if fetched != args.messages as u64 {
-        bail!("the first sync fetched {fetched} messages, not {}", args.messages);
+        bail!(
+            "the first sync fetched {fetched} messages, not {}",
+            args.messages
+        );
     }
     run.add("initial_sync_s", secs, "s");
     run.add("initial_sync_rate", fetched as f64 / secs, "msg/s");
     run.add("initial_sync_bytes", proxy.take() as f64, "B");
     let store_size = std::fs::metadata(home.store_path())?.len();
-    run.add("local_store_size", store_size as f64 / (1 << 20) as f64, "MiB");
+    run.add(
+        "local_store_size",
+        store_size as f64 / (1 << 20) as f64,
+        "MiB",
+    );
 
     // Nothing new: the cost of a sync that finds nothing.
     let t = Instant::now();
     inbox(&home).await?;
-    run.add("inbox_nothing_new_ms", t.elapsed().as_secs_f64() * 1e3, "ms");
+    run.add(
+        "inbox_nothing_new_ms",
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
     run.add("inbox_nothing_new_bytes", proxy.take() as f64, "B");
 
     // N new messages.
@@ -239,12 +252,20 @@ pub(crate) async fn run(opts: &ServerOpts, args: &ClientArgs) -> anyhow::Result<
     run.add("inbox_new_ms", t.elapsed().as_secs_f64() * 1e3, "ms");
     run.add("inbox_new_bytes", proxy.take() as f64, "B");
     if fetched != args.new as u64 || shown == 0 {
-        bail!("the second inbox fetched {fetched} messages, not {}", args.new);
+        bail!(
+            "the second inbox fetched {fetched} messages, not {}",
+            args.new
+        );
     }
 
     // The same as a person runs it: the `cmtp` process (text output).
     if let Some(bin) = cmtp_binary(args) {
-        let extra: Vec<Prebuilt> = seal_all(&vec![(0, 1); args.new], &server.users, &server.users, args.size)?;
+        let extra: Vec<Prebuilt> = seal_all(
+            &vec![(0, 1); args.new],
+            &server.users,
+            &server.users,
+            args.size,
+        )?;
         fill(server.addr, &sender, extra, 1).await?;
         proxy.take();
         let t = Instant::now();
