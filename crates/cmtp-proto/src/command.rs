@@ -411,7 +411,7 @@ fn page_limit(index: usize, s: &str) -> Result<u32, CommandError> {
 }
 
 fn flag_ids(blob: &[u8]) -> Result<Vec<u64>, CommandError> {
-    if blob.len() % 8 != 0 {
+    if !blob.len().is_multiple_of(8) {
         return Err(bad(2, "the ids are a multiple of 8 bytes"));
     }
     Ok(blob
