@@ -271,6 +271,41 @@ def gen_commands(extra):
         "DELETE id=18446744073709551615 (u64 max)",
     )
     f.add(
+        "listpage",
+        command("LISTPAGE", ["0", "500"]),
+        "LISTPAGE before=0 (from the newest) limit=500 (§13.3)",
+    )
+    f.add(
+        "listpage_before",
+        command("LISTPAGE", ["9501", "1000"]),
+        "LISTPAGE before=9501 limit=1000: ids 9500 and below, newest first (§13.3)",
+    )
+    f.add(
+        "changes",
+        command("CHANGES", ["10000", "1000"]),
+        "CHANGES since=10000 limit=1000 (§13.4)",
+    )
+    f.add(
+        "flags",
+        command("FLAGS", ["1", "8"], u64(1) + u64(7)),
+        "FLAGS set=1 (seen) clear=8 (deleted), blob = ids 1 and 7 as u64 (§13.5)",
+    )
+    f.add(
+        "append",
+        command("APPEND", ["Sent", "1"]),
+        "APPEND folder=Sent flags=1 (seen); a message (§7) follows (§13.6)",
+    )
+    f.add(
+        "bad_flags_both",
+        command("FLAGS", ["1", "1"], u64(1)),
+        "FLAGS that sets and clears the same bit -> BADARGUMENT (§13.5)",
+    )
+    f.add(
+        "bad_listpage_limit",
+        command("LISTPAGE", ["0", "1001"]),
+        "LISTPAGE limit=1001: over 1000 -> BADARGUMENT (§13.3)",
+    )
+    f.add(
         "pipeline",
         command("OHAI")
         + command("KEYREQUEST", ["bob", "b.example"])
@@ -978,6 +1013,58 @@ def gen_payload(msgs):
         "server (empty account)",
     )
     f.add("listing_empty", u32(0), "LIST SUCCESS body of an empty mailbox")
+
+    def summary(uid, modseq, flags, folder, size, received, h, atts, acc, dom):
+        return (
+            u64(uid)
+            + u64(modseq)
+            + u32(flags)
+            + string(folder)
+            + u64(size)
+            + u64(received)
+            + h
+            + u32(1)
+            + u32(atts)
+            + string(acc)
+            + string(dom)
+        )
+
+    s2 = summary(
+        2, 5, 0, "Inbox", len(msgs["notice"]), T0 + 60, msgs["notice_hash"], 0, "", "a.example"
+    )
+    s1 = summary(
+        1, 4, 1 | 4, "Inbox", len(msgs["v1"]), T0 + 5, msgs["v1_hash"], 2, "alice", "a.example"
+    )
+    f.add(
+        "listing_page",
+        u64(3) + u64(6) + u32(2) + s2 + s1,
+        "LISTPAGE SUCCESS body (§13.3): epoch 3, modseq 6, two summaries, newest first:",
+        "uid 2, modseq 5, flags 0, folder Inbox, size = len(message_notice),",
+        "received_at T0 + 60, hash = message_notice_hash, version 1, 0 attachments,",
+        "from a.example's server; uid 1, modseq 4, flags 5 (seen, flagged), folder",
+        "Inbox, size = len(message_v1), received_at T0 + 5, hash = message_v1_hash,",
+        "version 1, 2 attachments, from alice@a.example",
+    )
+    s1_sent = summary(
+        1, 7, 1, "Sent", len(msgs["v1"]), T0 + 5, msgs["v1_hash"], 2, "alice", "a.example"
+    )
+    f.add(
+        "change_set",
+        u64(3) + u64(9) + u8(1) + u32(2) + u8(1) + s1_sent + u8(2) + u64(2) + u64(8),
+        "CHANGES SUCCESS body (§13.4): epoch 3, modseq 9, more 1, two changes:",
+        "kind 1, uid 1 now at modseq 7 with flags 1 (seen) in folder Sent (otherwise",
+        "as in listing_page); kind 2, uid 2 removed at modseq 8",
+    )
+    f.add(
+        "change_set_empty",
+        u64(3) + u64(9) + u8(0) + u32(0),
+        "CHANGES SUCCESS body with nothing new: epoch 3, modseq 9, more 0, no changes",
+    )
+    f.add(
+        "flags_result",
+        u64(10) + u32(2),
+        "FLAGS SUCCESS body (§13.5): modseq 10, 2 messages changed",
+    )
     f.write()
     return out
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod bigmail;
+mod client;
 mod conn;
 mod crypto;
 mod dns;
@@ -88,6 +89,13 @@ enum Cmd {
     Relay {
         #[command(flatten)]
         args: relay::RelayArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The mail program: initial sync of M messages, then `inbox` with N new (time, bytes).
+    Client {
+        #[command(flatten)]
+        args: client::ClientArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -220,6 +228,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 common.repeat,
                 common.json.as_ref(),
                 async || relay::run(&common.server, &args).await,
+            )
+            .await
+        }
+        Cmd::Client { args, common } => {
+            repeat(
+                "client",
+                args.params(),
+                common.repeat,
+                common.json.as_ref(),
+                async || client::run(&common.server, &args).await,
             )
             .await
         }

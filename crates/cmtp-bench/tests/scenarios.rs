@@ -127,6 +127,19 @@ fn relay_reaches_the_other_domain() {
 }
 
 #[test]
+fn client_syncs_everything_then_only_the_new_messages() {
+    let v = bench(&["client", "-m", "300", "-n", "5", "-s", "100"]);
+    assert!(num(&v, "initial_sync_rate") > 0.0);
+    // 300 messages of ~450 bytes, then 5 of them: the second costs a
+    // sixtieth or so of the first, plus the login.
+    let first = num(&v, "initial_sync_bytes");
+    let second = num(&v, "inbox_new_bytes");
+    assert!(first > 300.0 * 400.0, "{v}");
+    assert!(second < first / 20.0, "{v}");
+    assert!(num(&v, "inbox_nothing_new_bytes") < second, "{v}");
+}
+
+#[test]
 fn crypto_rates() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("c.json");

@@ -199,10 +199,24 @@ impl Connection {
     pub async fn mail_with_progress(
         &mut self,
         message: &[u8],
+        progress: impl FnMut(u64),
+    ) -> Result<Reply, ClientError> {
+        self.command_with_message(&Command::Mail, message, progress)
+            .await
+    }
+
+    /// Sends a command after which a message follows (`MAIL`, `APPEND`:
+    /// [`Command::carries_message`]) and the whole encoded message, and
+    /// reads the reply, calling `progress(bytes_sent)` as it goes. The reply
+    /// may come before the message is fully sent (an early refusal).
+    pub async fn command_with_message(
+        &mut self,
+        cmd: &Command,
+        message: &[u8],
         mut progress: impl FnMut(u64),
     ) -> Result<Reply, ClientError> {
-        self.conn
-            .send(&Command::Mail, MAX_REPLY_BODY, Instant::now());
+        debug_assert!(cmd.carries_message());
+        self.conn.send(cmd, MAX_REPLY_BODY, Instant::now());
         self.flush().await?;
         let mut sent = 0usize;
         // Write in pieces while watching for an early reply.

@@ -1,37 +1,27 @@
-//! The CMTP client library: connection, server discovery, key lookup and
-//! pinning, send, login, and mailbox access.
+//! The CMTP wire client: one connection, server discovery, errors.
+//!
+//! This is what both ends that *dial* a CMTP server share: `cmtpd` uses it
+//! to relay mail to other domains and to fetch their keys, and the user's
+//! application (`cmtp-app`, behind the `cmtp` command) uses it to talk to
+//! the user's own server. It holds no user state: no home directory, no
+//! keys, no mailbox (PROTOCOL.md §4, §5, §14).
 //!
 //! Modules:
-//! - [`conn`]: one CMTP connection: banner, OHAI, signed replies, MAIL, FETCH.
+//! - [`conn`]: one CMTP connection: banner, OHAI, signed replies, MAIL,
+//!   APPEND, FETCH.
 //! - [`error`]: errors a person can act on.
 //! - [`discovery`]: finding a domain's CMTP servers (static routes, SRV, MX,
 //!   implicit MX) and its published key fingerprints through DNS.
-//!
-//! The high-level client, on which the `cmtp` command is a thin layer:
-//! - [`home`]: the home directory (`~/.config/cmtp`): `config.toml`,
-//!   `identity.key`, `known_domains`, `cache/`.
-//! - [`trust`]: pinned server keys (trust on first use, rotation chains) and
-//!   verified key statements.
-//! - [`session`]: [`session::Client`] (register, password login, key login,
-//!   password change) and [`session::Session`] (a connection to the own
-//!   server that verifies whose key is whose).
-//! - [`send`]: sealing one copy per recipient, submitting, checking receipts.
-//! - [`mailbox`]: listing, fetching into the cache, decrypting, verifying,
-//!   deleting, saving attachments safely.
-//! - [`failure`]: the high-level [`Error`] and its [`failure::ErrorKind`].
-//! - [`clock`]: wall-clock helpers.
+//! - [`clock`]: wall-clock helpers (the protocol crate never reads the clock).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), cmtp_client::Error> {
-//! use cmtp_client::home::Home;
-//! use cmtp_client::session::{Client, Options};
-//! use cmtp_client::mailbox::Mailbox;
-//! let client = Client::open(Home::at("/tmp/bob-home"), Options::default())?;
-//! let mut session = client.session().await?; // KEYLOGIN with the stored key
-//! let mut mailbox = Mailbox::open(client.home().cache_dir().join("messages"))?;
-//! for m in mailbox.inbox(&mut session).await? {
-//!     println!("{} {} {}", m.id, m.from(), m.verdict);
-//! }
+//! # async fn demo() -> Result<(), cmtp_client::ClientError> {
+//! use std::time::Duration;
+//! use cmtp_client::Connection;
+//! let mut conn = Connection::connect("127.0.0.1:9001".parse().unwrap(), Duration::from_secs(5)).await?;
+//! let greeting = conn.ohai().await?;
+//! println!("{} offers up to {} bytes per message", greeting.domain, greeting.max_message_size);
+//! conn.close().await;
 //! # Ok(()) }
 //! ```
 
@@ -41,13 +31,6 @@ pub mod clock;
 pub mod conn;
 pub mod discovery;
 pub mod error;
-pub mod failure;
-pub mod home;
-pub mod mailbox;
-pub mod send;
-pub mod session;
-pub mod trust;
 
 pub use conn::Connection;
 pub use error::ClientError;
-pub use failure::Error;

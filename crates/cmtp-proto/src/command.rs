@@ -24,6 +24,7 @@ use thiserror::Error;
 
 use crate::limits::{MAX_COMMAND_BLOB, MAX_FIELD, MAX_INVITE, MAX_WORD};
 use crate::names::{Account, Domain, NameError};
+use crate::payload::mailbox::{Folder, MAX_FLAG_IDS, MAX_PAGE};
 use crate::wire::{put_blob32, put_str};
 
 /// Size of OPAQUE's first login message (KE1).
@@ -118,6 +119,40 @@ pub enum Command {
         /// Mailbox id.
         id: u64,
     },
+    /// `LISTPAGE before limit`: up to `limit` message summaries with ids
+    /// below `before` (0: from the newest), newest first (PROTOCOL.md §13.3).
+    ListPage {
+        /// Only ids below this one; 0 for the newest messages.
+        before: u64,
+        /// Most entries wanted (1 to [`MAX_PAGE`]).
+        limit: u32,
+    },
+    /// `CHANGES since limit`: every arrival, flag or folder change and
+    /// removal after modification sequence `since`, oldest first (§13.4).
+    Changes {
+        /// The highest modseq the client has seen (0: none).
+        since: u64,
+        /// Most changes wanted (1 to [`MAX_PAGE`]).
+        limit: u32,
+    },
+    /// `FLAGS set clear` + ids: sets and clears flag bits of messages (§13.5).
+    Flags {
+        /// Bits to set.
+        set: u32,
+        /// Bits to clear (disjoint from `set`).
+        clear: u32,
+        /// Per-user message ids (1 to [`MAX_FLAG_IDS`]).
+        ids: Vec<u64>,
+    },
+    /// `APPEND folder flags`, then a message (§7) follows, as after MAIL:
+    /// files a message of the logged-in user's own (a copy of sent mail)
+    /// into a folder of their mailbox (§13.6).
+    Append {
+        /// Where to file it.
+        folder: Folder,
+        /// Its initial flag bits.
+        flags: u32,
+    },
 }
 
 /// What a command word takes after it.
@@ -150,6 +185,8 @@ fn shape(word: &[u8]) -> Option<Shape> {
             Some((REGISTRATION_REQUEST_LEN, REGISTRATION_REQUEST_LEN)),
         ),
         b"FETCH" | b"DELETE" => s(1, None),
+        b"LISTPAGE" | b"CHANGES" | b"APPEND" => s(2, None),
+        b"FLAGS" => s(2, Some((8, MAX_FLAG_IDS * 8))),
         _ => None,
     }
 }
@@ -370,6 +407,34 @@ fn message_id(index: usize, s: &str) -> Result<u64, CommandError> {
     s.parse().map_err(|_| bad(index, "message id out of range"))
 }
 
+fn decimal_u32(index: usize, s: &str, what: &str) -> Result<u32, CommandError> {
+    let n = message_id(index, s).map_err(|_| {
+        bad(
+            index,
+            format!("{what} is a decimal number without leading zeros"),
+        )
+    })?;
+    u32::try_from(n).map_err(|_| bad(index, format!("{what} out of range")))
+}
+
+fn page_limit(index: usize, s: &str) -> Result<u32, CommandError> {
+    let n = decimal_u32(index, s, "a limit")?;
+    if n == 0 || n as usize > MAX_PAGE {
+        return Err(bad(index, format!("a limit is 1 to {MAX_PAGE}")));
+    }
+    Ok(n)
+}
+
+fn flag_ids(blob: &[u8]) -> Result<Vec<u64>, CommandError> {
+    if !blob.len().is_multiple_of(8) {
+        return Err(bad(2, "the ids are a multiple of 8 bytes"));
+    }
+    Ok(blob
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
 fn invite_token(index: usize, s: &str) -> Result<String, CommandError> {
     let ok = s.len() <= MAX_INVITE
         && s.bytes()
@@ -428,6 +493,30 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
         b"DELETE" => Command::Delete {
             id: message_id(0, args[0])?,
         },
+        b"LISTPAGE" => Command::ListPage {
+            before: message_id(0, args[0])?,
+            limit: page_limit(1, args[1])?,
+        },
+        b"CHANGES" => Command::Changes {
+            since: message_id(0, args[0])?,
+            limit: page_limit(1, args[1])?,
+        },
+        b"FLAGS" => {
+            let set = decimal_u32(0, args[0], "a flag set")?;
+            let clear = decimal_u32(1, args[1], "a flag set")?;
+            if set & clear != 0 {
+                return Err(bad(1, "a flag cannot be both set and cleared"));
+            }
+            Command::Flags {
+                set,
+                clear,
+                ids: flag_ids(blob)?,
+            }
+        }
+        b"APPEND" => Command::Append {
+            folder: Folder::parse(args[0]).map_err(|e| bad(0, e))?,
+            flags: decimal_u32(1, args[1], "a flag set")?,
+        },
         _ => unreachable!("shape() knows only these words"),
     })
 }
@@ -452,6 +541,10 @@ impl Command {
             Command::List => "LIST",
             Command::Fetch { .. } => "FETCH",
             Command::Delete { .. } => "DELETE",
+            Command::ListPage { .. } => "LISTPAGE",
+            Command::Changes { .. } => "CHANGES",
+            Command::Flags { .. } => "FLAGS",
+            Command::Append { .. } => "APPEND",
         }
     }
 
@@ -489,6 +582,23 @@ impl Command {
             Command::RegFinish { bundle } => put_blob32(out, bundle),
             Command::Password { request } => put_blob32(out, request),
             Command::Fetch { id } | Command::Delete { id } => put_str(out, &id.to_string()),
+            Command::ListPage { before, limit } => {
+                put_str(out, &before.to_string());
+                put_str(out, &limit.to_string());
+            }
+            Command::Changes { since, limit } => {
+                put_str(out, &since.to_string());
+                put_str(out, &limit.to_string());
+            }
+            Command::Flags { set, clear, ids } => {
+                put_str(out, &set.to_string());
+                put_str(out, &clear.to_string());
+                put_blob32(out, &crate::payload::mailbox::encode_ids(ids));
+            }
+            Command::Append { folder, flags } => {
+                put_str(out, folder.as_str());
+                put_str(out, &flags.to_string());
+            }
             Command::Ohai
             | Command::Mail
             | Command::Noop
@@ -514,7 +624,17 @@ impl Command {
                 | Command::List
                 | Command::Fetch { .. }
                 | Command::Delete { .. }
+                | Command::ListPage { .. }
+                | Command::Changes { .. }
+                | Command::Flags { .. }
+                | Command::Append { .. }
         )
+    }
+
+    /// Whether a message (§7) follows the command on the wire: `MAIL` and
+    /// `APPEND`.
+    pub fn carries_message(&self) -> bool {
+        matches!(self, Command::Mail | Command::Append { .. })
     }
 
     /// Whether the seed's stateless interface defines this command (the
@@ -723,6 +843,52 @@ mod tests {
     }
 
     #[test]
+    fn mailbox_sync_commands_check_their_arguments() {
+        assert_eq!(
+            one(b"LISTPAGE\x000\x00100\0"),
+            Command::ListPage {
+                before: 0,
+                limit: 100
+            }
+        );
+        assert_eq!(
+            one(b"CHANGES\x0042\x001000\0"),
+            Command::Changes {
+                since: 42,
+                limit: 1000
+            }
+        );
+        for bad in [
+            &b"LISTPAGE\x000\x000\0"[..],
+            b"LISTPAGE\x000\x001001\0",
+            b"CHANGES\0x\x001\0",
+            b"APPEND\0 Sent\x000\0",
+            b"APPEND\0Sent\x004294967296\0",
+        ] {
+            assert!(
+                matches!(err(bad).kind, CommandError::BadArgument { .. }),
+                "{bad:?}"
+            );
+        }
+        let mut b = b"FLAGS\x001\x001\0".to_vec();
+        b.extend_from_slice(&8u32.to_be_bytes());
+        b.extend_from_slice(&7u64.to_be_bytes());
+        assert!(matches!(
+            err(&b).kind,
+            CommandError::BadArgument { index: 1, .. }
+        ));
+        let mut b = b"FLAGS\x001\x000\0".to_vec();
+        b.extend_from_slice(&12u32.to_be_bytes());
+        b.extend_from_slice(&[0; 12]);
+        assert!(matches!(
+            err(&b).kind,
+            CommandError::BadArgument { index: 2, .. }
+        ));
+        assert!(one(b"APPEND\0Sent\x001\0").carries_message());
+        assert!(!one(b"LIST\0").carries_message());
+    }
+
+    #[test]
     fn unknown_commands_keep_the_framing() {
         let e = err(b"FOO\0NOOP\0");
         assert_eq!(e.kind, CommandError::UnknownCommand("FOO".into()));
@@ -774,6 +940,23 @@ mod tests {
             bytes(REGISTRATION_REQUEST_LEN).prop_map(|request| Command::Password { request }),
             any::<u64>().prop_map(|id| Command::Fetch { id }),
             any::<u64>().prop_map(|id| Command::Delete { id }),
+            (any::<u64>(), 1..=MAX_PAGE as u32)
+                .prop_map(|(before, limit)| Command::ListPage { before, limit }),
+            (any::<u64>(), 1..=MAX_PAGE as u32)
+                .prop_map(|(since, limit)| Command::Changes { since, limit }),
+            (any::<u32>(), proptest::collection::vec(any::<u64>(), 1..20)).prop_map(
+                |(set, ids)| Command::Flags {
+                    set: set & 0xff,
+                    clear: !set & 0xff00,
+                    ids
+                }
+            ),
+            ("[A-Za-z][A-Za-z0-9 ]{0,20}[A-Za-z0-9]", any::<u32>()).prop_map(|(f, flags)| {
+                Command::Append {
+                    folder: Folder::parse(&f).unwrap(),
+                    flags,
+                }
+            }),
         ]
     }
 

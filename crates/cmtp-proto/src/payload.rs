@@ -1,5 +1,8 @@
 //! Bodies of replies and payloads of extension commands (PROTOCOL.md §6,
-//! §10.2, §12, §13).
+//! §10.2, §12, §13); the mailbox synchronisation payloads (§13.1, §13.3–§13.5)
+//! are in [`mailbox`].
+
+pub mod mailbox;
 
 use std::fmt;
 

@@ -30,6 +30,9 @@ use cmtp_proto::crypto::{IdentityKey, SignatureTag};
 use cmtp_proto::limits::MessageLimits;
 use cmtp_proto::message::{Message, MessageEvent, MessageReader, Source};
 use cmtp_proto::names::{Account, Address, Domain};
+use cmtp_proto::payload::mailbox::{
+    self, Change, ChangeSet, FlagsResult, Folder, ListingPage, Summary,
+};
 use cmtp_proto::payload::{
     DeliveryFailure, FailureReason, Greeting, ListingEntry, LoginChallenge, RegistrationBundle,
     RegistrationOffer, XzibitRelease, decode_listing, encode_listing,
@@ -309,6 +312,42 @@ fn commands_hex() {
         ("fetch", Command::Fetch { id: 42 }),
         ("fetch_zero", Command::Fetch { id: 0 }),
         ("delete", Command::Delete { id: u64::MAX }),
+        (
+            "listpage",
+            Command::ListPage {
+                before: 0,
+                limit: 500,
+            },
+        ),
+        (
+            "listpage_before",
+            Command::ListPage {
+                before: 9501,
+                limit: 1000,
+            },
+        ),
+        (
+            "changes",
+            Command::Changes {
+                since: 10_000,
+                limit: 1000,
+            },
+        ),
+        (
+            "flags",
+            Command::Flags {
+                set: mailbox::SEEN,
+                clear: mailbox::DELETED,
+                ids: vec![1, 7],
+            },
+        ),
+        (
+            "append",
+            Command::Append {
+                folder: Folder::sent(),
+                flags: mailbox::SEEN,
+            },
+        ),
     ];
     let mut words = BTreeSet::new();
     for (name, cmd) in &cases {
@@ -343,7 +382,11 @@ fn commands_hex() {
             "PASSWORD",
             "LIST",
             "FETCH",
-            "DELETE"
+            "DELETE",
+            "LISTPAGE",
+            "CHANGES",
+            "FLAGS",
+            "APPEND"
         ])
     );
     // The example printed in §4.2.
@@ -410,6 +453,11 @@ fn commands_hex() {
         }
     );
     assert_eq!(e.resume_at, Some(79));
+    let e = err("bad_flags_both");
+    assert!(matches!(e.kind, CommandError::BadArgument { index: 1, .. }));
+    assert_eq!(e.resume_at, Some(v.get("bad_flags_both").len()));
+    let e = err("bad_listpage_limit");
+    assert!(matches!(e.kind, CommandError::BadArgument { index: 1, .. }));
     let e = err("bad_fetch_leading_zero");
     assert!(matches!(e.kind, CommandError::BadArgument { index: 0, .. }));
     let e = err("smtp_ehlo");
@@ -1127,6 +1175,74 @@ fn payload_hex() {
     let bytes = v.get("listing_empty");
     assert_eq!(encode_listing(&[]), bytes);
     assert_eq!(decode_listing(&bytes).unwrap(), []);
+
+    // §13.2–§13.4: mailbox synchronisation.
+    let notice = Summary {
+        uid: 2,
+        modseq: 5,
+        flags: 0,
+        folder: Folder::inbox(),
+        size: message.peek("message_notice").len() as u64,
+        received_at: T0 + 60,
+        hash: a32(&message.peek("message_notice_hash")),
+        version: 1,
+        attachment_count: 0,
+        source_account: None,
+        source_domain: dom("a.example"),
+    };
+    let first = Summary {
+        uid: 1,
+        modseq: 4,
+        flags: mailbox::SEEN | mailbox::FLAGGED,
+        folder: Folder::inbox(),
+        size: message.peek("message_v1").len() as u64,
+        received_at: T0 + 5,
+        hash: a32(&message.peek("message_v1_hash")),
+        version: 1,
+        attachment_count: 2,
+        source_account: Some(acc("alice")),
+        source_domain: dom("a.example"),
+    };
+    let page = ListingPage {
+        epoch: 3,
+        modseq: 6,
+        entries: vec![notice, first.clone()],
+    };
+    let bytes = v.get("listing_page");
+    assert_eq!(page.to_bytes(), bytes);
+    assert_eq!(ListingPage::decode(&bytes).unwrap(), page);
+    let sent = Summary {
+        modseq: 7,
+        flags: mailbox::SEEN,
+        folder: Folder::sent(),
+        ..first
+    };
+    let set = ChangeSet {
+        epoch: 3,
+        modseq: 9,
+        more: true,
+        changes: vec![Change::Message(sent), Change::Removed { uid: 2, modseq: 8 }],
+    };
+    let bytes = v.get("change_set");
+    assert_eq!(set.to_bytes(), bytes);
+    assert_eq!(ChangeSet::decode(&bytes).unwrap(), set);
+    assert_eq!(set.seen_up_to(), 8);
+    let empty = ChangeSet {
+        epoch: 3,
+        modseq: 9,
+        more: false,
+        changes: vec![],
+    };
+    let bytes = v.get("change_set_empty");
+    assert_eq!(empty.to_bytes(), bytes);
+    assert_eq!(ChangeSet::decode(&bytes).unwrap(), empty);
+    let r = FlagsResult {
+        modseq: 10,
+        changed: 2,
+    };
+    let bytes = v.get("flags_result");
+    assert_eq!(r.to_bytes(), bytes);
+    assert_eq!(FlagsResult::decode(&bytes).unwrap(), r);
     v.finish();
 }
 

@@ -22,6 +22,12 @@ a binary payload (u32 length + bytes). Every reply is signed.
   LIST                      list your mailbox (logged in)
   FETCH <id>                fetch one message (logged in)
   DELETE <id>               delete one message (logged in)
+  LISTPAGE <before> <limit> message summaries below an id, newest first
+  CHANGES <since> <limit>   arrivals, flag changes, removals after a modseq
+  FLAGS <set> <clear> <ids> set and clear flags (seen 1, answered 2,
+                            flagged 4, deleted 8) of your messages
+  APPEND <folder> <flags> <message>  file a message of your own (Sent copy)
+  (ids are per user: your first message is 1)
 
 Use the cmtp client (`cmtp --help`) rather than typing these by hand.
 ";

@@ -1,6 +1,7 @@
-//! Receiving a message after MAIL (PROTOCOL.md §6.2, §7.4): the envelope is
-//! checked as soon as it arrives, the rest streams into the store in chunks,
-//! and SUCCESS with a signed receipt is sent only once the message is durable.
+//! Receiving a message after MAIL (PROTOCOL.md §6.2, §7.4) or APPEND
+//! (§13.6): the envelope is checked as soon as it arrives, the rest streams
+//! into the store in chunks, and SUCCESS with a signed receipt is sent only
+//! once the message is durable.
 
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::{Envelope, VERSION_PLAINTEXT};
@@ -18,12 +19,32 @@ use crate::staging::BlobSink;
 use crate::state::Shared;
 use crate::state::{now, rfc3339};
 
+/// What the message after the command is for.
+pub(crate) enum Intake {
+    /// MAIL: deliver or relay (§7.4).
+    Mail,
+    /// APPEND: file a message of the logged-in user's own into a folder of
+    /// their mailbox (§13.6).
+    Append {
+        /// The folder.
+        folder: cmtp_proto::payload::mailbox::Folder,
+        /// Its initial flags.
+        flags: u32,
+    },
+}
+
 /// Where an accepted message goes.
 enum Route {
     /// Into a local mailbox.
     Local(Account),
     /// Into the relay queue, submitted by a logged-in local user.
     Relay { sender: Account },
+    /// Into a folder of the logged-in user's own mailbox (APPEND).
+    File {
+        account: Account,
+        folder: String,
+        flags: u32,
+    },
 }
 
 /// A message being accepted: what the server keeps while its bytes arrive.
@@ -58,19 +79,19 @@ impl Drop for InFlight {
 }
 
 /// A refusal decided from the envelope.
-struct Refusal {
+pub(crate) struct Refusal {
     status: Status,
     body: Vec<u8>,
 }
 
 impl Refusal {
-    fn delivery(reason: FailureReason, text: impl Into<String>) -> Self {
+    pub(crate) fn delivery(reason: FailureReason, text: impl Into<String>) -> Self {
         Refusal {
             status: Status::DeliveryFailure,
             body: DeliveryFailure::new(reason, text).to_bytes(),
         }
     }
-    fn status(status: Status, text: impl Into<String>) -> Self {
+    pub(crate) fn status(status: Status, text: impl Into<String>) -> Self {
         Refusal {
             status,
             body: text.into().into_bytes(),
@@ -83,8 +104,8 @@ impl Refusal {
 }
 
 /// The envelope arrived (§7.4 steps 2–6): accept (and stage the head) or refuse.
-pub(crate) async fn envelope(s: &mut Session, env: Envelope, announced: u64) {
-    match decide(s, env, announced).await {
+pub(crate) async fn envelope(s: &mut Session, intake: Intake, env: Envelope, announced: u64) {
+    match decide(s, env, &intake, announced).await {
         Ok(mut acc) => {
             // The head: header with the new log length, and the names.
             let mut head = Vec::with_capacity(300);
@@ -152,16 +173,40 @@ fn refuse_store(s: &mut Session, e: StoreError) {
     refuse(s, r);
 }
 
-/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6) — before any byte of
-/// the body is read — then reserves the message's bytes announced so far
-/// (disk reserve, staging budgets).
-async fn decide(s: &mut Session, env: Envelope, announced: u64) -> Result<Accepting, Refusal> {
+/// Checks the envelope (PROTOCOL.md §7.4 steps 1–6; §13.6 for APPEND) —
+/// before any byte of the body is read — then reserves the message's bytes
+/// announced so far (disk reserve, staging budgets).
+async fn decide(
+    s: &mut Session,
+    env: Envelope,
+    intake: &Intake,
+    announced: u64,
+) -> Result<Accepting, Refusal> {
     let sh = s.sh.clone();
     if env.version == VERSION_PLAINTEXT && sh.cfg().limits.refuse_plaintext {
         return Err(Refusal::delivery(
             FailureReason::Refused,
             "this server refuses plaintext (crypto system 0) mail",
         ));
+    }
+    if let Intake::Append { folder, flags } = intake {
+        let (env, account, line) = crate::mailbox::decide_append(s, env, folder, *flags)?;
+        let reservation = sh
+            .admit_mail(s.peer.ip(), &env.source.domain, true, announced)
+            .map_err(|r| Refusal::status(Status::TempFailure, r.to_string()))?;
+        return Ok(Accepting {
+            sink: BlobSink::new(sh.store.clone(), reservation),
+            env,
+            route: Route::File {
+                account,
+                folder: folder.as_str().to_owned(),
+                flags: *flags,
+            },
+            submission: true,
+            source_key: None,
+            our_line: line.into_bytes(),
+            _in_flight: InFlight::new(sh.clone()),
+        });
     }
     let ours = |d: &cmtp_proto::names::Domain| *d == sh.domain;
     let submitter = s.conn.logged_in().cloned();
@@ -334,6 +379,28 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
             sh.queue_wakeup.notify_one();
             r
         }
+        Route::File {
+            account,
+            folder,
+            flags,
+        } => sh
+            .store
+            .deliver_into(
+                NewDelivery {
+                    account: account.as_str().to_owned(),
+                    hash,
+                    source: env.source.to_string(),
+                    received_at: at,
+                    version: env.version,
+                    attachment_count: env.attachment_count,
+                    size,
+                    body,
+                },
+                &folder,
+                flags,
+            )
+            .await
+            .map(|d| ("filed", d.duplicate)),
     };
     metrics::histogram!("cmtp_store_seconds", "op" => "commit").record(t.elapsed().as_secs_f64());
     match stored {

@@ -212,11 +212,18 @@ impl Session {
                 Box::pin(self.reg_finish(bundle, exchange, crate::state::now())).await;
             }
             ServerEvent::MailEnvelope {
+                intake,
                 envelope,
                 announced,
             } => {
-                metrics::counter!("cmtp_commands_total", "command" => "MAIL").increment(1);
-                Box::pin(crate::mail::envelope(self, envelope, announced)).await;
+                metrics::counter!("cmtp_commands_total", "command" => intake.word()).increment(1);
+                let intake = match intake {
+                    Command::Append { folder, flags } => {
+                        crate::mail::Intake::Append { folder, flags }
+                    }
+                    _ => crate::mail::Intake::Mail,
+                };
+                Box::pin(crate::mail::envelope(self, intake, envelope, announced)).await;
             }
             ServerEvent::MailAnnounced(total) => crate::mail::announced(self, total),
             ServerEvent::MailData(bytes) => Box::pin(crate::mail::data(self, &bytes)).await,
@@ -252,6 +259,9 @@ impl Session {
             Command::List => self.list().await,
             Command::Fetch { id } => return self.fetch(id).await,
             Command::Delete { id } => self.delete(id).await,
+            Command::ListPage { before, limit } => self.list_page(before, limit).await,
+            Command::Changes { since, limit } => self.changes(since, limit).await,
+            Command::Flags { set, clear, ids } => self.flags(set, clear, ids).await,
             other => {
                 let text = format!("{} is not supported by this server", other.word());
                 self.conn.reply(Status::BadCommand, text.as_bytes());

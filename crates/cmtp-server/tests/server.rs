@@ -667,6 +667,169 @@ async fn smtp_commands_get_an_smtp_refusal_and_a_close() {
 }
 
 #[tokio::test]
+async fn mailbox_sync_pages_changes_flags_and_append_over_the_wire() {
+    use cmtp_proto::payload::mailbox::{self, Change, ChangeSet, FlagsResult, Folder, ListingPage};
+    let s = TestServer::start("a.test").await;
+    let alice = s.register("alice", "pw").await;
+    let carol = s.register("carol", "pw").await;
+    let mut a = s.login("alice", &alice).await;
+    // Another user's mail first: carol's first message is still 1.
+    let to_alice = sealed(
+        &s.address("carol"),
+        &carol,
+        &s.address("alice"),
+        &alice,
+        "x",
+    );
+    let mut c = s.login("carol", &carol).await;
+    assert_eq!(
+        c.mail(&to_alice.to_bytes()).await.unwrap().status,
+        Status::Success
+    );
+    for n in 0..5 {
+        let m = sealed(
+            &s.address("alice"),
+            &alice,
+            &s.address("carol"),
+            &carol,
+            &format!("message {n}"),
+        );
+        assert_eq!(a.mail(&m.to_bytes()).await.unwrap().status, Status::Success);
+    }
+    let page = |before, limit| Command::ListPage { before, limit };
+    let r = c.command(&page(0, 3), 1 << 20).await.unwrap();
+    let p = ListingPage::decode(&r.body).unwrap();
+    assert_eq!(
+        p.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
+        [5, 4, 3]
+    );
+    assert_eq!(p.modseq, 5);
+    assert!(
+        p.entries
+            .iter()
+            .all(|e| e.folder == Folder::inbox() && e.flags == 0)
+    );
+    assert_eq!(
+        p.entries[0].source_account.as_ref().unwrap().as_str(),
+        "alice"
+    );
+    let r = c.command(&page(3, 3), 1 << 20).await.unwrap();
+    let p2 = ListingPage::decode(&r.body).unwrap();
+    assert_eq!(p2.entries.iter().map(|e| e.uid).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(p2.epoch, p.epoch);
+
+    // A second device marks 2 seen and deletes 4; the first learns exactly that.
+    let mut c2 = s.login("carol", &carol).await;
+    let r = c2
+        .command(
+            &Command::Flags {
+                set: mailbox::SEEN,
+                clear: 0,
+                ids: vec![2, 99],
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        FlagsResult::decode(&r.body).unwrap(),
+        FlagsResult {
+            modseq: 6,
+            changed: 1
+        }
+    );
+    assert_eq!(
+        c2.command(&Command::Delete { id: 4 }, 100)
+            .await
+            .unwrap()
+            .status,
+        Status::Success
+    );
+    let r = c
+        .command(
+            &Command::Changes {
+                since: 5,
+                limit: 100,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let set = ChangeSet::decode(&r.body).unwrap();
+    assert_eq!(set.modseq, 7);
+    assert!(!set.more);
+    match set.changes.as_slice() {
+        [Change::Message(m), Change::Removed { uid: 4, modseq: 7 }] => {
+            assert_eq!((m.uid, m.flags, m.modseq), (2, mailbox::SEEN, 6));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // APPEND files carol's own copy into Sent, once.
+    let copy = sealed(
+        &s.address("carol"),
+        &carol,
+        &s.address("alice"),
+        &carol,
+        "sent copy",
+    );
+    let append = Command::Append {
+        folder: Folder::sent(),
+        flags: mailbox::SEEN,
+    };
+    for _ in 0..2 {
+        let r = c
+            .command_with_message(&append, &copy.to_bytes(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.status, Status::Success, "{}", r.text());
+        Receipt::decode(&r.body)
+            .unwrap()
+            .verify(&s.shared().key.public(), &copy.hash())
+            .unwrap();
+    }
+    let r = c.command(&page(0, 1), 1 << 20).await.unwrap();
+    let top = &ListingPage::decode(&r.body).unwrap().entries[0];
+    assert_eq!(
+        (top.uid, top.folder.as_str(), top.flags),
+        (6, "Sent", mailbox::SEEN)
+    );
+    assert_eq!(top.hash, copy.hash());
+    // alice received nothing from the APPEND.
+    let r = a.command(&page(0, 10), 1 << 20).await.unwrap();
+    assert_eq!(ListingPage::decode(&r.body).unwrap().entries.len(), 1);
+    // Only one's own messages can be filed, and only logged in.
+    let from_alice = sealed(
+        &s.address("alice"),
+        &alice,
+        &s.address("carol"),
+        &carol,
+        "y",
+    );
+    let r = c
+        .command_with_message(&append, &from_alice.to_bytes(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(delivery_failure(&r), FailureReason::Refused);
+    let mut anon = s.connect().await;
+    let r = anon
+        .command_with_message(&append, &copy.to_bytes(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::AuthRequired);
+    for cmd in [page(0, 1), Command::Changes { since: 0, limit: 1 }] {
+        let r = anon.command(&cmd, 1 << 20).await.unwrap();
+        assert_eq!(r.status, Status::AuthRequired);
+    }
+    // The connection is still in step after the refusals.
+    assert_eq!(
+        c.command(&Command::Noop, 100).await.unwrap().status,
+        Status::Success
+    );
+    still_serves(&s).await;
+}
+
+#[tokio::test]
 async fn mailbox_commands_need_a_login_and_mailboxes_are_private() {
     let s = TestServer::start("a.test").await;
     let alice = s.register("alice", "pw").await;

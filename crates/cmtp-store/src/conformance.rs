@@ -86,6 +86,13 @@ macro_rules! conformance_suite {
             reset_tokens,
             queue_admin,
             held_entries_are_never_leased,
+            per_user_ids,
+            mailbox_pages_newest_first,
+            changes_since_a_modseq,
+            flags_are_metadata_with_modseqs,
+            deliver_into_a_folder,
+            a_recreated_account_has_a_new_epoch,
+            concurrent_deliveries_get_consecutive_ids,
         );
     };
     (@cases [$mode:ident] $factory:path; $($case:ident),* $(,)?) => {
@@ -743,8 +750,13 @@ pub async fn mailbox_isolation<S: Store>(store: S) {
         .deliver(delivery("bob", hash(2), b"for bob", T0))
         .await
         .unwrap();
-    assert_eq!(store.mailbox_message("bob", a.id).await.unwrap(), None);
-    assert!(!store.delete_message("bob", a.id).await.unwrap());
+    let a2 = store
+        .deliver(delivery("alice", hash(3), b"alice's second", T0))
+        .await
+        .unwrap();
+    // Ids are per user: bob has a message 1, but no message 2.
+    assert_eq!(store.mailbox_message("bob", a2.id).await.unwrap(), None);
+    assert!(!store.delete_message("bob", a2.id).await.unwrap());
     assert_eq!(
         message_bytes(&store, "alice", a.id).await.unwrap(),
         b"for alice"
@@ -754,7 +766,10 @@ pub async fn mailbox_isolation<S: Store>(store: S) {
         b"for bob"
     );
     let ids = |l: Vec<crate::MailboxEntry>| l.iter().map(|e| e.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.list_mailbox("alice").await.unwrap()), vec![a.id]);
+    assert_eq!(
+        ids(store.list_mailbox("alice").await.unwrap()),
+        vec![a.id, a2.id]
+    );
     assert_eq!(ids(store.list_mailbox("bob").await.unwrap()), vec![b.id]);
 }
 
@@ -1914,17 +1929,315 @@ pub async fn concurrent_deliveries<S: Store>(store: S) {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let distinct: HashSet<u64> = all.iter().map(|(_, id, _)| *id).collect();
-    assert_eq!(distinct.len(), 1600, "ids must be distinct");
+    let distinct: HashSet<(&str, u64)> = all.iter().map(|(a, id, _)| (*a, *id)).collect();
+    assert_eq!(distinct.len(), 1600, "ids must be distinct per account");
     let alice = store.list_mailbox("alice").await.unwrap();
     let bob = store.list_mailbox("bob").await.unwrap();
     assert_eq!((alice.len(), bob.len()), (800, 800));
-    let listed: HashSet<u64> = alice.iter().chain(bob.iter()).map(|e| e.id).collect();
+    let listed: HashSet<(&str, u64)> = alice
+        .iter()
+        .map(|e| ("alice", e.id))
+        .chain(bob.iter().map(|e| ("bob", e.id)))
+        .collect();
     assert_eq!(listed, distinct);
     for (account, id, n) in all.iter().step_by(97) {
         let bytes = message_bytes(&store, account, *id).await.unwrap();
         assert_eq!(bytes, format!("message {n}").into_bytes());
     }
+}
+
+/// Per-user ids: each account's first message is 1, the next 2, whatever
+/// other accounts receive; ids name messages of their account only.
+pub async fn per_user_ids<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    let a1 = store
+        .deliver(delivery("alice", hash(1), b"a1", T0))
+        .await
+        .unwrap();
+    let b1 = store
+        .deliver(delivery("bob", hash(2), b"b1", T0))
+        .await
+        .unwrap();
+    let b2 = store
+        .deliver(delivery("bob", hash(3), b"b2", T0))
+        .await
+        .unwrap();
+    let a2 = store
+        .deliver(delivery("alice", hash(4), b"a2", T0))
+        .await
+        .unwrap();
+    assert_eq!((a1.id, a2.id, b1.id, b2.id), (1, 2, 1, 2));
+    assert_eq!(message_bytes(&store, "bob", 1).await.unwrap(), b"b1");
+    assert_eq!(message_bytes(&store, "alice", 2).await.unwrap(), b"a2");
+    // A duplicate names the original id; deleted ids are not reused.
+    let dup = store
+        .deliver(delivery("bob", hash(3), b"b2", T0))
+        .await
+        .unwrap();
+    assert_eq!((dup.id, dup.duplicate), (2, true));
+    assert!(store.delete_message("alice", 2).await.unwrap());
+    let a3 = store
+        .deliver(delivery("alice", hash(5), b"a3", T0))
+        .await
+        .unwrap();
+    assert_eq!(a3.id, 3);
+    let e = store.list_mailbox("alice").await.unwrap();
+    assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(e[0].folder, crate::INBOX);
+    assert_eq!(e[0].flags, 0);
+    assert!(matches!(
+        store.deliver(delivery("nobody", hash(9), b"x", T0)).await,
+        Err(StoreError::UnknownAccount)
+    ));
+}
+
+/// Pages newest first, below an id, with the state read before them.
+pub async fn mailbox_pages_newest_first<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 1..=25u64 {
+        store
+            .deliver(delivery(
+                "alice",
+                hash(n),
+                format!("m{n}").as_bytes(),
+                T0 + n,
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .deliver(delivery("bob", hash(100), b"bob's", T0))
+        .await
+        .unwrap();
+    let p = store.mailbox_page("alice", 0, 10).await.unwrap();
+    assert_eq!(p.state.modseq, 25);
+    let ids: Vec<u64> = p.entries.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (16..=25).rev().collect::<Vec<_>>());
+    assert_eq!(p.entries[0].received_at, T0 + 25);
+    assert_eq!(p.entries[0].modseq, 25);
+    let p2 = store.mailbox_page("alice", 16, 10).await.unwrap();
+    assert_eq!(p2.entries.first().unwrap().id, 15);
+    assert_eq!(p2.state, p.state);
+    let last = store.mailbox_page("alice", 6, 10).await.unwrap();
+    assert_eq!(
+        last.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [5, 4, 3, 2, 1]
+    );
+    let bob = store.mailbox_page("bob", 0, 10).await.unwrap();
+    assert_eq!(bob.entries.len(), 1);
+    assert_ne!(bob.state.epoch, p.state.epoch, "each mailbox its own epoch");
+    assert!(matches!(
+        store.mailbox_page("nobody", 0, 10).await,
+        Err(StoreError::UnknownAccount)
+    ));
+}
+
+/// Changes after a modseq: arrivals, flag changes and removals, each once
+/// in its latest state, oldest first, paged with `more`.
+pub async fn changes_since_a_modseq<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 1..=5u64 {
+        store
+            .deliver(delivery("alice", hash(n), b"x", T0))
+            .await
+            .unwrap();
+    }
+    let all = store.mailbox_changes("alice", 0, 100).await.unwrap();
+    assert_eq!(all.changes.len(), 5);
+    assert!(!all.more);
+    assert_eq!(all.state.modseq, 5);
+    let none = store.mailbox_changes("alice", 5, 100).await.unwrap();
+    assert!(none.changes.is_empty() && !none.more);
+    // Since 5: one flag change, one removal, one arrival.
+    store
+        .set_flags("alice", vec![2], 1, 0)
+        .await
+        .map(|f| assert_eq!((f.modseq, f.changed), (6, 1)))
+        .unwrap();
+    assert!(store.delete_message("alice", 4).await.unwrap());
+    store
+        .deliver(delivery("alice", hash(6), b"y", T0))
+        .await
+        .unwrap();
+    store
+        .deliver(delivery("bob", hash(7), b"z", T0))
+        .await
+        .unwrap();
+    let c = store.mailbox_changes("alice", 5, 100).await.unwrap();
+    assert_eq!(c.state.modseq, 8);
+    assert_eq!(
+        c.changes,
+        {
+            let mut e2 = store.mailbox_message("alice", 2).await.unwrap().unwrap().0;
+            e2.flags = 1;
+            let e6 = store.mailbox_message("alice", 6).await.unwrap().unwrap().0;
+            vec![
+                crate::MailboxChange::Entry(e2),
+                crate::MailboxChange::Removed { id: 4, modseq: 7 },
+                crate::MailboxChange::Entry(e6),
+            ]
+        },
+        "{:?}",
+        c.changes
+    );
+    // Paging: two at a time.
+    let p1 = store.mailbox_changes("alice", 5, 2).await.unwrap();
+    assert!(p1.more);
+    assert_eq!(p1.changes.len(), 2);
+    let after = p1.changes.last().unwrap().modseq();
+    let p2 = store.mailbox_changes("alice", after, 2).await.unwrap();
+    assert!(!p2.more);
+    assert_eq!(p2.changes.len(), 1);
+    assert_eq!(p2.changes[0].modseq(), 8);
+    // A message changed twice appears once, with its latest modseq.
+    store.set_flags("alice", vec![1], 4, 0).await.unwrap();
+    store.set_flags("alice", vec![1], 0, 4).await.unwrap();
+    let c = store.mailbox_changes("alice", 8, 100).await.unwrap();
+    assert_eq!(c.changes.len(), 1);
+    assert_eq!(c.changes[0].modseq(), 10);
+}
+
+/// Flags: set and clear bits, only real changes raise the modseq, unknown
+/// ids are ignored, other accounts are untouched.
+pub async fn flags_are_metadata_with_modseqs<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 1..=3u64 {
+        store
+            .deliver(delivery("alice", hash(n), b"x", T0))
+            .await
+            .unwrap();
+    }
+    store
+        .deliver(delivery("bob", hash(10), b"x", T0))
+        .await
+        .unwrap();
+    let f = store
+        .set_flags("alice", vec![1, 3, 99], 1 | 4, 0)
+        .await
+        .unwrap();
+    assert_eq!((f.changed, f.modseq), (2, 5));
+    // Setting what is set changes nothing.
+    let f = store.set_flags("alice", vec![1], 1, 0).await.unwrap();
+    assert_eq!((f.changed, f.modseq), (0, 5));
+    let f = store
+        .set_flags("alice", vec![1], 0x8000_0000, 4)
+        .await
+        .unwrap();
+    assert_eq!((f.changed, f.modseq), (1, 6));
+    let list = store.list_mailbox("alice").await.unwrap();
+    let flags: Vec<(u64, u32, u64)> = list.iter().map(|e| (e.id, e.flags, e.modseq)).collect();
+    assert_eq!(flags, [(1, 0x8000_0001, 6), (2, 0, 2), (3, 5, 5)]);
+    // bob's message 1 is not alice's.
+    let bob = store.list_mailbox("bob").await.unwrap();
+    assert_eq!(bob[0].flags, 0);
+    assert!(matches!(
+        store.set_flags("nobody", vec![1], 1, 0).await,
+        Err(StoreError::UnknownAccount)
+    ));
+}
+
+/// A message filed into a folder with flags (APPEND), de-duplicated like a
+/// delivery.
+pub async fn deliver_into_a_folder<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let d = store
+        .deliver_into(delivery("alice", hash(1), b"sent copy", T0), "Sent", 1)
+        .await
+        .unwrap();
+    assert_eq!((d.id, d.duplicate), (1, false));
+    let again = store
+        .deliver_into(delivery("alice", hash(1), b"sent copy", T0), "Sent", 1)
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.duplicate), (1, true));
+    let (e, _) = store.mailbox_message("alice", 1).await.unwrap().unwrap();
+    assert_eq!((e.folder.as_str(), e.flags), ("Sent", 1));
+    let big = pattern(MAX_CHUNK + 10, 3);
+    let staged = store.stage_begin(T0).await.unwrap();
+    store
+        .stage_append(&staged, Bytes::copy_from_slice(&big[..MAX_CHUNK]))
+        .await
+        .unwrap();
+    store
+        .stage_append(&staged, Bytes::copy_from_slice(&big[MAX_CHUNK..]))
+        .await
+        .unwrap();
+    let mut d2 = delivery("alice", hash(2), b"", T0);
+    d2.size = big.len() as u64;
+    d2.body = MessageBody::Staged(staged);
+    let d2 = store.deliver_into(d2, "Reisen ✈", 0).await.unwrap();
+    assert_eq!(d2.id, 2);
+    assert_eq!(message_bytes(&store, "alice", 2).await.unwrap(), big);
+    let page = store.mailbox_page("alice", 0, 10).await.unwrap();
+    assert_eq!(page.entries[0].folder, "Reisen ✈");
+}
+
+/// An account deleted and created again starts at id 1 in a new epoch, with
+/// no tombstones of the old one.
+pub async fn a_recreated_account_has_a_new_epoch<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    store
+        .deliver(delivery("alice", hash(1), b"x", T0))
+        .await
+        .unwrap();
+    store
+        .deliver(delivery("alice", hash(2), b"y", T0))
+        .await
+        .unwrap();
+    assert!(store.delete_message("alice", 1).await.unwrap());
+    let before = store.mailbox_page("alice", 0, 10).await.unwrap().state;
+    assert!(store.delete_user("alice").await.unwrap());
+    with_users(&store, &["alice"]).await;
+    let after = store.mailbox_page("alice", 0, 10).await.unwrap();
+    assert_ne!(after.state.epoch, before.epoch);
+    assert_eq!(after.state.modseq, 0);
+    assert!(after.entries.is_empty());
+    assert!(
+        store
+            .mailbox_changes("alice", 0, 10)
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    let d = store
+        .deliver(delivery("alice", hash(3), b"z", T0))
+        .await
+        .unwrap();
+    assert_eq!(d.id, 1);
+}
+
+/// 8 tasks × 25 deliveries to one mailbox at once: ids 1..=200 without a
+/// gap, modseqs likewise, every message listed once.
+pub async fn concurrent_deliveries_get_consecutive_ids<S: Store>(store: S) {
+    with_users(&store, &["alice"]).await;
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25u64 {
+                    let n = t * 100 + i;
+                    s.deliver(delivery("alice", hash(n), b"m", T0))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let list = store.list_mailbox("alice").await.unwrap();
+    assert_eq!(
+        list.iter().map(|e| e.id).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    let mut modseqs: Vec<u64> = list.iter().map(|e| e.modseq).collect();
+    modseqs.sort_unstable();
+    assert_eq!(modseqs, (1..=200).collect::<Vec<_>>());
+    let c = store.mailbox_changes("alice", 0, 1000).await.unwrap();
+    assert_eq!(c.state.modseq, 200);
+    assert_eq!(c.changes.len(), 200);
 }
 
 /// Concurrent deliveries of the same hash: exactly one entry, one

@@ -195,7 +195,8 @@ pub use sqlite::backup as sqlite_backup;
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{AnyStore, BlobReader, Store, StoreConfig};
 pub use types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
-    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
-    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, INBOX, KeyStatement, MAX_CHUNK,
+    MailboxChange, MailboxChanges, MailboxEntry, MailboxPage, MailboxState, MailboxUsage,
+    MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats,
+    Retention, StagedBlob, Unlock, User, UserSummary,
 };

@@ -7,9 +7,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, KeyStatement, MailboxChanges,
+    MailboxEntry, MailboxPage, MailboxUsage, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin,
+    PurgeReport, QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// Everything cmtpd keeps, behind one interface that every backend
@@ -275,6 +275,47 @@ pub trait Store: Clone + Send + Sync + 'static {
         delivery: NewDelivery,
     ) -> impl Future<Output = Result<Delivered, StoreError>> + Send;
 
+    /// As [`deliver`](Self::deliver), filed into `folder` with `flags`
+    /// (a copy of sent mail the user files itself, PROTOCOL.md §13.6).
+    fn deliver_into(
+        &self,
+        delivery: NewDelivery,
+        folder: &str,
+        flags: u32,
+    ) -> impl Future<Output = Result<Delivered, StoreError>> + Send;
+
+    /// Up to `limit` entries of `account` with ids below `before` (0: no
+    /// bound), highest id first, and the mailbox's state read before them.
+    /// Errors: [`StoreError::UnknownAccount`].
+    fn mailbox_page(
+        &self,
+        account: &str,
+        before: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<MailboxPage, StoreError>> + Send;
+
+    /// Up to `limit` changes of `account` with a modseq above `since`, lowest
+    /// first: entries that arrived or changed (in their current state) and
+    /// removals; and the mailbox's state read before them. Errors:
+    /// [`StoreError::UnknownAccount`].
+    fn mailbox_changes(
+        &self,
+        account: &str,
+        since: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<MailboxChanges, StoreError>> + Send;
+
+    /// Sets the bits `set` and clears the bits `clear` of the entries `ids` of
+    /// `account`; each entry whose flags change gets the next modseq. Ids
+    /// without an entry are ignored. Errors: [`StoreError::UnknownAccount`].
+    fn set_flags(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        set: u32,
+        clear: u32,
+    ) -> impl Future<Output = Result<FlagsChanged, StoreError>> + Send;
+
     /// The messages of `account`, by id.
     fn list_mailbox(
         &self,
@@ -289,8 +330,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: u64,
     ) -> impl Future<Output = Result<Option<(MailboxEntry, BlobRef)>, StoreError>> + Send;
 
-    /// Deletes one message of `account` with its bytes; `false` if no such
-    /// message belongs to `account`.
+    /// Deletes one message of `account` with its bytes, leaving a tombstone
+    /// with the next modseq; `false` if no such message belongs to `account`.
     fn delete_message(
         &self,
         account: &str,
@@ -579,6 +620,10 @@ impl Store for AnyStore {
         fn stage_abort(&self, blob: &StagedBlob) -> bool;
         fn read_chunk(&self, blob: BlobRef, seq: u32) -> Option<Bytes>;
         fn deliver(&self, delivery: NewDelivery) -> Delivered;
+        fn deliver_into(&self, delivery: NewDelivery, folder: &str, flags: u32) -> Delivered;
+        fn mailbox_page(&self, account: &str, before: u64, limit: usize) -> MailboxPage;
+        fn mailbox_changes(&self, account: &str, since: u64, limit: usize) -> MailboxChanges;
+        fn set_flags(&self, account: &str, ids: Vec<u64>, set: u32, clear: u32) -> FlagsChanged;
         fn list_mailbox(&self, account: &str) -> Vec<MailboxEntry>;
         fn mailbox_message(&self, account: &str, id: u64) -> Option<(MailboxEntry, BlobRef)>;
         fn delete_message(&self, account: &str, id: u64) -> bool;

@@ -178,18 +178,29 @@ pub struct NewDelivery {
 /// The outcome of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// The mailbox entry's id. For a duplicate: the original entry's id, or 0
-    /// if that entry has since been deleted.
+    /// The mailbox entry's per-user id. For a duplicate: the original
+    /// entry's id, or 0 if that entry has since been deleted.
     pub id: u64,
     /// The hash had already been delivered; nothing was stored.
     pub duplicate: bool,
 }
 
+/// The folder delivered mail is filed in.
+pub const INBOX: &str = "Inbox";
+
 /// A message in a mailbox (without its bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {
-    /// The entry's id: unique in the store, increasing, never reused.
+    /// The entry's per-user id: 1 for the account's first message,
+    /// increasing, never reused within the mailbox's epoch.
     pub id: u64,
+    /// The mailbox's modification sequence at the entry's last change
+    /// (arrival, flags, folder).
+    pub modseq: u64,
+    /// Flag bits, as the client set them (opaque to the store).
+    pub flags: u32,
+    /// The folder (validated by the caller; [`INBOX`] for delivered mail).
+    pub folder: String,
     /// The message's de-duplication hash.
     pub hash: [u8; 32],
     /// Its size in bytes.
@@ -202,6 +213,71 @@ pub struct MailboxEntry {
     pub version: u32,
     /// How many attachments it carries.
     pub attachment_count: u32,
+}
+
+/// A mailbox's id space and change counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxState {
+    /// Identifies the id space: changes when an account of the same name is
+    /// created anew, never otherwise.
+    pub epoch: u64,
+    /// The modification sequence: raised by one with every arrival, flag
+    /// or folder change and removal.
+    pub modseq: u64,
+}
+
+/// Up to `limit` entries below an id, newest first, with the state read
+/// before them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxPage {
+    /// The mailbox's state, read before the entries.
+    pub state: MailboxState,
+    /// The entries, highest id first.
+    pub entries: Vec<MailboxEntry>,
+}
+
+/// One change of a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailboxChange {
+    /// An entry arrived or changed; its current state.
+    Entry(MailboxEntry),
+    /// An entry was removed (its tombstone).
+    Removed {
+        /// Its per-user id.
+        id: u64,
+        /// The modseq of the removal.
+        modseq: u64,
+    },
+}
+
+impl MailboxChange {
+    /// The change's modseq.
+    pub fn modseq(&self) -> u64 {
+        match self {
+            MailboxChange::Entry(e) => e.modseq,
+            MailboxChange::Removed { modseq, .. } => *modseq,
+        }
+    }
+}
+
+/// The changes after a modseq, oldest first, with the state read before them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxChanges {
+    /// The mailbox's state, read before the changes.
+    pub state: MailboxState,
+    /// Whether more changes follow the last one.
+    pub more: bool,
+    /// The changes, lowest modseq first.
+    pub changes: Vec<MailboxChange>,
+}
+
+/// The outcome of [`Store::set_flags`](crate::Store::set_flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagsChanged {
+    /// The mailbox's modseq afterwards.
+    pub modseq: u64,
+    /// How many entries changed.
+    pub changed: u32,
 }
 
 /// A message to relay to another domain.

@@ -211,7 +211,11 @@ async fn two_nodes_concurrent_writers() {
         MESSAGES as usize,
         "lost or doubled"
     );
-    let ids: HashSet<u64> = alice.iter().chain(&bob).map(|e| e.id).collect();
+    let ids: HashSet<(&str, u64)> = alice
+        .iter()
+        .map(|e| ("alice", e.id))
+        .chain(bob.iter().map(|e| ("bob", e.id)))
+        .collect();
     assert_eq!(ids.len(), MESSAGES as usize);
     for (n, answers) in &by_hash {
         let account = if n % 2 == 0 { "alice" } else { "bob" };
@@ -403,7 +407,7 @@ async fn concurrent_starts_migrate_once() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 3);
+    assert_eq!(rows[0].get::<_, i32>(0), 4);
     for (i, s) in stores.iter().enumerate() {
         s.create_user(new_user(&format!("user{i}")), None, T0)
             .await
@@ -474,7 +478,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 3
+            supported: 4
         }
     );
     assert!(!e.is_transient());

@@ -1,10 +1,10 @@
 //! `cmtp`: the user's command-line client for CMTP, end-to-end encrypted,
 //! federated mail.
 //!
-//! A thin layer over [`cmtp_client`]: it parses arguments, asks for
-//! passwords, prints tables or JSON, and maps errors to exit codes (see
-//! [`EXIT_CODES`]). The home directory layout is described in
-//! [`cmtp_client::home`] and in `cmtp --help`.
+//! A thin layer over [`cmtp_app`]: it parses arguments, asks for
+//! passwords, opens the editor, prints tables or JSON, and maps errors to
+//! exit codes (see [`EXIT_CODES`]). The home directory layout is described
+//! in [`cmtp_app::home`] and in `cmtp --help`.
 #![forbid(unsafe_code)]
 
 mod commands;
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use cmtp_client::failure::ErrorKind;
+use cmtp_app::failure::ErrorKind;
 use cmtp_proto::crypto::opaque::KsfParams;
 
 /// Exit codes, as `cmtp --help` documents them.
@@ -36,6 +36,9 @@ pub mod exit {
     pub const VERIFICATION: u8 = 5;
     /// No such message or user.
     pub const NOT_FOUND: u8 = 6;
+    /// The message is larger than the server accepts; nothing was sent
+    /// (it is kept as a draft).
+    pub const TOO_BIG: u8 = 7;
 }
 
 /// The exit code table shown by `cmtp --help`.
@@ -50,7 +53,13 @@ Exit codes:
   5  a key changed without a rotation statement, or a signature, key statement,
      receipt or decryption did not verify (also: `read` of a message whose
      sender is NOT VERIFIED)
-  6  not found: no such message or user";
+  6  not found: no such message or user
+  7  the message is larger than your server accepts (its greeting says how
+     large); nothing of it was sent, and it is kept as a draft
+
+A message that could not be sent now (exit 4) stays in the outbox and is sent
+by `cmtp outbox flush` (or at the next `send` or `inbox`): it is sealed once
+and always sent as the same bytes, so it is delivered exactly once.";
 
 const LONG_ABOUT: &str = "\
 cmtp: end-to-end encrypted, federated mail (CMTP/1).
@@ -77,8 +86,10 @@ Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   identity.key    your identity key (mode 0600), written by register/login;
                   never printed
   known_domains   pinned server keys: domain, fingerprint, key, first seen
-  cache/          messages/ (files named by message hash) and keys/ (key
-                  statements)";
+  mail.db         the local store (mode 0600): your synced mail, decrypted,
+                  with each message's verification result; the outbox; the
+                  drafts. `inbox`, `read` and `thread` work offline from it.
+  cache/keys/     verified key statements";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -102,10 +113,60 @@ struct Cli {
     /// Weakest Argon2id cost accepted at login (and used at least at
     /// registration), overriding [security.min_ksf]; for tests.
     #[arg(long, global = true, env = "CMTP_MIN_KSF", value_name = "MEMORY_KIB,PASSES,LANES",
-          value_parser = cmtp_client::home::parse_ksf)]
+          value_parser = cmtp_app::home::parse_ksf)]
     min_ksf: Option<KsfParams>,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// `cmtp outbox ...`.
+#[derive(Subcommand, Debug)]
+enum OutboxCmd {
+    /// List the messages waiting, with the last error.
+    List,
+    /// Send every message waiting now (the same sealed bytes as before).
+    Flush,
+}
+
+/// `cmtp draft ...`.
+#[derive(Subcommand, Debug)]
+enum DraftCmd {
+    /// Write a new draft: in $EDITOR (To, Cc, Subject, then the text) on a
+    /// terminal, else the text from stdin.
+    New {
+        /// A recipient (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        to: Vec<String>,
+        /// A copy recipient (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        cc: Vec<String>,
+        /// The subject.
+        #[arg(long, short = 's', default_value = "")]
+        subject: String,
+        /// Attach a file (repeatable).
+        #[arg(long, short = 'a', value_name = "FILE")]
+        attach: Vec<PathBuf>,
+    },
+    /// Resume a draft in $EDITOR (the header block and the text).
+    Edit {
+        /// The draft id.
+        id: u64,
+    },
+    /// List the drafts.
+    List,
+    /// Send a draft (through the outbox) and remove it.
+    Send {
+        /// The draft id.
+        id: u64,
+        /// Keep retrying (with backoff) this long while the server cannot be reached.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        retry_for: u64,
+    },
+    /// Delete a draft.
+    Delete {
+        /// The draft id.
+        id: u64,
+    },
 }
 
 /// Output formats.
@@ -153,6 +214,9 @@ enum Cmd {
         password_file: Option<PathBuf>,
     },
     /// Send a message; the text comes from stdin, or $EDITOR on a terminal.
+    ///
+    /// The message is saved in the outbox first; if it cannot be sent now it
+    /// stays there (exit 4) and `cmtp outbox flush` sends it, exactly once.
     Send {
         /// A recipient (repeatable).
         #[arg(long, value_name = "ADDRESS", required = true)]
@@ -169,16 +233,49 @@ enum Cmd {
         /// Send unencrypted and unsigned (crypto system 0). Refused without this flag.
         #[arg(long)]
         plaintext: bool,
+        /// Keep retrying (with backoff) this long while the server cannot be reached.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        retry_for: u64,
     },
-    /// List your mailbox, fetching new messages; shows whether each sender verified.
-    Inbox,
-    /// Show a message.
+    /// List a folder of your mailbox (Inbox by default), newest first, after
+    /// syncing new mail; shows unread marks and whether each sender verified.
+    /// Works offline on what was synced.
+    Inbox {
+        /// The folder (Inbox, Sent, ...).
+        #[arg(long, default_value = "Inbox")]
+        folder: String,
+        /// How many messages per page (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Which page (1: the newest).
+        #[arg(long, default_value_t = 1)]
+        page: u64,
+        /// Do not contact the server: show what was synced.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Show a message (from the local store; fetched first if it is new).
     Read {
         /// The message id (from `cmtp inbox`).
         id: u64,
         /// Save the attachments into this folder (never outside it, never overwriting).
         #[arg(long, value_name = "DIR")]
         save_attachments: Option<PathBuf>,
+    },
+    /// Show the messages of a message's thread (same subject without Re:/Fwd:), oldest first.
+    Thread {
+        /// A message id of the thread.
+        id: u64,
+    },
+    /// Messages waiting to be sent.
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxCmd>,
+    },
+    /// Unfinished messages: write, resume, send.
+    Draft {
+        #[command(subcommand)]
+        action: DraftCmd,
     },
     /// Delete a message from your mailbox.
     Delete {
@@ -224,9 +321,10 @@ fn main() -> ExitCode {
 /// The exit code for an error (see [`EXIT_CODES`]).
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(c) = cause.downcast_ref::<cmtp_client::Error>() {
+        if let Some(c) = cause.downcast_ref::<cmtp_app::Error>() {
             return match c.kind() {
                 ErrorKind::Usage => exit::USAGE,
+                ErrorKind::TooBig => exit::TOO_BIG,
                 ErrorKind::Auth => exit::AUTH,
                 ErrorKind::Unavailable => exit::UNAVAILABLE,
                 ErrorKind::Verification => exit::VERIFICATION,

@@ -3,12 +3,16 @@
 
 use std::path::PathBuf;
 
+use std::path::Path;
+
+use cmtp_app::mailbox::{Verdict, sender, stored_verdict};
+use cmtp_app::send::{Flushed, Outcome};
+use cmtp_app::session::{AccountInfo, Client, VerifiedKey};
+use cmtp_app::store::{Draft, OutboxEntry, StoredMessage};
 use cmtp_client::clock::rfc3339;
-use cmtp_client::mailbox::{Inspected, Verdict};
-use cmtp_client::send::Outcome;
-use cmtp_client::session::{AccountInfo, Client, VerifiedKey};
-use cmtp_proto::content::Content;
+use cmtp_proto::content::Attachment;
 use cmtp_proto::names::Address;
+use cmtp_proto::payload::mailbox::{SEEN, flag_names};
 use serde_json::{Value, json};
 
 use crate::Output;
@@ -61,9 +65,9 @@ fn verdict_json(v: &Verdict) -> (Value, Value) {
     (json!(v.word()), json!(v.detail()))
 }
 
-fn signature_line(m: &Inspected) -> String {
-    match &m.verdict {
-        Verdict::Verified => format!("signed by {}, verified", sanitize(&m.from())),
+fn signature_line(m: &StoredMessage, verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Verified => format!("signed by {}, verified", sanitize(&sender(m))),
         Verdict::NotVerified(why) => format!("NOT VERIFIED: {}", one_line(why)),
         Verdict::Undecryptable(why) => format!("undecryptable: {}", one_line(why)),
     }
@@ -146,17 +150,20 @@ impl Printer {
     pub(crate) fn sent(&self, o: &Outcome) {
         match self.format {
             Output::Json => self.json(&json!({
+                "outbox_id": o.outbox_id,
                 "delivered": o.delivered.iter().map(|d| json!({
-                    "to": d.recipient.to_string(),
+                    "to": d.recipient,
                     "hash": hex::encode(d.hash),
                     "size": d.size,
                     "accepted_by": d.receipt.domain.to_string(),
                     "accepted_at": rfc3339(d.receipt.accepted_at),
                 })).collect::<Vec<_>>(),
                 "failed": o.failed.iter().map(|(a, e)| json!({
-                    "to": a.to_string(),
+                    "to": a,
                     "error": e.to_string(),
                 })).collect::<Vec<_>>(),
+                "sent_copy_filed": o.sent_copy_filed,
+                "kept_as_draft": o.kept_as_draft,
             })),
             Output::Text => {
                 for d in &o.delivered {
@@ -176,28 +183,31 @@ impl Printer {
         }
     }
 
-    pub(crate) fn inbox(&self, messages: &[Inspected]) {
+    fn message_json(m: &StoredMessage) -> Value {
+        let verdict = stored_verdict(m);
+        let (status, detail) = verdict_json(&verdict);
+        json!({
+            "id": m.uid,
+            "from": sender(m),
+            "subject": m.subject,
+            "date": m.date,
+            "received_at": rfc3339(m.received_at),
+            "size": m.size,
+            "attachments": m.attachment_count,
+            "hash": hex::encode(m.hash),
+            "status": status,
+            "detail": detail,
+            "verified": verdict == Verdict::Verified,
+            "folder": m.folder,
+            "flags": flag_names(m.flags),
+            "seen": m.flags & SEEN != 0,
+        })
+    }
+
+    pub(crate) fn inbox(&self, messages: &[StoredMessage], total: u64, unread: u64) {
         match self.format {
             Output::Json => {
-                let list: Vec<Value> = messages
-                    .iter()
-                    .map(|m| {
-                        let (status, detail) = verdict_json(&m.verdict);
-                        json!({
-                            "id": m.id,
-                            "from": m.from(),
-                            "subject": m.content.as_ref().map(|c| c.subject.clone()),
-                            "date": m.content.as_ref().map(|c| c.date.clone()),
-                            "received_at": rfc3339(m.received_at),
-                            "size": m.size,
-                            "attachments": m.message.as_ref().map(|x| x.attachments.len()),
-                            "hash": m.message.as_ref().map(|x| hex::encode(x.hash())),
-                            "status": status,
-                            "detail": detail,
-                            "verified": m.verdict == Verdict::Verified,
-                        })
-                    })
-                    .collect();
+                let list: Vec<Value> = messages.iter().map(Self::message_json).collect();
                 self.json(&Value::Array(list));
             }
             Output::Text => {
@@ -208,17 +218,19 @@ impl Printer {
                 let rows: Vec<[String; 6]> = messages
                     .iter()
                     .map(|m| {
-                        let (subject, date) = match &m.content {
-                            Some(c) => (one_line(&c.subject), one_line(&c.date)),
-                            None => ("-".into(), rfc3339(m.received_at)),
+                        let verdict = stored_verdict(m);
+                        let (subject, date) = match (&m.subject, &m.date) {
+                            (Some(s), Some(d)) => (one_line(s), one_line(d)),
+                            _ => ("-".into(), rfc3339(m.received_at)),
                         };
+                        let mark = if m.flags & SEEN == 0 { "*" } else { " " };
                         [
-                            m.id.to_string(),
-                            truncate(&one_line(&m.from()), 32),
+                            format!("{mark}{}", m.uid),
+                            truncate(&one_line(&sender(m)), 32),
                             truncate(&subject, 40),
                             date,
                             human_size(m.size),
-                            truncate(&m.verdict.to_string(), 60),
+                            truncate(&verdict.to_string(), 60),
                         ]
                     })
                     .collect();
@@ -249,34 +261,85 @@ impl Printer {
                 for r in &rows {
                     println!("{}", line(r.each_ref().map(|s| s.as_str())));
                 }
+                println!(
+                    "{} of {total} messages, {unread} unread (* = unread)",
+                    messages.len()
+                );
             }
         }
     }
 
-    pub(crate) fn message(&self, m: &Inspected, c: &Content, saved: &[PathBuf]) {
-        let to = m
-            .message
-            .as_ref()
-            .map(|x| x.destination.to_string())
-            .unwrap_or_default();
+    pub(crate) fn thread(&self, messages: &[StoredMessage]) {
         match self.format {
             Output::Json => {
-                let (status, detail) = verdict_json(&m.verdict);
+                let list: Vec<Value> = messages
+                    .iter()
+                    .map(|m| {
+                        let mut v = Self::message_json(m);
+                        v["text"] = json!(m.body);
+                        v
+                    })
+                    .collect();
+                self.json(&Value::Array(list));
+            }
+            Output::Text => {
+                for (i, m) in messages.iter().enumerate() {
+                    if i > 0 {
+                        println!("{}", "-".repeat(60));
+                    }
+                    let verdict = stored_verdict(m);
+                    println!(
+                        "[{}] {} — {} — {}",
+                        m.uid,
+                        one_line(&sender(m)),
+                        one_line(m.date.as_deref().unwrap_or("")),
+                        one_line(m.subject.as_deref().unwrap_or("-"))
+                    );
+                    println!("Signature: {}", signature_line(m, &verdict));
+                    if !matches!(verdict, Verdict::Undecryptable(_)) {
+                        println!();
+                        let body = m.body.as_deref().unwrap_or("");
+                        print!("{}", sanitize(body));
+                        if !body.ends_with('\n') {
+                            println!();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn message(
+        &self,
+        m: &StoredMessage,
+        verdict: &Verdict,
+        attachments: &[Attachment],
+        saved: &[PathBuf],
+    ) {
+        let to = m.destination.clone().unwrap_or_default();
+        let text = m.body.clone().unwrap_or_default();
+        let subject = m.subject.clone().unwrap_or_default();
+        let date = m.date.clone().unwrap_or_default();
+        match self.format {
+            Output::Json => {
+                let (status, detail) = verdict_json(verdict);
                 self.json(&json!({
-                    "id": m.id,
-                    "from": m.from(),
+                    "id": m.uid,
+                    "from": sender(m),
                     "to": to,
-                    "cc": c.cc.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    "reply_to": c.reply_to.as_ref().map(|a| a.to_string()),
-                    "subject": c.subject,
-                    "date": c.date,
+                    "cc": m.cc,
+                    "reply_to": m.reply_to,
+                    "subject": subject,
+                    "date": date,
                     "received_at": rfc3339(m.received_at),
                     "size": m.size,
                     "status": status,
                     "detail": detail,
-                    "verified": m.verdict == Verdict::Verified,
-                    "text": c.text,
-                    "attachments": c.attachments.iter().enumerate().map(|(i, a)| json!({
+                    "verified": *verdict == Verdict::Verified,
+                    "folder": m.folder,
+                    "flags": flag_names(m.flags),
+                    "text": text,
+                    "attachments": attachments.iter().enumerate().map(|(i, a)| json!({
                         "name": a.name,
                         "size": a.data.len(),
                         "saved_to": saved.get(i),
@@ -284,18 +347,20 @@ impl Printer {
                 }));
             }
             Output::Text => {
-                println!("From:      {}", one_line(&m.from()));
-                println!("To:        {to}");
-                if !c.cc.is_empty() {
-                    let cc: Vec<String> = c.cc.iter().map(|a| a.to_string()).collect();
-                    println!("Cc:        {}", cc.join(", "));
+                println!("From:      {}", one_line(&sender(m)));
+                println!("To:        {}", one_line(&to));
+                if !m.cc.is_empty() {
+                    println!("Cc:        {}", one_line(&m.cc.join(", ")));
                 }
-                if let Some(r) = &c.reply_to {
-                    println!("Reply-To:  {r}");
+                if let Some(r) = &m.reply_to {
+                    println!("Reply-To:  {}", one_line(r));
                 }
-                println!("Date:      {}", one_line(&c.date));
-                println!("Subject:   {}", one_line(&c.subject));
-                for (i, a) in c.attachments.iter().enumerate() {
+                println!("Date:      {}", one_line(&date));
+                println!("Subject:   {}", one_line(&subject));
+                if m.folder != "Inbox" {
+                    println!("Folder:    {}", one_line(&m.folder));
+                }
+                for (i, a) in attachments.iter().enumerate() {
                     println!(
                         "Attachment: {} ({}){}",
                         one_line(&a.name),
@@ -306,13 +371,146 @@ impl Printer {
                             .unwrap_or_default()
                     );
                 }
-                println!("Signature: {}", signature_line(m));
+                println!("Signature: {}", signature_line(m, verdict));
                 println!();
-                print!("{}", sanitize(&c.text));
-                if !c.text.ends_with('\n') {
+                print!("{}", sanitize(&text));
+                if !text.ends_with('\n') {
                     println!();
                 }
             }
+        }
+    }
+
+    fn entry_json(e: &OutboxEntry) -> Value {
+        json!({
+            "id": e.id,
+            "created_at": rfc3339(e.created_at),
+            "to": e.draft.to,
+            "cc": e.draft.cc,
+            "subject": e.draft.subject,
+            "text": e.draft.text,
+            "attachments": e.draft.attachments.iter().map(|a| json!({"name": a.name, "size": a.data.len()})).collect::<Vec<_>>(),
+            "sealed": e.sealed,
+            "attempts": e.attempts,
+            "next_attempt_at": rfc3339(e.next_attempt_at),
+            "last_error": e.last_error,
+        })
+    }
+
+    pub(crate) fn outbox(&self, entries: &[OutboxEntry], path: &Path) {
+        match self.format {
+            Output::Json => self.json(&Value::Array(
+                entries.iter().map(Self::entry_json).collect(),
+            )),
+            Output::Text => {
+                if entries.is_empty() {
+                    println!("the outbox is empty");
+                    return;
+                }
+                for e in entries {
+                    println!(
+                        "{}  to {}  {:?}  {} attempt(s){}{}",
+                        e.id,
+                        one_line(&e.draft.to.join(", ")),
+                        one_line(&e.draft.subject),
+                        e.attempts,
+                        if e.sealed { ", sealed" } else { "" },
+                        e.last_error
+                            .as_deref()
+                            .map(|x| format!("; last error: {}", one_line(x)))
+                            .unwrap_or_default()
+                    );
+                }
+                println!(
+                    "{} message(s) in {}; `cmtp outbox flush` sends them",
+                    entries.len(),
+                    path.display()
+                );
+            }
+        }
+    }
+
+    pub(crate) fn flushed(&self, f: &Flushed, path: &Path) {
+        match self.format {
+            Output::Json => self.json(&json!({
+                "sent": f.sent.iter().map(|o| json!({
+                    "outbox_id": o.outbox_id,
+                    "delivered": o.delivered.iter().map(|d| json!({
+                        "to": d.recipient,
+                        "hash": hex::encode(d.hash),
+                    })).collect::<Vec<_>>(),
+                    "failed": o.failed.iter().map(|(a, e)| json!({"to": a, "error": e.to_string()})).collect::<Vec<_>>(),
+                    "kept_as_draft": o.kept_as_draft,
+                })).collect::<Vec<_>>(),
+                "kept": f.kept.iter().map(|(id, e)| json!({"id": id, "error": e.to_string()})).collect::<Vec<_>>(),
+                "too_big": f.too_big.iter().map(|(id, d, e)| json!({"id": id, "draft": d, "error": e.to_string()})).collect::<Vec<_>>(),
+            })),
+            Output::Text => {
+                for o in &f.sent {
+                    self.sent(o);
+                }
+                for (id, e) in &f.kept {
+                    eprintln!(
+                        "outbox entry {id} stays in {}: {e}",
+                        path.display()
+                    );
+                }
+                for (id, d, e) in &f.too_big {
+                    eprintln!("outbox entry {id} moved to draft {d}: {e}");
+                }
+                if f.sent.is_empty() && f.kept.is_empty() && f.too_big.is_empty() {
+                    println!("the outbox is empty");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn drafts(&self, drafts: &[Draft]) {
+        match self.format {
+            Output::Json => self.json(&Value::Array(
+                drafts
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "id": d.id,
+                            "updated_at": rfc3339(d.updated_at),
+                            "to": d.draft.to,
+                            "cc": d.draft.cc,
+                            "subject": d.draft.subject,
+                            "text": d.draft.text,
+                            "attachments": d.draft.attachments.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
+                            "note": d.note,
+                        })
+                    })
+                    .collect(),
+            )),
+            Output::Text => {
+                if drafts.is_empty() {
+                    println!("no drafts");
+                }
+                for d in drafts {
+                    println!(
+                        "{}  to {}  {:?}  {}{}",
+                        d.id,
+                        one_line(&d.draft.to.join(", ")),
+                        one_line(&d.draft.subject),
+                        rfc3339(d.updated_at),
+                        d.note
+                            .as_deref()
+                            .map(|n| format!("  ({})", one_line(n)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    pub(crate) fn draft_saved(&self, id: u64) {
+        match self.format {
+            Output::Json => self.json(&json!({ "draft": id })),
+            Output::Text => println!(
+                "saved draft {id}; `cmtp draft edit {id}` resumes it, `cmtp draft send {id}` sends it"
+            ),
         }
     }
 }

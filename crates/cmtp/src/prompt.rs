@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use cmtp_client::session::Client;
+use cmtp_app::session::Client;
 use cmtp_proto::names::Address;
 use zeroize::Zeroizing;
 

@@ -189,6 +189,8 @@ pub enum ServerEvent<E> {
     /// application's). Answer with [`ServerConnection::accept_mail`] or
     /// [`ServerConnection::refuse_mail`].
     MailEnvelope {
+        /// The command the message follows: `MAIL`, or `APPEND` (§13.6).
+        intake: Command,
         /// The envelope.
         envelope: Envelope,
         /// The message's size as announced so far (§7.1): everything but
@@ -248,6 +250,10 @@ enum MailPhase {
 
 #[derive(Debug)]
 struct Mail {
+    /// The command the message follows (`MAIL` or `APPEND`).
+    intake: Command,
+    /// Its digest: every reply about the message is bound to it.
+    request: [u8; 32],
     reader: MessageReader,
     started: Instant,
     phase: MailPhase,
@@ -489,7 +495,7 @@ impl<E> ServerConnection<E> {
         }
         let owed_in_mail = match &self.state {
             State::Commands => None,
-            State::Mail(m) => Some(!matches!(m.phase, MailPhase::Discarding)),
+            State::Mail(m) => Some((!matches!(m.phase, MailPhase::Discarding), m.request)),
             _ => return,
         };
         match owed_in_mail {
@@ -498,10 +504,10 @@ impl<E> ServerConnection<E> {
                 b"no complete command in time; closing",
                 [0; 32],
             ),
-            Some(owed) => {
+            Some((owed, mail_request)) => {
                 // The reply to MAIL if it is still owed; after an early
                 // refusal the MAIL is answered, and TIMEOUT answers nothing.
-                let request = if owed { mail_digest() } else { [0; 32] };
+                let request = if owed { mail_request } else { [0; 32] };
                 self.push_reply(
                     Status::Timeout,
                     b"the message arrived too slowly; closing",
@@ -542,7 +548,7 @@ impl<E> ServerConnection<E> {
     pub fn reply(&mut self, status: Status, body: &[u8]) {
         let request = match &self.state {
             State::Awaiting { request } => *request,
-            State::Mail(m) if matches!(m.phase, MailPhase::Verdict) => mail_digest(),
+            State::Mail(m) if matches!(m.phase, MailPhase::Verdict) => m.request,
             _ => {
                 debug_assert!(false, "reply with nothing to answer");
                 return;
@@ -662,7 +668,8 @@ impl<E> ServerConnection<E> {
             _ => {
                 m.phase = MailPhase::Discarding;
                 let closes = status.closes_connection();
-                self.push_reply(status, body, mail_digest());
+                let request = m.request;
+                self.push_reply(status, body, request);
                 if closes {
                     self.state = State::Closed(CloseReason::Aborted);
                 }
@@ -770,14 +777,26 @@ impl<E> ServerConnection<E> {
                 self.state = State::Closed(CloseReason::Obai);
                 Step::Event(ServerEvent::Answered("OBAI"))
             }
-            Command::Mail => {
-                self.state = State::Mail(Box::new(Mail {
+            cmd if cmd.carries_message() => {
+                // A message follows (MAIL, APPEND): it is read whatever the
+                // answer, so that the framing survives a refusal.
+                let refused = cmd.needs_login() && self.logged_in.is_none();
+                let word = cmd.word();
+                let mut mail = Mail {
+                    intake: cmd,
+                    request,
                     reader: MessageReader::new(self.config.limits),
                     started: now,
                     phase: MailPhase::Head,
                     log_len: 0,
                     done: false,
-                }));
+                };
+                if refused {
+                    let text = format!("{word} needs a logged-in session");
+                    self.push_reply(Status::AuthRequired, text.as_bytes(), request);
+                    mail.phase = MailPhase::Discarding;
+                }
+                self.state = State::Mail(Box::new(mail));
                 Step::Continue
             }
             Command::LoginFinish { ke3 } => match self.exchange.take() {
@@ -908,7 +927,7 @@ impl<E> ServerConnection<E> {
                 Some(text) => {
                     m.phase = MailPhase::Discarding;
                     let body = DeliveryFailure::new(FailureReason::Loop, text).to_bytes();
-                    self.push_reply(Status::DeliveryFailure, &body, mail_digest());
+                    self.push_reply(Status::DeliveryFailure, &body, m.request);
                     Step::Event(ServerEvent::MailAborted)
                 }
                 None => {
@@ -932,7 +951,7 @@ impl<E> ServerConnection<E> {
                     (Status::BadMessage, CloseReason::BadMessage)
                 };
                 if !matches!(m.phase, MailPhase::Discarding) {
-                    self.push_reply(status, format!("{e}; closing").as_bytes(), mail_digest());
+                    self.push_reply(status, format!("{e}; closing").as_bytes(), m.request);
                 }
                 self.state = State::Closed(reason);
                 return if accepted {
@@ -950,10 +969,15 @@ impl<E> ServerConnection<E> {
             MessageEvent::Envelope(raw) => {
                 self.input.advance(n);
                 m.log_len = raw.log_len;
+                if matches!(m.phase, MailPhase::Discarding) {
+                    // Answered before its envelope (APPEND without a login).
+                    return Step::Continue;
+                }
                 match raw.parse() {
                     Ok(envelope) => {
                         m.phase = MailPhase::Deciding;
                         Step::Event(ServerEvent::MailEnvelope {
+                            intake: m.intake.clone(),
                             envelope,
                             announced: m.reader.announced(),
                         })
@@ -962,7 +986,7 @@ impl<E> ServerConnection<E> {
                         // §7.4 step 1: the framing is intact, the rest is dropped.
                         m.phase = MailPhase::Discarding;
                         let text = format!("invalid envelope: {e}");
-                        self.push_reply(Status::BadMessage, text.as_bytes(), mail_digest());
+                        self.push_reply(Status::BadMessage, text.as_bytes(), m.request);
                         Step::Continue
                     }
                 }
@@ -1018,6 +1042,9 @@ impl<E> ServerConnection<E> {
     }
 }
 
+// Returned by value and matched at once: boxing the event would cost an
+// allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Step<E> {
     Event(ServerEvent<E>),
     Wait,

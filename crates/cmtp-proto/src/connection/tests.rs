@@ -996,3 +996,21 @@ fn a_refused_message_whose_rest_never_comes_gets_timeout_bound_to_zeros() {
     ));
     assert_eq!(p.server.close_reason(), Some(&CloseReason::Timeout));
 }
+
+#[test]
+fn append_without_a_login_is_refused_and_its_message_read_and_dropped() {
+    let mut p = Pair::new();
+    p.ohai();
+    let append = Command::Append {
+        folder: crate::payload::mailbox::Folder::parse("Sent").unwrap(),
+        flags: 1,
+    };
+    p.client.send(&append, MAX_REPLY_BODY, p.now);
+    p.client
+        .send_raw(&message("bob@a.test", "alice@a.test", b"").to_bytes());
+    p.pump();
+    p.send(&Command::Noop);
+    assert_eq!(p.error, None);
+    assert_eq!(p.statuses(), [Status::AuthRequired, Status::Success]);
+    assert!(p.app.stored.is_empty());
+}

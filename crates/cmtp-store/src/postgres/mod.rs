@@ -24,9 +24,9 @@ use tokio_postgres::NoTls;
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
-    NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats, Retention,
-    StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, KeyStatement, MailboxChanges,
+    MailboxEntry, MailboxPage, MailboxUsage, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin,
+    PurgeReport, QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// How to open a [`PostgresStore`]. Build it with [`PostgresConfig::new`]
@@ -545,7 +545,62 @@ impl Store for PostgresStore {
     }
 
     async fn deliver(&self, delivery: NewDelivery) -> Result<Delivered, StoreError> {
-        attempt!(self, Write, |c| ops::deliver(&mut c, &delivery).await)
+        attempt!(self, Write, |c| ops::deliver(
+            &mut c,
+            &delivery,
+            crate::types::INBOX,
+            0
+        )
+        .await)
+    }
+
+    async fn deliver_into(
+        &self,
+        delivery: NewDelivery,
+        folder: &str,
+        flags: u32,
+    ) -> Result<Delivered, StoreError> {
+        attempt!(self, Write, |c| ops::deliver(
+            &mut c, &delivery, folder, flags
+        )
+        .await)
+    }
+
+    async fn mailbox_page(
+        &self,
+        account: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<MailboxPage, StoreError> {
+        attempt!(self, Read, |c| ops::mailbox_page(
+            &c, account, before, limit
+        )
+        .await)
+    }
+
+    async fn mailbox_changes(
+        &self,
+        account: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<MailboxChanges, StoreError> {
+        attempt!(self, Read, |c| ops::mailbox_changes(
+            &c, account, since, limit
+        )
+        .await)
+    }
+
+    async fn set_flags(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        set: u32,
+        clear: u32,
+    ) -> Result<FlagsChanged, StoreError> {
+        attempt!(self, Write, |c| ops::set_flags(
+            &mut c, account, &ids, set, clear
+        )
+        .await)
     }
 
     async fn list_mailbox(&self, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
@@ -561,7 +616,8 @@ impl Store for PostgresStore {
     }
 
     async fn delete_message(&self, account: &str, id: u64) -> Result<bool, StoreError> {
-        attempt!(self, Write, |c| ops::delete_message(&c, account, id).await)
+        attempt!(self, Write, |c| ops::delete_message(&mut c, account, id)
+            .await)
     }
 
     async fn enqueue(&self, item: NewOutbound) -> Result<Enqueued, StoreError> {

@@ -15,9 +15,10 @@ use tokio_postgres::error::SqlState;
 use super::DbResult;
 use crate::error::StoreError;
 use crate::types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
-    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
-    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, INBOX, KeyStatement, MAX_CHUNK,
+    MailboxChange, MailboxChanges, MailboxEntry, MailboxPage, MailboxState, MailboxUsage,
+    MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats,
+    Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// Serialises the creation of a name (account or alias): both take this
@@ -132,6 +133,12 @@ pub(crate) async fn create_user(
             return Err(StoreError::InviteInvalid);
         }
     }
+    tx.execute(
+        "INSERT INTO mailbox_state (account, last_uid, modseq) VALUES ($1, 0, 0)",
+        &[&user.account],
+    )
+    .await
+    .db()?;
     tx.commit().await.db()
 }
 
@@ -234,6 +241,12 @@ pub(crate) async fn delete_user(c: &mut Client, account: &str) -> Result<bool, S
         .await
         .db()?;
     }
+    tx.execute("DELETE FROM mailbox_gone WHERE account = $1", &[&account])
+        .await
+        .db()?;
+    tx.execute("DELETE FROM mailbox_state WHERE account = $1", &[&account])
+        .await
+        .db()?;
     let n = match tx
         .execute("DELETE FROM users WHERE account = $1", &[&account])
         .await
@@ -878,39 +891,53 @@ async fn take_staged<C: GenericClient>(
 
 // ----- mailbox -----
 
-pub(crate) async fn deliver(c: &mut Client, d: &NewDelivery) -> Result<Delivered, StoreError> {
+pub(crate) async fn deliver(
+    c: &mut Client,
+    d: &NewDelivery,
+    folder: &str,
+    flags: u32,
+) -> Result<Delivered, StoreError> {
     if let MessageBody::Inline(bytes) = &d.body
         && let Ok(chunks) = check_inline(bytes, d.size)
-        && let Some(delivered) = deliver_inline(c, d, bytes, chunks).await?
+        && let Some(delivered) = deliver_inline(c, d, bytes, chunks, folder, flags).await?
     {
         return Ok(delivered);
     }
     let tx = c.transaction().await.db()?;
-    let delivered = deliver_in(&tx, d).await?;
+    let delivered = deliver_in(&tx, d, folder, flags).await?;
     tx.commit().await.db()?;
     Ok(delivered)
 }
 
 /// The common case in one statement (one round trip, committed on its own):
-/// a valid inline body for an existing recipient and a new hash. The hash
-/// is claimed only if the recipient exists, then blob, chunk and mailbox row
-/// are inserted; a concurrent delivery of the same hash waits on the claimed
-/// row as in [`deliver_in`]. `None` when nothing was stored (a duplicate or
-/// an unknown recipient): the caller then takes the general path, which
-/// tells the two apart in the order SQLite does.
+/// a valid inline body for an existing recipient and a new hash. The
+/// recipient's mailbox counters are raised (which fails to find a row for
+/// an unknown recipient, and holds the row's lock so that deliveries to one
+/// mailbox take their ids in commit order), the hash is claimed, then blob,
+/// chunk and mailbox row are inserted; a concurrent delivery of the same
+/// hash waits on the claimed row as in [`deliver_in`]. `None` when nothing
+/// was stored (a duplicate or an unknown recipient; a duplicate racing this
+/// one leaves a gap in the ids, which are only promised to increase): the
+/// caller then takes the general path, which tells the two apart in the
+/// order SQLite does.
 async fn deliver_inline(
     c: &Client,
     d: &NewDelivery,
     bytes: &Bytes,
     chunks: i64,
+    folder: &str,
+    flags: u32,
 ) -> Result<Option<Delivered>, StoreError> {
     let stmt = c
         .prepare_cached(
-            "WITH u AS (
-                 SELECT EXISTS (SELECT 1 FROM users WHERE account = $1::TEXT) AS ok),
+            "WITH st AS (
+                 UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+                 WHERE account = $1::TEXT
+                   AND NOT EXISTS (SELECT 1 FROM delivered WHERE hash = $2::BYTEA)
+                 RETURNING last_uid, modseq),
              claim AS (
                  INSERT INTO delivered (hash, account, message_id, at)
-                 SELECT $2::BYTEA, $1::TEXT, nextval('mailbox_id_seq'), $4::BIGINT FROM u WHERE u.ok
+                 SELECT $2::BYTEA, $1::TEXT, nextval('mailbox_id_seq'), $4::BIGINT FROM st
                  ON CONFLICT (hash) DO NOTHING
                  RETURNING message_id),
              b AS (
@@ -922,12 +949,13 @@ async fn deliver_inline(
                  SELECT id, 0, $9::BYTEA FROM b WHERE $8::BIGINT = 1),
              m AS (
                  INSERT INTO mailbox (id, account, hash, source, received_at, version,
-                                      attachment_count, size, blob_id)
+                                      attachment_count, size, blob_id, uid, modseq, flags, folder)
                  SELECT claim.message_id, $1::TEXT, $2::BYTEA, $3::TEXT, $4::BIGINT, $5::BIGINT,
-                        $7::BIGINT, $6::BIGINT, b.id
-                 FROM claim, b
-                 RETURNING id)
-             SELECT id FROM m",
+                        $7::BIGINT, $6::BIGINT, b.id, st.last_uid, st.modseq, $11::BIGINT,
+                        $10::TEXT
+                 FROM claim, b, st
+                 RETURNING uid)
+             SELECT uid FROM m",
         )
         .await
         .db()?;
@@ -944,6 +972,8 @@ async fn deliver_inline(
                 &i64::from(d.attachment_count),
                 &chunks,
                 &&bytes[..],
+                &folder,
+                &i64::from(flags),
             ],
         )
         .await;
@@ -961,7 +991,12 @@ async fn deliver_inline(
 
 /// The delivery itself, inside the caller's transaction (which the caller
 /// rolls back on error).
-async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivered, StoreError> {
+async fn deliver_in<C: GenericClient>(
+    c: &C,
+    d: &NewDelivery,
+    folder: &str,
+    flags: u32,
+) -> Result<Delivered, StoreError> {
     // Claim the hash first, with the mailbox id the message will get. A
     // concurrent delivery of the same hash waits on this row until this
     // transaction ends, then finds it (a duplicate) or, if this one rolled
@@ -987,7 +1022,7 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
     let Some(id) = claimed else {
         let previous = c
             .prepare_cached(
-                "SELECT COALESCE(m.id, 0) FROM delivered d LEFT JOIN mailbox m ON m.id = d.message_id
+                "SELECT COALESCE(m.uid, 0) FROM delivered d LEFT JOIN mailbox m ON m.id = d.message_id
                  WHERE d.hash = $1",
             )
             .await
@@ -1007,6 +1042,18 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
     if !account_exists {
         return Err(StoreError::UnknownAccount);
     }
+    let counters = c
+        .prepare_cached(
+            "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+             WHERE account = $1 RETURNING last_uid, modseq",
+        )
+        .await
+        .db()?;
+    let Some(row) = c.query_opt(&counters, &[&d.account]).await.db()? else {
+        return Err(StoreError::UnknownAccount);
+    };
+    let (uid, modseq): (i64, i64) = (get(&row, 0)?, get(&row, 1)?);
+    let flags = i64::from(flags);
     let version = i64::from(d.version);
     let attachments = i64::from(d.attachment_count);
     let inserted = match &d.body {
@@ -1022,9 +1069,11 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
                          INSERT INTO blob_chunks (blob_id, seq, data)
                          SELECT id, 0, $10::BYTEA FROM b WHERE $9::BIGINT = 1)
                      INSERT INTO mailbox (id, account, hash, source, received_at, version,
-                                          attachment_count, size, blob_id)
+                                          attachment_count, size, blob_id, uid, modseq, flags,
+                                          folder)
                      SELECT $1::BIGINT, $2::TEXT, $3::BYTEA, $4::TEXT, $5::BIGINT, $6::BIGINT,
-                            $8::BIGINT, $7::BIGINT, b.id
+                            $8::BIGINT, $7::BIGINT, b.id, $11::BIGINT, $12::BIGINT, $13::BIGINT,
+                            $14::TEXT
                      FROM b",
                 )
                 .await
@@ -1042,6 +1091,10 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
                     &attachments,
                     &chunks,
                     &&bytes[..],
+                    &uid,
+                    &modseq,
+                    &flags,
+                    &folder,
                 ],
             )
             .await
@@ -1051,8 +1104,9 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
             let stmt = c
                 .prepare_cached(
                     "INSERT INTO mailbox (id, account, hash, source, received_at, version,
-                                          attachment_count, size, blob_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                          attachment_count, size, blob_id, uid, modseq, flags,
+                                          folder)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .await
                 .db()?;
@@ -1068,6 +1122,10 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
                     &attachments,
                     &sql(d.size),
                     &blob,
+                    &uid,
+                    &modseq,
+                    &flags,
+                    &folder,
                 ],
             )
             .await
@@ -1075,7 +1133,7 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
     };
     match inserted {
         Ok(_) => Ok(Delivered {
-            id: unsigned(id, "mailbox id")?,
+            id: unsigned(uid, "mailbox uid")?,
             duplicate: false,
         }),
         // The recipient was deleted after the claim.
@@ -1084,7 +1142,7 @@ async fn deliver_in<C: GenericClient>(c: &C, d: &NewDelivery) -> Result<Delivere
     }
 }
 
-const MAILBOX_COLUMNS: &str = "m.id, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks";
+const MAILBOX_COLUMNS: &str = "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks, m.modseq, m.flags, m.folder";
 
 fn mailbox_row(r: &Row) -> Result<(MailboxEntry, BlobRef), StoreError> {
     Ok((
@@ -1096,6 +1154,9 @@ fn mailbox_row(r: &Row) -> Result<(MailboxEntry, BlobRef), StoreError> {
             source: get(r, 4)?,
             version: get_u32(r, 5)?,
             attachment_count: get_u32(r, 6)?,
+            modseq: get_u64(r, 10)?,
+            flags: get_u32(r, 11)?,
+            folder: get(r, 12)?,
         },
         BlobRef {
             id: get_u64(r, 7)?,
@@ -1112,7 +1173,7 @@ pub(crate) async fn list_mailbox(
     let stmt = c
         .prepare_cached(&format!(
             "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
-             WHERE m.account = $1 ORDER BY m.id"
+             WHERE m.account = $1 ORDER BY m.uid"
         ))
         .await
         .db()?;
@@ -1130,7 +1191,7 @@ pub(crate) async fn mailbox_message(
     let stmt = c
         .prepare_cached(&format!(
             "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
-             WHERE m.account = $1 AND m.id = $2"
+             WHERE m.account = $1 AND m.uid = $2"
         ))
         .await
         .db()?;
@@ -1142,16 +1203,175 @@ pub(crate) async fn mailbox_message(
         .transpose()
 }
 
-pub(crate) async fn delete_message(c: &Client, account: &str, id: u64) -> Result<bool, StoreError> {
-    let n = c
+pub(crate) async fn delete_message(
+    c: &mut Client,
+    account: &str,
+    id: u64,
+) -> Result<bool, StoreError> {
+    let tx = c.transaction().await.db()?;
+    let n = tx
         .execute(
-            "WITH m AS (DELETE FROM mailbox WHERE account = $1 AND id = $2 RETURNING blob_id)
+            "WITH m AS (DELETE FROM mailbox WHERE account = $1 AND uid = $2 RETURNING blob_id)
              DELETE FROM blobs WHERE id IN (SELECT blob_id FROM m)",
             &[&account, &sql(id)],
         )
         .await
         .db()?;
-    Ok(n > 0)
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "WITH st AS (UPDATE mailbox_state SET modseq = modseq + 1 WHERE account = $1
+                     RETURNING modseq)
+         INSERT INTO mailbox_gone (account, uid, modseq) SELECT $1, $2, st.modseq FROM st",
+        &[&account, &sql(id)],
+    )
+    .await
+    .db()?;
+    tx.commit().await.db()?;
+    Ok(true)
+}
+
+async fn mailbox_state<C: GenericClient>(c: &C, account: &str) -> Result<MailboxState, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT id, modseq FROM mailbox_state WHERE account = $1")
+        .await
+        .db()?;
+    let row = c
+        .query_opt(&stmt, &[&account])
+        .await
+        .db()?
+        .ok_or(StoreError::UnknownAccount)?;
+    Ok(MailboxState {
+        epoch: get_u64(&row, 0)?,
+        modseq: get_u64(&row, 1)?,
+    })
+}
+
+fn limit_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+pub(crate) async fn mailbox_page(
+    c: &Client,
+    account: &str,
+    before: u64,
+    limit: usize,
+) -> Result<MailboxPage, StoreError> {
+    let state = mailbox_state(c, account).await?;
+    let before = if before == 0 { i64::MAX } else { sql(before) };
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+             WHERE m.account = $1 AND m.uid < $2 ORDER BY m.uid DESC LIMIT $3"
+        ))
+        .await
+        .db()?;
+    let rows = c
+        .query(&stmt, &[&account, &before, &limit_sql(limit)])
+        .await
+        .db()?;
+    let entries = rows
+        .iter()
+        .map(|r| mailbox_row(r).map(|(e, _)| e))
+        .collect::<Result<_, _>>()?;
+    Ok(MailboxPage { state, entries })
+}
+
+pub(crate) async fn mailbox_changes(
+    c: &Client,
+    account: &str,
+    since: u64,
+    limit: usize,
+) -> Result<MailboxChanges, StoreError> {
+    let state = mailbox_state(c, account).await?;
+    let entries = c
+        .prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+             WHERE m.account = $1 AND m.modseq > $2 ORDER BY m.modseq LIMIT $3"
+        ))
+        .await
+        .db()?;
+    let gone = c
+        .prepare_cached(
+            "SELECT uid, modseq FROM mailbox_gone WHERE account = $1 AND modseq > $2
+             ORDER BY modseq LIMIT $3",
+        )
+        .await
+        .db()?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&account, &sql(since), &(limit_sql(limit) + 1)];
+    let mut changes = Vec::new();
+    for r in c.query(&entries, &params).await.db()? {
+        changes.push(MailboxChange::Entry(mailbox_row(&r)?.0));
+    }
+    for r in c.query(&gone, &params).await.db()? {
+        changes.push(MailboxChange::Removed {
+            id: get_u64(&r, 0)?,
+            modseq: get_u64(&r, 1)?,
+        });
+    }
+    changes.sort_by_key(MailboxChange::modseq);
+    let more = changes.len() > limit;
+    changes.truncate(limit);
+    Ok(MailboxChanges {
+        state,
+        more,
+        changes,
+    })
+}
+
+pub(crate) async fn set_flags(
+    c: &mut Client,
+    account: &str,
+    ids: &[u64],
+    set: u32,
+    clear: u32,
+) -> Result<FlagsChanged, StoreError> {
+    let tx = c.transaction().await.db()?;
+    // Lock the counters first: changes to one mailbox take modseqs in
+    // commit order.
+    let row = tx
+        .query_opt(
+            "SELECT modseq FROM mailbox_state WHERE account = $1 FOR UPDATE",
+            &[&account],
+        )
+        .await
+        .db()?
+        .ok_or(StoreError::UnknownAccount)?;
+    let mut modseq: i64 = get(&row, 0)?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE mailbox SET flags = (flags | $3::BIGINT) & ~$4::BIGINT, modseq = $5
+             WHERE account = $1 AND uid = $2 AND flags <> ((flags | $3::BIGINT) & ~$4::BIGINT)",
+        )
+        .await
+        .db()?;
+    let (set, clear) = (i64::from(set), i64::from(clear));
+    let mut changed = 0u32;
+    for &id in ids {
+        let n = tx
+            .execute(&update, &[&account, &sql(id), &set, &clear, &(modseq + 1)])
+            .await
+            .db()?;
+        if n > 0 {
+            modseq += 1;
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        tx.execute(
+            "UPDATE mailbox_state SET modseq = $2 WHERE account = $1",
+            &[&account, &modseq],
+        )
+        .await
+        .db()?;
+    }
+    tx.commit().await.db()?;
+    Ok(FlagsChanged {
+        modseq: unsigned(modseq, "modseq")?,
+        changed,
+    })
 }
 
 // ----- outbound queue -----
@@ -1449,7 +1669,7 @@ pub(crate) async fn fail_with_notice(
     }
     // In a savepoint: a sender deleted meanwhile only drops the notice.
     let sp = tx.savepoint("notice").await.db()?;
-    match deliver_in(&sp, notice).await {
+    match deliver_in(&sp, notice, INBOX, 0).await {
         Ok(_) => sp.commit().await.db()?,
         Err(StoreError::UnknownAccount) => {
             sp.rollback().await.db()?;

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// The key of the advisory lock held while migrating ("cmtpschm"). Advisory
 /// locks are per database, so stores on other databases of the same cluster
@@ -25,7 +25,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x636d_7470_7363_686d;
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database (in the first schema of the
 /// connection's `search_path`).
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Version 1: the SQLite schema, in PostgreSQL types.
 ///
@@ -182,6 +182,44 @@ CREATE TABLE unlocks (
 /// due order without reading the whole queue.
 const V3: &str = "
 CREATE INDEX outbound_domain_due ON outbound (dest_domain, next_attempt_at);
+";
+
+/// Version 4: per-user mailboxes (PROTOCOL.md §13.1), as in SQLite's
+/// version 4: each entry gets a per-user id `uid`, flag bits, a folder and
+/// the modseq of its last change; `mailbox_state` holds each account's last
+/// uid and modseq, and (its sequence id, never reused) the epoch;
+/// `mailbox_gone` the tombstones of removed entries. Existing entries are
+/// numbered per account in the order they arrived, with modseq = uid.
+const V4: &str = "
+ALTER TABLE mailbox
+    ADD COLUMN uid BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN modseq BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN flags BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN folder TEXT NOT NULL DEFAULT 'Inbox';
+UPDATE mailbox SET uid = r.n, modseq = r.n
+FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY account ORDER BY id) AS n FROM mailbox) AS r
+WHERE mailbox.id = r.id;
+CREATE UNIQUE INDEX mailbox_uid ON mailbox (account, uid);
+CREATE INDEX mailbox_modseq ON mailbox (account, modseq);
+
+CREATE TABLE mailbox_state (
+    id       BIGSERIAL PRIMARY KEY,
+    account  TEXT NOT NULL UNIQUE REFERENCES users (account),
+    last_uid BIGINT NOT NULL,
+    modseq   BIGINT NOT NULL
+);
+INSERT INTO mailbox_state (account, last_uid, modseq)
+SELECT u.account, COALESCE(MAX(m.uid), 0), COALESCE(MAX(m.uid), 0)
+FROM users u LEFT JOIN mailbox m ON m.account = u.account
+GROUP BY u.account ORDER BY u.account;
+
+CREATE TABLE mailbox_gone (
+    account TEXT NOT NULL,
+    uid     BIGINT NOT NULL,
+    modseq  BIGINT NOT NULL,
+    PRIMARY KEY (account, uid)
+);
+CREATE INDEX mailbox_gone_modseq ON mailbox_gone (account, modseq);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

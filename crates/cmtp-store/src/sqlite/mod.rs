@@ -17,9 +17,9 @@ use rusqlite::{Connection, OpenFlags};
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MailboxEntry, MailboxUsage,
-    MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats,
-    Retention, StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, KeyStatement, MailboxChanges,
+    MailboxEntry, MailboxPage, MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser,
+    OutboundEntry, Pin, PurgeReport, QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// How to open a [`SqliteStore`]. Build it with [`SqliteConfig::new`] and
@@ -532,6 +532,55 @@ impl Store for SqliteStore {
     async fn deliver(&self, delivery: NewDelivery) -> Result<Delivered, StoreError> {
         self.write(body_weight(&delivery.body), move |c| {
             ops::deliver(c, &delivery)
+        })
+        .await
+    }
+
+    async fn deliver_into(
+        &self,
+        delivery: NewDelivery,
+        folder: &str,
+        flags: u32,
+    ) -> Result<Delivered, StoreError> {
+        let folder = folder.to_owned();
+        self.write(body_weight(&delivery.body), move |c| {
+            ops::deliver_into(c, &delivery, &folder, flags)
+        })
+        .await
+    }
+
+    async fn mailbox_page(
+        &self,
+        account: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<MailboxPage, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::mailbox_page(c, &account, before, limit))
+            .await
+    }
+
+    async fn mailbox_changes(
+        &self,
+        account: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<MailboxChanges, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::mailbox_changes(c, &account, since, limit))
+            .await
+    }
+
+    async fn set_flags(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        set: u32,
+        clear: u32,
+    ) -> Result<FlagsChanged, StoreError> {
+        let account = account.to_owned();
+        self.write(ids.len() * 8, move |c| {
+            ops::set_flags(c, &account, &ids, set, clear)
         })
         .await
     }

@@ -8,9 +8,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::DbResult;
 use crate::error::StoreError;
 use crate::types::{
-    Alias, BlobRef, Credentials, Delivered, Enqueued, KeyStatement, MAX_CHUNK, MailboxEntry,
-    MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport,
-    QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
+    Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, INBOX, KeyStatement, MAX_CHUNK,
+    MailboxChange, MailboxChanges, MailboxEntry, MailboxPage, MailboxState, MailboxUsage,
+    MessageBody, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin, PurgeReport, QueueStats,
+    Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// A time or size for SQLite's signed 64-bit integers (saturating: no real
@@ -75,6 +76,11 @@ pub(crate) fn create_user(
             user.credentials.xzibit,
             sql(now)
         ],
+    )
+    .db()?;
+    c.execute(
+        "INSERT INTO mailbox_state (account, last_uid, modseq) VALUES (?1, 0, 0)",
+        [&user.account],
     )
     .db()?;
     Ok(())
@@ -158,6 +164,10 @@ pub(crate) fn delete_user(c: &Connection, account: &str) -> Result<bool, StoreEr
         )
         .db()?;
     }
+    c.execute("DELETE FROM mailbox_gone WHERE account = ?1", [account])
+        .db()?;
+    c.execute("DELETE FROM mailbox_state WHERE account = ?1", [account])
+        .db()?;
     let n = c
         .execute("DELETE FROM users WHERE account = ?1", [account])
         .db()?;
@@ -737,9 +747,43 @@ fn discard_body(c: &Connection, body: &MessageBody) -> Result<(), StoreError> {
 // ----- mailbox -----
 
 pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, StoreError> {
+    deliver_into(c, d, INBOX, 0)
+}
+
+/// Takes the next per-user id and modseq of `account`'s mailbox; `None` if
+/// there is no such account.
+fn next_uid(c: &Connection, account: &str) -> Result<Option<(i64, i64)>, StoreError> {
+    c.prepare_cached(
+        "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+         WHERE account = ?1 RETURNING last_uid, modseq",
+    )
+    .db()?
+    .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+    .db()
+}
+
+/// Raises `account`'s modseq by one and returns it; `None` if there is no
+/// such account.
+fn next_modseq(c: &Connection, account: &str) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached(
+        "UPDATE mailbox_state SET modseq = modseq + 1 WHERE account = ?1 RETURNING modseq",
+    )
+    .db()?
+    .query_row([account], |r| r.get(0))
+    .optional()
+    .db()
+}
+
+pub(crate) fn deliver_into(
+    c: &Connection,
+    d: &NewDelivery,
+    folder: &str,
+    flags: u32,
+) -> Result<Delivered, StoreError> {
     let previous: Option<i64> = c
         .prepare_cached(
-            "SELECT COALESCE(m.id, 0) FROM delivered d LEFT JOIN mailbox m ON m.id = d.message_id
+            "SELECT COALESCE(m.uid, 0) FROM delivered d LEFT JOIN mailbox m ON m.id = d.message_id
              WHERE d.hash = ?1",
         )
         .db()?
@@ -753,14 +797,15 @@ pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, Stor
             duplicate: true,
         });
     }
-    if !account_exists(c, &d.account)? {
+    let Some((uid, modseq)) = next_uid(c, &d.account)? else {
         return Err(StoreError::UnknownAccount);
-    }
+    };
     let blob = store_body(c, &d.body, d.size)?;
     let id: i64 = c
         .prepare_cached(
-            "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size, blob_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+            "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size,
+                                  blob_id, uid, modseq, flags, folder)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
         )
         .db()?
         .query_row(
@@ -772,7 +817,11 @@ pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, Stor
                 d.version,
                 d.attachment_count,
                 sql(d.size),
-                blob
+                blob,
+                uid,
+                modseq,
+                flags,
+                folder
             ],
             |r| r.get(0),
         )
@@ -784,12 +833,12 @@ pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, Stor
     .execute(params![d.hash, d.account, id, sql(d.received_at)])
     .db()?;
     Ok(Delivered {
-        id: id_u64(id),
+        id: id_u64(uid),
         duplicate: false,
     })
 }
 
-const MAILBOX_COLUMNS: &str = "m.id, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks";
+const MAILBOX_COLUMNS: &str = "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks, m.modseq, m.flags, m.folder";
 
 fn mailbox_row(r: &Row<'_>) -> rusqlite::Result<(MailboxEntry, BlobRef)> {
     Ok((
@@ -801,6 +850,9 @@ fn mailbox_row(r: &Row<'_>) -> rusqlite::Result<(MailboxEntry, BlobRef)> {
             source: r.get(4)?,
             version: r.get(5)?,
             attachment_count: r.get(6)?,
+            modseq: get_u64(r, 10)?,
+            flags: r.get(11)?,
+            folder: r.get(12)?,
         },
         BlobRef {
             id: get_u64(r, 7)?,
@@ -810,11 +862,139 @@ fn mailbox_row(r: &Row<'_>) -> rusqlite::Result<(MailboxEntry, BlobRef)> {
     ))
 }
 
+fn mailbox_state(c: &Connection, account: &str) -> Result<MailboxState, StoreError> {
+    c.prepare_cached("SELECT id, modseq FROM mailbox_state WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| {
+            Ok(MailboxState {
+                epoch: get_u64(r, 0)?,
+                modseq: get_u64(r, 1)?,
+            })
+        })
+        .optional()
+        .db()?
+        .ok_or(StoreError::UnknownAccount)
+}
+
+fn limit_sql(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn mailbox_page(
+    c: &Connection,
+    account: &str,
+    before: u64,
+    limit: usize,
+) -> Result<MailboxPage, StoreError> {
+    let state = mailbox_state(c, account)?;
+    let before = if before == 0 { i64::MAX } else { sql(before) };
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+             WHERE m.account = ?1 AND m.uid < ?2 ORDER BY m.uid DESC LIMIT ?3"
+        ))
+        .db()?;
+    let rows = stmt
+        .query_map(params![account, before, limit_sql(limit)], |r| {
+            mailbox_row(r).map(|(e, _)| e)
+        })
+        .db()?;
+    let entries = rows.collect::<rusqlite::Result<_>>().db()?;
+    Ok(MailboxPage { state, entries })
+}
+
+pub(crate) fn mailbox_changes(
+    c: &Connection,
+    account: &str,
+    since: u64,
+    limit: usize,
+) -> Result<MailboxChanges, StoreError> {
+    let state = mailbox_state(c, account)?;
+    // Each list by its own index, at most limit + 1 of each; merged here.
+    let mut changes: Vec<MailboxChange> = {
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+                 WHERE m.account = ?1 AND m.modseq > ?2 ORDER BY m.modseq LIMIT ?3"
+            ))
+            .db()?;
+        let rows = stmt
+            .query_map(params![account, sql(since), limit_sql(limit) + 1], |r| {
+                mailbox_row(r).map(|(e, _)| MailboxChange::Entry(e))
+            })
+            .db()?;
+        rows.collect::<rusqlite::Result<_>>().db()?
+    };
+    {
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT uid, modseq FROM mailbox_gone WHERE account = ?1 AND modseq > ?2
+                 ORDER BY modseq LIMIT ?3",
+            )
+            .db()?;
+        let rows = stmt
+            .query_map(params![account, sql(since), limit_sql(limit) + 1], |r| {
+                Ok(MailboxChange::Removed {
+                    id: get_u64(r, 0)?,
+                    modseq: get_u64(r, 1)?,
+                })
+            })
+            .db()?;
+        for row in rows {
+            changes.push(row.db()?);
+        }
+    }
+    changes.sort_by_key(MailboxChange::modseq);
+    let more = changes.len() > limit;
+    changes.truncate(limit);
+    Ok(MailboxChanges {
+        state,
+        more,
+        changes,
+    })
+}
+
+pub(crate) fn set_flags(
+    c: &Connection,
+    account: &str,
+    ids: &[u64],
+    set: u32,
+    clear: u32,
+) -> Result<FlagsChanged, StoreError> {
+    let mut state = mailbox_state(c, account)?;
+    let mut changed = 0u32;
+    let mut update = c
+        .prepare_cached(
+            "UPDATE mailbox SET flags = (flags | ?3) & ~?4, modseq = ?5
+             WHERE account = ?1 AND uid = ?2 AND flags != ((flags | ?3) & ~?4)",
+        )
+        .db()?;
+    for &id in ids {
+        let n = update
+            .execute(params![account, sql(id), set, clear, sql(state.modseq + 1)])
+            .db()?;
+        if n > 0 {
+            state.modseq += 1;
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        c.prepare_cached("UPDATE mailbox_state SET modseq = ?2 WHERE account = ?1")
+            .db()?
+            .execute(params![account, sql(state.modseq)])
+            .db()?;
+    }
+    Ok(FlagsChanged {
+        modseq: state.modseq,
+        changed,
+    })
+}
+
 pub(crate) fn list_mailbox(c: &Connection, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
     let mut stmt = c
         .prepare_cached(&format!(
             "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
-             WHERE m.account = ?1 ORDER BY m.id"
+             WHERE m.account = ?1 ORDER BY m.uid"
         ))
         .db()?;
     let rows = stmt
@@ -830,7 +1010,7 @@ pub(crate) fn mailbox_message(
 ) -> Result<Option<(MailboxEntry, BlobRef)>, StoreError> {
     c.prepare_cached(&format!(
         "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
-         WHERE m.account = ?1 AND m.id = ?2"
+         WHERE m.account = ?1 AND m.uid = ?2"
     ))
     .db()?
     .query_row(params![account, sql(id)], mailbox_row)
@@ -841,7 +1021,7 @@ pub(crate) fn mailbox_message(
 pub(crate) fn delete_message(c: &Connection, account: &str, id: u64) -> Result<bool, StoreError> {
     let blob: Option<i64> = c
         .query_row(
-            "DELETE FROM mailbox WHERE account = ?1 AND id = ?2 RETURNING blob_id",
+            "DELETE FROM mailbox WHERE account = ?1 AND uid = ?2 RETURNING blob_id",
             params![account, sql(id)],
             |r| r.get(0),
         )
@@ -850,6 +1030,12 @@ pub(crate) fn delete_message(c: &Connection, account: &str, id: u64) -> Result<b
     match blob {
         Some(blob) => {
             delete_blob(c, blob)?;
+            let modseq = next_modseq(c, account)?.ok_or(StoreError::UnknownAccount)?;
+            c.execute(
+                "INSERT INTO mailbox_gone (account, uid, modseq) VALUES (?1, ?2, ?3)",
+                params![account, sql(id), modseq],
+            )
+            .db()?;
             Ok(true)
         }
         None => Ok(false),

@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Version 1.
 ///
@@ -169,6 +169,46 @@ const V3: &str = "
 CREATE INDEX outbound_domain_due ON outbound(dest_domain, next_attempt_at);
 ";
 
+/// Version 4: per-user mailboxes (PROTOCOL.md §13.1).
+///
+/// Each mailbox entry gets a per-user id `uid` (1 for the account's first
+/// message), flag bits, a folder and the modification sequence of its last
+/// change. `mailbox_state` holds each account's counters: the last uid
+/// given, the modseq, and (its AUTOINCREMENT row id, never reused) the
+/// epoch of the id space. A removed entry leaves a tombstone in
+/// `mailbox_gone`. Existing entries are numbered per account in the order
+/// they arrived, with modseq = uid.
+const V4: &str = "
+ALTER TABLE mailbox ADD COLUMN uid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailbox ADD COLUMN modseq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailbox ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailbox ADD COLUMN folder TEXT NOT NULL DEFAULT 'Inbox';
+UPDATE mailbox SET uid = r.n, modseq = r.n
+FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY account ORDER BY id) AS n FROM mailbox) AS r
+WHERE mailbox.id = r.id;
+CREATE UNIQUE INDEX mailbox_uid ON mailbox(account, uid);
+CREATE INDEX mailbox_modseq ON mailbox(account, modseq);
+
+CREATE TABLE mailbox_state (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    account  TEXT NOT NULL UNIQUE REFERENCES users(account),
+    last_uid INTEGER NOT NULL,
+    modseq   INTEGER NOT NULL
+);
+INSERT INTO mailbox_state (account, last_uid, modseq)
+SELECT u.account, COALESCE(MAX(m.uid), 0), COALESCE(MAX(m.uid), 0)
+FROM users u LEFT JOIN mailbox m ON m.account = u.account
+GROUP BY u.account ORDER BY u.account;
+
+CREATE TABLE mailbox_gone (
+    account TEXT NOT NULL,
+    uid     INTEGER NOT NULL,
+    modseq  INTEGER NOT NULL,
+    PRIMARY KEY (account, uid)
+) WITHOUT ROWID;
+CREATE INDEX mailbox_gone_modseq ON mailbox_gone(account, modseq);
+";
+
 /// Creates the schema in an empty database, or brings an older one up to
 /// [`SCHEMA_VERSION`], in one transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -223,4 +263,76 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .db()?;
     }
     tx.commit().db()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 1 database with mail is numbered per account on migration.
+    #[test]
+    fn version_1_mailboxes_get_per_user_ids() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(V1).unwrap();
+        c.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+            .unwrap();
+        for a in ["alice", "bob", "carol"] {
+            c.execute(
+                "INSERT INTO users VALUES (?1, x'00', x'00', x'00', x'00', 0, 0)",
+                [a],
+            )
+            .unwrap();
+        }
+        c.execute("INSERT INTO blobs (size, chunks) VALUES (0, 0)", [])
+            .unwrap();
+        for a in ["alice", "bob", "alice", "alice", "bob"] {
+            c.execute(
+                "INSERT INTO mailbox (account, hash, source, received_at, version,
+                                      attachment_count, size, blob_id)
+                 VALUES (?1, x'00', 'x@y.z', 0, 1, 0, 0, 1)",
+                [a],
+            )
+            .unwrap();
+        }
+        migrate(&mut c).unwrap();
+        let rows: Vec<(String, i64, i64, String)> = c
+            .prepare("SELECT account, uid, modseq, folder FROM mailbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let uids: Vec<(&str, i64, i64)> = rows
+            .iter()
+            .map(|(a, u, m, f)| {
+                assert_eq!(f, "Inbox");
+                (a.as_str(), *u, *m)
+            })
+            .collect();
+        assert_eq!(
+            uids,
+            [
+                ("alice", 1, 1),
+                ("bob", 1, 1),
+                ("alice", 2, 2),
+                ("alice", 3, 3),
+                ("bob", 2, 2)
+            ]
+        );
+        let state: Vec<(String, i64, i64)> = c
+            .prepare("SELECT account, last_uid, modseq FROM mailbox_state ORDER BY account")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            state,
+            [
+                ("alice".into(), 3, 3),
+                ("bob".into(), 2, 2),
+                ("carol".into(), 0, 0)
+            ]
+        );
+    }
 }

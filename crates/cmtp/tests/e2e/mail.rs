@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use cmtp_client::home::Home as LibHome;
-use cmtp_client::session::{Client, Options};
+use cmtp_app::home::Home as LibHome;
+use cmtp_app::session::{Client, Options};
 use cmtp_proto::content::{Attachment, Content};
 use cmtp_proto::crypto::opaque::KsfParams;
 use cmtp_proto::names::Address;

@@ -14,4 +14,5 @@ mod mail;
 mod reset;
 mod setup;
 mod smtp;
+mod store;
 mod support;

@@ -78,10 +78,11 @@ impl Server {
     /// Starts `cmtpd run` for `domain` on `port`, with a data directory in
     /// `base`, routing each `(domain, port)` of `routes` statically.
     pub(crate) fn start(base: &Path, domain: &str, port: u16, routes: &[(&str, u16)]) -> Server {
-        Self::start_with(base, domain, port, routes, "")
+        Server::start_with(base, domain, port, routes, "")
     }
 
-    /// As [`start`](Self::start), with more TOML appended to the configuration.
+    /// As [`start`](Self::start), with `extra` appended to the configuration
+    /// (e.g. a `[limits]` section).
     pub(crate) fn start_with(
         base: &Path,
         domain: &str,
@@ -127,7 +128,13 @@ impl Server {
         self.dir.join("cmtp.db")
     }
 
-    fn admin(&self, args: &[&str]) -> std::process::Output {
+    /// Stops the server (SIGKILL, as a crash would) and waits for it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn admin(&self, args: &[&str]) -> std::process::Output {
         let out = Command::new(cmtpd_path())
             .arg("--data-dir")
             .arg(&self.dir)
@@ -254,9 +261,9 @@ impl Home {
         }
     }
 
-    /// Runs `cmtp --home DIR ARGS` with `stdin` (never a terminal).
-    pub(crate) fn run(&self, args: &[&str], stdin: &[u8]) -> Run {
-        let started = Instant::now();
+    /// The command `cmtp --home DIR ARGS`, not started (stdin, stdout and
+    /// stderr piped).
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cmtp"));
         cmd.arg("--home")
             .arg(&self.dir)
@@ -270,6 +277,19 @@ impl Home {
         if self.env_floor {
             cmd.env("CMTP_MIN_KSF", TEST_KSF);
         }
+        cmd
+    }
+
+    /// Runs `cmtp --home DIR ARGS` with `stdin` (never a terminal).
+    pub(crate) fn run(&self, args: &[&str], stdin: &[u8]) -> Run {
+        self.run_env(args, stdin, &[])
+    }
+
+    /// As [`run`](Self::run), with extra environment variables.
+    pub(crate) fn run_env(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+        let started = Instant::now();
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("start cmtp");
         let mut input = child.stdin.take().unwrap();
         let data = stdin.to_vec();
@@ -305,4 +325,134 @@ pub(crate) fn tempdir() -> TempDir {
         .prefix("cmtp-e2e-")
         .tempdir()
         .unwrap()
+}
+
+/// A TCP forwarding proxy on 127.0.0.1 that counts the bytes it forwards in
+/// each direction (and may slow down the client's direction): a way to see
+/// what a client puts on the wire. Stops when dropped.
+pub(crate) struct Proxy {
+    /// Its port.
+    pub(crate) port: u16,
+    /// Bytes forwarded client → server.
+    pub(crate) up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes forwarded server → client.
+    pub(crate) down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    /// Forwards to 127.0.0.1:`upstream`; client → server at most
+    /// `up_rate` bytes a second when given.
+    pub(crate) fn start(upstream: u16, up_rate: Option<u64>) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (u, d, st) = (up.clone(), down.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream,
+                            mut to: TcpStream,
+                            count: Arc<AtomicU64>,
+                            rate: Option<u64>| {
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let started = Instant::now();
+                        let mut buf = [0u8; 16384];
+                        let mut total = 0u64;
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            total += n as u64;
+                            count.fetch_add(n as u64, Ordering::SeqCst);
+                            if let Some(rate) = rate {
+                                let due = Duration::from_secs_f64(total as f64 / rate as f64);
+                                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                    std::thread::sleep(wait);
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    u.clone(),
+                    up_rate,
+                );
+                pipe(server, client, d.clone(), None);
+            }
+        });
+        Proxy {
+            port,
+            up,
+            down,
+            stop,
+        }
+    }
+
+    /// `host:port` of the proxy.
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Bytes forwarded in both directions so far.
+    pub(crate) fn total(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.up.load(Ordering::SeqCst) + self.down.load(Ordering::SeqCst)
+    }
+
+    /// Sets both counters to zero.
+    pub(crate) fn reset(&self) {
+        use std::sync::atomic::Ordering;
+        self.up.store(0, Ordering::SeqCst);
+        self.down.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Registers `user@domain` on `server` in a new home `base/name` with the
+/// server given by `--server ADDR` (saved in config.toml); returns the home.
+pub(crate) fn register(base: &Path, server: &Server, name: &str, domain: &str, addr: &str) -> Home {
+    let home = Home::new(base.join(name));
+    let pw = password_file(base, name, &format!("{name}'s password"));
+    home.cmd(&[
+        "--server",
+        addr,
+        "register",
+        &format!("{name}@{domain}"),
+        "--invite",
+        &server.invite(name),
+        "--password-file",
+        &pw,
+    ])
+    .ok();
+    home
 }

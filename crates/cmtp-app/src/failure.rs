@@ -1,5 +1,5 @@
-//! The errors of the high-level client ([`crate::session`], [`crate::send`],
-//! [`crate::mailbox`], [`crate::home`], [`crate::trust`]), each one something
+//! The errors of the application ([`crate::session`], [`crate::send`],
+//! [`crate::sync`], [`crate::home`], [`crate::trust`], [`crate::store`]), each one something
 //! a person can act on, sorted by [`ErrorKind`] so that a command-line front
 //! end can map them to exit codes.
 
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use cmtp_proto::reply::Status;
 use thiserror::Error;
 
-use crate::discovery::DiscoveryError;
-use crate::error::ClientError;
+use cmtp_client::ClientError;
+use cmtp_client::discovery::DiscoveryError;
 
 /// The broad class of an [`Error`](enum@Error): what the person should do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +26,8 @@ pub enum ErrorKind {
     Verification,
     /// No such message or user.
     NotFound,
+    /// The message is larger than the server accepts.
+    TooBig,
     /// Anything else.
     Other,
 }
@@ -127,6 +129,29 @@ pub enum Error {
     /// Invalid input from the caller.
     #[error("{0}")]
     Invalid(String),
+    /// A message is larger than the own server accepts (its greeting says
+    /// how large a message may be); nothing of it was sent.
+    #[error("{}", too_big_text(*size, *max, detail))]
+    TooBig {
+        /// Its size in bytes as it would be sent (0: unknown).
+        size: u64,
+        /// The server's limit.
+        max: u64,
+        /// More from the server, if it refused.
+        detail: String,
+    },
+}
+
+fn too_big_text(size: u64, max: u64, detail: &str) -> String {
+    let mut t = if size > 0 {
+        format!("the message is too big: {size} bytes, and the server accepts at most {max} bytes")
+    } else {
+        format!("the message is too big: the server accepts at most {max} bytes")
+    };
+    if !detail.is_empty() {
+        t.push_str(&format!(" ({detail})"));
+    }
+    t
 }
 
 impl Error {
@@ -150,6 +175,7 @@ impl Error {
             }
             Error::Policy(_) => ErrorKind::Verification,
             Error::NotFound(_) => ErrorKind::NotFound,
+            Error::TooBig { .. } => ErrorKind::TooBig,
             Error::Refused(_) | Error::File { .. } | Error::BadFile { .. } => ErrorKind::Other,
         }
     }

@@ -17,9 +17,9 @@
 //! known_domains   pinned server keys, one line per domain:
 //!                 `domain fingerprint key first-seen` (TOFU, like SSH's
 //!                 known_hosts; see crate::trust)
-//! cache/messages/ fetched messages, each named by the hex of its message
-//!                 hash computed here (never by a name from the wire),
-//!                 and index.json mapping mailbox ids to those files
+//! mail.db        the local store (SQLite, mode 0600): synced messages with
+//!                 their verdicts and decrypted content, the sync position,
+//!                 the outbox and the drafts (see crate::store)
 //! cache/keys/     fetched key statements, named by the hex SHA-256 of the
 //!                 address they are about
 //! ```
@@ -237,6 +237,11 @@ impl Home {
         self.root.join(KNOWN_DOMAINS_FILE)
     }
 
+    /// `mail.db`, the local store.
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join(crate::store::STORE_FILE)
+    }
+
     /// `cache/`.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join(CACHE_DIR)
@@ -327,7 +332,7 @@ impl Home {
             // Unreadable here (permissions, format): still not ours to destroy.
             Err(_) => Some(
                 self.root
-                    .join(format!("{IDENTITY_FILE}.old-{}", crate::clock::now())),
+                    .join(format!("{IDENTITY_FILE}.old-{}", cmtp_client::clock::now())),
             ),
         };
         if let Some(kept) = kept

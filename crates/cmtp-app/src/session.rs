@@ -32,6 +32,7 @@ use cmtp_proto::crypto::{IdentityKey, PublicKey};
 use cmtp_proto::limits::MessageLimits;
 use cmtp_proto::message::{Message, Source};
 use cmtp_proto::names::{Address, Domain};
+use cmtp_proto::payload::mailbox::{ChangeSet, FlagsResult, ListingPage};
 use cmtp_proto::payload::{
     Greeting, ListingEntry, LoginChallenge, RegistrationOffer, XzibitRelease, decode_listing,
 };
@@ -39,13 +40,14 @@ use cmtp_proto::reply::{Reply, Status};
 use cmtp_proto::statements::{KeyStatement, Receipt, ServerKeyBundle};
 use rand::rngs::OsRng;
 
-use crate::clock::now;
-use crate::conn::{Connection, MAX_REPLY_BODY};
-use crate::discovery::{Discovery, DiscoveryConfig};
-use crate::error::{ClientError, PeerMisbehaved};
 use crate::failure::{Error, Result};
 use crate::home::{Config, Home};
 use crate::trust::{KnownDomains, PinStatus, StatementCache, verify_statement};
+use cmtp_client::ClientError;
+use cmtp_client::clock::now;
+use cmtp_client::conn::{Connection, MAX_REPLY_BODY};
+use cmtp_client::discovery::{Discovery, DiscoveryConfig};
+use cmtp_client::error::PeerMisbehaved;
 
 /// Options that override the home's configuration for one run.
 #[derive(Debug, Clone)]
@@ -58,6 +60,14 @@ pub struct Options {
     pub min_ksf: Option<KsfParams>,
     /// Time allowed to connect and for each reply.
     pub timeout: Duration,
+}
+
+impl Options {
+    /// The same options with another timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Options {
+        self.timeout = timeout;
+        self
+    }
 }
 
 impl Default for Options {
@@ -118,6 +128,11 @@ impl Client {
     /// The home directory.
     pub fn home(&self) -> &Home {
         &self.home
+    }
+
+    /// The options of this run.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// The configuration as read (and as saved by register/login).
@@ -396,13 +411,11 @@ impl Client {
     }
 
     fn save_account(&mut self, address: &Address, identity: &IdentityKey) -> Result<()> {
-        if self.config.address.as_deref() != Some(address.to_string().as_str()) {
-            // Another account (or none) used this home: its mailbox cache
-            // is not this account's.
-            let messages = self.home.cache_dir().join("messages");
-            if messages.exists() {
-                std::fs::remove_dir_all(&messages).map_err(|e| Error::file(&messages, e))?;
-            }
+        // The cache of earlier versions (files per message); the local store
+        // (`mail.db`) empties itself when it meets another account.
+        let messages = self.home.cache_dir().join("messages");
+        if messages.exists() {
+            std::fs::remove_dir_all(&messages).map_err(|e| Error::file(&messages, e))?;
         }
         self.home.save_identity(identity, address)?;
         self.config.address = Some(address.to_string());
@@ -784,6 +797,36 @@ impl Session {
         )
     }
 
+    /// `address`'s key for sealing a message: fetched fresh through the own
+    /// server, or — when that fails only for now (the recipient's server is
+    /// down) — the cached statement that still verifies under the domain's
+    /// pinned key. Mail can then be sealed and left in the own server's relay
+    /// queue; without any key the error is returned (transient: the message
+    /// waits in the outbox).
+    pub async fn key_for_sealing(&mut self, address: &Address) -> Result<VerifiedKey> {
+        match self.user_key(address, true).await {
+            Ok(k) => Ok(k),
+            Err(e) if e.is_transient() => {
+                let pinned = self.known.get(&address.domain).map(|p| p.key);
+                let cached =
+                    pinned.and_then(|k| self.statements.get(address, &k, now()).map(|s| (k, s)));
+                match cached {
+                    Some((domain_key, s)) => {
+                        tracing::info!(%address, error = %e, "using the cached key statement");
+                        Ok(VerifiedKey {
+                            key: s.key,
+                            statement: Some(s),
+                            domain_key,
+                            pin: PinStatus::Known { first_seen: 0 },
+                        })
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `address`'s key, verified: from the cache when a cached statement
     /// still verifies under the domain's pinned key (unless `fresh`), else
     /// fetched through the own server.
@@ -846,6 +889,113 @@ impl Session {
         }
     }
 
+    /// LISTPAGE (PROTOCOL.md §13.3).
+    pub async fn list_page(&mut self, before: u64, limit: u32) -> Result<ListingPage> {
+        let reply = self.command(&Command::ListPage { before, limit }).await?;
+        let body = expect_success(&reply, "LISTPAGE")?;
+        decode(ListingPage::decode(body), "listing page")
+    }
+
+    /// CHANGES (PROTOCOL.md §13.4).
+    pub async fn changes(&mut self, since: u64, limit: u32) -> Result<ChangeSet> {
+        let reply = self.command(&Command::Changes { since, limit }).await?;
+        let body = expect_success(&reply, "CHANGES")?;
+        decode(ChangeSet::decode(body), "change set")
+    }
+
+    /// FLAGS (PROTOCOL.md §13.5), in commands of at most 1024 ids.
+    pub async fn set_flags(&mut self, ids: &[u64], set: u32, clear: u32) -> Result<FlagsResult> {
+        let mut last = FlagsResult {
+            modseq: 0,
+            changed: 0,
+        };
+        let mut changed = 0;
+        for chunk in ids.chunks(cmtp_proto::payload::mailbox::MAX_FLAG_IDS) {
+            let reply = self
+                .command(&Command::Flags {
+                    set,
+                    clear,
+                    ids: chunk.to_vec(),
+                })
+                .await?;
+            let body = expect_success(&reply, "FLAGS")?;
+            last = decode(FlagsResult::decode(body), "flags result")?;
+            changed += last.changed;
+        }
+        last.changed = changed;
+        Ok(last)
+    }
+
+    /// FETCH `id` into memory (bounded by the server's message size limit
+    /// and the log limit); the reply's signature is checked at the end.
+    pub async fn fetch_bytes(&mut self, id: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let max = self.greeting.max_message_size + MessageLimits::DEFAULT_MAX_LOG + 4096;
+        match self.conn.fetch_into(id, max, &mut out).await? {
+            Ok(_) => Ok(out),
+            Err(reply) if reply.status == Status::Failure => {
+                Err(Error::NotFound(format!("no message {id} in the mailbox")))
+            }
+            Err(reply) => Err(Error::from_reply(&reply, "FETCH")),
+        }
+    }
+
+    /// Sends an encoded message after MAIL or APPEND and checks the signed
+    /// receipt: signed by the own server's key, for `hash`. Returns the
+    /// receipt's bytes.
+    pub async fn submit_bytes(
+        &mut self,
+        cmd: &Command,
+        bytes: &[u8],
+        hash: &[u8; 32],
+        destination: &str,
+        progress: impl FnMut(u64),
+    ) -> Result<Receipt> {
+        let reply = self.conn.command_with_message(cmd, bytes, progress).await?;
+        self.check_receipt(&reply, hash, destination)
+    }
+
+    fn check_receipt(&self, reply: &Reply, hash: &[u8; 32], destination: &str) -> Result<Receipt> {
+        match reply.status {
+            Status::Success => {}
+            Status::DeliveryFailure => {
+                let f = cmtp_proto::payload::DeliveryFailure::decode(&reply.body).ok();
+                let text = f
+                    .as_ref()
+                    .map(|f| format!("{}: {}", f.word, f.text))
+                    .unwrap_or_else(|| reply.text());
+                return Err(match f.and_then(|f| f.reason) {
+                    Some(cmtp_proto::payload::FailureReason::NoSuchUser) => {
+                        Error::NotFound(format!("{destination}: {text}"))
+                    }
+                    _ => Error::Refused(format!("{destination}: {text}")),
+                });
+            }
+            Status::TooBig => {
+                return Err(Error::TooBig {
+                    size: 0,
+                    max: self.greeting.max_message_size,
+                    detail: reply.text(),
+                });
+            }
+            _ => return Err(Error::from_reply(reply, "MAIL")),
+        }
+        let receipt = Receipt::decode(&reply.body)
+            .map_err(|e| Error::Verification(format!("receipt: {e}")))?;
+        receipt.verify(&self.greeting.key, hash).map_err(|_| {
+            Error::Verification(
+                "the receipt is not signed by the server's key for this message".into(),
+            )
+        })?;
+        if receipt.domain != self.domain {
+            return Err(Error::Verification(format!(
+                "the receipt names {}, not {}",
+                receipt.domain, self.domain
+            )));
+        }
+        Ok(receipt)
+    }
+
     /// DELETE `id`.
     pub async fn delete(&mut self, id: u64) -> Result<()> {
         let reply = self.command(&Command::Delete { id }).await?;
@@ -866,37 +1016,7 @@ impl Session {
         let bytes = message.to_bytes();
         let hash = message.hash();
         let reply = self.conn.mail_with_progress(&bytes, progress).await?;
-        match reply.status {
-            Status::Success => {}
-            Status::DeliveryFailure => {
-                let f = cmtp_proto::payload::DeliveryFailure::decode(&reply.body).ok();
-                let text = f
-                    .as_ref()
-                    .map(|f| format!("{}: {}", f.word, f.text))
-                    .unwrap_or_else(|| reply.text());
-                return Err(match f.and_then(|f| f.reason) {
-                    Some(cmtp_proto::payload::FailureReason::NoSuchUser) => {
-                        Error::NotFound(format!("{}: {text}", message.destination))
-                    }
-                    _ => Error::Refused(format!("{}: {text}", message.destination)),
-                });
-            }
-            _ => return Err(Error::from_reply(&reply, "MAIL")),
-        }
-        let receipt = Receipt::decode(&reply.body)
-            .map_err(|e| Error::Verification(format!("receipt: {e}")))?;
-        receipt.verify(&self.greeting.key, &hash).map_err(|_| {
-            Error::Verification(
-                "the receipt is not signed by the server's key for this message".into(),
-            )
-        })?;
-        if receipt.domain != self.domain {
-            return Err(Error::Verification(format!(
-                "the receipt names {}, not {}",
-                receipt.domain, self.domain
-            )));
-        }
-        Ok(receipt)
+        self.check_receipt(&reply, &hash, &message.destination.to_string())
     }
 
     /// Says OBAI and closes.

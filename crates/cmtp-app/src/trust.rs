@@ -53,7 +53,11 @@ impl std::fmt::Display for PinStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PinStatus::Known { first_seen } => {
-                write!(f, "pinned since {}", crate::clock::rfc3339(*first_seen))
+                write!(
+                    f,
+                    "pinned since {}",
+                    cmtp_client::clock::rfc3339(*first_seen)
+                )
             }
             PinStatus::NewlyPinned => f.write_str("pinned now (first use)"),
             PinStatus::Rotated { old_fingerprint } => write!(
@@ -189,7 +193,7 @@ impl KnownDomains {
                 "{domain} {} {} {}\n",
                 pin.key.fingerprint_hex(),
                 hex::encode(pin.key.as_bytes()),
-                crate::clock::rfc3339(pin.first_seen)
+                cmtp_client::clock::rfc3339(pin.first_seen)
             ));
         }
         write_private(&self.path, text.as_bytes())

@@ -1,0 +1,1002 @@
+//! The local store: one SQLite file in the home directory (`mail.db`, mode
+//! 0600) that keeps the user's mail, the sync position, the outbox and the
+//! drafts, so that `inbox`, `read` and `thread` work offline and nothing a
+//! person wrote is lost.
+//!
+//! # Tables
+//!
+//! ```text
+//! meta        key → value: account, epoch, modseq (sync position),
+//!             listing progress
+//! messages    one row per message of the server mailbox, by per-user id
+//!             (PROTOCOL.md §13.1): the summary (hash, modseq, flags, folder,
+//!             size, received_at, envelope source and destination), and
+//!             what opening the fetched bytes gave once:
+//!             the verdict and the decrypted subject, date, reply-to, cc,
+//!             text and attachment names
+//! raw_messages  the sealed bytes of each message as fetched (apart, so
+//!             that listing the messages never reads them)
+//! parts       the decrypted attachments of each message
+//! pending_flags  flag changes made offline, pushed at the next sync
+//! outbox      messages composed and not yet accepted by the own server:
+//!             the draft as written, then (once sealed) its copies
+//! outbox_copies  the sealed bytes of each copy (one per recipient and the
+//!             Sent copy), sealed once, sent as they are until accepted
+//! drafts      unfinished messages
+//! ```
+//!
+//! Room kept for later content versions: `cc` is a JSON list, recipients
+//! of a sent message are kept as a JSON list (`recipients`), and the folder
+//! is a plain column, so that To/Cc lists, thread headers and a full-text
+//! index (FTS5) can be added as new columns and tables without rewriting
+//! these.
+//!
+//! Decrypted mail sits in this file next to `identity.key`: anyone who can
+//! read the home directory can read both, and the key alone would decrypt
+//! every sealed copy anyway. The file is created with mode 0600 and the
+//! home with 0700.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::failure::{Error, Result};
+
+/// Name of the local store in the home directory.
+pub const STORE_FILE: &str = "mail.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    uid              INTEGER PRIMARY KEY,
+    hash             BLOB NOT NULL,
+    modseq           INTEGER NOT NULL,
+    flags            INTEGER NOT NULL,
+    folder           TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    received_at      INTEGER NOT NULL,
+    version          INTEGER NOT NULL,
+    attachment_count INTEGER NOT NULL,
+    source           TEXT NOT NULL,
+    destination      TEXT,
+    fetched          INTEGER NOT NULL DEFAULT 0,
+    verdict          TEXT,
+    verdict_detail   TEXT,
+    subject          TEXT,
+    date             TEXT,
+    reply_to         TEXT,
+    cc               TEXT,
+    body             TEXT,
+    attachment_names TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder, uid);
+CREATE INDEX IF NOT EXISTS messages_unfetched ON messages(uid) WHERE fetched = 0;
+CREATE INDEX IF NOT EXISTS messages_folder_flags ON messages(folder, flags);
+CREATE TABLE IF NOT EXISTS raw_messages (
+    uid   INTEGER PRIMARY KEY REFERENCES messages(uid) ON DELETE CASCADE,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    uid  INTEGER NOT NULL REFERENCES messages(uid) ON DELETE CASCADE,
+    idx  INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (uid, idx)
+);
+CREATE TABLE IF NOT EXISTS pending_flags (
+    uid   INTEGER PRIMARY KEY,
+    set_bits   INTEGER NOT NULL,
+    clear_bits INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at      INTEGER NOT NULL,
+    draft           TEXT NOT NULL,
+    sealed          INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox_copies (
+    outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+    idx       INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    hash      BLOB NOT NULL,
+    bytes     BLOB NOT NULL,
+    done      INTEGER NOT NULL DEFAULT 0,
+    receipt   BLOB,
+    PRIMARY KEY (outbox_id, idx)
+);
+CREATE TABLE IF NOT EXISTS drafts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    updated_at INTEGER NOT NULL,
+    draft      TEXT NOT NULL,
+    note       TEXT
+);
+";
+
+/// A message as the user wrote it (before sealing), kept in the outbox and
+/// the drafts. Attachments are kept by value: a file that moves or changes
+/// after `send` does not change what is sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Composed {
+    /// To recipients (addresses as written, validated when sent).
+    pub to: Vec<String>,
+    /// Cc recipients.
+    pub cc: Vec<String>,
+    /// The subject.
+    pub subject: String,
+    /// The text.
+    pub text: String,
+    /// Attachments: name and bytes (hex in the JSON form).
+    #[serde(default)]
+    pub attachments: Vec<StoredAttachment>,
+    /// Send as plaintext (crypto system 0).
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+/// An attachment kept in the outbox or a draft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAttachment {
+    /// The file name.
+    pub name: String,
+    /// The bytes, hex-encoded in the stored JSON.
+    #[serde(with = "hex_bytes")]
+    pub data: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A message of the local store (without its bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Per-user id on the server.
+    pub uid: u64,
+    /// The message hash.
+    pub hash: [u8; 32],
+    /// Flag bits.
+    pub flags: u32,
+    /// The folder.
+    pub folder: String,
+    /// Size as stored by the server.
+    pub size: u64,
+    /// When the server accepted it.
+    pub received_at: u64,
+    /// Envelope source (`user@domain`, or `@domain` for a server).
+    pub source: String,
+    /// Envelope destination, once fetched.
+    pub destination: Option<String>,
+    /// Verdict word (`verified`, `not-verified`, `undecryptable`), once fetched.
+    pub verdict: Option<String>,
+    /// Why not verified.
+    pub verdict_detail: Option<String>,
+    /// Decrypted subject.
+    pub subject: Option<String>,
+    /// Decrypted date.
+    pub date: Option<String>,
+    /// Decrypted reply-to.
+    pub reply_to: Option<String>,
+    /// Decrypted Cc list.
+    pub cc: Vec<String>,
+    /// Decrypted text.
+    pub body: Option<String>,
+    /// Attachment names.
+    pub attachment_names: Vec<String>,
+    /// Number of attachments (from the envelope).
+    pub attachment_count: u32,
+}
+
+/// What opening a fetched message gave, to be stored with it.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    /// Envelope destination.
+    pub destination: Option<String>,
+    /// Verdict word.
+    pub verdict: String,
+    /// Why not verified.
+    pub verdict_detail: Option<String>,
+    /// Decrypted fields (`None` when undecryptable).
+    pub subject: Option<String>,
+    /// Date.
+    pub date: Option<String>,
+    /// Reply-to.
+    pub reply_to: Option<String>,
+    /// Cc list.
+    pub cc: Vec<String>,
+    /// Text.
+    pub body: Option<String>,
+    /// Attachments (name, bytes).
+    pub attachments: Vec<(String, Vec<u8>)>,
+}
+
+/// The sync position (PROTOCOL.md §13.3, §13.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The server mailbox's epoch (0: never synced).
+    pub epoch: u64,
+    /// Everything up to this modseq is in the store (valid once the listing
+    /// is done).
+    pub modseq: u64,
+    /// Whether the first full listing finished.
+    pub listed: bool,
+    /// Listing progress: the lowest id listed so far (0: not started).
+    pub listing_before: u64,
+    /// The modseq the listing started at.
+    pub listing_modseq: u64,
+}
+
+/// An outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// Its id.
+    pub id: u64,
+    /// When it was composed.
+    pub created_at: u64,
+    /// The message as written.
+    pub draft: Composed,
+    /// Whether its copies are sealed (and stored).
+    pub sealed: bool,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// When the next automatic attempt is due.
+    pub next_attempt_at: u64,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// A sealed copy of an outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutboxCopy {
+    /// Position in the entry.
+    pub idx: u32,
+    /// `copy` (to a recipient) or `sent` (the Sent copy, sealed to the sender).
+    pub kind: String,
+    /// The recipient (for the Sent copy: the envelope's destination).
+    pub recipient: String,
+    /// The message hash.
+    pub hash: [u8; 32],
+    /// The encoded message, exactly as it is sent.
+    pub bytes: Vec<u8>,
+    /// Accepted by the own server.
+    pub done: bool,
+}
+
+/// A draft.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// Its id.
+    pub id: u64,
+    /// When it was last saved.
+    pub updated_at: u64,
+    /// The message.
+    pub draft: Composed,
+    /// Why it is a draft, if it was not saved as one (e.g. refused as too big).
+    pub note: Option<String>,
+}
+
+/// The open local store.
+#[derive(Debug)]
+pub struct LocalStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn db<T>(path: &Path, r: rusqlite::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::BadFile {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn json_list(s: Option<String>) -> Vec<String> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+const MESSAGE_COLUMNS: &str = "uid, hash, flags, folder, size, received_at, source, destination, verdict, verdict_detail, subject, date, reply_to, cc, body, attachment_names, attachment_count";
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let hash: Vec<u8> = r.get(1)?;
+    let mut h = [0u8; 32];
+    if hash.len() == 32 {
+        h.copy_from_slice(&hash);
+    }
+    Ok(StoredMessage {
+        uid: u(r.get(0)?),
+        hash: h,
+        flags: r.get(2)?,
+        folder: r.get(3)?,
+        size: u(r.get(4)?),
+        received_at: u(r.get(5)?),
+        source: r.get(6)?,
+        destination: r.get(7)?,
+        verdict: r.get(8)?,
+        verdict_detail: r.get(9)?,
+        subject: r.get(10)?,
+        date: r.get(11)?,
+        reply_to: r.get(12)?,
+        cc: json_list(r.get(13)?),
+        body: r.get(14)?,
+        attachment_names: json_list(r.get(15)?),
+        attachment_count: r.get(16)?,
+    })
+}
+
+impl LocalStore {
+    /// Opens (creating with mode 0600) the store at `path` for `account`;
+    /// a store that belonged to another account is emptied first.
+    pub fn open(path: &Path, account: &str) -> Result<LocalStore> {
+        if let Some(dir) = path.parent() {
+            crate::home::create_private_dir(dir)?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::file(path, e)),
+        }
+        let conn = db(path, Connection::open(path))?;
+        db(
+            path,
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            ),
+        )?;
+        db(path, conn.busy_timeout(std::time::Duration::from_secs(10)))?;
+        db(path, conn.execute_batch(SCHEMA))?;
+        let store = LocalStore {
+            conn,
+            path: path.to_owned(),
+        };
+        let version = store.meta("schema")?;
+        if version.is_none() {
+            store.set_meta("schema", &SCHEMA_VERSION.to_string())?;
+        }
+        match store.meta("account")? {
+            Some(a) if a == account => {}
+            Some(_) => {
+                // Another account's mail: not this one's. The outbox and
+                // drafts stay (they are what a person wrote).
+                store.reset_mail()?;
+                store.set_meta("account", account)?;
+            }
+            None => store.set_meta("account", account)?,
+        }
+        Ok(store)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
+        db(&self.path, r)
+    }
+
+    /// A value of `meta`.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.db(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional())
+    }
+
+    /// Sets a value of `meta`.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.db(self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        ))?;
+        Ok(())
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64> {
+        Ok(self
+            .meta(key)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default())
+    }
+
+    /// The sync position.
+    pub fn sync_state(&self) -> Result<SyncState> {
+        Ok(SyncState {
+            epoch: self.meta_u64("epoch")?,
+            modseq: self.meta_u64("modseq")?,
+            listed: self.meta("listed")?.as_deref() == Some("1"),
+            listing_before: self.meta_u64("listing_before")?,
+            listing_modseq: self.meta_u64("listing_modseq")?,
+        })
+    }
+
+    /// Saves the sync position.
+    pub fn set_sync_state(&self, s: &SyncState) -> Result<()> {
+        self.set_meta("epoch", &s.epoch.to_string())?;
+        self.set_meta("modseq", &s.modseq.to_string())?;
+        self.set_meta("listed", if s.listed { "1" } else { "0" })?;
+        self.set_meta("listing_before", &s.listing_before.to_string())?;
+        self.set_meta("listing_modseq", &s.listing_modseq.to_string())
+    }
+
+    /// Forgets every synced message and the sync position (a new epoch, or
+    /// another account).
+    pub fn reset_mail(&self) -> Result<()> {
+        self.db(self.conn.execute_batch(
+            "DELETE FROM parts; DELETE FROM raw_messages; DELETE FROM messages; DELETE FROM pending_flags;
+             DELETE FROM meta WHERE key IN ('epoch', 'modseq', 'listed', 'listing_before', 'listing_modseq');",
+        ))
+    }
+
+    /// Runs `f` in one transaction.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&LocalStore) -> Result<T>) -> Result<T> {
+        self.db(self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        match f(self) {
+            Ok(v) => {
+                self.db(self.conn.execute_batch("COMMIT"))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Inserts or updates a message's summary. A known id with another hash
+    /// (the server's database was restored) is replaced and fetched again.
+    /// Returns whether its bytes still have to be fetched.
+    pub fn upsert_summary(&self, s: &cmtp_proto::payload::mailbox::Summary) -> Result<bool> {
+        let source = match &s.source_account {
+            Some(a) => format!("{a}@{}", s.source_domain),
+            None => format!("@{}", s.source_domain),
+        };
+        let existing: Option<(Vec<u8>, bool)> = self.db(self
+            .conn
+            .prepare_cached("SELECT hash, fetched FROM messages WHERE uid = ?1")
+            .and_then(|mut st| {
+                st.query_row([i(s.uid)], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            }))?;
+        match existing {
+            Some((hash, fetched)) if hash == s.hash => {
+                self.db(self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE messages SET modseq = ?2, folder = ?4,
+                             flags = (?3 | COALESCE((SELECT set_bits FROM pending_flags WHERE uid = ?1), 0))
+                                     & ~COALESCE((SELECT clear_bits FROM pending_flags WHERE uid = ?1), 0)
+                         WHERE uid = ?1",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![i(s.uid), i(s.modseq), s.flags, s.folder.as_str()])
+                    }))?;
+                // A flag change made here and not yet pushed wins (above).
+                Ok(!fetched)
+            }
+            other => {
+                if other.is_some() {
+                    self.remove(s.uid)?;
+                }
+                self.db(self
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO messages (uid, hash, modseq, flags, folder, size, received_at,
+                                                   version, attachment_count, source)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            i(s.uid),
+                            &s.hash[..],
+                            i(s.modseq),
+                            s.flags,
+                            s.folder.as_str(),
+                            i(s.size),
+                            i(s.received_at),
+                            s.version,
+                            s.attachment_count,
+                            source
+                        ])
+                    }))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes a message (it was deleted on the server).
+    pub fn remove(&self, uid: u64) -> Result<()> {
+        self.db(self
+            .conn
+            .execute("DELETE FROM parts WHERE uid = ?1", [i(uid)]))?;
+        self.db(self
+            .conn
+            .execute("DELETE FROM messages WHERE uid = ?1", [i(uid)]))?;
+        self.db(self
+            .conn
+            .execute("DELETE FROM pending_flags WHERE uid = ?1", [i(uid)]))?;
+        Ok(())
+    }
+
+    /// Ids whose bytes are not fetched yet, newest first.
+    pub fn unfetched(&self) -> Result<Vec<u64>> {
+        let mut st = self.db(self
+            .conn
+            .prepare("SELECT uid FROM messages WHERE fetched = 0 ORDER BY uid DESC"))?;
+        let rows = self.db(st.query_map([], |r| r.get::<_, i64>(0)))?;
+        Ok(self
+            .db(rows.collect::<rusqlite::Result<Vec<_>>>())?
+            .into_iter()
+            .map(u)
+            .collect())
+    }
+
+    /// Stores the fetched bytes of a message and what opening them gave.
+    pub fn store_fetched(&self, uid: u64, raw: &[u8], o: &Opened) -> Result<()> {
+        let names: Vec<&str> = o.attachments.iter().map(|(n, _)| n.as_str()).collect();
+        self.db(self.conn.execute(
+            "UPDATE messages SET fetched = 1, destination = ?3, verdict = ?4, verdict_detail = ?5,
+                    subject = ?6, date = ?7, reply_to = ?8, cc = ?9, body = ?10,
+                    attachment_names = ?11
+             WHERE uid = ?1",
+            params![
+                i(uid),
+                raw,
+                o.destination,
+                o.verdict,
+                o.verdict_detail,
+                o.subject,
+                o.date,
+                o.reply_to,
+                serde_json::to_string(&o.cc).expect("a list serialises"),
+                o.body,
+                serde_json::to_string(&names).expect("a list serialises"),
+            ],
+        ))?;
+        self.db(self
+            .conn
+            .execute("DELETE FROM parts WHERE uid = ?1", [i(uid)]))?;
+        for (idx, (name, data)) in o.attachments.iter().enumerate() {
+            self.db(self.conn.execute(
+                "INSERT INTO parts (uid, idx, name, data) VALUES (?1, ?2, ?3, ?4)",
+                params![i(uid), idx as i64, name, data],
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// One message.
+    pub fn message(&self, uid: u64) -> Result<Option<StoredMessage>> {
+        self.db(self
+            .conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE uid = ?1"),
+                [i(uid)],
+                message_row,
+            )
+            .optional())
+    }
+
+    /// The sealed bytes of a message, if fetched.
+    pub fn raw(&self, uid: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db(self
+                .conn
+                .query_row(
+                    "SELECT bytes FROM raw_messages WHERE uid = ?1",
+                    [i(uid)],
+                    |r| r.get::<_, Option<Vec<u8>>>(0),
+                )
+                .optional())?
+            .flatten())
+    }
+
+    /// The decrypted attachments of a message.
+    pub fn attachments(&self, uid: u64) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut st = self.db(self
+            .conn
+            .prepare("SELECT name, data FROM parts WHERE uid = ?1 ORDER BY idx"))?;
+        let rows = self.db(st.query_map([i(uid)], |r| Ok((r.get(0)?, r.get(1)?))))?;
+        self.db(rows.collect())
+    }
+
+    /// Messages of `folder`, newest first, `limit` of them after skipping
+    /// `offset` (`limit` 0: all).
+    pub fn list(&self, folder: &str, offset: u64, limit: u64) -> Result<Vec<StoredMessage>> {
+        let limit = if limit == 0 { i64::MAX } else { i(limit) };
+        let mut st = self.db(self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE folder = ?1
+             ORDER BY uid DESC LIMIT ?2 OFFSET ?3"
+        )))?;
+        let rows = self.db(st.query_map(params![folder, limit, i(offset)], message_row))?;
+        self.db(rows.collect())
+    }
+
+    /// How many messages `folder` holds, and how many of them are unread.
+    pub fn count(&self, folder: &str) -> Result<(u64, u64)> {
+        self.db(self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN flags & 1 = 0 THEN 1 ELSE 0 END), 0)
+             FROM messages WHERE folder = ?1",
+            [folder],
+            |r| Ok((u(r.get(0)?), u(r.get(1)?))),
+        ))
+    }
+
+    /// Every message whose subject, stripped of `Re:`/`Fwd:` prefixes,
+    /// equals `subject`, oldest first (a thread, for content without
+    /// thread headers).
+    pub fn by_subject(&self, subject: &str) -> Result<Vec<StoredMessage>> {
+        let mut st = self.db(self.conn.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE subject IS NOT NULL ORDER BY received_at, uid"
+        )))?;
+        let rows = self.db(st.query_map([], message_row))?;
+        let all: Vec<StoredMessage> = self.db(rows.collect())?;
+        let want = thread_subject(subject);
+        Ok(all
+            .into_iter()
+            .filter(|m| m.subject.as_deref().map(thread_subject).as_deref() == Some(&want))
+            .collect())
+    }
+
+    /// Changes flags here (and remembers the change until it is pushed).
+    pub fn set_flags(&self, uid: u64, set: u32, clear: u32) -> Result<bool> {
+        let n = self.db(self.conn.execute(
+            "UPDATE messages SET flags = (flags | ?2) & ~?3 WHERE uid = ?1",
+            params![i(uid), set, clear],
+        ))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.db(self.conn.execute(
+            "INSERT INTO pending_flags (uid, set_bits, clear_bits) VALUES (?1, ?2, ?3)
+             ON CONFLICT (uid) DO UPDATE SET set_bits = (set_bits & ~?3) | ?2,
+                                             clear_bits = (clear_bits & ~?2) | ?3",
+            params![i(uid), set, clear],
+        ))?;
+        Ok(true)
+    }
+
+    /// Flag changes not yet pushed: (uid, set, clear).
+    pub fn pending_flags(&self) -> Result<Vec<(u64, u32, u32)>> {
+        let mut st = self.db(self
+            .conn
+            .prepare("SELECT uid, set_bits, clear_bits FROM pending_flags ORDER BY uid"))?;
+        let rows = self.db(st.query_map([], |r| Ok((u(r.get(0)?), r.get(1)?, r.get(2)?))))?;
+        self.db(rows.collect())
+    }
+
+    /// A pushed flag change.
+    pub fn clear_pending_flags(&self, uid: u64) -> Result<()> {
+        self.db(self
+            .conn
+            .execute("DELETE FROM pending_flags WHERE uid = ?1", [i(uid)]))?;
+        Ok(())
+    }
+
+    // ----- outbox -----
+
+    /// Puts a composed message into the outbox (durably) and returns its id.
+    pub fn outbox_add(&self, draft: &Composed, now: u64) -> Result<u64> {
+        let json = serde_json::to_string(draft).expect("a draft serialises");
+        self.db(self.conn.execute(
+            "INSERT INTO outbox (created_at, draft, next_attempt_at) VALUES (?1, ?2, ?1)",
+            params![i(now), json],
+        ))?;
+        Ok(u(self.conn.last_insert_rowid()))
+    }
+
+    fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+        let json: String = r.get(2)?;
+        Ok(OutboxEntry {
+            id: u(r.get(0)?),
+            created_at: u(r.get(1)?),
+            draft: serde_json::from_str(&json).unwrap_or_default(),
+            sealed: r.get(3)?,
+            attempts: r.get(4)?,
+            next_attempt_at: u(r.get(5)?),
+            last_error: r.get(6)?,
+        })
+    }
+
+    /// Every outbox entry, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let mut st = self.db(self.conn.prepare(
+            "SELECT id, created_at, draft, sealed, attempts, next_attempt_at, last_error
+             FROM outbox ORDER BY id",
+        ))?;
+        let rows = self.db(st.query_map([], Self::outbox_row))?;
+        self.db(rows.collect())
+    }
+
+    /// One outbox entry.
+    pub fn outbox_entry(&self, id: u64) -> Result<Option<OutboxEntry>> {
+        self.db(self
+            .conn
+            .query_row(
+                "SELECT id, created_at, draft, sealed, attempts, next_attempt_at, last_error
+                     FROM outbox WHERE id = ?1",
+                [i(id)],
+                Self::outbox_row,
+            )
+            .optional())
+    }
+
+    /// Stores the sealed copies of an outbox entry (once; all together).
+    pub fn outbox_seal(&mut self, id: u64, copies: &[OutboxCopy]) -> Result<()> {
+        self.transaction(|s| {
+            for c in copies {
+                s.db(s.conn.execute(
+                    "INSERT INTO outbox_copies (outbox_id, idx, kind, recipient, hash, bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![i(id), c.idx, c.kind, c.recipient, &c.hash[..], c.bytes],
+                ))?;
+            }
+            s.db(s
+                .conn
+                .execute("UPDATE outbox SET sealed = 1 WHERE id = ?1", [i(id)]))?;
+            Ok(())
+        })
+    }
+
+    /// The sealed copies of an outbox entry.
+    pub fn outbox_copies(&self, id: u64) -> Result<Vec<OutboxCopy>> {
+        let mut st = self.db(self.conn.prepare(
+            "SELECT idx, kind, recipient, hash, bytes, done FROM outbox_copies
+             WHERE outbox_id = ?1 ORDER BY idx",
+        ))?;
+        let rows = self.db(st.query_map([i(id)], |r| {
+            let h: Vec<u8> = r.get(3)?;
+            let mut hash = [0u8; 32];
+            if h.len() == 32 {
+                hash.copy_from_slice(&h);
+            }
+            Ok(OutboxCopy {
+                idx: r.get(0)?,
+                kind: r.get(1)?,
+                recipient: r.get(2)?,
+                hash,
+                bytes: r.get(4)?,
+                done: r.get(5)?,
+            })
+        }))?;
+        self.db(rows.collect())
+    }
+
+    /// A copy was accepted (its receipt verified).
+    pub fn outbox_copy_done(&self, id: u64, idx: u32, receipt: &[u8]) -> Result<()> {
+        self.db(self.conn.execute(
+            "UPDATE outbox_copies SET done = 1, receipt = ?3 WHERE outbox_id = ?1 AND idx = ?2",
+            params![i(id), idx, receipt],
+        ))?;
+        Ok(())
+    }
+
+    /// An attempt failed: count it, remember why, and when to try again.
+    pub fn outbox_failed(&self, id: u64, error: &str, next_attempt_at: u64) -> Result<()> {
+        self.db(self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3
+             WHERE id = ?1",
+            params![i(id), error, i(next_attempt_at)],
+        ))?;
+        Ok(())
+    }
+
+    /// Removes an outbox entry (all its copies were accepted).
+    pub fn outbox_remove(&self, id: u64) -> Result<()> {
+        self.db(self
+            .conn
+            .execute("DELETE FROM outbox_copies WHERE outbox_id = ?1", [i(id)]))?;
+        self.db(self
+            .conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [i(id)]))?;
+        Ok(())
+    }
+
+    // ----- drafts -----
+
+    /// Saves a draft (new when `id` is `None`); returns its id.
+    pub fn save_draft(
+        &self,
+        id: Option<u64>,
+        draft: &Composed,
+        note: Option<&str>,
+        now: u64,
+    ) -> Result<u64> {
+        let json = serde_json::to_string(draft).expect("a draft serialises");
+        match id {
+            Some(id) => {
+                let n = self.db(self.conn.execute(
+                    "UPDATE drafts SET draft = ?2, updated_at = ?3, note = ?4 WHERE id = ?1",
+                    params![i(id), json, i(now), note],
+                ))?;
+                if n == 0 {
+                    return Err(Error::NotFound(format!("no draft {id}")));
+                }
+                Ok(id)
+            }
+            None => {
+                self.db(self.conn.execute(
+                    "INSERT INTO drafts (updated_at, draft, note) VALUES (?1, ?2, ?3)",
+                    params![i(now), json, note],
+                ))?;
+                Ok(u(self.conn.last_insert_rowid()))
+            }
+        }
+    }
+
+    /// Every draft, oldest first.
+    pub fn drafts(&self) -> Result<Vec<Draft>> {
+        let mut st = self.db(self
+            .conn
+            .prepare("SELECT id, updated_at, draft, note FROM drafts ORDER BY id"))?;
+        let rows = self.db(st.query_map([], |r| {
+            let json: String = r.get(2)?;
+            Ok(Draft {
+                id: u(r.get(0)?),
+                updated_at: u(r.get(1)?),
+                draft: serde_json::from_str(&json).unwrap_or_default(),
+                note: r.get(3)?,
+            })
+        }))?;
+        self.db(rows.collect())
+    }
+
+    /// One draft.
+    pub fn draft(&self, id: u64) -> Result<Option<Draft>> {
+        Ok(self.drafts()?.into_iter().find(|d| d.id == id))
+    }
+
+    /// Removes a draft; `false` if there was none.
+    pub fn delete_draft(&self, id: u64) -> Result<bool> {
+        Ok(self.db(self
+            .conn
+            .execute("DELETE FROM drafts WHERE id = ?1", [i(id)]))?
+            > 0)
+    }
+}
+
+/// A subject without `Re:`, `Fwd:`, `Fw:` and `AW:` prefixes and outer
+/// spaces, lower-cased: what the messages of one thread share.
+pub fn thread_subject(s: &str) -> String {
+    let mut s = s.trim();
+    loop {
+        let lower = s.to_ascii_lowercase();
+        let cut = ["re:", "fwd:", "fw:", "aw:", "wg:"]
+            .iter()
+            .find(|p| lower.starts_with(*p))
+            .map(|p| p.len());
+        match cut {
+            Some(n) => s = s[n..].trim_start(),
+            None => break,
+        }
+    }
+    s.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmtp_proto::names::{Account, Domain};
+    use cmtp_proto::payload::mailbox::{Folder, Summary};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn summary(uid: u64, hash: u8) -> Summary {
+        Summary {
+            uid,
+            modseq: uid,
+            flags: 0,
+            folder: Folder::inbox(),
+            size: 10,
+            received_at: 100 + uid,
+            hash: [hash; 32],
+            version: 1,
+            attachment_count: 0,
+            source_account: Some(Account::parse("alice").unwrap()),
+            source_domain: Domain::parse("a.test").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_store_is_private_and_belongs_to_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home").join(STORE_FILE);
+        let s = LocalStore::open(&path, "bob@b.test").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(s.upsert_summary(&summary(1, 1)).unwrap());
+        s.outbox_add(&Composed::default(), 5).unwrap();
+        drop(s);
+        let s = LocalStore::open(&path, "bob@b.test").unwrap();
+        assert!(s.message(1).unwrap().is_some());
+        drop(s);
+        // Another account: its mail goes, the outbox stays.
+        let s = LocalStore::open(&path, "carol@b.test").unwrap();
+        assert!(s.message(1).unwrap().is_none());
+        assert_eq!(s.outbox().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn summaries_update_flags_and_a_new_hash_replaces_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(&dir.path().join(STORE_FILE), "bob@b.test").unwrap();
+        assert!(s.upsert_summary(&summary(1, 1)).unwrap());
+        s.store_fetched(
+            1,
+            b"raw",
+            &Opened {
+                verdict: "verified".into(),
+                subject: Some("Re: Hello".into()),
+                attachments: vec![("a.txt".into(), b"x".to_vec())],
+                ..Opened::default()
+            },
+        )
+        .unwrap();
+        let mut seen = summary(1, 1);
+        seen.flags = 1;
+        assert!(!s.upsert_summary(&seen).unwrap(), "already fetched");
+        assert_eq!(s.message(1).unwrap().unwrap().flags, 1);
+        // A change made here and not pushed yet stays over the server's.
+        s.set_flags(1, 4, 1).unwrap();
+        s.upsert_summary(&seen).unwrap();
+        assert_eq!(s.message(1).unwrap().unwrap().flags, 4);
+        s.clear_pending_flags(1).unwrap();
+        assert_eq!(s.attachments(1).unwrap().len(), 1);
+        assert!(s.upsert_summary(&summary(1, 2)).unwrap(), "another message");
+        assert!(s.attachments(1).unwrap().is_empty());
+        assert_eq!(s.unfetched().unwrap(), [1]);
+    }
+
+    #[test]
+    fn offline_flag_changes_are_remembered_until_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(&dir.path().join(STORE_FILE), "bob@b.test").unwrap();
+        s.upsert_summary(&summary(3, 1)).unwrap();
+        assert!(s.set_flags(3, 1, 0).unwrap());
+        assert!(s.set_flags(3, 4, 0).unwrap());
+        assert!(s.set_flags(3, 0, 4).unwrap());
+        assert!(!s.set_flags(9, 1, 0).unwrap());
+        assert_eq!(s.pending_flags().unwrap(), [(3, 1, 4)]);
+        assert_eq!(s.count("Inbox").unwrap(), (1, 0));
+        s.clear_pending_flags(3).unwrap();
+        assert!(s.pending_flags().unwrap().is_empty());
+    }
+
+    #[test]
+    fn thread_subjects_drop_reply_prefixes() {
+        assert_eq!(thread_subject("Re: RE: Fwd: Hello"), "hello");
+        assert_eq!(thread_subject("  hello "), "hello");
+        assert_eq!(thread_subject("Reply policy"), "reply policy");
+    }
+}
