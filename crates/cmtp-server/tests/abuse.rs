@@ -320,6 +320,7 @@ async fn register_with(s: &TestServer, user: &str, password: &str, ksf: KsfParam
             &identity,
             ksf,
             1,
+            &c.channel_binding(),
             rng,
         )
         .unwrap();
@@ -369,6 +370,7 @@ async fn password_login(s: &TestServer, user: &str, password: &str) -> Reply {
             &challenge,
             &s.address(user),
             &KsfParams::INSECURE_TEST,
+            &c.channel_binding(),
             rng,
         )
         .unwrap();

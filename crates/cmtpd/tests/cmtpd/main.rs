@@ -167,6 +167,7 @@ async fn password_login(
             &LoginChallenge::decode(&r.body).unwrap(),
             address,
             &KsfParams::INSECURE_TEST,
+            &c.channel_binding(),
             rng,
         )
         .unwrap();
