@@ -1,5 +1,8 @@
-//! A deliberately broken CMTP peer: right in most things, wrong in a few.
-//! The checker must fail exactly the rules it breaks.
+//! A deliberately broken CMTP/2 peer: right in most things, wrong in a few.
+//! It speaks TLS 1.3 after the banner as it should, but shows another key
+//! in TLS than the one its greeting names (and offers only X25519), answers
+//! CMTP in clear to a peer that does not start TLS, and breaks a few rules
+//! inside TLS. The checker must fail exactly the rules it breaks.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,6 +14,7 @@ use cmtp_proto::names::Domain;
 use cmtp_proto::payload::Greeting;
 use cmtp_proto::reply::{REPLY_VERSION, Reply, ReplyBinding, ReplyHeader, Status, body_hash};
 use cmtp_proto::statements::{KeyStatement, ServerKeyBundle};
+use cmtp_proto::tls::{KeyExchange, ServerTlsConfig};
 
 use crate::support::{checker, results};
 
@@ -19,24 +23,79 @@ fn start() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let key = IdentityKey::generate(&mut rand_core::OsRng);
+    // Bug: TLS shows another key than the one that signs the replies (and
+    // offers X25519 only, which is allowed: a note, not a failure).
+    let other = IdentityKey::generate(&mut rand_core::OsRng);
+    let tls = ServerTlsConfig::new(
+        &other,
+        &Domain::parse("broken.test").unwrap(),
+        KeyExchange::ClassicalOnly,
+    )
+    .unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let key = key.clone();
-            std::thread::spawn(move || serve(stream, &key));
+            let (key, tls) = (key.clone(), tls.clone());
+            std::thread::spawn(move || accept(stream, &key, &tls));
         }
     });
     port
 }
 
-struct Conn<'a> {
-    s: TcpStream,
+/// The banner, then TLS as cmtpd does it (the ClientHello picks a raw
+/// public key or the certificate) — or, bug, CMTP in clear for a peer that
+/// does not start TLS.
+fn accept(mut s: TcpStream, key: &IdentityKey, tls: &ServerTlsConfig) {
+    let domain = Domain::parse("broken.test").unwrap();
+    if s.write_all(ready_line(&domain, "broken 0").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let mut first = vec![0u8; 4096];
+    let n = match s.read(&mut first) {
+        Ok(0) | Err(_) => return,
+        Ok(n) => n,
+    };
+    first.truncate(n);
+    if first[0] != 0x16 {
+        return serve(s, key, first);
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut pending = first;
+    let accepted = loop {
+        acceptor.read_tls(&mut pending.as_slice()).unwrap();
+        match acceptor.accept() {
+            Ok(Some(a)) => break a,
+            Ok(None) => {}
+            Err((_, mut alert)) => {
+                let _ = alert.write(&mut s);
+                return;
+            }
+        }
+        let mut chunk = vec![0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending = chunk[..n].to_vec(),
+        }
+    };
+    let config = tls.for_client(accepted.client_hello().server_cert_types());
+    match accepted.into_connection(config) {
+        Ok(conn) => serve(rustls::StreamOwned::new(conn, s), key, Vec::new()),
+        Err((_, mut alert)) => {
+            let _ = alert.write(&mut s);
+        }
+    }
+}
+
+struct Conn<'a, S> {
+    s: S,
     key: &'a IdentityKey,
     nonce: [u8; 32],
     seq: u64,
 }
 
-impl Conn<'_> {
+impl<S: Write> Conn<'_, S> {
     /// A reply signed for position `seq + skew` (skew 0 is right).
     fn reply(&mut self, status: Status, body: &[u8], request: [u8; 32], skew: u64) {
         let header = ReplyHeader {
@@ -61,10 +120,12 @@ impl Conn<'_> {
         }
         .encode(&mut out);
         let _ = self.s.write_all(&out);
+        let _ = self.s.flush();
     }
 }
 
-fn serve(s: TcpStream, key: &IdentityKey) {
+/// Commands, inside TLS or (bug) in clear; `buf` holds what came already.
+fn serve<S: Read + Write>(s: S, key: &IdentityKey, mut buf: Vec<u8>) {
     let domain = Domain::parse("broken.test").unwrap();
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
@@ -74,8 +135,6 @@ fn serve(s: TcpStream, key: &IdentityKey) {
         nonce,
         seq: 0,
     };
-    let _ = c.s.write_all(ready_line(&domain, "broken 0").as_bytes());
-    let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         match decode_command(&buf) {
@@ -133,6 +192,7 @@ fn serve(s: TcpStream, key: &IdentityKey) {
                 // Bug: an SMTP line gets an SMTP welcome, and no close.
                 (CommandError::SmtpVerb(_), _) => {
                     let _ = c.s.write_all(b"250 broken.test hello\r\n");
+                    let _ = c.s.flush();
                     buf.clear();
                 }
                 (kind, Some(n)) => {
@@ -165,6 +225,13 @@ fn a_peer_that_breaks_rules_fails_exactly_those() {
     let mut args = vec!["--target", &target, "-o", "json"];
     for id in [
         "banner",
+        "tls13-handshake",
+        "hello-before-banner",
+        "tls13-only",
+        "tls-key-exchange",
+        "tls-raw-public-key",
+        "tls-certificate-fallback",
+        "clear-cmtp1-refused",
         "ohai-fields",
         "help",
         "keyrequest-server-key",
@@ -185,10 +252,37 @@ fn a_peer_that_breaks_rules_fails_exactly_those() {
             .find(|r| r.id == id)
             .unwrap_or_else(|| panic!("no result for {id}"))
     };
-    for id in ["banner", "ohai-fields", "help", "keyrequest-server-key"] {
+    for id in [
+        "banner",
+        "tls13-handshake",
+        "hello-before-banner",
+        "tls13-only",
+        "ohai-fields",
+        "help",
+        "keyrequest-server-key",
+    ] {
         assert_eq!(result(id).result, "pass", "{}", result(id).text);
     }
+    // A classical group is worth a note, not a failure.
+    let kx = result("tls-key-exchange");
+    assert_eq!(kx.result, "pass", "{}", kx.text);
+    assert!(
+        kx.text.contains("negotiated X25519, not X25519MLKEM768"),
+        "{}",
+        kx.text
+    );
     for (id, why) in [
+        // TLS shows a key other than the greeting's, to both kinds of client.
+        (
+            "tls-raw-public-key",
+            "the raw public key: the key of the greeting",
+        ),
+        (
+            "tls-certificate-fallback",
+            "the certificate's key: the key of the greeting",
+        ),
+        // In clear, it answers CMTP instead of refusing.
+        ("clear-cmtp1-refused", "still open after 1 s"),
         // The NOOP reply verifies only for seq + 1, and the checker says so.
         ("signature-binding", "it verifies with seq = 2 instead"),
         ("noop", "does not verify"),
