@@ -175,6 +175,9 @@ struct DataState {
     too_big: bool,
     /// Bytes of the message so far (counted even when not kept).
     size: u64,
+    /// The application refused the message while it arrived: read on to
+    /// its end, then answer this.
+    refused: Option<Reply>,
 }
 
 /// The server side of one SMTP connection.
@@ -332,6 +335,25 @@ impl SmtpServer {
         }
     }
 
+    /// Bytes of the message being received that are held in memory now
+    /// (0 outside DATA): what the application has to reserve for.
+    pub fn data_len(&self) -> usize {
+        match self.mode {
+            Mode::Data(_) => self.data.len(),
+            _ => 0,
+        }
+    }
+
+    /// Refuses the message being received (e.g. its bytes no longer fit
+    /// the budget): the rest is read and dropped, and `reply` answers it at
+    /// its end. Outside DATA, nothing happens.
+    pub fn refuse_data(&mut self, reply: Reply) {
+        if let Mode::Data(st) = &mut self.mode {
+            st.refused = Some(reply);
+            self.data = Vec::new();
+        }
+    }
+
     /// Accepts the pending `MAIL FROM` or `RCPT TO`.
     pub fn accept(&mut self) {
         match self.mode {
@@ -375,6 +397,14 @@ impl SmtpServer {
             self.close_with(reply);
         } else {
             self.reply(reply);
+        }
+    }
+
+    /// Closes the connection with `reply` (e.g. `421 4.3.2` at shutdown)
+    /// unless a decision is pending (the application finishes it first).
+    pub fn close(&mut self, reply: Reply) {
+        if !matches!(self.mode, Mode::Deciding(_)) {
+            self.close_with(reply);
         }
     }
 
@@ -776,7 +806,7 @@ impl SmtpServer {
                     content = &content[1..];
                 }
                 st.size = st.size.saturating_add(content.len() as u64);
-                if st.size > max || st.bad_newline {
+                if st.size > max || st.bad_newline || st.refused.is_some() {
                     st.too_big |= st.size > max;
                     self.data = Vec::new();
                 } else {
@@ -801,7 +831,7 @@ impl SmtpServer {
                 }
                 st.line_start = false;
                 st.size = st.size.saturating_add(content.len() as u64);
-                if st.size > max || st.bad_newline {
+                if st.size > max || st.bad_newline || st.refused.is_some() {
                     st.too_big |= st.size > max;
                     self.data = Vec::new();
                 } else {
@@ -824,6 +854,14 @@ impl SmtpServer {
                 "5.5.2",
                 "Error: bare <CR> or <LF> in message (RFC 5321 §2.3.8); message refused, closing",
             ));
+        }
+        if let Some(reply) = st.refused {
+            self.reset_transaction();
+            return if reply.closes() {
+                self.close_with(reply)
+            } else {
+                self.reply(reply)
+            };
         }
         if st.too_big {
             self.reset_transaction();

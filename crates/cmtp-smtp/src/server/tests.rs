@@ -227,6 +227,23 @@ fn a_message_larger_than_announced_is_read_and_refused() {
 }
 
 #[test]
+fn a_message_refused_while_it_arrives_is_read_to_its_end_and_answered() {
+    let (mut s, now) = server();
+    run(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n",
+        now,
+    );
+    run(&mut s, b"first line\r\n", now);
+    assert_eq!(s.data_len(), 12);
+    s.refuse_data(Reply::new(452, "4.3.1", "over budget"));
+    assert_eq!(s.data_len(), 0);
+    let (ev, o) = run(&mut s, b"more\r\n.\r\nNOOP\r\n", now);
+    assert!(message(&ev).is_none());
+    assert_eq!(o, "452 4.3.1 over budget\r\n250 2.0.0 Ok\r\n");
+}
+
+#[test]
 fn out_of_sequence_commands_are_refused() {
     let (mut s, now) = server();
     let (_, o) = run(&mut s, b"MAIL FROM:<a@a.test>\r\n", now);
