@@ -169,6 +169,24 @@ enum DraftCmd {
     },
 }
 
+/// `cmtp contact ...`
+#[derive(Subcommand, Debug)]
+enum ContactCmd {
+    /// Consent to SMTP (not end-to-end encrypted) for ADDRESS, whenever its
+    /// domain has no CMTP service.
+    AllowSmtp {
+        /// The contact's address.
+        address: String,
+    },
+    /// Withdraw that consent.
+    DenySmtp {
+        /// The contact's address.
+        address: String,
+    },
+    /// Contacts that may get mail by SMTP.
+    List,
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -233,9 +251,21 @@ enum Cmd {
         /// Send unencrypted and unsigned (crypto system 0). Refused without this flag.
         #[arg(long)]
         plaintext: bool,
+        /// Recipients whose domain has no CMTP service may be reached by
+        /// SMTP: that copy is NOT end-to-end encrypted (your server sends
+        /// it as ordinary, DKIM-signed mail). Without this flag (or
+        /// `cmtp contact allow-smtp ADDRESS`) such a recipient is refused.
+        #[arg(long)]
+        allow_smtp: bool,
         /// Keep retrying (with backoff) this long while the server cannot be reached.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         retry_for: u64,
+    },
+    /// Per-contact settings: which recipients may get mail by SMTP (not
+    /// end-to-end encrypted) when their domain has no CMTP service.
+    Contact {
+        #[command(subcommand)]
+        action: ContactCmd,
     },
     /// List a folder of your mailbox (Inbox by default), newest first, after
     /// syncing new mail; shows unread marks and whether each sender verified.
