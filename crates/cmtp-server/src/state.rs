@@ -115,7 +115,11 @@ impl std::fmt::Debug for Shared {
 pub const OPAQUE_SETUP_SECRET: &str = "opaque-server-setup-v1";
 
 /// The configuration of the connection state machine, from cmtpd's.
-pub fn connection_config(cfg: &Config, key: &IdentityKey, tls: &Arc<ServerTlsConfig>) -> ServerConfig {
+pub fn connection_config(
+    cfg: &Config,
+    key: &IdentityKey,
+    tls: &Arc<ServerTlsConfig>,
+) -> ServerConfig {
     let t = &cfg.timeouts;
     ServerConfig {
         domain: cfg.domain(),
@@ -131,6 +135,7 @@ pub fn connection_config(cfg: &Config, key: &IdentityKey, tls: &Arc<ServerTlsCon
             command: Duration::from_secs(t.command_secs),
             data_grace: Duration::from_secs(t.data_grace_secs),
             min_data_rate: t.min_data_rate,
+            stranger_session: Duration::from_secs(t.stranger_session_secs),
         },
         max_bad_commands: cfg.connections.max_bad_commands,
         help: crate::help::TEXT.into(),
@@ -178,7 +183,11 @@ impl Shared {
                 std::process::id()
             )
         });
-        let tls = Arc::new(ServerTlsConfig::new(&key, &cfg.domain(), KeyExchange::default())?);
+        let tls = Arc::new(ServerTlsConfig::new(
+            &key,
+            &cfg.domain(),
+            KeyExchange::default(),
+        )?);
         let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key, &tls));
         Ok(Shared {
             tls,
