@@ -162,7 +162,8 @@ pub fn arrival(m: &StoredMessage) -> Option<Arrival> {
 }
 
 /// The sender and the mark for a listing (`inbox`): the envelope sender,
-/// and the summary line.
+/// and the short mark, its warning first (`not end-to-end encrypted: SMTP
+/// from ...`) so that a narrow column keeps it.
 pub fn listing(m: &StoredMessage) -> Option<(String, String)> {
     let a = arrival(m)?;
     let from = if a.mail_from.is_empty() {
@@ -170,7 +171,7 @@ pub fn listing(m: &StoredMessage) -> Option<(String, String)> {
     } else {
         a.mail_from.clone()
     };
-    Some((format!("{from} (SMTP)"), a.summary()))
+    Some((format!("{from} (SMTP)"), a.short()))
 }
 
 fn addr_list(a: Option<&mail_parser::Address<'_>>) -> Vec<String> {
@@ -365,6 +366,6 @@ mod tests {
         assert!(!is_smtp(&stored("Reason: EXPIRED\n")));
         let (from, mark) = listing(&stored(&record())).unwrap();
         assert_eq!(from, "carol@pf.test (SMTP)");
-        assert!(mark.ends_with("not end-to-end encrypted"));
+        assert!(mark.starts_with("not end-to-end encrypted: SMTP from mail.pf.test"));
     }
 }

@@ -744,12 +744,14 @@ impl Config {
         let sm = &self.smtp;
         need(
             &mut p,
-            sm.max_message_size >= 1024
-                && sm
-                    .max_message_size
-                    .saturating_add(crate::smtp::SEAL_OVERHEAD)
-                    <= self.limits.max_message_size,
-            "smtp.max_message_size must be at least 1024 bytes and leave 64 KiB below limits.max_message_size (the sealed copy is larger than the message)",
+            // Only with inbound SMTP on: off, its size limit is unused.
+            sm.listen.is_empty()
+                || (sm.max_message_size >= 1024
+                    && sm
+                        .max_message_size
+                        .saturating_add(crate::smtp::SEAL_OVERHEAD)
+                        <= self.limits.max_message_size),
+            "with smtp.listen set, smtp.max_message_size must be at least 1024 bytes and leave 64 KiB below limits.max_message_size (the sealed copy is larger than the message)",
         );
         need(
             &mut p,
@@ -1276,6 +1278,18 @@ mod tests {
         cfg.dns.allow_private = vec!["not a domain".into()];
         assert!(cfg.validate().is_err());
         cfg.dns.allow_private = vec!["lab.test".into()];
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn the_smtp_size_limit_is_checked_only_with_inbound_smtp_on() {
+        let mut cfg = Config::new("a.test", Path::new("/tmp/x"));
+        cfg.limits.max_message_size = 200_000;
+        cfg.validate().unwrap();
+        cfg.smtp.listen = vec!["127.0.0.1:2525".parse().unwrap()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("smtp.max_message_size"), "{e}");
+        cfg.smtp.max_message_size = 100_000;
         cfg.validate().unwrap();
     }
 

@@ -211,7 +211,24 @@ impl Arrival {
     /// from mail.a.example [192.0.2.1], DKIM pass for a.example; not
     /// end-to-end encrypted`.
     pub fn summary(&self) -> String {
-        let mut s = format!("arrived by SMTP from {} [{}]", self.helo, self.ip);
+        format!(
+            "arrived by SMTP {}; not end-to-end encrypted",
+            self.details()
+        )
+    }
+
+    /// The mark for a one-line listing, the warning first so that it
+    /// survives truncation: `not end-to-end encrypted: SMTP from
+    /// mail.a.example [192.0.2.1], DKIM pass for a.example`.
+    pub fn short(&self) -> String {
+        format!("not end-to-end encrypted: SMTP {}", self.details())
+    }
+
+    /// Where the message came from and what its checks found: `from
+    /// mail.a.example [192.0.2.1], DKIM pass for a.example`, with the DMARC
+    /// result unless `none`, and `unencrypted connection` without TLS.
+    pub fn details(&self) -> String {
+        let mut s = format!("from {} [{}]", self.helo, self.ip);
         let passes: Vec<&str> = self
             .dkim
             .iter()
@@ -237,7 +254,6 @@ impl Arrival {
         if self.tls.is_none() {
             s.push_str(", unencrypted connection");
         }
-        s.push_str("; not end-to-end encrypted");
         s
     }
 }
@@ -278,6 +294,10 @@ mod tests {
         assert_eq!(
             sample().summary(),
             "arrived by SMTP from mail.a.example [192.0.2.1], DKIM pass for a.example, DMARC pass; not end-to-end encrypted"
+        );
+        assert_eq!(
+            sample().short(),
+            "not end-to-end encrypted: SMTP from mail.a.example [192.0.2.1], DKIM pass for a.example, DMARC pass"
         );
         let mut a = sample();
         a.dkim.clear();
