@@ -215,9 +215,9 @@ fn python(script: &str, args: &[&str]) -> String {
 }
 
 const SEND_WITH_ATTACHMENT: &str = r#"
-import smtplib, sys
+import dkim, email.policy, smtplib, sys
 from email.message import EmailMessage
-ip, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ip, port, secret, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 m = EmailMessage()
 m["From"] = "Carol <carol@pf.test>"
 m["To"] = "bob@b.test"
@@ -226,10 +226,21 @@ m["Message-ID"] = "<minutes-1@pf.test>"
 m.set_content("Hi Bob,\n" + secret + "\nCarol\n")
 m.add_alternative("<p>Hi Bob,<br>" + secret + "</p><script>alert(1)</script>", subtype="html")
 m.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="octet-stream", filename="minutes.bin")
+raw = m.as_bytes(policy=email.policy.SMTP)
+sig = dkim.sign(raw, b"sel", b"pf.test", open(key, "rb").read(),
+                include_headers=[b"from", b"to", b"subject", b"message-id"])
 s = smtplib.SMTP(ip, port, local_hostname="client.pf.test", timeout=10)
-s.send_message(m)
+s.sendmail("carol@pf.test", ["bob@b.test"], sig + raw)
 s.quit()
 print("sent")
+"#;
+
+/// Prints the DKIM record of the RSA key file argv[1] (through openssl).
+const DKIM_RECORD: &str = r#"
+import base64, subprocess, sys
+der = subprocess.run(["openssl", "pkey", "-in", sys.argv[1], "-pubout", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+print("v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
 "#;
 
 const PHRASE: &str = "plaintext-phrase-4f9a1b77";
@@ -270,11 +281,40 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 fn postfix_delivers_to_cmtpd_and_bob_reads_it_sealed_marked_as_smtp_with_attachments() {
     let tmp = tempdir();
     let base = tmp.path();
-    // A nameserver that knows pf.test (no SPF, DKIM or DMARC records there).
+    // pf.test signs its mail (dkimpy, a key made by openssl) and publishes
+    // the key and a DMARC policy; no SPF record.
+    need("openssl");
+    let key = base.join("pf-dkim.key");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let record = python(DKIM_RECORD, &[key.to_str().unwrap()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dns = rt.block_on(async {
         let dns = TestDns::start().await.unwrap();
+        // The parent zone too: DMARC's tree walk asks _dmarc.test.
+        dns.add_zone("test").await.unwrap();
         dns.add_zone("pf.test").await.unwrap();
+        dns.add_txt("sel._domainkey.pf.test", record.trim())
+            .await
+            .unwrap();
+        dns.add_txt("_dmarc.pf.test", "v=DMARC1; p=reject")
+            .await
+            .unwrap();
         dns
     });
     let (server, smtp_port) = cmtpd_with_smtp(
@@ -289,7 +329,12 @@ fn postfix_delivers_to_cmtpd_and_bob_reads_it_sealed_marked_as_smtp_with_attachm
 
     let out = python(
         SEND_WITH_ATTACHMENT,
-        &[PF_IP, &postfix.port.to_string(), PHRASE],
+        &[
+            PF_IP,
+            &postfix.port.to_string(),
+            PHRASE,
+            key.to_str().unwrap(),
+        ],
     );
     assert!(out.contains("sent"));
     // Postfix relays it to cmtpd's SMTP port (STARTTLS, as it is offered).
@@ -317,7 +362,10 @@ fn postfix_delivers_to_cmtpd_and_bob_reads_it_sealed_marked_as_smtp_with_attachm
         text.contains("Security:  arrived by SMTP from mx.pf.test [127.0.0.1]"),
         "{text}"
     );
-    assert!(text.contains("not end-to-end encrypted"), "{text}");
+    assert!(
+        text.contains("DKIM pass for pf.test, DMARC pass; not end-to-end encrypted"),
+        "Postfix relayed carol's signature intact, and cmtpd checked it: {text}"
+    );
     assert!(text.contains(PHRASE), "{text}");
     assert!(!text.contains("<script>"), "HTML is never shown: {text}");
     assert!(
@@ -530,6 +578,60 @@ fn send_allow_smtp_reaches_postfix_dkim_signed_and_the_reply_lands_in_the_thread
     let read = alice.cmd(&["read", &id]).ok().to_owned();
     assert!(read.contains("Got it, thanks."), "{read}");
     assert!(read.contains("not end-to-end encrypted"), "{read}");
+
+    // Consent per contact instead of --allow-smtp; a recipient Postfix
+    // does not know: its 550 comes back as a signed delivery failure
+    // notice, through the relay queue as for CMTP.
+    alice.cmd(&["contact", "allow-smtp", "nobody@pf.test"]).ok();
+    let listed = alice.cmd(&["contact", "list"]);
+    assert!(listed.ok().contains("nobody@pf.test"), "{}", listed.stdout);
+    let sent = alice.run(
+        &["send", "--to", "nobody@pf.test", "--subject", "Anyone?"],
+        b"Is anybody there?\n",
+    );
+    assert!(
+        sent.ok().contains("sent to nobody@pf.test by SMTP"),
+        "{}",
+        sent.stdout
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the delivery failure notice in alice's inbox",
+        || {
+            alice
+                .cmd(&["-o", "json", "inbox"])
+                .json()
+                .as_array()
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|m| m["subject"] == "Undeliverable: nobody@pf.test")
+                })
+        },
+    );
+    let inbox = alice.cmd(&["-o", "json", "inbox"]).json();
+    let notice = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["subject"] == "Undeliverable: nobody@pf.test")
+        .unwrap();
+    let id = notice["id"].as_u64().unwrap().to_string();
+    let read = alice.cmd(&["read", &id]).ok().to_owned();
+    assert!(read.contains("Reason: NOSUCHUSER"), "{read}");
+    assert!(read.contains("SMTP: mx.pf.test"), "{read}");
+    assert!(read.contains("550"), "Postfix's refusal: {read}");
+    // Withdrawn consent: refused again.
+    alice.cmd(&["contact", "deny-smtp", "nobody@pf.test"]).ok();
+    let refused = alice.run(
+        &["send", "--to", "nobody@pf.test", "--subject", "Again?"],
+        b"Still nobody?\n",
+    );
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("--allow-smtp"),
+        "{}",
+        refused.stderr
+    );
     let _ = password_file;
     let _: Option<Home> = None;
 }
