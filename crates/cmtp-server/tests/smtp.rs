@@ -390,3 +390,59 @@ async fn a_dkim_signature_by_dkimpy_verifies_and_the_verdict_is_sealed_with_the_
         String::from_utf8_lossy(eml)
     );
 }
+
+/// Three messages in one session to an alias, then a second connection
+/// while the first is open: (the replies to each MAIL FROM, the second
+/// connection's greeting).
+const ALIAS_RATE_AND_SLOTS: &str = r#"
+import smtplib, socket, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.pf.test", timeout=10)
+for i in range(3):
+    try:
+        s.sendmail("carol@pf.test", ["robert@b.test"],
+                   f"From: carol@pf.test\r\nTo: robert@b.test\r\nSubject: m{i}\r\n\r\nhello {i}\r\n")
+        print(f"m{i} accepted")
+    except smtplib.SMTPSenderRefused as e:
+        print(f"m{i} refused {e.smtp_code} {e.smtp_error.decode()}")
+second = socket.create_connection(("127.0.0.1", port), timeout=10)
+print("second:", second.makefile("rb").readline().decode().strip())
+second.close()
+s.quit()
+"#;
+
+#[tokio::test]
+async fn an_alias_reaches_its_account_and_the_peer_limits_of_cmtp_hold_for_smtp() {
+    let (s, smtp) = gateway(|c| {
+        c.smtp.messages_per_minute = 1;
+        c.smtp.message_burst = 2;
+        c.connections.max_per_peer = 1;
+    })
+    .await;
+    let bob = s.register("bob", "pw-bob").await;
+    cmtp_server::admin::add_alias(
+        &s.shared().store,
+        &cmtp_proto::names::Account::parse("robert").unwrap(),
+        &cmtp_proto::names::Account::parse("bob").unwrap(),
+    )
+    .await
+    .unwrap();
+    let out = python(ALIAS_RATE_AND_SLOTS, &[smtp.port().to_string()]).await;
+    assert!(out.contains("m0 accepted\nm1 accepted\n"), "{out}");
+    assert!(
+        out.contains("m2 refused 450 4.7.1 too much mail from your network"),
+        "{out}"
+    );
+    assert!(
+        out.contains("second: 421 4.7.0 b.test too many connections from your network"),
+        "the one slot per peer is taken: {out}"
+    );
+    let mail = mailbox(&s, "bob", &bob).await;
+    let mut subjects: Vec<_> = mail.iter().map(|m| m.2.clone()).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["m0", "m1"]);
+    assert!(
+        mail.iter().all(|m| m.0.rcpt_to == "robert@b.test"),
+        "the address as written"
+    );
+}
