@@ -253,7 +253,7 @@ pub fn view(m: &StoredMessage, attachments: &[Attachment]) -> Option<SmtpMail> {
         .first()
         .and_then(|&i| msg.parts.get(i as usize))
         .is_some_and(|p| p.is_content_type("text", "plain"));
-    mail.from_html = !has_plain && msg.html_body.first().is_some();
+    mail.from_html = !has_plain && !msg.html_body.is_empty();
     mail.text = msg.body_text(0).map(|t| t.into_owned()).unwrap_or_default();
     for (i, part) in msg.attachments().enumerate() {
         let name = part
