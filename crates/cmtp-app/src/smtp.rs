@@ -352,7 +352,11 @@ mod tests {
         assert!(v.from_html);
         assert!(v.text.contains("Hi Bob"), "{:?}", v.text);
         assert!(!v.text.contains('<'), "{:?}", v.text);
-        assert!(!v.text.contains("evil"), "script content is not text: {:?}", v.text);
+        assert!(
+            !v.text.contains("evil"),
+            "script content is not text: {:?}",
+            v.text
+        );
     }
 
     #[test]
