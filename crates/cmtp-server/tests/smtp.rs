@@ -446,3 +446,83 @@ async fn an_alias_reaches_its_account_and_the_peer_limits_of_cmtp_hold_for_smtp(
         "the address as written"
     );
 }
+
+/// Where a real CMTP server listens on the CMTP port for the MX-host step
+/// of the discovery order (a loopback address of its own, so that port
+/// 9001 is free there).
+const CMTP_MX_IP: [u8; 4] = [127, 0, 0, 93];
+/// An MX host address with nothing listening on port 9001.
+const SMTP_MX_IP: [u8; 4] = [127, 0, 0, 94];
+
+#[tokio::test]
+async fn the_discovery_order_is_cmtp_srv_then_cmtp_on_the_mx_hosts_then_smtp() {
+    use cmtp_server::smtp::outbound::{Service, ServiceError, service};
+    // A real CMTP server on an MX host's port 9001.
+    let mx_cmtp = TestServer::start_with("mxc.test", |c| {
+        c.listen = vec![SocketAddr::from((CMTP_MX_IP, 9001))];
+    })
+    .await;
+    let dns = TestDns::start().await.unwrap();
+    dns.add_zone("test").await.unwrap();
+    for zone in ["srv.test", "mxc.test", "dot.test", "smtp.test", "null.test"] {
+        dns.add_zone(zone).await.unwrap();
+    }
+    // 1. SRV with a real target: CMTP, the MX records are not even asked.
+    dns.add_srv("_cmtp._tcp.srv.test", 10, 10, 9001, "cmtp.srv.test")
+        .await
+        .unwrap();
+    dns.add_mx("srv.test", 10, "mx.smtp.test").await.unwrap();
+    // 2. No SRV, an MX host that greets with the CMTP banner on 9001: CMTP.
+    dns.add_mx("mxc.test", 10, "mx.mxc.test").await.unwrap();
+    dns.add_a("mx.mxc.test", CMTP_MX_IP.into()).await.unwrap();
+    // The same MX host, but SRV "." says "no CMTP service": SMTP.
+    dns.add_srv("_cmtp._tcp.dot.test", 0, 0, 0, ".")
+        .await
+        .unwrap();
+    dns.add_mx("dot.test", 10, "mx.mxc.test").await.unwrap();
+    // 3. MX hosts where nothing speaks CMTP: SMTP to them, by preference.
+    dns.add_mx("smtp.test", 20, "mx2.smtp.test").await.unwrap();
+    dns.add_mx("smtp.test", 10, "mx.smtp.test").await.unwrap();
+    dns.add_a("mx.smtp.test", SMTP_MX_IP.into()).await.unwrap();
+    dns.add_a("mx2.smtp.test", SMTP_MX_IP.into()).await.unwrap();
+    // No mail at all: a null MX, a name that does not exist.
+    dns.add_null_mx("null.test").await.unwrap();
+
+    let (s, _) = gateway(|c| {
+        c.dns.nameservers = vec![dns.addr()];
+        c.dns.timeout_ms = 2000;
+        c.dns.allow_private = [
+            "srv.test",
+            "mxc.test",
+            "dot.test",
+            "smtp.test",
+            "null.test",
+            "gone.test",
+        ]
+        .map(String::from)
+        .to_vec();
+    })
+    .await;
+    let sh = s.shared();
+    assert!(matches!(service(sh, "srv.test").await, Ok(Service::Cmtp)));
+    assert!(matches!(service(sh, "mxc.test").await, Ok(Service::Cmtp)));
+    match service(sh, "dot.test").await {
+        Ok(Service::SmtpOnly(hosts)) => assert_eq!(hosts[0].name, "mx.mxc.test"),
+        other => panic!("SRV \".\" is no CMTP service: {other:?}"),
+    }
+    match service(sh, "smtp.test").await {
+        Ok(Service::SmtpOnly(hosts)) => {
+            let names: Vec<_> = hosts.iter().map(|h| h.name.as_str()).collect();
+            assert_eq!(names, ["mx.smtp.test", "mx2.smtp.test"], "by preference");
+            assert_eq!(hosts[0].addrs, [std::net::IpAddr::from(SMTP_MX_IP)]);
+        }
+        other => panic!("no CMTP on the MX hosts: {other:?}"),
+    }
+    assert!(
+        matches!(service(sh, "null.test").await, Err(ServiceError::Permanent(e)) if e.contains("null MX")),
+    );
+    assert!(
+        matches!(service(sh, "gone.test").await, Err(ServiceError::Permanent(e)) if e.contains("NXDOMAIN")),
+    );
+    drop(mx_cmtp);
+}
