@@ -89,6 +89,9 @@ Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   mail.db         the local store (mode 0600): your synced mail, decrypted,
                   with each message's verification result; the outbox; the
                   drafts. `inbox`, `read` and `thread` work offline from it.
+  smtp-allowed    contacts that may get mail by SMTP (NOT end-to-end
+                  encrypted) when their domain has no CMTP service, one
+                  address a line (mode 0600; `cmtp contact allow-smtp`)
   cache/keys/     verified key statements";
 
 #[derive(Parser, Debug)]
