@@ -39,6 +39,20 @@ fn need(tool: &str) {
     assert!(ok, "{tool} is not installed: ./scripts/test installs it");
 }
 
+/// dkimpy, the independent DKIM signer: a clear failure when it is
+/// missing, never a skip.
+fn need_dkimpy() {
+    need("python3");
+    let ok = Command::new("python3")
+        .args(["-c", "import dkim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "Python's dkimpy is not installed: ./scripts/test installs it"
+    );
+}
+
 /// Runs a Python script with `args`; its stdout, or a panic with stderr.
 async fn python(script: &str, args: &[String]) -> String {
     need("python3");
@@ -346,6 +360,7 @@ print("sent")
 
 #[tokio::test]
 async fn a_dkim_signature_by_dkimpy_verifies_and_the_verdict_is_sealed_with_the_message() {
+    need_dkimpy();
     // pf.test publishes its DKIM key (made here, signing done by dkimpy).
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("pf.key");

@@ -32,6 +32,20 @@ fn need(cmd: &str) {
     assert!(ok, "{cmd} is not installed: ./scripts/test installs it");
 }
 
+/// dkimpy, the independent DKIM signer and verifier: a clear failure when
+/// it is missing, never a skip.
+fn need_dkimpy() {
+    need("python3");
+    let ok = Command::new("python3")
+        .args(["-c", "import dkim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "Python's dkimpy is not installed: ./scripts/test installs it"
+    );
+}
+
 fn free_port_on(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
         .unwrap()
@@ -279,6 +293,7 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[test]
 fn postfix_delivers_to_cmtpd_and_bob_reads_it_sealed_marked_as_smtp_with_attachments() {
+    need_dkimpy();
     let tmp = tempdir();
     let base = tmp.path();
     // pf.test signs its mail (dkimpy, a key made by openssl) and publishes
@@ -418,6 +433,7 @@ print("replied")
 
 #[test]
 fn send_allow_smtp_reaches_postfix_dkim_signed_and_the_reply_lands_in_the_thread() {
+    need_dkimpy();
     let tmp = tempdir();
     let base = tmp.path();
     // pf.test: an MX at the throwaway Postfix's address, no CMTP service.
