@@ -3,7 +3,12 @@
 # concurrency, local delivery, durable on both sides.
 #
 #   bench/postfix-compare.sh [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-r REPEAT]
-#                            [--install] [--keep] [--json FILE]
+#                            [--smtp] [--install] [--keep] [--json FILE]
+#
+# --smtp: cmtpd's inbound SMTP gateway instead of CMTP (PROTOCOL.md §19):
+# the same smtp-source sends to cmtpd's [smtp] port, where every message is
+# sealed to the recipient's key and durably stored before its 250; the
+# clock stops when smtp-source has its last 250 (accepted = delivered).
 #
 # Postfix side: a THROWAWAY instance (its own config_directory,
 # queue_directory and data_directory under a temporary directory, listening
@@ -24,11 +29,12 @@ REPEAT=3
 INSTALL=0
 KEEP=0
 JSON=""
+MODE=cmtp
 # Parallel local(8) deliveries to the one recipient (Postfix's default is 2;
 # 20 matches the 20 sessions, and the bench sends to one user).
 LOCAL_CONCURRENCY=20
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         -m|--messages) MESSAGES=$2; shift 2 ;;
@@ -37,6 +43,7 @@ while [ $# -gt 0 ]; do
         -r|--repeat) REPEAT=$2; shift 2 ;;
         --local-concurrency) LOCAL_CONCURRENCY=$2; shift 2 ;;
         --install) INSTALL=1; shift ;;
+        --smtp) MODE=smtp; shift ;;
         --keep) KEEP=1; shift ;;
         --json) JSON=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -67,9 +74,15 @@ for tool in python3 cargo; do
     command -v "$tool" >/dev/null || { echo "postfix-compare: needs $tool" >&2; exit 2; }
 done
 
-echo "== building cmtp-bench (release)"
-(cd "$ROOT" && cargo build --release -q -p cmtp-bench)
-BENCH="$ROOT/target/release/cmtp-bench"
+if [ "$MODE" = smtp ]; then
+    echo "== building cmtpd (release)"
+    (cd "$ROOT" && cargo build --release -q -p cmtpd)
+    CMTPD="$ROOT/target/release/cmtpd"
+else
+    echo "== building cmtp-bench (release)"
+    (cd "$ROOT" && cargo build --release -q -p cmtp-bench)
+    BENCH="$ROOT/target/release/cmtp-bench"
+fi
 
 T=$(mktemp -d /tmp/postfix-compare.XXXXXX)
 chmod 755 "$T"
@@ -85,6 +98,7 @@ cleanup() {
             sleep 0.1
         done
     fi
+    if [ -n "${CMTPD_PID:-}" ]; then kill "$CMTPD_PID" 2>/dev/null; wait "$CMTPD_PID" 2>/dev/null; fi
     if [ "$CREATED_USER" = 1 ]; then userdel "$BENCH_USER" 2>/dev/null; fi
     if [ "$KEEP" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
 }
@@ -209,21 +223,78 @@ print(json.dumps({"delivered": n, "accept_elapsed": sent - start,
 PY
 }
 
+# cmtpd's SMTP gateway (--smtp): one server for all runs, one account.
+if [ "$MODE" = smtp ]; then
+    CD="$T/cmtpd"
+    mkdir -p "$CD"
+    CPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    SPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    # Defaults but: loopback ports; no per-peer message rate (all sessions
+    # come from 127.0.0.1); SPF/DKIM/DMARC off, as Postfix checks none
+    # either here (and this machine has no DNS).
+    cat > "$CD/cmtpd.toml" <<TOML
+domain = "cmtp.localdomain"
+listen = ["127.0.0.1:$CPORT"]
+
+[smtp]
+listen = ["127.0.0.1:$SPORT"]
+messages_per_minute = 100000000
+message_burst = 100000000
+verify = false
+TOML
+    printf 'bench password\n' > "$T/pw"
+    "$CMTPD" --data-dir "$CD" init --domain cmtp.localdomain >/dev/null
+    "$CMTPD" --data-dir "$CD" user add "$BENCH_USER" --password-file "$T/pw" >/dev/null
+    "$CMTPD" --data-dir "$CD" run > "$CD/cmtpd.log" 2>&1 &
+    CMTPD_PID=$!
+    for _ in $(seq 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1',$SPORT),1)" 2>/dev/null && break
+        sleep 0.1
+    done
+fi
+
+cmtpd_count() {
+    "$CMTPD" --data-dir "$CD" -o json user list | python3 -c "import json,sys; d=json.load(sys.stdin); d=d.get('users', d) if isinstance(d, dict) else d; print(sum(u.get('messages',0) for u in d))"
+}
+
+# One run of cmtpd's SMTP gateway, measured like Postfix's.
+cmtpd_smtp_run() {
+    local out=$1 before after start end
+    before=$(cmtpd_count)
+    start=$(date +%s.%N)
+    "$SMTP_SOURCE" -d -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
+        -f "sender@bench.localdomain" -t "$BENCH_USER@cmtp.localdomain" "127.0.0.1:$SPORT"
+    end=$(date +%s.%N)
+    after=$(cmtpd_count)
+    python3 - "$start" "$end" "$before" "$after" > "$out" <<'PY'
+import json, sys
+start, end, before, after = map(float, sys.argv[1:5])
+n = after - before
+print(json.dumps({"median": {"delivered": n, "elapsed": end - start,
+                             "msgs_per_s": n / (end - start), "latency_p99": 0}}))
+PY
+}
+
 # warm-up: a few messages, so that every Postfix daemon has started
 "$SMTP_SOURCE" -d -s 2 -m 20 -l "$SIZE" -f "sender@bench.localdomain" \
     -t "$BENCH_USER@bench.localdomain" "127.0.0.1:$PORT"
 sleep 2
 
 for i in $(seq "$REPEAT"); do
-    echo "== run $i of $REPEAT: cmtp-bench mail -c $SESSIONS -m $MESSAGES -s $SIZE"
-    "$BENCH" mail -c "$SESSIONS" -m "$MESSAGES" -s "$SIZE" --json "$T/cmtp-$i.json" >/dev/null
+    if [ "$MODE" = smtp ]; then
+        echo "== run $i of $REPEAT: cmtpd SMTP gateway (smtp-source -d -s $SESSIONS -m $MESSAGES -l $SIZE)"
+        cmtpd_smtp_run "$T/cmtp-$i.json"
+    else
+        echo "== run $i of $REPEAT: cmtp-bench mail -c $SESSIONS -m $MESSAGES -s $SIZE"
+        "$BENCH" mail -c "$SESSIONS" -m "$MESSAGES" -s "$SIZE" --json "$T/cmtp-$i.json" >/dev/null
+    fi
     echo "== run $i of $REPEAT: postfix (smtp-source -d -s $SESSIONS -m $MESSAGES -l $SIZE)"
     postfix_run "$T/postfix-$i.json"
 done
 
-python3 - "$T" "$REPEAT" "$MESSAGES" "$SESSIONS" "$SIZE" "$LOCAL_CONCURRENCY" "${JSON:-}" <<'PY'
+python3 - "$T" "$REPEAT" "$MESSAGES" "$SESSIONS" "$SIZE" "$LOCAL_CONCURRENCY" "${JSON:-}" "$MODE" <<'PY'
 import json, statistics, sys
-t, repeat, messages, sessions, size, conc, out = sys.argv[1:8]
+t, repeat, messages, sessions, size, conc, out, mode = sys.argv[1:9]
 repeat = int(repeat)
 cm = [json.load(open(f"{t}/cmtp-{i}.json"))["median"] for i in range(1, repeat + 1)]
 pf = [json.load(open(f"{t}/postfix-{i}.json")) for i in range(1, repeat + 1)]
@@ -242,14 +313,17 @@ print(f"{messages} messages of {size} bytes, {sessions} connections, local deliv
 print(f"{'':34} {'median':>10} {'spread':>8}   runs")
 def row(name, xs, fmt="{:.0f}"):
     print(f"{name:34} {fmt.format(med(xs)):>10} {spread(xs):>8}   " + " ".join(fmt.format(x) for x in xs))
-row("cmtpd delivered msg/s (SUCCESS)", c_rate)
-row("cmtpd MAIL latency p99 ms", c_p99, "{:.2f}")
+if mode == "smtp":
+    row("cmtpd SMTP msg/s (sealed, 250)", c_rate)
+else:
+    row("cmtpd delivered msg/s (SUCCESS)", c_rate)
+    row("cmtpd MAIL latency p99 ms", c_p99, "{:.2f}")
 row("postfix accepted msg/s (250 OK)", p_acc)
 row("postfix delivered msg/s (Maildir)", p_del)
 row("ratio cmtpd / postfix delivered", ratios, "{:.2f}")
 print(f"(postfix: local_destination_concurrency_limit = {conc}; smtp-source -d keeps each session open)")
 if out:
-    json.dump({"messages": int(messages), "sessions": int(sessions), "size": int(size),
+    json.dump({"mode": mode, "messages": int(messages), "sessions": int(sessions), "size": int(size),
                "local_destination_concurrency_limit": int(conc),
                "cmtp": cm, "postfix": pf,
                "median": {"cmtp_msgs_per_s": med(c_rate), "cmtp_latency_p99_ms": med(c_p99),

@@ -20,6 +20,9 @@
 //! mail.db        the local store (SQLite, mode 0600): synced messages with
 //!                 their verdicts and decrypted content, the sync position,
 //!                 the outbox and the drafts (see crate::store)
+//! smtp-allowed    contacts that may get mail by SMTP, not end-to-end
+//!                 encrypted, when their domain has no CMTP service: one
+//!                 address a line, mode 0600 (see crate::smtp)
 //! cache/keys/     fetched key statements, named by the hex SHA-256 of the
 //!                 address they are about
 //! ```

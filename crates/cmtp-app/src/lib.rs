@@ -47,6 +47,7 @@ pub mod home;
 pub mod mailbox;
 pub mod send;
 pub mod session;
+pub mod smtp;
 pub mod store;
 pub mod sync;
 pub mod trust;

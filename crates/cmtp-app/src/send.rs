@@ -50,6 +50,8 @@ pub struct Delivery {
     pub size: u64,
     /// The own server's signed receipt (verified).
     pub receipt: Receipt,
+    /// The copy goes on by SMTP: not end-to-end encrypted (PROTOCOL.md §19.3).
+    pub by_smtp: bool,
 }
 
 /// Progress of a send, for a progress bar.
@@ -189,11 +191,28 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
     let content = content(draft, &cc, entry.created_at);
     // Every key first: nothing is sealed if one of them is wrong.
     let mut keys: Vec<(Address, Option<PublicKey>)> = Vec::with_capacity(all.len());
+    let mut by_smtp = Vec::new();
     for r in all {
         let key = if draft.plaintext {
             None
         } else {
-            Some(session.key_for_sealing(&r).await?.key)
+            match session.key_for_sealing(&r).await {
+                Ok(k) => Some(k.key),
+                // A domain without CMTP service: a plaintext copy, which the
+                // own server delivers by SMTP, if the sender consented.
+                Err(e) if crate::smtp::smtp_only(&e) => {
+                    if !draft
+                        .smtp_allowed
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(&r.to_string()))
+                    {
+                        return Err(crate::smtp::consent_needed(&r));
+                    }
+                    by_smtp.push(r.clone());
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         };
         keys.push((r, key));
     }
@@ -202,7 +221,10 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
     let sent_key = if draft.plaintext { None } else { Some(own) };
     for (idx, (recipient, key, kind)) in keys
         .into_iter()
-        .map(|(r, k)| (r, k, "copy"))
+        .map(|(r, k)| {
+            let kind = if by_smtp.contains(&r) { "smtp" } else { "copy" };
+            (r, k, kind)
+        })
         .chain(std::iter::once((first, sent_key, "sent")))
         .enumerate()
     {
@@ -289,6 +311,7 @@ pub async fn deliver(
                         hash: copy.hash,
                         size: len,
                         receipt,
+                        by_smtp: copy.kind == "smtp",
                     });
                 }
             }

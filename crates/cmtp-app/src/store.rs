@@ -142,6 +142,11 @@ pub struct Composed {
     /// Send as plaintext (crypto system 0).
     #[serde(default)]
     pub plaintext: bool,
+    /// Recipients whose domain may be reached by SMTP, not end-to-end
+    /// encrypted, if it has no CMTP service (`--allow-smtp`, or the
+    /// contact's setting): the sender's consent (PROTOCOL.md §19.3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smtp_allowed: Vec<String>,
 }
 
 /// An attachment kept in the outbox or a draft.

@@ -71,6 +71,9 @@ pub struct Config {
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// The SMTP gateway (PROTOCOL.md §19): inbound SMTP, outbound SMTP, DKIM.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -450,6 +453,89 @@ impl Default for DnsConfig {
     }
 }
 
+/// `[smtp]`: cmtpd as the domain's SMTP server too (PROTOCOL.md §19).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Addresses for inbound SMTP (port 25 in production); empty: off (the default).
+    pub listen: Vec<SocketAddr>,
+    /// The host name in the SMTP greeting, EHLO and `Received:` fields,
+    /// and the certificate's name (default: the domain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Largest message accepted by SMTP, bytes (announced with SIZE).
+    pub max_message_size: u64,
+    /// Recipients per SMTP transaction.
+    pub max_recipients: usize,
+    /// Offer STARTTLS.
+    pub starttls: bool,
+    /// Refuse MAIL before STARTTLS (not for a public MX: RFC 3207 §4).
+    pub require_tls: bool,
+    /// PEM certificate chain for STARTTLS (unset: a self-issued certificate
+    /// for the host name, made at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Messages one peer may send per minute, after a first `message_burst`.
+    pub messages_per_minute: u32,
+    /// Messages one peer may send at once.
+    pub message_burst: u32,
+    /// Check SPF, DKIM, DMARC and ARC of arriving mail.
+    pub verify: bool,
+    /// Deliver consented plaintext mail to domains without CMTP by SMTP.
+    pub outbound: bool,
+    /// The port of other domains' SMTP servers (25; tests use another).
+    pub outbound_port: u16,
+    /// DKIM selector of outbound mail (`<selector>._domainkey.<domain>`).
+    pub dkim_selector: String,
+    /// The DKIM private key (PKCS#8 PEM; default `<data_dir>/dkim.key`,
+    /// made by `cmtpd init`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim_key: Option<PathBuf>,
+    /// Longest wait for an SMTP command, seconds (RFC 5321: 300).
+    pub command_timeout_secs: u64,
+    /// Longest wait for the next bytes of a message, seconds (RFC 5321: 180).
+    pub data_timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: Vec::new(),
+            hostname: None,
+            max_message_size: 32 << 20,
+            max_recipients: 100,
+            starttls: true,
+            require_tls: false,
+            tls_cert: None,
+            tls_key: None,
+            messages_per_minute: 60,
+            message_burst: 60,
+            verify: true,
+            outbound: true,
+            outbound_port: 25,
+            dkim_selector: "cmtp".into(),
+            dkim_key: None,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// The DKIM key file of a configuration.
+    pub fn dkim_key_path(&self, data_dir: &Path) -> PathBuf {
+        self.dkim_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join(DKIM_KEY_FILE))
+    }
+}
+
+/// The DKIM key file's name in the data directory.
+pub const DKIM_KEY_FILE: &str = "dkim.key";
+
 /// `[metrics]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -533,6 +619,13 @@ pub const RESTART_ONLY: &[&str] = &[
     "relay.per_destination",
     "relay.timeout_secs",
     "accounts.login_window_secs",
+    "smtp.listen",
+    "smtp.hostname",
+    "smtp.starttls",
+    "smtp.tls_cert",
+    "smtp.tls_key",
+    "smtp.dkim_key",
+    "smtp.dkim_selector",
 ];
 
 impl Config {
@@ -552,6 +645,7 @@ impl Config {
             relay: RelayConfig::default(),
             remote: RemoteConfig::default(),
             dns: DnsConfig::default(),
+            smtp: SmtpConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
@@ -596,6 +690,16 @@ impl Config {
         if let Some(p) = &self.store.path {
             self.store.path = Some(fix(p));
         }
+        for p in [
+            &mut self.smtp.tls_cert,
+            &mut self.smtp.tls_key,
+            &mut self.smtp.dkim_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = fix(p);
+        }
     }
 
     /// The TOML text of this configuration with every key documented, its
@@ -637,6 +741,47 @@ impl Config {
             );
         }
         need(&mut p, !self.listen.is_empty(), "listen names no address");
+        let sm = &self.smtp;
+        need(
+            &mut p,
+            // Only with inbound SMTP on: off, its size limit is unused.
+            sm.listen.is_empty()
+                || (sm.max_message_size >= 1024
+                    && sm
+                        .max_message_size
+                        .saturating_add(crate::smtp::SEAL_OVERHEAD)
+                        <= self.limits.max_message_size),
+            "with smtp.listen set, smtp.max_message_size must be at least 1024 bytes and leave 64 KiB below limits.max_message_size (the sealed copy is larger than the message)",
+        );
+        need(
+            &mut p,
+            sm.max_recipients >= 1,
+            "smtp.max_recipients must be at least 1",
+        );
+        need(
+            &mut p,
+            sm.command_timeout_secs > 0 && sm.data_timeout_secs > 0,
+            "smtp.command_timeout_secs and smtp.data_timeout_secs must be greater than 0",
+        );
+        need(
+            &mut p,
+            sm.tls_cert.is_some() == sm.tls_key.is_some(),
+            "smtp.tls_cert and smtp.tls_key go together: set both or neither",
+        );
+        need(
+            &mut p,
+            !sm.dkim_selector.is_empty()
+                && sm
+                    .dkim_selector
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+            "smtp.dkim_selector must be a DNS label (letters, digits, -)",
+        );
+        if let Some(h) = &sm.hostname
+            && cmtp_smtp::address::parse_domain(h).is_err()
+        {
+            p.push(format!("smtp.hostname {h:?} is not a host name"));
+        }
         let l = &self.limits;
         need(
             &mut p,
@@ -954,6 +1099,13 @@ impl Config {
             "relay.per_destination" => relay.per_destination;
             "relay.timeout_secs" => relay.timeout_secs;
             "accounts.login_window_secs" => accounts.login_window_secs;
+            "smtp.listen" => smtp.listen;
+            "smtp.hostname" => smtp.hostname;
+            "smtp.starttls" => smtp.starttls;
+            "smtp.tls_cert" => smtp.tls_cert;
+            "smtp.tls_key" => smtp.tls_key;
+            "smtp.dkim_key" => smtp.dkim_key;
+            "smtp.dkim_selector" => smtp.dkim_selector;
         }
         let (old, now) = (flatten(self), flatten(&merged));
         for (key, value) in &now {
@@ -1126,6 +1278,18 @@ mod tests {
         cfg.dns.allow_private = vec!["not a domain".into()];
         assert!(cfg.validate().is_err());
         cfg.dns.allow_private = vec!["lab.test".into()];
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn the_smtp_size_limit_is_checked_only_with_inbound_smtp_on() {
+        let mut cfg = Config::new("a.test", Path::new("/tmp/x"));
+        cfg.limits.max_message_size = 200_000;
+        cfg.validate().unwrap();
+        cfg.smtp.listen = vec!["127.0.0.1:2525".parse().unwrap()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("smtp.max_message_size"), "{e}");
+        cfg.smtp.max_message_size = 100_000;
         cfg.validate().unwrap();
     }
 

@@ -326,6 +326,87 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "max_pins",
         "Most pinned remote server keys; beyond it the pins first seen most\nrecently go (established pins are never displaced by a flood).",
     ),
+    k(
+        "smtp",
+        "listen",
+        "Addresses for inbound SMTP: cmtpd as the domain's MX (port 25 in\nproduction, e.g. [\"0.0.0.0:25\", \"[::]:25\"]). Empty: no SMTP (the default).",
+    ),
+    opt(
+        "smtp",
+        "hostname",
+        "Host name in the SMTP greeting, EHLO, Received: fields and the\ncertificate (default: the domain). The MX record names it.",
+        "\"mx.example.org\"",
+    ),
+    k(
+        "smtp",
+        "max_message_size",
+        "Largest message accepted by SMTP, bytes (announced with SIZE). Must\nleave 64 KiB below limits.max_message_size: the sealed copy is larger.",
+    ),
+    k("smtp", "max_recipients", "Recipients per SMTP transaction."),
+    k("smtp", "starttls", "Offer STARTTLS."),
+    k(
+        "smtp",
+        "require_tls",
+        "Refuse MAIL before STARTTLS (never on a public MX: RFC 3207 §4).",
+    ),
+    opt(
+        "smtp",
+        "tls_cert",
+        "PEM certificate chain for STARTTLS (unset: a self-issued certificate\nfor the host name, made at each start).",
+        "\"/etc/cmtpd/smtp.crt\"",
+    ),
+    opt(
+        "smtp",
+        "tls_key",
+        "PEM private key of tls_cert.",
+        "\"/etc/cmtpd/smtp.key\"",
+    ),
+    k(
+        "smtp",
+        "messages_per_minute",
+        "Messages one peer (the peers of [connections]) may send per minute by\nSMTP, after the burst; beyond it 421 and close.",
+    ),
+    k(
+        "smtp",
+        "message_burst",
+        "Messages one peer may send at once.",
+    ),
+    k(
+        "smtp",
+        "verify",
+        "Check SPF, DKIM, DMARC and ARC of arriving mail (the results travel\nsealed with the message to the recipient).",
+    ),
+    k(
+        "smtp",
+        "outbound",
+        "Deliver mail that its sender sent without end-to-end encryption, with\nconsent (cmtp send --allow-smtp), by SMTP to domains without CMTP.",
+    ),
+    k(
+        "smtp",
+        "outbound_port",
+        "Port of other domains' SMTP servers.",
+    ),
+    k(
+        "smtp",
+        "dkim_selector",
+        "DKIM selector of outbound mail: the key is published at\n<selector>._domainkey.<domain>.",
+    ),
+    opt(
+        "smtp",
+        "dkim_key",
+        "DKIM private key, PKCS#8 PEM (default: <data_dir>/dkim.key, made by\ncmtpd init).",
+        "\"/etc/cmtpd/dkim.key\"",
+    ),
+    k(
+        "smtp",
+        "command_timeout_secs",
+        "Longest wait for an SMTP command, seconds.",
+    ),
+    k(
+        "smtp",
+        "data_timeout_secs",
+        "Longest wait for the next bytes of a message, seconds.",
+    ),
     opt(
         "metrics",
         "listen",
@@ -354,6 +435,7 @@ fn section_doc(section: &str) -> &'static str {
         "relay" => "The relay queue (mail for other domains).",
         "dns" => "Finding other domains' servers.",
         "remote" => "What strangers may make this server ask of other domains.",
+        "smtp" => "The SMTP gateway: cmtpd as the domain's whole mail server.",
         "metrics" => "Prometheus metrics.",
         "log" => "Logs (to stderr).",
         _ => "",
@@ -482,6 +564,10 @@ mod tests {
         c.connections.reserved_for_users = Some(1);
         c.store.max_size = Some(1 << 40);
         c.dns.key_refresh_secs = Some(60);
+        c.smtp.hostname = Some("mx.a.test".into());
+        c.smtp.tls_cert = Some("/c".into());
+        c.smtp.tls_key = Some("/k".into());
+        c.smtp.dkim_key = Some("/dk".into());
         c
     }
 

@@ -44,6 +44,7 @@ pub mod remote;
 mod reset;
 mod server;
 mod session;
+pub mod smtp;
 mod staging;
 pub mod state;
 

@@ -32,7 +32,7 @@ use crate::state::{Shared, now, rfc3339};
 
 /// How one delivery attempt ended.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     Delivered,
     /// Try again later.
     Retry(String),
@@ -274,6 +274,10 @@ fn classify(e: &RemoteError) -> Outcome {
 }
 
 async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
+    // Consented plaintext for a domain without CMTP leaves by SMTP (§19.3).
+    if let Some(outcome) = crate::smtp::outbound::try_deliver(sh, e).await {
+        return outcome;
+    }
     let Ok(domain) = Domain::parse(&e.dest_domain) else {
         return Outcome::Bounce(
             FailureReason::NoDestination,

@@ -22,6 +22,8 @@ use crate::state::Shared;
 pub struct Server {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
+    /// The SMTP gateway's addresses (`[smtp] listen`).
+    smtp_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Closed when every background task has ended.
     done: mpsc::Receiver<()>,
@@ -62,6 +64,9 @@ impl Server {
                 cancel.clone(),
             )));
         }
+        let (smtp_addrs, smtp_tasks) =
+            crate::smtp::start(&shared, &shutdown_rx, &sessions, &cancel).await?;
+        tasks.extend(smtp_tasks);
         tasks.push(tokio::spawn(crate::relay::run(
             shared.clone(),
             shutdown_rx.clone(),
@@ -80,6 +85,7 @@ impl Server {
         Ok(Server {
             shared,
             addrs,
+            smtp_addrs,
             shutdown,
             done,
             tasks,
@@ -91,6 +97,11 @@ impl Server {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The SMTP gateway's bound addresses (empty when it is off).
+    pub fn smtp_addrs(&self) -> &[SocketAddr] {
+        &self.smtp_addrs
     }
 
     /// The shared state (tests and admin tools).

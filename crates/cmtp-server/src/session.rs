@@ -308,6 +308,14 @@ impl Session {
                 Ok(bytes) => self.conn.reply(Status::Success, &bytes),
                 Err(e) => {
                     tracing::info!(peer = %self.peer, %domain, error = %e, "remote KEYREQUEST failed");
+                    // A domain reachable by SMTP only (PROTOCOL.md §19.3).
+                    if logged_in
+                        && !e.is_verification()
+                        && let Some(text) =
+                            crate::smtp::outbound::no_cmtp_text(&self.sh, &domain).await
+                    {
+                        return self.conn.reply(Status::KeyNotAvailable, text.as_bytes());
+                    }
                     // §6.3: unreachable → TEMPFAILURE; a key that does not
                     // verify → KEYUNVERIFIED; no such user or domain →
                     // KEYNOTAVAILABLE.

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::output::{Printer, sanitize};
 use crate::prompt;
-use crate::{Cli, Cmd, DraftCmd, OutboxCmd, Output, exit};
+use crate::{Cli, Cmd, ContactCmd, DraftCmd, OutboxCmd, Output, exit};
 
 /// An error in how cmtp was called (exit code 2).
 #[derive(Debug)]
@@ -154,6 +154,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             subject,
             attach,
             plaintext,
+            allow_smtp,
             retry_for,
         } => {
             let mut composed = Composed {
@@ -163,6 +164,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 text: String::new(),
                 attachments: read_attachments(&attach)?,
                 plaintext,
+                smtp_allowed: Vec::new(),
             };
             let mut store = open_store(&client)?;
             if std::io::stdin().is_terminal() {
@@ -182,9 +184,45 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                     .read_to_string(&mut composed.text)
                     .context("reading the message text from stdin (it must be UTF-8)")?;
             }
+            // Consent to SMTP for the recipients as finally written (§19.3).
+            composed.smtp_allowed = cmtp_app::smtp::consented(
+                client.home().root(),
+                allow_smtp,
+                &composed.to,
+                &composed.cc,
+            )?;
             cmtp_app::send::validate(&composed)?;
             let id = store.outbox_add(&composed, now())?;
             send_entry(&client, &out, &mut store, id, retry_for).await
+        }
+        Cmd::Contact { action } => {
+            let home = client.home().root().to_owned();
+            match action {
+                ContactCmd::AllowSmtp { address } => {
+                    let a = parse_address(&address, "address")?;
+                    cmtp_app::smtp::set_contact(&home, &a, true)?;
+                    println!(
+                        "{a} may get mail by SMTP (NOT end-to-end encrypted) when its domain has no CMTP service"
+                    );
+                }
+                ContactCmd::DenySmtp { address } => {
+                    let a = parse_address(&address, "address")?;
+                    cmtp_app::smtp::set_contact(&home, &a, false)?;
+                    println!("{a} gets end-to-end encrypted mail only");
+                }
+                ContactCmd::List => {
+                    let list = cmtp_app::smtp::allowed_contacts(&home)?;
+                    match out.format {
+                        Output::Json => out.json(&json!({"smtp_allowed": list})),
+                        Output::Text => {
+                            for a in list {
+                                println!("{a}\tSMTP allowed");
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(exit::OK)
         }
         Cmd::Inbox {
             folder,
@@ -575,6 +613,19 @@ async fn cmd_read(
         .into_iter()
         .map(|(name, data)| Attachment { name, data })
         .collect();
+    // Mail that arrived by SMTP: its MIME parts, plainly marked (§19.2).
+    if let Some(v) = cmtp_app::smtp::view(&m, &attachments) {
+        let saved = match &save {
+            Some(dir) => save_attachments(dir, &v.attachments)?,
+            None => Vec::new(),
+        };
+        out.smtp_message(&m, &v, &saved);
+        if m.flags & SEEN == 0 {
+            store.set_flags(id, SEEN, 0)?;
+            push_flags_soon(client, &store).await;
+        }
+        return Ok(exit::OK);
+    }
     let saved = match &save {
         Some(dir) => save_attachments(dir, &attachments)?,
         None => Vec::new(),
@@ -673,9 +724,15 @@ async fn cmd_draft(client: &Client, out: &Printer, action: DraftCmd) -> anyhow::
             let d = store
                 .draft(id)?
                 .ok_or_else(|| cmtp_app::Error::NotFound(format!("no draft {id}")))?;
-            cmtp_app::send::validate(&d.draft)?;
+            let mut draft = d.draft.clone();
+            for a in cmtp_app::smtp::consented(client.home().root(), false, &draft.to, &draft.cc)? {
+                if !draft.smtp_allowed.contains(&a) {
+                    draft.smtp_allowed.push(a);
+                }
+            }
+            cmtp_app::send::validate(&draft)?;
             let entry = store.transaction(|s| {
-                let entry = s.outbox_add(&d.draft, now())?;
+                let entry = s.outbox_add(&draft, now())?;
                 s.delete_draft(id)?;
                 Ok(entry)
             })?;

@@ -89,6 +89,9 @@ Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   mail.db         the local store (mode 0600): your synced mail, decrypted,
                   with each message's verification result; the outbox; the
                   drafts. `inbox`, `read` and `thread` work offline from it.
+  smtp-allowed    contacts that may get mail by SMTP (NOT end-to-end
+                  encrypted) when their domain has no CMTP service, one
+                  address a line (mode 0600; `cmtp contact allow-smtp`)
   cache/keys/     verified key statements";
 
 #[derive(Parser, Debug)]
@@ -169,6 +172,24 @@ enum DraftCmd {
     },
 }
 
+/// `cmtp contact ...`
+#[derive(Subcommand, Debug)]
+enum ContactCmd {
+    /// Consent to SMTP (not end-to-end encrypted) for ADDRESS, whenever its
+    /// domain has no CMTP service.
+    AllowSmtp {
+        /// The contact's address.
+        address: String,
+    },
+    /// Withdraw that consent.
+    DenySmtp {
+        /// The contact's address.
+        address: String,
+    },
+    /// Contacts that may get mail by SMTP.
+    List,
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -233,9 +254,21 @@ enum Cmd {
         /// Send unencrypted and unsigned (crypto system 0). Refused without this flag.
         #[arg(long)]
         plaintext: bool,
+        /// Recipients whose domain has no CMTP service may be reached by
+        /// SMTP: that copy is NOT end-to-end encrypted (your server sends
+        /// it as ordinary, DKIM-signed mail). Without this flag (or
+        /// `cmtp contact allow-smtp ADDRESS`) such a recipient is refused.
+        #[arg(long)]
+        allow_smtp: bool,
         /// Keep retrying (with backoff) this long while the server cannot be reached.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         retry_for: u64,
+    },
+    /// Per-contact settings: which recipients may get mail by SMTP (not
+    /// end-to-end encrypted) when their domain has no CMTP service.
+    Contact {
+        #[command(subcommand)]
+        action: ContactCmd,
     },
     /// List a folder of your mailbox (Inbox by default), newest first, after
     /// syncing new mail; shows unread marks and whether each sender verified.

@@ -157,6 +157,8 @@ impl Printer {
                     "size": d.size,
                     "accepted_by": d.receipt.domain.to_string(),
                     "accepted_at": rfc3339(d.receipt.accepted_at),
+                    "by_smtp": d.by_smtp,
+                    "end_to_end": !d.by_smtp,
                 })).collect::<Vec<_>>(),
                 "failed": o.failed.iter().map(|(a, e)| json!({
                     "to": a,
@@ -166,10 +168,17 @@ impl Printer {
                 "kept_as_draft": o.kept_as_draft,
             })),
             Output::Text => {
+                for d in o.delivered.iter().filter(|d| d.by_smtp) {
+                    eprintln!(
+                        "note: {} has no CMTP service: your server sends that copy by SMTP, NOT end-to-end encrypted",
+                        d.recipient
+                    );
+                }
                 for d in &o.delivered {
                     println!(
-                        "sent to {} ({}): signed receipt from {} at {}, hash {}",
+                        "sent to {}{} ({}): signed receipt from {} at {}, hash {}",
                         d.recipient,
+                        if d.by_smtp { " by SMTP" } else { "" },
                         human_size(d.size),
                         d.receipt.domain,
                         rfc3339(d.receipt.accepted_at),
@@ -201,7 +210,86 @@ impl Printer {
             "folder": m.folder,
             "flags": flag_names(m.flags),
             "seen": m.flags & SEEN != 0,
+            "smtp": cmtp_app::smtp::listing(m).map(|(from, mark)| json!({"from": from, "mark": mark})),
         })
+    }
+
+    /// A message that arrived by SMTP (PROTOCOL.md §19.2): the header of
+    /// the RFC 5322 message, the mark, the text (never HTML), attachments.
+    pub(crate) fn smtp_message(
+        &self,
+        m: &StoredMessage,
+        v: &cmtp_app::smtp::SmtpMail,
+        saved: &[PathBuf],
+    ) {
+        match self.format {
+            Output::Json => self.json(&json!({
+                "id": m.uid,
+                "from": v.from,
+                "to": v.to,
+                "cc": v.cc,
+                "subject": v.subject,
+                "date": v.date,
+                "received_at": rfc3339(m.received_at),
+                "size": m.size,
+                "status": "smtp",
+                "end_to_end": false,
+                "mark": v.summary,
+                "smtp": {
+                    "peer": v.arrival.helo,
+                    "ip": v.arrival.ip,
+                    "mail_from": v.arrival.mail_from,
+                    "tls": v.arrival.tls,
+                    "spf": v.arrival.spf.result,
+                    "dkim": v.arrival.dkim.iter().map(|d| json!({"result": d.result, "domain": d.domain})).collect::<Vec<_>>(),
+                    "dmarc": v.arrival.dmarc.result,
+                    "arc": v.arrival.arc.result,
+                    "message_id": v.message_id,
+                    "in_reply_to": v.in_reply_to,
+                },
+                "folder": m.folder,
+                "flags": flag_names(m.flags),
+                "text": v.text,
+                "text_from_html": v.from_html,
+                "attachments": v.attachments.iter().enumerate().map(|(i, a)| json!({
+                    "name": a.name,
+                    "size": a.data.len(),
+                    "saved_to": saved.get(i),
+                })).collect::<Vec<_>>(),
+            })),
+            Output::Text => {
+                println!("From:      {}", one_line(&v.from));
+                println!("To:        {}", one_line(&v.to.join(", ")));
+                if !v.cc.is_empty() {
+                    println!("Cc:        {}", one_line(&v.cc.join(", ")));
+                }
+                println!(
+                    "Date:      {}",
+                    one_line(v.date.as_deref().unwrap_or(&rfc3339(m.received_at)))
+                );
+                println!("Subject:   {}", one_line(&v.subject));
+                for (i, a) in v.attachments.iter().enumerate() {
+                    println!(
+                        "Attachment: {} ({}){}",
+                        one_line(&a.name),
+                        human_size(a.data.len() as u64),
+                        saved
+                            .get(i)
+                            .map(|p| format!(" saved to {}", p.display()))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("Security:  {}", one_line(&v.summary));
+                if v.from_html {
+                    println!("           (HTML message shown as text)");
+                }
+                println!();
+                print!("{}", sanitize(&v.text));
+                if !v.text.ends_with('\n') {
+                    println!();
+                }
+            }
+        }
     }
 
     pub(crate) fn inbox(&self, messages: &[StoredMessage], total: u64, unread: u64) {
@@ -224,13 +312,16 @@ impl Printer {
                             _ => ("-".into(), rfc3339(m.received_at)),
                         };
                         let mark = if m.flags & SEEN == 0 { "*" } else { " " };
+                        // Mail that arrived by SMTP is marked as such (§19.2).
+                        let (from, signature) = cmtp_app::smtp::listing(m)
+                            .unwrap_or_else(|| (sender(m), verdict.to_string()));
                         [
                             format!("{mark}{}", m.uid),
-                            truncate(&one_line(&sender(m)), 32),
+                            truncate(&one_line(&from), 32),
                             truncate(&subject, 40),
                             date,
                             human_size(m.size),
-                            truncate(&verdict.to_string(), 60),
+                            truncate(&one_line(&signature), 60),
                         ]
                     })
                     .collect();

@@ -162,7 +162,17 @@ pub(crate) async fn init(
     let host = host
         .map(str::to_owned)
         .unwrap_or_else(|| format!("cmtp.{}", cfg.domain));
-    let records = admin::dns_records(cfg, &prepared.key, &host);
+    let mut records = admin::dns_records(cfg, &prepared.key, &host);
+    // The SMTP gateway's records (PROTOCOL.md §19): MX, SPF, DKIM, DMARC.
+    let dkim_path = cfg.smtp.dkim_key_path(&cfg.data_dir);
+    let dkim = cmtp_server::smtp::dkim::ensure_key(&dkim_path)?;
+    let mx_host = cfg.smtp.hostname.clone().unwrap_or(host.clone());
+    records.push_str(&cmtp_server::smtp::dkim::mail_dns_records(
+        &cfg.domain,
+        &mx_host,
+        &cfg.smtp.dkim_selector,
+        &dkim,
+    ));
     let mut warnings = Vec::new();
     if cfg.loopback_only() {
         warnings.push(format!(
@@ -189,6 +199,7 @@ pub(crate) async fn init(
             "key_file": cfg.key_path(),
             "key_created": prepared.key_created,
             "fingerprint": prepared.key.public().fingerprint_hex(),
+            "dkim_key_file": dkim_path,
             "listen": cfg.listen,
             "dns_records": records.lines().filter(|l| !l.starts_with(';')).collect::<Vec<_>>(),
             "warnings": warnings,

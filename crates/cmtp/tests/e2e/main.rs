@@ -11,6 +11,7 @@
 mod auth;
 mod dns;
 mod mail;
+mod postfix;
 mod reset;
 mod setup;
 mod smtp;

@@ -1243,10 +1243,20 @@ async fn disk_and_queue_gauges_are_served_and_the_dashboard_uses_only_real_metri
     }
     walk(&dash, &mut exprs);
     assert!(exprs.len() >= 10, "{} panels' queries", exprs.len());
+    // Every source file, in subdirectories too (cmtp-server/src/smtp/).
     let mut code = String::new();
-    for dir in ["crates/cmtp-server/src", "crates/cmtpd/src"] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap() {
-            code.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    let mut dirs: Vec<_> = ["crates/cmtp-server/src", "crates/cmtpd/src"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                code.push_str(&std::fs::read_to_string(path).unwrap());
+            }
         }
     }
     let mut used = HashSet::new();
