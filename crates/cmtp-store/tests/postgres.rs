@@ -543,8 +543,11 @@ async fn killed_connections_are_transient() {
         .await
         .unwrap();
     let admin = raw(&url).await;
+    // Only this test's database: the cluster is shared with the tests
+    // running beside it.
     let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE application_name = 'cmtpd' AND pid <> pg_backend_pid()";
+                WHERE application_name = 'cmtpd' AND pid <> pg_backend_pid()
+                AND datname = current_database()";
 
     // A delivery in flight: another session holds the hash's claim, so the
     // delivery waits on it; then its connection is killed.
