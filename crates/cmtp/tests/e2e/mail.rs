@@ -290,6 +290,7 @@ fn mail_between_two_domains_end_to_end() {
             attachments: vec![Attachment {
                 name: "../../evil".into(),
                 data: b"evil bytes".to_vec(),
+                ..Attachment::default()
             }],
             ..Content::default()
         };
