@@ -109,7 +109,7 @@ Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
                         [\"host:port\"] }, timeout_ms, check_key_txt = true
                   [security.min_ksf] memory_kib, passes, lanes: the weakest
                         Argon2id cost accepted at login (default RFC 9106:
-                        65536, 3, 4; --min-ksf or $CMTP_MIN_KSF override it)
+                        65536, 3, 4)
   identity.key    your identity key (mode 0600), written by register/login;
                   never printed
   known_domains   pinned server keys: domain, fingerprint, key, first seen
