@@ -100,9 +100,10 @@ pub fn parse_one(entry: &str) -> Result<Entry> {
         return Err(bad(entry, "empty"));
     }
     let (name, addr) = match entry.rfind('<') {
-        Some(open) if entry.ends_with('>') => {
-            (unquote(&entry[..open]), entry[open + 1..entry.len() - 1].trim())
-        }
+        Some(open) if entry.ends_with('>') => (
+            unquote(&entry[..open]),
+            entry[open + 1..entry.len() - 1].trim(),
+        ),
         Some(_) => return Err(bad(entry, "a '<' without its '>' at the end")),
         None if entry.contains('>') => return Err(bad(entry, "a '>' without its '<'")),
         None => (String::new(), entry),
@@ -171,9 +172,7 @@ mod tests {
                 "bob@b.test".into(),
                 "fay".into(),
             ],
-            |alias| {
-                Ok((alias == "fay").then(|| Mailbox::new("Fay F", a("fay@f.test"))))
-            },
+            |alias| Ok((alias == "fay").then(|| Mailbox::new("Fay F", a("fay@f.test")))),
         )
         .unwrap();
         assert_eq!(
@@ -187,7 +186,12 @@ mod tests {
             ]
         );
         assert!(parse_list(&["nobody".into()], |_| Ok(None)).is_err());
-        for bad in ["Bob <bob@b.test", "Bob bob@b.test>", "Bob <not an address>", "two words"] {
+        for bad in [
+            "Bob <bob@b.test",
+            "Bob bob@b.test>",
+            "Bob <not an address>",
+            "two words",
+        ] {
             assert!(parse_resolved(&[bad.into()]).is_err(), "{bad:?}");
         }
     }
@@ -200,7 +204,10 @@ mod tests {
             Mailbox::new("Ünïcødé Name", a("u@u.test")),
             Mailbox::bare(a("x@y.test")),
         ] {
-            assert_eq!(parse_resolved(&[m.to_string()]).unwrap(), [m.clone()]);
+            assert_eq!(
+                parse_resolved(&[m.to_string()]).unwrap(),
+                std::slice::from_ref(&m)
+            );
         }
     }
 }

@@ -377,7 +377,10 @@ mod tests {
         assert_eq!(r.in_reply_to, "m2@a.test");
         assert_eq!(r.references, ["m1@b.test", "m2@a.test"]);
         assert_eq!(r.answers, Some(7));
-        assert!(r.text.contains("Alice <alice@a.test> wrote:\n> line one\n>\n> line two\n"));
+        assert!(
+            r.text
+                .contains("Alice <alice@a.test> wrote:\n> line one\n>\n> line two\n")
+        );
         let all = reply(&m, &bob, true).unwrap();
         assert_eq!(all.to, ["Alice <alice@a.test>", "dan@d.test"]);
         assert_eq!(all.cc, ["Carol <carol@c.test>"]);
@@ -402,7 +405,11 @@ mod tests {
     #[test]
     fn forwards_keep_the_attachments_and_say_what_they_forward() {
         let m = stored(7, "alice@a.test");
-        let f = forward(&m, &[Attachment::new("a.pdf", "application/pdf", vec![0, 255, 7])]).unwrap();
+        let f = forward(
+            &m,
+            &[Attachment::new("a.pdf", "application/pdf", vec![0, 255, 7])],
+        )
+        .unwrap();
         assert_eq!(f.subject, "Fwd: Plans");
         assert!(f.to.is_empty());
         assert!(f.text.contains("From: Alice <alice@a.test>\n"));
@@ -434,7 +441,10 @@ mod tests {
             &Composed::default(),
         )
         .unwrap();
-        assert_eq!(p.to, ["Bob <bob@b.test>", "\"Smith, Dan\" <dan@d.test> x@y.test"]);
+        assert_eq!(
+            p.to,
+            ["Bob <bob@b.test>", "\"Smith, Dan\" <dan@d.test> x@y.test"]
+        );
         assert_eq!(p.bcc, ["e@e.test"]);
         let p = parse("To: a@x.test b@y.test\n\nt", &Composed::default()).unwrap();
         assert_eq!(p.to, ["a@x.test", "b@y.test"]);

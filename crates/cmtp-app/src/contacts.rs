@@ -243,7 +243,9 @@ impl LocalStore {
         if let Some(n) = name
             && n.chars().any(char::is_control)
         {
-            return Err(Error::Invalid("a name cannot hold control characters".into()));
+            return Err(Error::Invalid(
+                "a name cannot hold control characters".into(),
+            ));
         }
         self.touch_contact(address, name.unwrap_or(""), now)?;
         if let Some(a) = alias {

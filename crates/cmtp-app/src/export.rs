@@ -133,8 +133,7 @@ pub fn rfc5322(store: &LocalStore, m: &StoredMessage) -> Result<Option<Vec<u8>>>
         ),
         _ => format!(
             "not-verified; reason=\"{}\"",
-            header_text(m.verdict_detail.as_deref().unwrap_or("unknown"))
-                .replace(['"', '\\'], "'")
+            header_text(m.verdict_detail.as_deref().unwrap_or("unknown")).replace(['"', '\\'], "'")
         ),
     };
     b = b
@@ -338,11 +337,7 @@ pub fn maildir(store: &LocalStore, folder: Option<&str>, dir: &Path) -> Result<E
         if m.folder == "Trash" {
             info.push('T');
         }
-        let base = format!(
-            "{now}.M{}P{pid}Q{}.cmtp",
-            m.uid,
-            hex::encode(&m.hash[..6])
-        );
+        let base = format!("{now}.M{}P{pid}Q{}.cmtp", m.uid, hex::encode(&m.hash[..6]));
         let tmp = target.join("tmp").join(&base);
         let mut f = open_new(&tmp)?;
         f.write_all(&bytes)

@@ -146,11 +146,7 @@ pub fn open_message(
     out.in_reply_to = some(c.in_reply_to);
     out.references = c.references;
     out.body = Some(c.text);
-    out.media_types = c
-        .attachments
-        .iter()
-        .map(|a| a.media_type.clone())
-        .collect();
+    out.media_types = c.attachments.iter().map(|a| a.media_type.clone()).collect();
     out.attachments = c
         .attachments
         .into_iter()

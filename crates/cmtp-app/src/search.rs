@@ -83,9 +83,13 @@ fn tokens(q: &str) -> Result<Vec<String>> {
 pub fn parse_day(s: &str) -> Result<u64> {
     let bad = || Error::Invalid(format!("{s:?} is not a date: write YYYY-MM-DD"));
     let ok = s.len() == 10
-        && s.bytes()
-            .enumerate()
-            .all(|(n, b)| if n == 4 || n == 7 { b == b'-' } else { b.is_ascii_digit() });
+        && s.bytes().enumerate().all(|(n, b)| {
+            if n == 4 || n == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     if !ok {
         return Err(bad());
     }
@@ -112,8 +116,15 @@ impl Query {
                 Some((k, v))
                     if matches!(
                         k.to_ascii_lowercase().as_str(),
-                        "from" | "to" | "subject" | "after" | "since" | "before" | "date"
-                            | "folder" | "in"
+                        "from"
+                            | "to"
+                            | "subject"
+                            | "after"
+                            | "since"
+                            | "before"
+                            | "date"
+                            | "folder"
+                            | "in"
                     ) =>
                 {
                     (k.to_ascii_lowercase(), v.to_owned())

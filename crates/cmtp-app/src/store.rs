@@ -612,25 +612,45 @@ impl LocalStore {
     /// Schema 1 → 2: the messages fetched before are content version 1;
     /// they get their thread (by subject), date and search columns.
     fn backfill_v1(&self) -> Result<()> {
-        let rows: Vec<(i64, bool, String, Option<String>, Option<String>, Option<String>, Option<String>, i64)> = {
+        struct V1Row {
+            uid: i64,
+            fetched: bool,
+            source: String,
+            destination: Option<String>,
+            cc: Option<String>,
+            subject: Option<String>,
+            date: Option<String>,
+            received: i64,
+        }
+        let rows: Vec<V1Row> = {
             let mut st = self.db(self.conn.prepare(
                 "SELECT uid, fetched, source, destination, cc, subject, date, received_at FROM messages",
             ))?;
             let rows = self.db(st.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
+                Ok(V1Row {
+                    uid: r.get(0)?,
+                    fetched: r.get(1)?,
+                    source: r.get(2)?,
+                    destination: r.get(3)?,
+                    cc: r.get(4)?,
+                    subject: r.get(5)?,
+                    date: r.get(6)?,
+                    received: r.get(7)?,
+                })
             }))?;
             self.db(rows.collect())?
         };
-        for (uid, fetched, source, destination, cc, subject, date, received) in rows {
+        for V1Row {
+            uid,
+            fetched,
+            source,
+            destination,
+            cc,
+            subject,
+            date,
+            received,
+        } in rows
+        {
             let thread = match (&subject, fetched) {
                 (Some(sub), true) => format!("subject:{}", thread_subject(sub)),
                 _ => format!("uid:{uid}"),
@@ -834,9 +854,11 @@ impl LocalStore {
         let list = |v: &[String]| serde_json::to_string(v).expect("a list serialises");
         let source: Option<String> = self.db(self
             .conn
-            .query_row("SELECT source FROM messages WHERE uid = ?1", [i(uid)], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT source FROM messages WHERE uid = ?1",
+                [i(uid)],
+                |r| r.get(0),
+            )
             .optional())?;
         let Some(source) = source else {
             return Ok(());
@@ -1008,10 +1030,9 @@ impl LocalStore {
                  FROM messages WHERE folder = ?1 GROUP BY thread_id
                  ORDER BY MAX(uid) DESC LIMIT ?2 OFFSET ?3",
             ))?;
-            let rows =
-                self.db(st.query_map(params![folder, limit, i(offset)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                }))?;
+            let rows = self.db(st.query_map(params![folder, limit, i(offset)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            }))?;
             self.db(rows.collect())?
         };
         let mut out = Vec::with_capacity(groups.len());
@@ -1484,6 +1505,220 @@ mod tests {
         assert_eq!(s.count("Inbox").unwrap(), (1, 0));
         s.clear_pending_flags(3).unwrap();
         assert!(s.pending_flags().unwrap().is_empty());
+    }
+
+    /// The schema of version 1 (before content version 2), as it was.
+    const SCHEMA_V1: &str = "
+    CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS messages (
+        uid              INTEGER PRIMARY KEY,
+        hash             BLOB NOT NULL,
+        modseq           INTEGER NOT NULL,
+        flags            INTEGER NOT NULL,
+        folder           TEXT NOT NULL,
+        size             INTEGER NOT NULL,
+        received_at      INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        attachment_count INTEGER NOT NULL,
+        source           TEXT NOT NULL,
+        destination      TEXT,
+        fetched          INTEGER NOT NULL DEFAULT 0,
+        verdict          TEXT,
+        verdict_detail   TEXT,
+        subject          TEXT,
+        date             TEXT,
+        reply_to         TEXT,
+        cc               TEXT,
+        body             TEXT,
+        attachment_names TEXT
+    );
+    CREATE INDEX IF NOT EXISTS messages_folder ON messages(folder, uid);
+    CREATE INDEX IF NOT EXISTS messages_unfetched ON messages(uid) WHERE fetched = 0;
+    CREATE INDEX IF NOT EXISTS messages_folder_flags ON messages(folder, flags);
+    CREATE TABLE IF NOT EXISTS raw_messages (
+        uid   INTEGER PRIMARY KEY REFERENCES messages(uid) ON DELETE CASCADE,
+        bytes BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS parts (
+        uid  INTEGER NOT NULL REFERENCES messages(uid) ON DELETE CASCADE,
+        idx  INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (uid, idx)
+    );
+    CREATE TABLE IF NOT EXISTS pending_flags (
+        uid   INTEGER PRIMARY KEY,
+        set_bits   INTEGER NOT NULL,
+        clear_bits INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at      INTEGER NOT NULL,
+        draft           TEXT NOT NULL,
+        sealed          INTEGER NOT NULL DEFAULT 0,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT
+    );
+    CREATE TABLE IF NOT EXISTS outbox_copies (
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+        idx       INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        hash      BLOB NOT NULL,
+        bytes     BLOB NOT NULL,
+        done      INTEGER NOT NULL DEFAULT 0,
+        receipt   BLOB,
+        PRIMARY KEY (outbox_id, idx)
+    );
+    CREATE TABLE IF NOT EXISTS drafts (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        updated_at INTEGER NOT NULL,
+        draft      TEXT NOT NULL,
+        note       TEXT
+    );
+    ";
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_mail_searchable_and_threaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema', '1'), ('account', 'bob@b.test');
+                 INSERT INTO messages (uid, hash, modseq, flags, folder, size, received_at, version,
+                     attachment_count, source, destination, fetched, verdict, subject, date, cc, body,
+                     attachment_names)
+                 VALUES (1, x'01', 1, 0, 'Inbox', 10, 100, 1, 1, 'alice@a.test', 'bob@b.test', 1,
+                     'verified', 'Plans', '2026-11-26T02:00:00Z', '[\"carol@c.test\"]',
+                     'the zebra crossing', '[\"map.png\"]'),
+                        (2, x'02', 2, 0, 'Inbox', 10, 101, 1, 0, 'carol@c.test', 'bob@b.test', 1,
+                     'verified', 'Re: plans', '2026-11-26T03:00:00Z', '[]', 'agreed', '[]'),
+                        (3, x'03', 3, 0, 'Inbox', 10, 102, 1, 0, 'dan@d.test', NULL, 0,
+                     NULL, NULL, NULL, NULL, NULL, NULL);",
+            )
+            .unwrap();
+        }
+        let s = LocalStore::open(&path, "bob@b.test").unwrap();
+        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("2"));
+        let q = |text: &str| {
+            s.search(&crate::search::Query::parse(text).unwrap(), 0)
+                .unwrap()
+                .iter()
+                .map(|m| m.uid)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q("zebra"), [1]);
+        assert_eq!(q("map.png"), [1]);
+        assert_eq!(q("to:carol"), [1]);
+        assert_eq!(q("from:carol"), [2]);
+        assert_eq!(q("date:2026-11-26"), [2, 1]);
+        // Version 1 threads by subject, as before.
+        let t: Vec<u64> = s.thread(2).unwrap().iter().map(|m| m.uid).collect();
+        assert_eq!(t, [1, 2]);
+        assert_eq!(s.message(1).unwrap().unwrap().content_version, Some(1));
+        // The unfetched one is indexed once it is fetched.
+        s.store_fetched(
+            3,
+            b"",
+            &Opened {
+                verdict: "verified".into(),
+                subject: Some("News".into()),
+                body: Some("more zebras".into()),
+                content_version: Some(2),
+                message_id: Some("z@d.test".into()),
+                ..Opened::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(q("zebra"), [1]);
+        // Newest first by date: message 3 has none, so its arrival counts.
+        assert_eq!(q("zebra*"), [1, 3]);
+        drop(s);
+        // Opening again changes nothing.
+        let s = LocalStore::open(&path, "bob@b.test").unwrap();
+        assert_eq!(
+            s.search(&crate::search::Query::parse("zebras").unwrap(), 0)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_index_follows_changes_removals_and_resets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LocalStore::open(&dir.path().join(STORE_FILE), "bob@b.test").unwrap();
+        let opened = |subject: &str, body: &str, id: &str, refs: &[&str]| Opened {
+            verdict: "verified".into(),
+            subject: Some(subject.into()),
+            body: Some(body.into()),
+            content_version: Some(2),
+            message_id: Some(id.into()),
+            references: refs.iter().map(|r| (*r).to_owned()).collect(),
+            to: vec!["Bob <bob@b.test>".into()],
+            from_name: Some("Alice A".into()),
+            ..Opened::default()
+        };
+        for uid in 1..=3 {
+            s.upsert_summary(&summary(uid, uid as u8)).unwrap();
+        }
+        s.store_fetched(1, b"", &opened("Plans", "apples", "r@a", &[]))
+            .unwrap();
+        s.store_fetched(2, b"", &opened("Re: Plans", "pears", "s@b", &["r@a"]))
+            .unwrap();
+        s.store_fetched(3, b"", &opened("Other", "apples again", "t@a", &[]))
+            .unwrap();
+        let q = |s: &LocalStore, text: &str| {
+            s.search(&crate::search::Query::parse(text).unwrap(), 0)
+                .unwrap()
+                .iter()
+                .map(|m| m.uid)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q(&s, "apples"), [3, 1]);
+        assert_eq!(q(&s, "from:\"Alice A\""), [3, 2, 1]);
+        assert_eq!(q(&s, "to:bob@b.test pears"), [2]);
+        // Threads: 1 and 2 are one, 3 its own; the inbox groups them.
+        let th: Vec<(u64, u64)> = s
+            .threads("Inbox", 0, 0)
+            .unwrap()
+            .iter()
+            .map(|t| (t.newest.uid, t.count))
+            .collect();
+        assert_eq!(th, [(3, 1), (2, 2)]);
+        assert_eq!(s.thread_count("Inbox").unwrap(), 2);
+        // Moves are local at once and remembered until pushed.
+        assert!(s.set_folder(3, "Archive").unwrap());
+        assert_eq!(s.pending_moves().unwrap(), [(3, "Archive".to_owned())]);
+        let mut from_server = summary(3, 3);
+        from_server.modseq = 9;
+        s.upsert_summary(&from_server).unwrap();
+        assert_eq!(
+            s.message(3).unwrap().unwrap().folder,
+            "Archive",
+            "the local move wins"
+        );
+        assert_eq!(q(&s, "apples folder:Archive"), [3]);
+        // A removed message leaves the index.
+        s.remove(3).unwrap();
+        assert_eq!(q(&s, "apples"), [1]);
+        // A message fetched again is indexed once.
+        s.store_fetched(1, b"", &opened("Plans", "bananas", "r@a", &[]))
+            .unwrap();
+        assert!(q(&s, "apples").is_empty());
+        assert_eq!(q(&s, "bananas"), [1]);
+        s.transaction(|s| s.reset_mail()).unwrap();
+        assert!(q(&s, "bananas").is_empty());
+        s.db(s
+            .conn
+            .execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check');"))
+            .unwrap();
     }
 
     #[test]

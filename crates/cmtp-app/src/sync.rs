@@ -19,9 +19,9 @@
 
 use std::collections::HashMap;
 
+use cmtp_client::clock::now;
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::{Message, Source};
-use cmtp_client::clock::now;
 use cmtp_proto::payload::mailbox::{Change, Folder, MAX_PAGE};
 
 use crate::failure::{Error, Result};
@@ -183,8 +183,8 @@ pub async fn push_moves(session: &mut Session, store: &mut LocalStore) -> Result
         groups.entry(folder.as_str()).or_default().push(*uid);
     }
     for (folder, ids) in groups {
-        let f = Folder::parse(folder)
-            .map_err(|e| Error::Invalid(format!("folder {folder:?}: {e}")))?;
+        let f =
+            Folder::parse(folder).map_err(|e| Error::Invalid(format!("folder {folder:?}: {e}")))?;
         session.move_to(&ids, &f).await?;
         for id in ids {
             store.clear_pending_move(id)?;

@@ -280,7 +280,10 @@ pub fn check_message_id(s: &str) -> Result<(), ContentError> {
     if s.is_empty() || s.len() > MAX_FIELD {
         return Err(invalid("message id", "must be 1 to 255 bytes"));
     }
-    if !s.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>') {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+    {
         return Err(invalid(
             "message id",
             "only printable ASCII without spaces, '<' or '>'",
@@ -423,11 +426,7 @@ impl Content {
     pub fn for_recipient(&self, recipient: &Address) -> Content {
         let mut c = self.clone();
         c.bcc.retain(|m| m.address == *recipient);
-        let visible = c
-            .to
-            .iter()
-            .chain(&c.cc)
-            .any(|m| m.address == *recipient);
+        let visible = c.to.iter().chain(&c.cc).any(|m| m.address == *recipient);
         if visible {
             c.bcc.clear();
         }
@@ -772,7 +771,9 @@ fn read_mailboxes(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<Mailbox>
     })?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let account = r.string(MAX_FIELD, "recipient account").map_err(malformed)?;
+        let account = r
+            .string(MAX_FIELD, "recipient account")
+            .map_err(malformed)?;
         let domain = r.string(MAX_FIELD, "recipient domain").map_err(malformed)?;
         let name = r.string(MAX_FIELD, "display name").map_err(malformed)?;
         check_name(name, "display name")?;
@@ -873,13 +874,21 @@ mod tests {
         let inner = c.inner_body().unwrap();
         assert_eq!(inner[0], CONTENT_V2_MARK);
         let m = c
-            .seal(&addr("alice@a.test"), &alice, &addr("bob@b.test"), &bob.public(), &mut rng())
+            .seal(
+                &addr("alice@a.test"),
+                &alice,
+                &addr("bob@b.test"),
+                &bob.public(),
+                &mut rng(),
+            )
             .unwrap();
         let o = open(&m, Some(&bob)).unwrap();
         assert_eq!(o.content, c);
         o.verify_sender(&m, &alice.public()).unwrap();
         // Plaintext (crypto 0) carries the same fields.
-        let p = c.plaintext(&addr("alice@a.test"), &addr("bob@b.test")).unwrap();
+        let p = c
+            .plaintext(&addr("alice@a.test"), &addr("bob@b.test"))
+            .unwrap();
         assert_eq!(open(&p, None).unwrap().content, c);
     }
 
@@ -888,7 +897,13 @@ mod tests {
         let (alice, bob) = keys();
         let c = content_v2();
         let m = c
-            .seal(&addr("alice@a.test"), &alice, &addr("bob@b.test"), &bob.public(), &mut rng())
+            .seal(
+                &addr("alice@a.test"),
+                &alice,
+                &addr("bob@b.test"),
+                &bob.public(),
+                &mut rng(),
+            )
             .unwrap();
         let signed = sealed::open(&bob, &m.body).unwrap().to_vec();
         let sig = &signed[signed.len() - SIGNATURE_LEN..];
@@ -932,7 +947,10 @@ mod tests {
         assert_eq!(eve.bcc, [Mailbox::bare(addr("eve@e.test"))]);
         assert_eq!(eve.to, c.to);
         let two = Content {
-            bcc: vec![Mailbox::bare(addr("eve@e.test")), Mailbox::bare(addr("fay@f.test"))],
+            bcc: vec![
+                Mailbox::bare(addr("eve@e.test")),
+                Mailbox::bare(addr("fay@f.test")),
+            ],
             ..content_v2()
         };
         assert_eq!(
@@ -945,7 +963,13 @@ mod tests {
     fn version_2_fields_are_refused_in_version_1_and_checked_in_version_2() {
         let mut c = content();
         c.message_id = "x@a.test".into();
-        assert!(matches!(c.inner_body(), Err(ContentError::Invalid { what: "message id", .. })));
+        assert!(matches!(
+            c.inner_body(),
+            Err(ContentError::Invalid {
+                what: "message id",
+                ..
+            })
+        ));
         let mut c = content();
         c.attachments[0].media_type = "text/plain".into();
         assert!(c.inner_body().is_err());
@@ -956,7 +980,13 @@ mod tests {
             };
             assert!(c.inner_body().is_err(), "{bad:?}");
         }
-        for bad in ["text", "text/", "/plain", "text/plain; charset=utf-8", "a/b/c"] {
+        for bad in [
+            "text",
+            "text/",
+            "/plain",
+            "text/plain; charset=utf-8",
+            "a/b/c",
+        ] {
             let mut c = content_v2();
             c.attachments[0].media_type = bad.into();
             assert!(c.inner_body().is_err(), "{bad:?}");
@@ -977,7 +1007,13 @@ mod tests {
         let (alice, bob) = keys();
         let seal = |c: &Content, atts: usize| {
             let mut m = c
-                .seal(&addr("alice@a.test"), &alice, &addr("bob@b.test"), &bob.public(), &mut rng())
+                .seal(
+                    &addr("alice@a.test"),
+                    &alice,
+                    &addr("bob@b.test"),
+                    &bob.public(),
+                    &mut rng(),
+                )
                 .unwrap();
             m.attachments.truncate(atts);
             m
@@ -986,7 +1022,13 @@ mod tests {
         let m = seal(&content_v2(), 1);
         assert!(matches!(
             open(&m, Some(&bob)),
-            Err(ContentError::Malformed { error: WireError::Invalid { what: "media types", .. }, .. })
+            Err(ContentError::Malformed {
+                error: WireError::Invalid {
+                    what: "media types",
+                    ..
+                },
+                ..
+            })
         ));
         // A count larger than what follows is refused before allocating.
         let mut body = content_v2().inner_body().unwrap();
@@ -994,7 +1036,10 @@ mod tests {
         body[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(
             parse_inner(&body),
-            Err(ContentError::Malformed { error: WireError::TooLarge { .. }, .. })
+            Err(ContentError::Malformed {
+                error: WireError::TooLarge { .. },
+                ..
+            })
         ));
         // An unknown content version.
         assert_eq!(parse_inner(&[3, 0]), Err(ContentError::ContentVersion(3)));

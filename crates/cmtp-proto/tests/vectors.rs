@@ -760,10 +760,7 @@ fn reply_v2_content() -> Content {
         in_reply_to: "q3-report-1@b.example".into(),
         references: vec!["q3-report-1@b.example".into()],
         to: vec![Mailbox::new("Bob", addr("bob@b.example"))],
-        cc: vec![Mailbox::new(
-            "Carol \"C\" Example",
-            addr("carol@c.example"),
-        )],
+        cc: vec![Mailbox::new("Carol \"C\" Example", addr("carol@c.example"))],
         bcc: vec![Mailbox::bare(addr("dave@d.example"))],
         text: "Thanks, Bob.\n".into(),
         attachments: vec![Attachment::new(
@@ -864,7 +861,10 @@ fn content_hex() {
         .seal(&alice_a, &alice(), &bob_b, &bob().public(), &mut rng())
         .unwrap();
     let o2 = open(&m2, Some(&bob())).unwrap();
-    assert_eq!(o2.sender_signature.unwrap()[..], v.get("sender_signature_v2")[..]);
+    assert_eq!(
+        o2.sender_signature.unwrap()[..],
+        v.get("sender_signature_v2")[..]
+    );
     let md = dave_copy
         .seal(&alice_a, &alice(), &dave_d, &bob().public(), &mut rng())
         .unwrap();

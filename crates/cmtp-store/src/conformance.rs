@@ -2164,7 +2164,10 @@ pub async fn moves_between_folders_are_metadata_with_modseqs<S: Store>(store: S)
         .await
         .unwrap();
     assert_eq!((f.changed, f.modseq), (0, 6));
-    let f = store.move_messages("alice", vec![3], "Trash").await.unwrap();
+    let f = store
+        .move_messages("alice", vec![3], "Trash")
+        .await
+        .unwrap();
     assert_eq!((f.changed, f.modseq), (1, 7));
     let list = store.list_mailbox("alice").await.unwrap();
     let got: Vec<(u64, &str, u32, u64)> = list

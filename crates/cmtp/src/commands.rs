@@ -275,14 +275,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 session.close().await;
             }
             let (report, target) = match (mbox, maildir) {
-                (Some(f), _) => (
-                    cmtp_app::export::mbox(&store, folder.as_deref(), &f)?,
-                    f,
-                ),
-                (None, Some(d)) => (
-                    cmtp_app::export::maildir(&store, folder.as_deref(), &d)?,
-                    d,
-                ),
+                (Some(f), _) => (cmtp_app::export::mbox(&store, folder.as_deref(), &f)?, f),
+                (None, Some(d)) => (cmtp_app::export::maildir(&store, folder.as_deref(), &d)?, d),
                 (None, None) => return Err(usage("give --mbox FILE or --maildir DIR")),
             };
             out.exported(&report, &target);
@@ -340,7 +334,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Delete { id, permanently } => {
             let mut store = open_store(&client)?;
             let local = store.message(id)?;
-            if local.is_none() && let Some((session, _)) = sync_online(&client, &mut store, true).await? {
+            if local.is_none()
+                && let Some((session, _)) = sync_online(&client, &mut store, true).await?
+            {
                 session.close().await;
             }
             let in_trash = store.message(id)?.is_some_and(|m| m.folder == "Trash");
@@ -364,9 +360,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 push_changes_soon(&client, &mut store).await;
                 match out.format {
-                    Output::Json => out.json(
-                        &json!({ "deleted": id, "folder": "Trash", "permanently": false }),
-                    ),
+                    Output::Json => {
+                        out.json(&json!({ "deleted": id, "folder": "Trash", "permanently": false }))
+                    }
                     Output::Text => outln!(
                         "moved message {id} to Trash; `cmtp delete {id}` again removes it for good"
                     ),
@@ -478,7 +474,7 @@ async fn fetched(
     store: &mut LocalStore,
     id: u64,
 ) -> anyhow::Result<cmtp_app::store::StoredMessage> {
-    if !store.message(id)?.is_some_and(|m| m.verdict.is_some())
+    if store.message(id)?.is_none_or(|m| m.verdict.is_none())
         && let Some((session, _)) = sync_online(client, store, true).await?
     {
         session.close().await;
@@ -486,10 +482,7 @@ async fn fetched(
     fetched_message(store, id)
 }
 
-fn fetched_message(
-    store: &LocalStore,
-    id: u64,
-) -> anyhow::Result<cmtp_app::store::StoredMessage> {
+fn fetched_message(store: &LocalStore, id: u64) -> anyhow::Result<cmtp_app::store::StoredMessage> {
     store
         .message(id)?
         .filter(|m| m.verdict.is_some())
@@ -627,7 +620,7 @@ async fn cmd_contacts(
             alias,
             name,
         } => {
-            let parsed = cmtp_app::address::parse_resolved(&[address.clone()])
+            let parsed = cmtp_app::address::parse_resolved(std::slice::from_ref(&address))
                 .map_err(|e| usage(e.to_string()))?;
             let [m] = parsed.as_slice() else {
                 return Err(usage(format!("{address:?} is not one address")));

@@ -39,8 +39,8 @@ mod prompt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
 pub(crate) use clap::CommandFactory;
+use clap::{Parser, Subcommand, ValueEnum};
 use cmtp_app::failure::ErrorKind;
 use cmtp_proto::crypto::opaque::KsfParams;
 

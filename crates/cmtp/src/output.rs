@@ -11,10 +11,10 @@ use cmtp_app::mailbox::{Verdict, sender, stored_verdict};
 use cmtp_app::send::{Flushed, Outcome};
 use cmtp_app::session::{AccountInfo, Client, VerifiedKey};
 use cmtp_app::store::{Draft, OutboxEntry, StoredMessage, ThreadSummary};
-use cmtp_proto::crypto::PublicKey;
-use cmtp_proto::crypto::safety::grouped;
 use cmtp_client::clock::rfc3339;
 use cmtp_proto::content::Attachment;
+use cmtp_proto::crypto::PublicKey;
+use cmtp_proto::crypto::safety::grouped;
 use cmtp_proto::names::Address;
 use cmtp_proto::payload::mailbox::{SEEN, flag_names};
 use serde_json::{Value, json};
@@ -394,7 +394,10 @@ impl Printer {
                         ]
                     })
                     .collect();
-                table(&["ID", "FROM", "SUBJECT", "DATE", "FOLDER", "SIGNATURE"], &rows);
+                table(
+                    &["ID", "FROM", "SUBJECT", "DATE", "FOLDER", "SIGNATURE"],
+                    &rows,
+                );
                 outln!("{} found", found.len());
             }
         }

@@ -149,7 +149,9 @@ pub(crate) async fn wizard(client: &mut Client, out: &Printer) -> anyhow::Result
             .allow_empty(true)
             .validate_with(|s: &String| {
                 let s = s.trim();
-                if s.is_empty() || s.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_ok())
+                if s.is_empty()
+                    || s.rsplit_once(':')
+                        .is_none_or(|(_, p)| p.parse::<u16>().is_ok())
                 {
                     Ok(())
                 } else {

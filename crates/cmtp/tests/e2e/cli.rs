@@ -14,12 +14,16 @@ fn json_errors_are_json_with_the_exit_code() {
     // An error of the program: not set up (exit 2).
     let r = home.cmd(&["-o", "json", "inbox"]);
     assert_eq!(r.code, 2);
-    let v: Value = serde_json::from_str(r.stderr.trim()).unwrap_or_else(|e| {
-        panic!("stderr is not one JSON document ({e}): {}", r.stderr)
-    });
+    let v: Value = serde_json::from_str(r.stderr.trim())
+        .unwrap_or_else(|e| panic!("stderr is not one JSON document ({e}): {}", r.stderr));
     assert_eq!(v["error"]["exit_code"], 2);
     assert_eq!(v["error"]["kind"], "usage");
-    assert!(v["error"]["message"].as_str().unwrap().contains("cmtp register"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cmtp register")
+    );
     assert!(r.stdout.is_empty());
     // An error of the arguments, found by the parser.
     for args in [
@@ -62,7 +66,10 @@ fn help_hides_test_only_flags_and_completions_and_man_pages_are_generated() {
         assert!(!out.contains("min-ksf"), "{args:?} shows --min-ksf:\n{out}");
     }
     let send = home.cmd(&["send", "--help"]).ok().to_owned();
-    assert!(send.contains("--bcc") && send.contains("[RECIPIENT]"), "{send}");
+    assert!(
+        send.contains("--bcc") && send.contains("[RECIPIENT]"),
+        "{send}"
+    );
     // The flag still works (tests use it).
     home.cmd(&["--min-ksf", "256,1,1", "--help"]).ok();
 
@@ -80,13 +87,14 @@ fn help_hides_test_only_flags_and_completions_and_man_pages_are_generated() {
     std::fs::write(&script, home.cmd(&["completions", "bash"]).stdout).unwrap();
     let st = std::process::Command::new("bash")
         .arg("-c")
-        .arg(format!(
-            "source {} && complete -p cmtp",
-            script.display()
-        ))
+        .arg(format!("source {} && complete -p cmtp", script.display()))
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 
     let man = tmp.path().join("man");
     let out = home.cmd(&["man", man.to_str().unwrap()]).ok().to_owned();
@@ -97,7 +105,11 @@ fn help_hides_test_only_flags_and_completions_and_man_pages_are_generated() {
     let search = std::fs::read_to_string(man.join("cmtp-search.1")).unwrap();
     assert!(search.contains("from:"), "{search}");
     // man(1) renders it, where installed.
-    if std::process::Command::new("man").arg("--version").output().is_ok() {
+    if std::process::Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         let r = std::process::Command::new("man")
             .arg("-l")
             .arg(man.join("cmtp-reply.1"))

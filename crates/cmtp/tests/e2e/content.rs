@@ -97,7 +97,12 @@ fn reply_all_reaches_everyone_with_the_right_lists_and_a_bcc_recipient_stays_inv
     let to = ["Bob Example <bob@a.test>"];
     let cc = ["carol@a.test", "\"Erin, the E\" <erin@a.test>"];
     let mut message_id = String::new();
-    for (home, who) in [(&bob, "bob"), (&carol, "carol"), (&erin, "erin"), (&dave, "dave")] {
+    for (home, who) in [
+        (&bob, "bob"),
+        (&carol, "carol"),
+        (&erin, "erin"),
+        (&dave, "dave"),
+    ] {
         let m = read_subject(home, "Plans");
         assert_eq!(m["status"], "verified", "{who}: {m}");
         assert_eq!(m["from_name"], "Alice Example");
@@ -142,7 +147,11 @@ fn reply_all_reaches_everyone_with_the_right_lists_and_a_bcc_recipient_stays_inv
             ["Alice Example <alice@a.test>", "Bob Example <bob@a.test>"],
             "{who}"
         );
-        assert_eq!(strings(&r["cc"]), ["\"Erin, the E\" <erin@a.test>"], "{who}");
+        assert_eq!(
+            strings(&r["cc"]),
+            ["\"Erin, the E\" <erin@a.test>"],
+            "{who}"
+        );
         assert!(strings(&r["bcc"]).is_empty());
         assert_eq!(r["in_reply_to"], message_id.as_str());
         assert_eq!(strings(&r["references"]), [message_id.clone()]);
@@ -327,7 +336,10 @@ fn search_finds_words_in_bodies_and_attachment_names_and_filters_by_sender_and_d
     // Not FTS5 syntax: what is typed is what is searched.
     assert!(search(&["NEAR(unicorn", "zoo)"]).is_empty());
     let table = bob.cmd(&["search", "unicorn"]).ok().to_owned();
-    assert!(table.contains("Zoo trip") && table.contains("2 found"), "{table}");
+    assert!(
+        table.contains("Zoo trip") && table.contains("2 found"),
+        "{table}"
+    );
     bob.cmd(&["search", "after:someday"]).fails(2, "YYYY-MM-DD");
     drop(server);
 }
@@ -401,7 +413,10 @@ fn version_1_messages_from_before_this_change_still_read_and_verify() {
     let id = list[0]["id"].as_u64().unwrap().to_string();
     let r = bob.cmd(&["read", &id]);
     let out = r.ok();
-    assert!(out.contains("Signature: signed by alice@a.test, verified"), "{out}");
+    assert!(
+        out.contains("Signature: signed by alice@a.test, verified"),
+        "{out}"
+    );
     assert!(out.contains("Cc:        carol@a.test"), "{out}");
     assert!(out.contains("old message 1"), "{out}");
     let v = bob.cmd(&["-o", "json", "read", &id]).json();
@@ -430,7 +445,14 @@ fn folders_move_archive_and_trash_sync_between_devices() {
     let phone = Home::new(base.join("bob-phone"));
     let pw = crate::support::password_file(base, "bob", "bob's password");
     phone
-        .cmd(&["--server", &addr, "login", "bob@a.test", "--password-file", &pw])
+        .cmd(&[
+            "--server",
+            &addr,
+            "login",
+            "bob@a.test",
+            "--password-file",
+            &pw,
+        ])
         .ok();
     for s in ["one", "two", "three"] {
         alice.run(&["send", "bob@a.test", "-s", s], b"x").ok();
@@ -468,7 +490,10 @@ fn folders_move_archive_and_trash_sync_between_devices() {
         .iter()
         .map(|f| f["folder"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Inbox", "Sent", "Drafts", "Archive", "Trash", "Projects"]);
+    assert_eq!(
+        names,
+        ["Inbox", "Sent", "Drafts", "Archive", "Trash", "Projects"]
+    );
     // Deleting from Trash removes it for good, on both devices.
     phone.cmd(&["delete", &id("three")]).ok();
     assert!(folder(&bob, "Trash").is_empty());
@@ -505,9 +530,15 @@ fn contacts_aliases_safety_numbers_and_a_changed_key_shown_loudly() {
     let number = a["safety_number"].as_str().unwrap().to_owned();
     assert_eq!(number.len(), 60);
     assert_eq!(b["safety_number"], number.as_str());
-    let text = alice.cmd(&["verify", "bob@a.test", "--yes"]).ok().to_owned();
+    let text = alice
+        .cmd(&["verify", "bob@a.test", "--yes"])
+        .ok()
+        .to_owned();
     assert!(text.contains(&number[..5]), "{text}");
-    assert_eq!(alice.cmd(&["-o", "json", "contacts"]).json()[0]["verified"], true);
+    assert_eq!(
+        alice.cmd(&["-o", "json", "contacts"]).json()[0]["verified"],
+        true
+    );
     // Without a terminal and without --yes nothing is marked.
     let carol = register(base, &server, "carol", "a.test", &addr);
     let r = carol.cmd(&["verify", "alice@a.test"]);
@@ -536,13 +567,21 @@ fn contacts_aliases_safety_numbers_and_a_changed_key_shown_loudly() {
     assert_eq!(c["previous_fingerprint"], bob_fp);
     let r = alice.cmd(&["contacts"]);
     assert!(r.ok().contains("KEY CHANGED!"));
-    assert!(r.stderr.contains("WARNING: the key of bob@a.test CHANGED"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("WARNING: the key of bob@a.test CHANGED"),
+        "{}",
+        r.stderr
+    );
     let r = alice.cmd(&["inbox"]);
     assert!(r.stderr.contains("CHANGED"), "{}", r.stderr);
     // A new safety number; verifying it settles the change.
     let again = alice.cmd(&["-o", "json", "verify", "bob", "--yes"]).json();
     assert_ne!(again["safety_number"], number.as_str());
-    assert_eq!(again["safety_number"].as_str().unwrap()[..30], number[..30], "alice's half stays");
+    assert_eq!(
+        again["safety_number"].as_str().unwrap()[..30],
+        number[..30],
+        "alice's half stays"
+    );
     let r = alice.cmd(&["inbox"]);
     assert!(!r.stderr.contains("CHANGED"), "{}", r.stderr);
     drop(server);
@@ -667,7 +706,8 @@ fn export_mbox_and_maildir_parse_with_pythons_mailbox_module() {
         .fails(1, "bob.mbox");
 
     let maildir = base.join("Maildir");
-    bob.cmd(&["export", "--maildir", maildir.to_str().unwrap()]).ok();
+    bob.cmd(&["export", "--maildir", maildir.to_str().unwrap()])
+        .ok();
     let parsed = python_read("maildir", &maildir);
     let inbox: Vec<&str> = parsed["inbox"]
         .as_array()
@@ -704,7 +744,11 @@ fn inbox_json_into_a_closed_pipe_exits_quietly() {
     fill_for_pipe(&server, &alice, &bob, 150);
     let server = Server::start(base, "a.test", port, &[]);
     let full = bob.cmd(&["-o", "json", "inbox", "--limit", "0"]);
-    assert!(full.stdout.len() > 128 * 1024, "{} bytes", full.stdout.len());
+    assert!(
+        full.stdout.len() > 128 * 1024,
+        "{} bytes",
+        full.stdout.len()
+    );
     // The issue's own command line, ten times.
     let cmtp = env!("CARGO_BIN_EXE_cmtp");
     for _ in 0..10 {
@@ -740,6 +784,10 @@ fn inbox_json_into_a_closed_pipe_exits_quietly() {
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(server);
 }
