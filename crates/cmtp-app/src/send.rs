@@ -228,7 +228,8 @@ pub async fn seal(
             detail: String::new(),
         });
     }
-    let content = content(draft, &new_message_id(&from.domain), entry.created_at)?;
+    let mut content = content(draft, &new_message_id(&from.domain), entry.created_at)?;
+    let all_bcc = content.bcc.clone();
     // Every key first: nothing is sealed if one of them is wrong.
     let mut keys: Vec<(Address, Option<PublicKey>)> = Vec::with_capacity(all.len());
     let mut changes = Vec::new();
@@ -254,16 +255,17 @@ pub async fn seal(
         .chain(std::iter::once((first, sent_key, "sent")))
         .enumerate()
     {
-        // Each recipient's copy names Bcc recipients as §8.1 says; the
-        // Sent copy names them all.
-        let copy = if kind == "sent" {
-            content.clone()
-        } else {
-            content.for_recipient(&recipient)
-        };
+        // Each recipient's copy names Bcc recipients as §8.1 says
+        // ([`Content::bcc_for`]); the Sent copy names them all. Only
+        // the Bcc list changes between copies, so it is swapped in place
+        // rather than the content (and its attachments) cloned.
+        content.bcc = all_bcc.clone();
+        if kind != "sent" {
+            content.bcc = content.bcc_for(&recipient);
+        }
         let message = match key {
-            Some(k) => copy.seal(&from, &identity, &recipient, &k, &mut OsRng),
-            None => copy.plaintext(&from, &recipient),
+            Some(k) => content.seal(&from, &identity, &recipient, &k, &mut OsRng),
+            None => content.plaintext(&from, &recipient),
         }
         .map_err(|e| Error::Invalid(e.to_string()))?;
         let bytes = message.to_bytes();

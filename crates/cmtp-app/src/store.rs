@@ -1021,26 +1021,46 @@ impl LocalStore {
 
     /// The threads of `folder`, newest first (by their newest message in
     /// the folder), `limit` of them after skipping `offset` (`limit` 0:
-    /// all).
+    /// all). The folder's messages are read newest first only until the
+    /// page is full, and each thread is counted on the `(folder,
+    /// thread_id)` index, so a page costs O(page), not O(folder).
     pub fn threads(&self, folder: &str, offset: u64, limit: u64) -> Result<Vec<ThreadSummary>> {
-        let limit = if limit == 0 { i64::MAX } else { i(limit) };
-        let groups: Vec<(i64, i64, i64)> = {
-            let mut st = self.db(self.conn.prepare_cached(
-                "SELECT MAX(uid), COUNT(*), SUM(CASE WHEN flags & 1 = 0 THEN 1 ELSE 0 END)
-                 FROM messages WHERE folder = ?1 GROUP BY thread_id
-                 ORDER BY MAX(uid) DESC LIMIT ?2 OFFSET ?3",
-            ))?;
-            let rows = self.db(st.query_map(params![folder, limit, i(offset)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            }))?;
-            self.db(rows.collect())?
+        let want = if limit == 0 {
+            u64::MAX
+        } else {
+            offset.saturating_add(limit)
         };
-        let mut out = Vec::with_capacity(groups.len());
-        for (newest, count, unread) in groups {
+        let mut order: Vec<(i64, String)> = Vec::new();
+        {
+            let mut seen = std::collections::HashSet::new();
+            let mut st = self.db(self.conn.prepare_cached(
+                "SELECT uid, thread_id FROM messages WHERE folder = ?1 ORDER BY uid DESC",
+            ))?;
+            let mut rows = self.db(st.query([folder]))?;
+            while (order.len() as u64) < want {
+                let Some(row) = self.db(rows.next())? else {
+                    break;
+                };
+                let uid: i64 = self.db(row.get(0))?;
+                let thread: Option<String> = self.db(row.get(1))?;
+                let thread = thread.unwrap_or_else(|| format!("uid:{uid}"));
+                if seen.insert(thread.clone()) {
+                    order.push((uid, thread));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut count = self.db(self.conn.prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN flags & 1 = 0 THEN 1 ELSE 0 END), 0)
+             FROM messages WHERE folder = ?1 AND thread_id = ?2",
+        ))?;
+        for (newest, thread) in order.into_iter().skip(offset as usize) {
+            let (n, unread): (i64, i64) =
+                self.db(count.query_row(params![folder, thread], |r| Ok((r.get(0)?, r.get(1)?))))?;
             if let Some(m) = self.message(u(newest))? {
                 out.push(ThreadSummary {
                     newest: m,
-                    count: u(count),
+                    count: u(n).max(1),
                     unread: u(unread),
                 });
             }

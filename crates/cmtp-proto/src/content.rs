@@ -424,13 +424,30 @@ impl Content {
     /// Bcc, every other recipient's copy lists none (PROTOCOL.md §8.1). The
     /// sender's own copy keeps the whole list (use `self` for it).
     pub fn for_recipient(&self, recipient: &Address) -> Content {
-        let mut c = self.clone();
-        c.bcc.retain(|m| m.address == *recipient);
-        let visible = c.to.iter().chain(&c.cc).any(|m| m.address == *recipient);
-        if visible {
-            c.bcc.clear();
+        Content {
+            bcc: self.bcc_for(recipient),
+            ..self.clone()
         }
-        c
+    }
+
+    /// The Bcc list of `recipient`'s copy (see
+    /// [`for_recipient`](Self::for_recipient)): that recipient alone if
+    /// they are a Bcc recipient and not also a To or Cc recipient, else
+    /// none.
+    pub fn bcc_for(&self, recipient: &Address) -> Vec<Mailbox> {
+        let visible = self
+            .to
+            .iter()
+            .chain(&self.cc)
+            .any(|m| m.address == *recipient);
+        if visible {
+            return Vec::new();
+        }
+        self.bcc
+            .iter()
+            .filter(|m| m.address == *recipient)
+            .cloned()
+            .collect()
     }
 
     fn attachment_plaintexts(&self) -> Vec<Vec<u8>> {

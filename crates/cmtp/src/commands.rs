@@ -948,7 +948,7 @@ async fn cmd_inbox(
         out.inbox(&messages, total, unread);
     } else {
         let threads = store.threads(folder, offset, limit)?;
-        out.threads(&threads, store.thread_count(folder)?, total, unread);
+        out.threads(&threads, total, unread);
     }
     Ok(exit::OK)
 }

@@ -101,6 +101,16 @@ unless --server or `server` in config.toml names it. Server keys are pinned on
 first use (like SSH); a key that changes without a signed rotation statement is
 refused.
 
+Writing: `cmtp send bob@b.example`, `\"Bob <bob@b.example>, carol@c.example\"`,
+a contact's alias, --cc, --bcc (a Bcc recipient's copy names only them; no
+other copy names them). `reply`, `reply-all` and `forward` quote, thread and
+keep attachments. Reading: `inbox` shows one line per thread, `thread ID` the
+conversation, `search` finds words and from:/to:/subject:/after:/before:/date:
+offline. Folders: `archive`, `move`, `delete` (to Trash, then for good),
+`folders`. Contacts: `contacts`, and `verify ADDRESS` to compare the safety
+number with that person; a contact's key that changes later is shown loudly.
+`export --mbox FILE | --maildir DIR` writes standard RFC 5322 mail.
+
 Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   config.toml     address = \"you@your.domain\"
                   name = \"Your Name\"               (optional; shown to recipients)

@@ -329,7 +329,7 @@ impl Printer {
         }
     }
 
-    pub(crate) fn threads(&self, threads: &[ThreadSummary], count: u64, total: u64, unread: u64) {
+    pub(crate) fn threads(&self, threads: &[ThreadSummary], total: u64, unread: u64) {
         if threads.is_empty() {
             outln!("no messages");
             return;
@@ -366,7 +366,7 @@ impl Printer {
         let head = ["ID", "FROM", "SUBJECT [MESSAGES]", "DATE", "", "SIGNATURE"];
         table(&head, &rows);
         outln!(
-            "{} of {count} threads ({total} messages, {unread} unread; * = unread; `cmtp thread ID` shows one)",
+            "{} threads of {total} messages, {unread} unread (* = unread; `cmtp thread ID` shows one)",
             threads.len()
         );
     }
