@@ -78,8 +78,8 @@ TAGS = {
     "domain-signature": b"CMTP-v1 domain-signature\0",
     "sender-signature": b"CMTP-v1 sender-signature\0",
     "xzibit": b"CMTP-v1 xzibit\0",
-    "register": b"CMTP-v1 register\0",
-    "key-login": b"CMTP-v1 key-login\0",
+    "register": b"CMTP-v2 register\0",
+    "key-login": b"CMTP-v2 key-login\0",
 }
 
 
@@ -113,6 +113,10 @@ BOB = Key(0x03, "bob@b.example's identity key")
 SERVER_A_OLD1 = Key(0x04, "a.example's first server key (rotated out)")
 SERVER_A_OLD2 = Key(0x05, "a.example's second server key (rotated out)")
 SERVER_B = Key(0x06, "b.example's server")
+
+# The channel binding (TLS exporter value, §4.4) of the connection the
+# login vectors are made for.
+CHANNEL_BINDING = bytes(range(32))
 
 # Fixed times
 T0 = 1795658400  # 2026-11-26T02:00:00Z
@@ -222,15 +226,15 @@ def gen_commands(extra):
         command("LOGINFINISH", [], b"\x22" * 64),
         "LOGINFINISH, blob = KE3 of 64 bytes 0x22",
     )
-    # §12.4 KEYLOGIN: the signature over nonce | account@domain NUL.
-    keylogin_nonce = bytes(range(32))
-    keylogin_data = keylogin_nonce + b"alice@a.example\0"
+    # §12.4 KEYLOGIN: the signature over the connection's channel binding
+    # (the TLS exporter value, §4.4) | account@domain NUL.
+    keylogin_data = CHANNEL_BINDING + b"alice@a.example\0"
     keylogin_sig = ALICE.sign("key-login", keylogin_data)
     f.add(
         "keylogin_signed_data",
         keylogin_data,
-        "KEYLOGIN signed data (§12.4): nonce 00 01 .. 1f | alice@a.example NUL",
-        "(signed after the tag `CMTP-v1 key-login\\0` by alice's identity key, seed 32×0x02)",
+        "KEYLOGIN signed data (§12.4): channel binding 00 01 .. 1f | alice@a.example NUL",
+        "(signed after the tag `CMTP-v2 key-login\\0` by alice's identity key, seed 32×0x02)",
     )
     f.add(
         "keylogin",
@@ -504,23 +508,34 @@ def gen_banner():
     f = File("banner.hex", "banner lines and SMTP refusals (PROTOCOL.md §4.1, §16)")
     f.add(
         "ready",
-        b"554 a.example CMTP/1 cmtpd 0.1.0 ready; this is not an SMTP server\r\n",
+        b"554 a.example CMTP/2 cmtpd 0.1.0 ready; TLS 1.3 follows; this is not an SMTP server\r\n",
         "Ready banner of domain a.example, software `cmtpd 0.1.0`",
     )
     f.add(
         "busy",
-        b"421 a.example CMTP/1 too many connections\r\n",
+        b"421 a.example CMTP/2 too many connections\r\n",
         "Busy banner of domain a.example, reason `too many connections`",
     )
     f.add(
         "smtp_refusal",
-        b"554 5.5.0 a.example this is a CMTP server (CMTP/1), SMTP is not spoken here\r\n",
+        b"554 5.5.0 a.example this is a CMTP server (CMTP/2), SMTP is not spoken here\r\n",
         "What a.example's server answers to an SMTP command (e.g. EHLO) before closing",
     )
     f.add(
         "smtp_refusal_quit",
         b"221 2.0.0 a.example closing: this is a CMTP server\r\n",
         "What a.example's server answers to SMTP QUIT before closing",
+    )
+    f.add(
+        "clear_refusal",
+        b"554 5.7.0 a.example CMTP/2: TLS 1.3 is required; nothing is spoken in clear here (CMTP/1 is not supported)\r\n",
+        "What a.example's server answers to a client that does not start TLS",
+        "(a CMTP/1 client's `OHAI\\0`) before closing (§4.1)",
+    )
+    f.add(
+        "cmtp1_ready",
+        b"554 a.example CMTP/1 cmtpd 0.1.0 ready; this is not an SMTP server\r\n",
+        "Decode only: the banner of a CMTP/1 server, which a CMTP/2 client refuses",
     )
     f.add(
         "smtp_greeting",
@@ -1003,7 +1018,7 @@ def xzibit(export_key, address, seed, created_at, nonce):
 def greeting_text():
     return (
         "domain: a.example\n"
-        "protocol: CMTP/1\n"
+        "protocol: CMTP/2\n"
         "software: cmtpd 0.1.0\n"
         "crypto: 1\n"
         "extensions: REGISTER LOGIN-OPAQUE MAILBOX RELAY\n"
@@ -1068,15 +1083,22 @@ def gen_payload(msgs):
     record = b"\xab" * 192
     k = ksf(*KSF_RECOMMENDED)
     proof = ALICE.sign(
-        "register", string("alice@a.example") + ALICE.pub + H(record) + k + H(x)
+        "register",
+        CHANNEL_BINDING + string("alice@a.example") + ALICE.pub + H(record) + k + H(x),
     )
     out["registration_bundle"] = f.add(
         "registration_bundle",
         record + k + ALICE.pub + blob(x) + proof,
         "REGFINISH payload (§12.2) for alice@a.example: record 192x0xab | ksf",
         "65536/3/4 | alice's public key (seed 32x0x02) | u32 len | xzibit (above) |",
-        "proof by alice over `CMTP-v1 register\\0` | `alice@a.example\\0` | key |",
-        "H(record) | ksf | H(xzibit)",
+        "proof by alice over `CMTP-v2 register\\0` | channel binding 00 01 .. 1f |",
+        "`alice@a.example\\0` | key | H(record) | ksf | H(xzibit)",
+    )
+    f.add(
+        "opaque_login_context",
+        b"CMTP-v2 OPAQUE\0" + CHANNEL_BINDING,
+        "The OPAQUE login context (§12.1) on a connection whose channel binding is",
+        "00 01 .. 1f: `CMTP-v2 OPAQUE\\0` | channel binding",
     )
     e1 = (
         u64(1)

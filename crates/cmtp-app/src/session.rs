@@ -368,8 +368,18 @@ impl Client {
             .and_then(|body| decode(RegistrationOffer::decode(body), "registration offer"))?;
         let identity = IdentityKey::generate(&mut OsRng);
         let ksf = stronger(self.ksf_floor(), offer.floor);
+        let binding = s.conn.channel_binding();
         let bundle = reg
-            .finish(password, &offer, address, &identity, ksf, now(), &mut OsRng)
+            .finish(
+                password,
+                &offer,
+                address,
+                &identity,
+                ksf,
+                now(),
+                &binding,
+                &mut OsRng,
+            )
             .map_err(account_error)?;
         let statement = s
             .upload_bundle(
@@ -431,7 +441,8 @@ impl Client {
         let address = self.address()?;
         let identity = self.identity()?;
         let mut s = self.connect(&address.domain).await?;
-        let signature = account::key_login_signature(&identity, &s.greeting.nonce, &address);
+        let signature =
+            account::key_login_signature(&identity, &s.conn.channel_binding(), &address);
         let reply = s
             .command(&Command::KeyLogin {
                 user: address.account.clone(),
@@ -489,6 +500,7 @@ impl Client {
         let offer = expect_success(&reply, "PASSWORD")
             .and_then(|body| decode(RegistrationOffer::decode(body), "registration offer"))?;
         let ksf = stronger(self.ksf_floor(), offer.floor);
+        let binding = session.conn.channel_binding();
         let bundle = reg
             .finish(
                 password,
@@ -497,6 +509,7 @@ impl Client {
                 &identity,
                 ksf,
                 now(),
+                &binding,
                 &mut OsRng,
             )
             .map_err(account_error)?;
@@ -682,7 +695,9 @@ impl Session {
             .await?;
         let challenge = expect_success(&reply, "LOGIN")
             .and_then(|b| decode(LoginChallenge::decode(b), "login challenge"))?;
-        let proof = match login.finish(password, &challenge, address, &floor, &mut OsRng) {
+        let binding = self.conn.channel_binding();
+        let proof = match login.finish(password, &challenge, address, &floor, &binding, &mut OsRng)
+        {
             Ok(p) => p,
             Err(AccountError::WrongPassword) => {
                 // Finish the exchange with a KE3 that cannot verify, so the

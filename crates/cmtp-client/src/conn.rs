@@ -109,6 +109,25 @@ impl Connection {
         self.conn.server_key()
     }
 
+    /// The key the server showed in the TLS handshake.
+    pub fn tls_key(&self) -> Option<PublicKey> {
+        self.conn.tls_key()
+    }
+
+    /// The connection's channel binding (the TLS exporter value) that
+    /// logins bind to (PROTOCOL.md §12).
+    pub fn channel_binding(&self) -> [u8; 32] {
+        *self
+            .conn
+            .channel_binding()
+            .expect("a connection is returned once TLS is established")
+    }
+
+    /// The negotiated key-exchange group.
+    pub fn key_exchange_group(&self) -> Option<cmtp_proto::tls::NamedGroup> {
+        self.conn.key_exchange_group()
+    }
+
     /// Sends what the state machine has to send.
     async fn flush(&mut self) -> Result<(), ClientError> {
         if self.broken {
@@ -219,15 +238,26 @@ impl Connection {
         self.conn.send(cmd, MAX_REPLY_BODY, Instant::now());
         self.flush().await?;
         let mut sent = 0usize;
-        // Write in pieces while watching for an early reply.
-        while sent < message.len() {
-            let piece = &message[sent..(sent + 256 * 1024).min(message.len())];
-            let write = tokio::time::timeout(
-                self.timeout.max(Duration::from_secs(1)) * 4,
-                self.wr.write(piece),
-            );
+        // Write in pieces, each a few TLS records, while watching for an
+        // early reply. A record once begun is always written whole (the TLS
+        // stream must stay intact); the next piece is not begun once the
+        // server has answered.
+        let mut pending: Vec<u8> = Vec::new();
+        let mut written = 0usize;
+        let mut answered = false;
+        loop {
+            if written == pending.len() {
+                if answered || sent == message.len() {
+                    break;
+                }
+                let piece = &message[sent..(sent + 256 * 1024).min(message.len())];
+                pending = self.conn.encrypt_raw(piece);
+                written = 0;
+                sent += piece.len();
+            }
+            let limit = self.timeout.max(Duration::from_secs(1)) * 4;
+            let write = tokio::time::timeout(limit, self.wr.write(&pending[written..]));
             tokio::select! {
-                // `write` is cancel-safe: if the read wins, nothing of this call was sent.
                 r = write => {
                     let n = r
                         .map_err(|_| ClientError::Timeout("sending the message".into()))?
@@ -235,16 +265,16 @@ impl Connection {
                     if n == 0 {
                         return Err(ClientError::Closed("while sending the message".into()));
                     }
-                    sent += n;
+                    written += n;
                     self.conn.note_progress(Instant::now());
-                    progress(sent as u64);
+                    if written == pending.len() {
+                        progress(sent as u64);
+                    }
                 }
-                r = self.rd.readable() => {
+                r = self.rd.readable(), if !answered => {
                     // The server answered before the end: take its reply.
                     r.map_err(|e| ClientError::Io(e.to_string()))?;
-                    if self.read_now()? {
-                        break;
-                    }
+                    answered = self.read_now()?;
                 }
             }
         }
@@ -280,9 +310,10 @@ impl Connection {
                 "after an early refusal of a large message".into(),
             ));
         }
+        let wire = self.conn.encrypt_raw(bytes);
         let mut sent = 0;
-        while sent < bytes.len() {
-            sent += write_timeout(&mut self.wr, &bytes[sent..], self.timeout).await?;
+        while sent < wire.len() {
+            sent += write_timeout(&mut self.wr, &wire[sent..], self.timeout).await?;
             self.conn.note_progress(Instant::now());
         }
         Ok(())

@@ -64,6 +64,7 @@ impl Registration {
         identity: &IdentityKey,
         ksf: KsfParams,
         now: u64,
+        channel_binding: &[u8; 32],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<RegistrationBundle, AccountError> {
         ksf.validate(&offer.floor).map_err(AccountError::WeakKsf)?;
@@ -79,6 +80,7 @@ impl Registration {
         let xzibit = Xzibit::seal(&export_key, &addr, identity, now, rng);
         Ok(RegistrationBundle::new(
             address,
+            channel_binding,
             identity,
             record,
             ksf,
@@ -124,6 +126,7 @@ impl Login {
         challenge: &LoginChallenge,
         address: &Address,
         floor: &KsfParams,
+        channel_binding: &[u8; 32],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<LoginProof, AccountError> {
         challenge
@@ -138,6 +141,7 @@ impl Login {
                 &address.to_string(),
                 address.domain.as_str(),
                 &challenge.ksf,
+                channel_binding,
                 rng,
             )
             .map_err(|e| match e {
@@ -172,29 +176,30 @@ pub fn open_release(
 }
 
 /// The data a device signs to log in with its identity key (KEYLOGIN):
-/// the connection nonce and the address.
-fn key_login_data(nonce: &[u8; 32], address: &Address) -> Vec<u8> {
-    let mut out = nonce.to_vec();
+/// the connection's channel binding and the address.
+fn key_login_data(channel_binding: &[u8; 32], address: &Address) -> Vec<u8> {
+    let mut out = channel_binding.to_vec();
     crate::payload::put_address(&mut out, address);
     out
 }
 
-/// The KEYLOGIN signature of `identity` for this connection's `nonce`.
+/// The KEYLOGIN signature of `identity` for this connection (its channel
+/// binding, PROTOCOL.md §12.4).
 pub fn key_login_signature(
     identity: &IdentityKey,
-    nonce: &[u8; 32],
+    channel_binding: &[u8; 32],
     address: &Address,
 ) -> [u8; 64] {
     identity.sign(
         crate::crypto::SignatureTag::KeyLogin,
-        &[&key_login_data(nonce, address)],
+        &[&key_login_data(channel_binding, address)],
     )
 }
 
 /// Checks a KEYLOGIN signature against the account's identity key.
 pub fn verify_key_login(
     key: &PublicKey,
-    nonce: &[u8; 32],
+    channel_binding: &[u8; 32],
     address: &Address,
     signature: &[u8],
 ) -> Result<(), CryptoError> {
@@ -203,7 +208,7 @@ pub fn verify_key_login(
         .map_err(|_| CryptoError::BadSignature)?;
     key.verify(
         crate::crypto::SignatureTag::KeyLogin,
-        &[&key_login_data(nonce, address)],
+        &[&key_login_data(channel_binding, address)],
         &sig,
     )
 }
@@ -213,6 +218,9 @@ mod tests {
     use super::*;
     use crate::crypto::opaque::{ServerLogin, ServerSetup, server_registration_response};
     use rand::SeedableRng;
+
+    /// The channel binding of the connection in these tests.
+    const CB: [u8; 32] = [0xcb; 32];
 
     #[test]
     fn register_then_login_recovers_the_identity_key() {
@@ -230,9 +238,11 @@ mod tests {
             floor: ksf,
         };
         let bundle = reg
-            .finish(b"pw", &offer, &alice, &identity, ksf, 100, &mut rng)
+            .finish(b"pw", &offer, &alice, &identity, ksf, 100, &CB, &mut rng)
             .unwrap();
-        bundle.verify(&alice).unwrap();
+        bundle.verify(&alice, &CB).unwrap();
+        // The proof is bound to the connection it was made for.
+        assert!(bundle.verify(&alice, &[0xcc; 32]).is_err());
 
         let (login, ke1) = Login::start(b"pw", &mut rng).unwrap();
         let (server_login, ke2) = ServerLogin::start(
@@ -241,6 +251,7 @@ mod tests {
             &ke1,
             "alice@a.test",
             "a.test",
+            &CB,
             &mut rng,
         )
         .unwrap();
@@ -249,7 +260,7 @@ mod tests {
             ke2: ke2.to_vec(),
         };
         let proof = login
-            .finish(b"pw", &challenge, &alice, &ksf, &mut rng)
+            .finish(b"pw", &challenge, &alice, &ksf, &CB, &mut rng)
             .unwrap();
         server_login.finish(&proof.ke3).unwrap();
         let release = XzibitRelease::issue(&server, &alice, bundle.xzibit.clone());
@@ -271,6 +282,7 @@ mod tests {
             &ke1,
             "alice@a.test",
             "a.test",
+            &CB,
             &mut rng,
         )
         .unwrap();
@@ -280,10 +292,36 @@ mod tests {
         };
         assert_eq!(
             login
-                .finish(b"wrong", &challenge, &alice, &ksf, &mut rng)
+                .finish(b"wrong", &challenge, &alice, &ksf, &CB, &mut rng)
                 .unwrap_err(),
             AccountError::WrongPassword
         );
+
+        // The right password on another connection (a login relayed by a
+        // machine in the middle): the client refuses the server's KE2, and
+        // a KE3 made there does not verify here.
+        let (login, ke1) = Login::start(b"pw", &mut rng).unwrap();
+        let (server_login, ke2) = ServerLogin::start(
+            &setup,
+            Some(&bundle.record),
+            &ke1,
+            "alice@a.test",
+            "a.test",
+            &[0xcc; 32],
+            &mut rng,
+        )
+        .unwrap();
+        let challenge = LoginChallenge {
+            ksf,
+            ke2: ke2.to_vec(),
+        };
+        assert_eq!(
+            login
+                .finish(b"pw", &challenge, &alice, &ksf, &CB, &mut rng)
+                .unwrap_err(),
+            AccountError::WrongPassword
+        );
+        assert!(server_login.finish(&[0; 64]).is_err());
     }
 
     #[test]
@@ -323,6 +361,7 @@ mod tests {
                 &IdentityKey::generate(&mut rng),
                 KsfParams::INSECURE_TEST,
                 0,
+                &CB,
                 &mut rng,
             )
             .unwrap_err();
@@ -338,7 +377,8 @@ mod tests {
         let setup = ServerSetup::generate(&mut rng);
         let (login, ke1) = Login::start(b"pw", &mut rng).unwrap();
         let (_, ke2) =
-            ServerLogin::start(&setup, None, &ke1, "alice@a.test", "a.test", &mut rng).unwrap();
+            ServerLogin::start(&setup, None, &ke1, "alice@a.test", "a.test", &CB, &mut rng)
+                .unwrap();
         let challenge = LoginChallenge {
             ksf: KsfParams {
                 m_cost_kib: 4_194_304,
@@ -353,6 +393,7 @@ mod tests {
             &challenge,
             &Address::parse("alice@a.test").unwrap(),
             &KsfParams::INSECURE_TEST,
+            &CB,
             &mut rng,
         ) else {
             panic!("a challenge above the ceiling was accepted");

@@ -1,24 +1,28 @@
 //! The connection banner and SMTP coexistence (PROTOCOL.md §4.1, §16).
 //!
-//! On accepting a connection a CMTP server sends one text line before
-//! anything else:
+//! On accepting a connection a CMTP server sends one text line in clear
+//! before anything else; TLS follows:
 //!
 //! ```text
-//! 554 a.example CMTP/1 cmtpd ready; this is not an SMTP server\r\n
+//! 554 a.example CMTP/2 cmtpd ready; TLS 1.3 follows; this is not an SMTP server\r\n
 //! ```
 //!
 //! An SMTP client reads it as SMTP's "no service here" greeting and fails at
 //! once instead of waiting for a `220`; a CMTP client reads it, checks the
-//! `CMTP/1` token, and knows it reached a CMTP server. A server that cannot
-//! take the connection (too many connections, shutting down) sends `421`
-//! instead and closes. A CMTP client that receives a `220` greeting has
-//! reached an SMTP server.
+//! `CMTP/2` token, and goes on with the TLS handshake it has already begun.
+//! A server that cannot take the connection (too many connections, shutting
+//! down) sends `421` instead and closes. A CMTP client that receives a `220`
+//! greeting has reached an SMTP server; one that sees `CMTP/1` has reached a
+//! server of the first, unencrypted version.
 
 use crate::limits::MAX_BANNER;
 use crate::names::Domain;
 
 /// The protocol token of the banner.
-pub const PROTOCOL_TOKEN: &str = "CMTP/1";
+pub const PROTOCOL_TOKEN: &str = "CMTP/2";
+
+/// The token of the first, unencrypted version of the protocol.
+pub const OLD_PROTOCOL_TOKEN: &str = "CMTP/1";
 
 /// What the first line from a server says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,11 @@ pub enum Banner {
         /// The server's explanation.
         text: String,
     },
+    /// A server of CMTP/1, which speaks in clear.
+    OldProtocol {
+        /// The domain it named.
+        domain: String,
+    },
     /// An SMTP server (a 3-digit reply code without the CMTP token).
     Smtp {
         /// The line it sent.
@@ -49,7 +58,17 @@ pub enum Banner {
 
 /// The banner of a server ready for commands.
 pub fn ready_line(domain: &Domain, software: &str) -> String {
-    format!("554 {domain} {PROTOCOL_TOKEN} {software} ready; this is not an SMTP server\r\n")
+    format!(
+        "554 {domain} {PROTOCOL_TOKEN} {software} ready; TLS 1.3 follows; this is not an SMTP server\r\n"
+    )
+}
+
+/// The refusal a peer gets that does not start TLS (a CMTP/1 client, a
+/// port scanner), before the server closes the connection.
+pub fn clear_refusal(domain: &Domain) -> String {
+    format!(
+        "554 5.7.0 {domain} {PROTOCOL_TOKEN}: TLS 1.3 is required; nothing is spoken in clear here (CMTP/1 is not supported)\r\n"
+    )
 }
 
 /// The banner of a server refusing the connection for now.
@@ -109,6 +128,9 @@ fn classify(line: &str) -> Banner {
             _ => {}
         }
     }
+    if token == OLD_PROTOCOL_TOKEN && matches!(code, "554" | "421") {
+        return Banner::OldProtocol { domain };
+    }
     if looks_like_smtp(line.as_bytes()) {
         Banner::Smtp {
             line: line.to_owned(),
@@ -126,6 +148,20 @@ mod tests {
 
     fn d() -> Domain {
         Domain::parse("a.test").unwrap()
+    }
+
+    #[test]
+    fn a_cmtp1_banner_is_an_old_protocol() {
+        let (b, _) =
+            decode_banner(b"554 a.test CMTP/1 cmtpd ready; this is not an SMTP server\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            b,
+            Banner::OldProtocol {
+                domain: "a.test".into()
+            }
+        );
     }
 
     #[test]

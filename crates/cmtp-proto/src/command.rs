@@ -289,7 +289,7 @@ impl CommandDecodeError {
 /// Recognises an SMTP command line: an SMTP verb (any case) followed by a
 /// space, tab, CR or LF. (A NUL-terminated word is CMTP framing: an unknown
 /// word gets BADCOMMAND like any other.)
-fn smtp_verb(buf: &[u8]) -> Option<&'static str> {
+pub(crate) fn smtp_verb(buf: &[u8]) -> Option<&'static str> {
     SMTP_VERBS.iter().copied().find(|verb| {
         let v = verb.as_bytes();
         buf.len() > v.len()

@@ -45,4 +45,5 @@ pub mod names;
 pub mod payload;
 pub mod reply;
 pub mod statements;
+pub mod tls;
 pub mod wire;

@@ -66,7 +66,7 @@ impl Greeting {
     /// The reply body.
     pub fn to_text(&self) -> String {
         format!(
-            "domain: {}\nprotocol: CMTP/1\nsoftware: {}\ncrypto: 1\nextensions: {}\nkey: {}\nfingerprint: {}\nnonce: {}\nmax-message-size: {}\nmax-attachments: {}\n",
+            "domain: {}\nprotocol: CMTP/2\nsoftware: {}\ncrypto: 1\nextensions: {}\nkey: {}\nfingerprint: {}\nnonce: {}\nmax-message-size: {}\nmax-attachments: {}\n",
             self.domain,
             self.software,
             self.extensions.join(" "),
@@ -362,12 +362,14 @@ impl fmt::Debug for RegistrationBundle {
 impl RegistrationBundle {
     fn proof_data(
         address: &Address,
+        channel_binding: &[u8; 32],
         identity: &PublicKey,
         record: &[u8],
         ksf: &KsfParams,
         xzibit: &[u8],
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(200);
+        let mut out = Vec::with_capacity(232);
+        out.extend_from_slice(channel_binding);
         put_address(&mut out, address);
         out.extend_from_slice(identity.as_bytes());
         out.extend_from_slice(&Sha256::digest(record));
@@ -376,9 +378,11 @@ impl RegistrationBundle {
         out
     }
 
-    /// Builds and signs a bundle with the identity key.
+    /// Builds and signs a bundle with the identity key, for the connection
+    /// with `channel_binding` (PROTOCOL.md §12.2).
     pub fn new(
         address: &Address,
+        channel_binding: &[u8; 32],
         identity: &IdentityKey,
         record: Vec<u8>,
         ksf: KsfParams,
@@ -387,7 +391,14 @@ impl RegistrationBundle {
         let public = identity.public();
         let proof = identity.sign(
             SignatureTag::Register,
-            &[&Self::proof_data(address, &public, &record, &ksf, &xzibit)],
+            &[&Self::proof_data(
+                address,
+                channel_binding,
+                &public,
+                &record,
+                &ksf,
+                &xzibit,
+            )],
         );
         RegistrationBundle {
             record,
@@ -427,12 +438,18 @@ impl RegistrationBundle {
         })
     }
 
-    /// Checks the proof of possession for `address`.
-    pub fn verify(&self, address: &Address) -> Result<(), PayloadError> {
+    /// Checks the proof of possession for `address` on the connection with
+    /// `channel_binding`.
+    pub fn verify(
+        &self,
+        address: &Address,
+        channel_binding: &[u8; 32],
+    ) -> Result<(), PayloadError> {
         self.identity.verify(
             SignatureTag::Register,
             &[&Self::proof_data(
                 address,
+                channel_binding,
                 &self.identity,
                 &self.record,
                 &self.ksf,
@@ -569,17 +586,25 @@ mod tests {
         let alice = Address::parse("alice@a.test").unwrap();
         let b = RegistrationBundle::new(
             &alice,
+            &[0xcb; 32],
             &id,
             vec![1; RECORD_LEN],
             KsfParams::INSECURE_TEST,
             vec![2; 60],
         );
         let back = RegistrationBundle::decode(&b.to_bytes()).unwrap();
-        back.verify(&alice).unwrap();
-        assert!(back.verify(&Address::parse("bob@a.test").unwrap()).is_err());
+        back.verify(&alice, &[0xcb; 32]).unwrap();
+        assert!(
+            back.verify(&alice, &[0xcc; 32]).is_err(),
+            "bound to the connection"
+        );
+        assert!(
+            back.verify(&Address::parse("bob@a.test").unwrap(), &[0xcb; 32])
+                .is_err()
+        );
         let mut swapped = back.clone();
         swapped.xzibit[0] ^= 1;
-        assert!(swapped.verify(&alice).is_err());
+        assert!(swapped.verify(&alice, &[0xcb; 32]).is_err());
     }
 
     #[test]

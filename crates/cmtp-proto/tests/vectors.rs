@@ -249,8 +249,9 @@ fn commands_hex() {
             Command::KeyLogin {
                 user: acc("alice"),
                 signature: {
-                    // §12.4: the signature over the nonce 00..1f and the address.
-                    let nonce: [u8; 32] = std::array::from_fn(|i| i as u8);
+                    // §12.4: the signature over the channel binding 00..1f
+                    // and the address.
+                    let nonce = channel_binding();
                     let alice = Address::parse("alice@a.example").unwrap();
                     let sig = cmtp_proto::account::key_login_signature(&key(0x02), &nonce, &alice);
                     let mut data = nonce.to_vec();
@@ -711,6 +712,14 @@ fn banner_hex() {
     assert!(matches!(decode(&refusal), Banner::Smtp { .. }));
     let quit = v.get("smtp_refusal_quit");
     assert_eq!(smtp_refusal(&d, "QUIT").as_bytes(), quit);
+    let clear = v.get("clear_refusal");
+    assert_eq!(cmtp_proto::banner::clear_refusal(&d).as_bytes(), clear);
+    assert_eq!(
+        decode(&v.get("cmtp1_ready")),
+        Banner::OldProtocol {
+            domain: "a.example".into()
+        }
+    );
     assert_eq!(
         decode(&v.get("smtp_greeting")),
         Banner::Smtp {
@@ -718,6 +727,12 @@ fn banner_hex() {
         }
     );
     v.finish();
+}
+
+/// The channel binding (TLS exporter value) of the connection the login
+/// vectors are made for: bytes 00..1f.
+fn channel_binding() -> [u8; 32] {
+    std::array::from_fn(|i| i as u8)
 }
 
 // ----------------------------------------------------------------- content
@@ -1213,6 +1228,7 @@ fn payload_hex() {
 
     let bundle = RegistrationBundle::new(
         &alice_a,
+        &channel_binding(),
         &alice(),
         vec![0xab; 192],
         KsfParams::RECOMMENDED,
@@ -1222,8 +1238,19 @@ fn payload_hex() {
     assert_eq!(bundle.to_bytes(), bytes);
     let back = RegistrationBundle::decode(&bytes).unwrap();
     assert_eq!(back, bundle, "decode registration_bundle");
-    back.verify(&alice_a).unwrap();
-    assert!(back.verify(&addr("bob@a.example")).is_err());
+    back.verify(&alice_a, &channel_binding()).unwrap();
+    assert!(
+        back.verify(&addr("bob@a.example"), &channel_binding())
+            .is_err()
+    );
+    assert!(
+        back.verify(&alice_a, &[0; 32]).is_err(),
+        "bound to its connection"
+    );
+    assert_eq!(
+        cmtp_proto::crypto::opaque::login_context(&channel_binding()),
+        v.get("opaque_login_context")
+    );
 
     let entries = vec![
         ListingEntry {

@@ -572,7 +572,17 @@ pub async fn add_user(
         response: response.to_vec(),
         floor: cfg.accounts.ksf_floor(),
     };
-    let bundle = reg.finish(password, &offer, &address, &identity, ksf, now(), rng)?;
+    // Made here and stored directly: no connection to bind the proof to.
+    let bundle = reg.finish(
+        password,
+        &offer,
+        &address,
+        &identity,
+        ksf,
+        now(),
+        &[0; 32],
+        rng,
+    )?;
     store
         .create_user(
             NewUser {

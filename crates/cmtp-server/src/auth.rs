@@ -107,6 +107,9 @@ impl Session {
             .and_then(|u| KsfParams::decode(&u.credentials.ksf).ok())
             .unwrap_or_else(|| self.sh.decoys.for_unknown(&user));
         let address = self.address(&user).to_string();
+        let Some(&binding) = self.conn.channel_binding() else {
+            return self.conn.reply(Status::Failure, b"no TLS channel");
+        };
         let started = ServerLogin::start(
             &self.sh.opaque,
             record
@@ -115,6 +118,7 @@ impl Session {
             &ke1,
             &address,
             self.sh.domain.as_str(),
+            &binding,
             &mut rand_core::OsRng,
         );
         let (login, ke2) = match started {
@@ -191,7 +195,13 @@ impl Session {
         let address = self.address(&user);
         let ok = record.is_some_and(|u| {
             cmtp_proto::crypto::PublicKey::from_bytes(&u.identity_pk)
-                .and_then(|k| verify_key_login(&k, self.conn.nonce(), &address, &signature))
+                .and_then(|k| {
+                    let binding = self
+                        .conn
+                        .channel_binding()
+                        .ok_or(cmtp_proto::crypto::CryptoError::BadSignature)?;
+                    verify_key_login(&k, binding, &address, &signature)
+                })
                 .is_ok()
         });
         if ok {

@@ -119,7 +119,11 @@ impl Session {
         b.ksf
             .validate(&self.sh.ksf_floor())
             .map_err(|e| format!("Argon2id parameters weaker than this server accepts: {e}"))?;
-        b.verify(&address)
+        let binding = self
+            .conn
+            .channel_binding()
+            .ok_or_else(|| "no TLS channel".to_owned())?;
+        b.verify(&address, binding)
             .map_err(|e| format!("proof of possession: {e}"))?;
         Xzibit::decode(&b.xzibit).map_err(|e| format!("xzibit: {e}"))?;
         Ok(b)

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use cmtp_proto::connection::server::{ServerConfig, Timeouts};
+use cmtp_proto::tls::{KeyExchange, ServerTlsConfig};
 
 use crate::budget::{BudgetRefusal, Charge, Reservation, StagingBudget, StagingLimits};
 use crate::config::Config;
@@ -72,6 +73,8 @@ pub struct Shared {
     pub relay_pool: crate::relay::ConnectionPool,
     /// Rotation statements leading to the current key, oldest first.
     pub rotations: Vec<cmtp_proto::statements::Rotation>,
+    /// TLS: the server key as a raw public key and in a certificate.
+    pub tls: Arc<ServerTlsConfig>,
     /// What every new connection's state machine is configured with
     /// (rebuilt at a reload: limits and timeouts).
     pub conn_config: ArcSwap<ServerConfig>,
@@ -112,7 +115,11 @@ impl std::fmt::Debug for Shared {
 pub const OPAQUE_SETUP_SECRET: &str = "opaque-server-setup-v1";
 
 /// The configuration of the connection state machine, from cmtpd's.
-pub fn connection_config(cfg: &Config, key: &IdentityKey) -> ServerConfig {
+pub fn connection_config(
+    cfg: &Config,
+    key: &IdentityKey,
+    tls: &Arc<ServerTlsConfig>,
+) -> ServerConfig {
     let t = &cfg.timeouts;
     ServerConfig {
         domain: cfg.domain(),
@@ -128,9 +135,11 @@ pub fn connection_config(cfg: &Config, key: &IdentityKey) -> ServerConfig {
             command: Duration::from_secs(t.command_secs),
             data_grace: Duration::from_secs(t.data_grace_secs),
             min_data_rate: t.min_data_rate,
+            stranger_session: Duration::from_secs(t.stranger_session_secs),
         },
         max_bad_commands: cfg.connections.max_bad_commands,
         help: crate::help::TEXT.into(),
+        tls: Arc::clone(tls),
     }
 }
 
@@ -174,8 +183,14 @@ impl Shared {
                 std::process::id()
             )
         });
-        let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key));
+        let tls = Arc::new(ServerTlsConfig::new(
+            &key,
+            &cfg.domain(),
+            KeyExchange::default(),
+        )?);
+        let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key, &tls));
         Ok(Shared {
+            tls,
             conn_config,
             messages_in_flight: std::sync::atomic::AtomicUsize::new(0),
             domain: cfg.domain(),
@@ -218,7 +233,7 @@ impl Shared {
     /// connections take the new limits and timeouts.
     pub(crate) fn store_cfg(&self, cfg: Config) {
         self.conn_config
-            .store(Arc::new(connection_config(&cfg, &self.key)));
+            .store(Arc::new(connection_config(&cfg, &self.key, &self.tls)));
         self.cfg.store(Arc::new(cfg));
     }
 

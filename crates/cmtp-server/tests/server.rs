@@ -656,8 +656,10 @@ async fn smtp_commands_get_an_smtp_refusal_and_a_close() {
         ("HELO x\r\n", "554 "),
         ("QUIT\r\n", "221 "),
         ("MAIL FROM:<a@b>\r\n", "554 "),
+        // A CMTP/1 client that speaks in clear.
+        ("OHAI\0", "554 5.7.0 "),
     ] {
-        let mut r = Raw::connect(s.addr).await;
+        let mut r = Raw::connect_clear(s.addr).await;
         r.send(line.as_bytes()).await;
         let reply = r.line().await;
         assert!(reply.starts_with(code), "{line:?} → {reply:?}");
@@ -951,7 +953,15 @@ async fn wrong_passwords_and_unknown_users_look_the_same_and_are_rate_limited() 
             let len = r.body.len();
             let ch = LoginChallenge::decode(&r.body).unwrap();
             let addr = Address::parse(&format!("{user}@a.test")).unwrap();
-            match login.finish(pw.as_bytes(), &ch, &addr, &floor, &mut rand_core::OsRng) {
+            let binding = c.channel_binding();
+            match login.finish(
+                pw.as_bytes(),
+                &ch,
+                &addr,
+                &floor,
+                &binding,
+                &mut rand_core::OsRng,
+            ) {
                 Ok(proof) => {
                     let r = c
                         .command(

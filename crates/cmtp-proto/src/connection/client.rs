@@ -1,9 +1,13 @@
 //! The client's side of a connection (PROTOCOL.md §4.1, §5, §6.1, §16) as a
 //! sans-IO state machine.
 //!
-//! [`ClientConnection`] reads the banner (and recognises an SMTP server at
-//! once), keeps the order of outstanding requests (commands may be
-//! pipelined), decodes each reply within the body limit its request set,
+//! [`ClientConnection`] begins TLS at once (its ClientHello goes out before
+//! the banner arrives), reads the banner (and recognises an SMTP server, or
+//! a server of the first, unencrypted CMTP/1, at once), completes the
+//! handshake and learns the server's key from it (a raw public key, RFC
+//! 7250), refuses a key other than the one the caller trusts, and only then
+//! sends commands. It keeps the order of outstanding requests (commands may
+//! be pipelined), decodes each reply within the body limit its request set,
 //! learns the server key and the connection nonce from the `OHAI` reply,
 //! and checks every later reply's signature against the key the caller
 //! trusts, bound to the nonce, the reply's position and the request's
@@ -17,10 +21,10 @@
 //!
 //! let now = Instant::now();
 //! let mut conn = ClientConnection::new(None, Duration::from_secs(30), now);
-//! conn.handle_input(b"554 a.example CMTP/1 cmtpd ready; this is not an SMTP server\r\n", now);
-//! assert!(matches!(conn.poll_event(now), Ok(Some(ClientEvent::Ready { .. }))));
-//! conn.send(&Command::Noop, 1024, now);
-//! assert_eq!(conn.output(), b"NOOP\0");
+//! // The ClientHello is ready before anything arrives.
+//! assert_eq!(conn.output()[0], 0x16);
+//! conn.handle_input(b"220 mx.example ESMTP\r\n", now);
+//! assert!(conn.poll_event(now).is_err()); // an SMTP server: said at once
 //! ```
 
 use std::collections::VecDeque;
@@ -38,6 +42,7 @@ use crate::payload::{Greeting, PayloadError};
 use crate::reply::{
     Reply, ReplyBinding, ReplyDecoder, ReplyError, ReplyEvent, ReplyHeader, Status, body_hash,
 };
+use crate::tls::{ALPN, CHANNEL_BINDING_LEN, ClientTlsConfig};
 
 /// Largest reply body accepted for commands other than FETCH (PROTOCOL.md §5.1).
 pub const MAX_REPLY_BODY: u64 = 1 << 20;
@@ -73,6 +78,13 @@ pub enum PeerMisbehaved {
     /// The connection closed in the middle of a reply or with replies owed.
     #[error("the server closed the connection {0}")]
     ClosedEarly(&'static str),
+    /// TLS failed (the handshake, or a record).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The handshake did not agree on the `cmtp/2` protocol, or the server
+    /// showed no Ed25519 key.
+    #[error("the TLS handshake did not establish CMTP/2: {0}")]
+    NotCmtp2(&'static str),
     /// A reply body that should hold a payload does not.
     #[error("bad {what}: {error}")]
     BadPayload {
@@ -107,6 +119,15 @@ pub enum ConnectionError {
     NotCmtp {
         /// What it sent.
         line: String,
+    },
+    /// The server speaks only CMTP/1, in clear: refused (no plaintext
+    /// fallback).
+    #[error(
+        "the server of {domain} speaks only CMTP/1, unencrypted; this client requires CMTP/2 (TLS)"
+    )]
+    OldProtocol {
+        /// The domain it named.
+        domain: String,
     },
     /// The server refused the connection for now (a `421` banner).
     #[error("the server for {domain} is busy: {text}")]
@@ -209,18 +230,30 @@ struct InStream {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
+    /// Waiting for the banner (in clear); TLS bytes wait in `input`.
     Banner,
+    /// The banner is read; the TLS handshake goes on.
+    Handshake,
+    /// TLS established and the key checked: commands flow.
     Open,
     Failed,
 }
 
 /// The client's side of one connection.
-#[derive(Debug)]
 pub struct ClientConnection {
     phase: Phase,
+    /// The banner (in clear), then decrypted replies.
     input: BytesMut,
+    /// Commands not yet handed to TLS: held until the handshake is over and
+    /// the key is checked, so nothing goes to a server not trusted.
+    plain: Vec<u8>,
+    /// Bytes for the wire (TLS records).
     output: Vec<u8>,
     sent: usize,
+    tls: Box<rustls::ClientConnection>,
+    /// The key the server showed in the handshake.
+    tls_key: Option<PublicKey>,
+    channel_binding: Option<[u8; CHANNEL_BINDING_LEN]>,
     expected_key: Option<PublicKey>,
     greeting: Option<Greeting>,
     banner_domain: Option<String>,
@@ -235,18 +268,60 @@ pub struct ClientConnection {
     body_allowance: Duration,
     eof: bool,
     failed: Option<ConnectionError>,
+    /// The `Ready` event is owed.
+    ready: bool,
+}
+
+impl std::fmt::Debug for ClientConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConnection")
+            .field("phase", &self.phase)
+            .field("next_seq", &self.next_seq)
+            .field("outstanding", &self.outstanding.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConnection {
-    /// A connection that has just been opened. `expected_key` is the server
-    /// key the caller trusts for this domain (its pin), if any; `timeout`
-    /// bounds the wait for each reply (plus its body at [`MIN_REPLY_RATE`]).
+    /// A connection that has just been opened, with the shared TLS
+    /// configuration (hybrid post-quantum key exchange). `expected_key` is
+    /// the server key the caller trusts for this domain (its pin), if any;
+    /// `timeout` bounds the wait for each reply (plus its body at
+    /// [`MIN_REPLY_RATE`]).
     pub fn new(expected_key: Option<PublicKey>, timeout: Duration, now: Instant) -> Self {
+        Self::with_tls(
+            &ClientTlsConfig::default_shared(),
+            expected_key,
+            timeout,
+            now,
+        )
+    }
+
+    /// As [`new`](Self::new), with a TLS configuration of the caller's.
+    pub fn with_tls(
+        tls: &ClientTlsConfig,
+        expected_key: Option<PublicKey>,
+        timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        let mut tls = Box::new(tls.connect().expect("a client configuration for TLS 1.3"));
+        tls.set_buffer_limit(None);
+        let mut output = Vec::new();
+        // The ClientHello goes out at once, before the banner is read.
+        while tls.wants_write() {
+            if tls.write_tls(&mut output).is_err() {
+                break;
+            }
+        }
         ClientConnection {
             phase: Phase::Banner,
             input: BytesMut::new(),
-            output: Vec::new(),
+            plain: Vec::new(),
+            output,
             sent: 0,
+            tls,
+            tls_key: None,
+            channel_binding: None,
             expected_key,
             greeting: None,
             banner_domain: None,
@@ -258,20 +333,53 @@ impl ClientConnection {
             body_allowance: Duration::ZERO,
             eof: false,
             failed: None,
+            ready: false,
         }
     }
 
-    /// Requires replies (the greeting included, if it has not arrived yet)
-    /// to be signed by `key`.
+    /// Requires the server to hold `key`: the key it showed in the TLS
+    /// handshake (checked at once if the handshake is over) and the one that
+    /// signs its replies.
     pub fn expect_key(&mut self, key: PublicKey) {
         self.expected_key = Some(key);
+        if let Some(shown) = self.tls_key
+            && shown != key
+        {
+            let e = self.key_mismatch(key, shown);
+            self.fail(e);
+        }
+    }
+
+    fn key_mismatch(&self, expected: PublicKey, got: PublicKey) -> ConnectionError {
+        ConnectionError::KeyMismatch {
+            domain: self.banner_domain.clone().unwrap_or_default(),
+            expected: expected.fingerprint_hex(),
+            got: got.fingerprint_hex(),
+        }
     }
 
     /// The key replies are checked against, if any: the trusted key, or
-    /// the one the greeting announced.
+    /// the one the server showed in the TLS handshake.
     pub fn server_key(&self) -> Option<PublicKey> {
         self.expected_key
+            .or(self.tls_key)
             .or_else(|| self.greeting.as_ref().map(|g| g.key))
+    }
+
+    /// The key the server showed in the TLS handshake, once it is over.
+    pub fn tls_key(&self) -> Option<PublicKey> {
+        self.tls_key
+    }
+
+    /// The TLS exporter value logins bind to (PROTOCOL.md §12), once the
+    /// handshake is over.
+    pub fn channel_binding(&self) -> Option<&[u8; CHANNEL_BINDING_LEN]> {
+        self.channel_binding.as_ref()
+    }
+
+    /// The negotiated key-exchange group, once the handshake is over.
+    pub fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
+        self.tls.negotiated_key_exchange_group().map(|g| g.name())
     }
 
     /// The greeting, once the OHAI reply has arrived.
@@ -310,13 +418,13 @@ impl ClientConnection {
 
     /// Sends bytes that are not a command: the message after `MAIL`.
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.output.extend_from_slice(bytes);
+        self.plain.extend_from_slice(bytes);
     }
 
     fn push(&mut self, cmd: &Command, max_body: u64, kind: Kind, now: Instant) -> u64 {
-        let start = self.output.len();
-        cmd.encode(&mut self.output);
-        let request = request_digest(&self.output[start..]);
+        let start = self.plain.len();
+        cmd.encode(&mut self.plain);
+        let request = request_digest(&self.plain[start..]);
         let seq = self.next_seq;
         self.next_seq += 1;
         if self.outstanding.is_empty() {
@@ -332,9 +440,31 @@ impl ClientConnection {
         seq
     }
 
-    /// Bytes to send to the server.
-    pub fn output(&self) -> &[u8] {
+    /// Bytes to send to the server (commands are encrypted here, once the
+    /// server's key is checked).
+    pub fn output(&mut self) -> &[u8] {
+        if self.phase == Phase::Open {
+            crate::tls::encrypt(&mut self.tls, &mut self.plain, &mut self.output);
+        } else {
+            // Handshake messages only: commands wait for the key check.
+            crate::tls::encrypt(&mut self.tls, &mut Vec::new(), &mut self.output);
+        }
         &self.output[self.sent..]
+    }
+
+    /// Encrypts `bytes` straight to the wire (a large message written from
+    /// the caller's buffer, in pieces): what to write to the socket. Only
+    /// once the connection is open.
+    pub fn encrypt_raw(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut plain = bytes.to_vec();
+        let mut wire = Vec::new();
+        crate::tls::encrypt(&mut self.tls, &mut plain, &mut wire);
+        wire
+    }
+
+    /// Whether TLS is established and the server's key checked.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
     }
 
     /// The driver sent `n` bytes of [`output`](Self::output).
@@ -362,9 +492,8 @@ impl ClientConnection {
 
     /// Takes everything there is to send.
     pub fn take_output(&mut self, now: Instant) -> Vec<u8> {
-        let n = self.output().len();
-        let out = self.output[self.sent..].to_vec();
-        self.consume_output(n, now);
+        let out = self.output().to_vec();
+        self.consume_output(out.len(), now);
         out
     }
 
@@ -374,7 +503,57 @@ impl ClientConnection {
         if self.input.is_empty() && self.input.capacity() > 256 * 1024 {
             self.input = BytesMut::new();
         }
-        self.input.extend_from_slice(data);
+        match self.phase {
+            Phase::Banner => self.input.extend_from_slice(data),
+            Phase::Handshake | Phase::Open => self.tls_input(data),
+            Phase::Failed => {}
+        }
+    }
+
+    /// TLS records: decrypted replies into `input`; the end of the
+    /// handshake checked.
+    fn tls_input(&mut self, data: &[u8]) {
+        let (plain, result) = crate::tls::decrypt(&mut self.tls, data, &mut self.output);
+        self.input.extend_from_slice(&plain);
+        match result {
+            Ok(true) => self.eof = true,
+            Ok(false) => {}
+            Err(e) => {
+                self.fail(PeerMisbehaved::Tls(e).into());
+                return;
+            }
+        }
+        if self.phase == Phase::Handshake && !self.tls.is_handshaking() {
+            if let Err(e) = self.established() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// The handshake is over: the protocol agreed, the key shown, checked
+    /// against the trusted one; commands may go.
+    fn established(&mut self) -> Result<(), ConnectionError> {
+        if self.tls.alpn_protocol() != Some(ALPN) {
+            return Err(PeerMisbehaved::NotCmtp2("no cmtp/2 ALPN").into());
+        }
+        let key = self
+            .tls
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::key_from_spki(c.as_ref()))
+            .ok_or(PeerMisbehaved::NotCmtp2("no Ed25519 raw public key"))?;
+        if let Some(expected) = self.expected_key
+            && expected != key
+        {
+            return Err(self.key_mismatch(expected, key));
+        }
+        let binding = crate::tls::channel_binding(&self.tls)
+            .map_err(|e| PeerMisbehaved::Tls(e.to_string()))?;
+        self.tls_key = Some(key);
+        self.channel_binding = Some(binding);
+        self.phase = Phase::Open;
+        self.ready = true;
+        Ok(())
     }
 
     /// The server closed its side.
@@ -388,7 +567,7 @@ impl ClientConnection {
         if self.failed.is_some() {
             return None;
         }
-        if self.phase == Phase::Banner || !self.outstanding.is_empty() {
+        if self.phase != Phase::Open || !self.outstanding.is_empty() {
             Some(self.waiting_since + self.timeout + self.body_allowance)
         } else {
             None
@@ -417,6 +596,13 @@ impl ClientConnection {
         }
         let r = match self.phase {
             Phase::Banner => self.banner(),
+            Phase::Handshake => Ok(None),
+            Phase::Open if self.ready => {
+                self.ready = false;
+                Ok(Some(ClientEvent::Ready {
+                    domain: self.banner_domain.clone().unwrap_or_default(),
+                }))
+            }
             Phase::Open => self.reply(now),
             Phase::Failed => unreachable!("failed is set"),
         };
@@ -424,6 +610,8 @@ impl ClientConnection {
             Ok(None) if self.eof => {
                 let what = if self.phase == Phase::Banner {
                     "before its banner"
+                } else if self.phase == Phase::Handshake {
+                    "during the TLS handshake"
                 } else if self.stream.is_some() || !self.input.is_empty() {
                     "in the middle of a reply"
                 } else if !self.outstanding.is_empty() {
@@ -461,10 +649,22 @@ impl ClientConnection {
         self.input.advance(n);
         match banner {
             Banner::Ready { domain } => {
-                self.phase = Phase::Open;
-                self.banner_domain = Some(domain.clone());
-                Ok(Some(ClientEvent::Ready { domain }))
+                self.banner_domain = Some(domain);
+                self.phase = Phase::Handshake;
+                // What followed the banner is TLS.
+                let rest = self.input.split().freeze();
+                self.tls_input(&rest);
+                if let Some(e) = &self.failed {
+                    return Err(e.clone());
+                }
+                if self.phase == Phase::Open {
+                    self.ready = false;
+                    let domain = self.banner_domain.clone().unwrap_or_default();
+                    return Ok(Some(ClientEvent::Ready { domain }));
+                }
+                Ok(None)
             }
+            Banner::OldProtocol { domain } => Err(ConnectionError::OldProtocol { domain }),
             Banner::Busy { domain, text } => Err(ConnectionError::Busy { domain, text }),
             Banner::Smtp { line } => Err(ConnectionError::SmtpServer { line }),
             Banner::Unknown { line } => Err(ConnectionError::NotCmtp { line }),
@@ -612,7 +812,7 @@ impl ClientConnection {
             .into());
         }
         let g = Greeting::parse(&reply.body).map_err(PeerMisbehaved::from)?;
-        if let Some(k) = self.expected_key
+        if let Some(k) = self.expected_key.or(self.tls_key)
             && k != g.key
         {
             return Err(ConnectionError::KeyMismatch {

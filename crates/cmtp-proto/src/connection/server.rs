@@ -21,7 +21,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
-//! use cmtp_proto::connection::server::{ServerConfig, ServerConnection, ServerEvent};
+//! use cmtp_proto::connection::server::{ServerConfig, ServerConnection};
 //! use cmtp_proto::crypto::IdentityKey;
 //! use cmtp_proto::names::Domain;
 //!
@@ -31,13 +31,12 @@
 //! ));
 //! let now = Instant::now();
 //! let mut conn: ServerConnection = ServerConnection::new(config, [1; 32], now);
+//! // The banner goes out in clear; TLS follows.
 //! let banner = conn.take_output();
-//! assert!(banner.starts_with(b"554 a.example CMTP/1 "));
-//! conn.handle_input(b"NOOP\0OBAI\0", now);
-//! // Both are answered by the connection itself; the events only inform.
-//! while let Some(event) = conn.poll_event(now) {
-//!     assert!(matches!(event, ServerEvent::Answered(_)));
-//! }
+//! assert!(banner.starts_with(b"554 a.example CMTP/2 "));
+//! // An SMTP client gets an SMTP refusal and the connection closes.
+//! conn.handle_input(b"EHLO mx.example\r\n", now);
+//! assert!(conn.take_output().starts_with(b"554 5.5.0 "));
 //! assert!(conn.is_closed());
 //! ```
 
@@ -50,11 +49,14 @@ use sha2::{Digest, Sha256};
 use crate::banner;
 use crate::command::{Command, CommandDecodeError, CommandError, decode_command, request_digest};
 use crate::crypto::{IdentityKey, SignatureTag};
+use crate::limits::MAX_BANNER;
 use crate::limits::MessageLimits;
 use crate::message::{Envelope, MessageEvent, MessageReader};
 use crate::names::{Account, Domain};
 use crate::payload::{DeliveryFailure, FailureReason, Greeting};
 use crate::reply::{REPLY_VERSION, ReplyBinding, ReplyHeader, Status, body_hash};
+use crate::tls::{CHANNEL_BINDING_LEN, KeyExchange, ServerTlsConfig};
+use std::io::Write;
 
 /// The request digest of `MAIL\0`, to which every reply about a message is
 /// bound (PROTOCOL.md §5.3).
@@ -71,8 +73,12 @@ pub struct Timeouts {
     pub command: Duration,
     /// The grace a message gets on top of its size at the minimum rate.
     pub data_grace: Duration,
-    /// Minimum transfer rate of a message in bytes per second.
+    /// Minimum transfer rate of a message in bytes per second, enforced
+    /// over every window of `data_grace` (PROTOCOL.md §4.3).
     pub min_data_rate: u64,
+    /// Longest life of a connection that is not logged in (a peer that
+    /// keeps a slot with a NOOP now and then is let go).
+    pub stranger_session: Duration,
 }
 
 impl Default for Timeouts {
@@ -82,6 +88,7 @@ impl Default for Timeouts {
             command: Duration::from_secs(30),
             data_grace: Duration::from_secs(30),
             min_data_rate: 16 * 1024,
+            stranger_session: Duration::from_secs(3600),
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct ServerConfig {
     pub max_bad_commands: u32,
     /// The body of the HELP reply.
     pub help: String,
+    /// TLS: the key as a raw public key and in a self-issued certificate.
+    pub tls: Arc<ServerTlsConfig>,
 }
 
 /// The extension tokens cmtpd announces (PROTOCOL.md §6.1).
@@ -113,7 +122,10 @@ pub const EXTENSIONS: &[&str] = &["REGISTER", "LOGIN-OPAQUE", "MAILBOX", "RELAY"
 impl ServerConfig {
     /// A configuration with the protocol's defaults.
     pub fn new(domain: Domain, key: IdentityKey) -> ServerConfig {
+        let tls = ServerTlsConfig::new(&key, &domain, KeyExchange::default())
+            .expect("a TLS configuration for an Ed25519 key");
         ServerConfig {
+            tls: Arc::new(tls),
             domain,
             key,
             software: concat!("cmtp-proto ", env!("CARGO_PKG_VERSION")).into(),
@@ -159,6 +171,21 @@ pub enum CloseReason {
     Shutdown,
     /// The application gave up on the connection.
     Aborted,
+    /// The peer spoke in clear, not TLS: it got a refusal in clear.
+    Clear,
+    /// The TLS handshake or a TLS record failed.
+    Tls(String),
+}
+
+impl CloseReason {
+    /// Whether the server closes TLS in order (close_notify): the peer is
+    /// still there to read it.
+    fn says_goodbye(&self) -> bool {
+        !matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::Aborted | CloseReason::Tls(_)
+        )
+    }
 }
 
 /// What the application must act on.
@@ -250,6 +277,8 @@ enum MailPhase {
 
 #[derive(Debug)]
 struct Mail {
+    /// The start of the current rate window and the bytes it has seen.
+    window: (Instant, u64),
     /// The command the message follows (`MAIL` or `APPEND`).
     intake: Command,
     /// Its digest: every reply about the message is bound to it.
@@ -292,9 +321,23 @@ pub struct ServerConnection<E = ()> {
     nonce: [u8; 32],
     seq: u64,
     input: BytesMut,
-    output: Vec<u8>,
-    /// How much of `output` was already taken by the driver.
+    /// Replies not yet handed to TLS.
+    plain: Vec<u8>,
+    /// Bytes for the wire: the banner, refusals in clear, TLS records.
+    wire: Vec<u8>,
+    /// How much of `wire` was already taken by the driver.
     sent: usize,
+    /// TLS under the CMTP layer.
+    transport: Transport,
+    /// When the connection was accepted (the handshake's deadline).
+    created: Instant,
+    /// The TLS exporter value logins bind to, once established.
+    channel_binding: Option<[u8; CHANNEL_BINDING_LEN]>,
+    /// Whether close_notify was queued.
+    close_notified: bool,
+    /// Whether the client did not offer raw public keys (it got the
+    /// self-issued certificate).
+    x509_client: bool,
     state: State,
     bad_streak: u32,
     logged_in: Option<Account>,
@@ -323,15 +366,20 @@ impl<E> ServerConnection<E> {
     /// A new connection: the banner is queued for sending. `nonce` is a fresh
     /// random value (PROTOCOL.md §5.3).
     pub fn new(config: Arc<ServerConfig>, nonce: [u8; 32], now: Instant) -> Self {
-        let mut output = Vec::new();
-        output.extend_from_slice(banner::ready_line(&config.domain, &config.software).as_bytes());
+        let wire = banner::ready_line(&config.domain, &config.software).into_bytes();
         ServerConnection {
             config,
             nonce,
             seq: 0,
             input: BytesMut::new(),
-            output,
+            plain: Vec::new(),
+            wire,
             sent: 0,
+            transport: Transport::Start,
+            created: now,
+            channel_binding: None,
+            close_notified: false,
+            x509_client: false,
             state: State::Commands,
             bad_streak: 0,
             logged_in: None,
@@ -381,7 +429,11 @@ impl<E> ServerConnection<E> {
     /// Whether the connection is over: send what [`output`](Self::output)
     /// still holds, then close the socket.
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed(_)) && self.queued.is_none()
+        let State::Closed(reason) = &self.state else {
+            return false;
+        };
+        self.queued.is_none()
+            && (self.close_notified || !reason.says_goodbye() || !self.is_established())
     }
 
     /// Whether a reply (or a MAIL decision) is owed by the application.
@@ -403,18 +455,148 @@ impl<E> ServerConnection<E> {
         if data.is_empty() || matches!(self.state, State::Closed(_)) {
             return;
         }
+        match &mut self.transport {
+            Transport::Start => {
+                // §4.1: a TLS handshake record, or a peer that speaks in clear.
+                self.transport = if data[0] == TLS_HANDSHAKE_RECORD {
+                    Transport::Hello(Box::default())
+                } else {
+                    Transport::Clear(Vec::new())
+                };
+                self.handle_input(data, now);
+            }
+            Transport::Clear(seen) => {
+                let room = MAX_BANNER.saturating_sub(seen.len());
+                seen.extend_from_slice(&data[..data.len().min(room)]);
+                self.refuse_clear(false);
+            }
+            Transport::Hello(acceptor) => {
+                let mut rd = data;
+                loop {
+                    if acceptor.read_tls(&mut rd).is_err() {
+                        return self.tls_failed("the ClientHello is too large");
+                    }
+                    match acceptor.accept() {
+                        Ok(None) if rd.is_empty() => return,
+                        Ok(None) => continue,
+                        Ok(Some(accepted)) => {
+                            let hello = accepted.client_hello();
+                            let types = hello.server_cert_types();
+                            self.x509_client = !types.is_some_and(|t| {
+                                t.contains(&rustls::server::CertificateType::RawPublicKey)
+                            });
+                            let config = self.config.tls.for_client(types);
+                            match accepted.into_connection(config) {
+                                Ok(mut tls) => {
+                                    tls.set_buffer_limit(None);
+                                    self.transport = Transport::Tls(Box::new(tls));
+                                    return self.tls_input(rd, now);
+                                }
+                                Err((e, mut alert)) => {
+                                    let _ = alert.write(&mut self.wire);
+                                    return self.tls_failed(&e.to_string());
+                                }
+                            }
+                        }
+                        Err((e, mut alert)) => {
+                            let _ = alert.write(&mut self.wire);
+                            return self.tls_failed(&e.to_string());
+                        }
+                    }
+                }
+            }
+            Transport::Tls(_) => self.tls_input(data, now),
+            Transport::Closed => {}
+        }
+    }
+
+    /// TLS records: decrypted into the CMTP layer's input.
+    fn tls_input(&mut self, rd: &[u8], now: Instant) {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return;
+        };
+        let was_handshaking = tls.is_handshaking();
+        let (plain, result) = crate::tls::decrypt(tls, rd, &mut self.wire);
+        let established = was_handshaking && !tls.is_handshaking();
+        let binding = established.then(|| crate::tls::channel_binding(tls));
+        self.cmtp_input(&plain, now);
+        match result {
+            Err(why) => return self.tls_failed(&why),
+            Ok(true) => return self.handle_eof(),
+            Ok(false) => {}
+        }
+        match binding {
+            Some(Ok(b)) => {
+                self.channel_binding = Some(b);
+                self.idle_since = now;
+            }
+            Some(Err(e)) => self.tls_failed(&e.to_string()),
+            None => {}
+        }
+    }
+
+    /// The peer did not start TLS: once its first line (or NUL-terminated
+    /// word) is in, it gets a refusal in clear and the connection closes
+    /// (§4.1, §16). `force`: refuse with what there is.
+    fn refuse_clear(&mut self, force: bool) {
+        let Transport::Clear(seen) = &self.transport else {
+            return;
+        };
+        let complete = seen.contains(&b'\n') || seen.contains(&0) || seen.len() >= MAX_BANNER;
+        if !complete && !force {
+            return;
+        }
+        let domain = &self.config.domain;
+        let (line, reason) = match crate::command::smtp_verb(seen) {
+            Some(verb) => (banner::smtp_refusal(domain, verb), CloseReason::Smtp(verb)),
+            None => (banner::clear_refusal(domain), CloseReason::Clear),
+        };
+        self.wire.extend_from_slice(line.as_bytes());
+        self.transport = Transport::Closed;
+        self.state = State::Closed(reason);
+    }
+
+    fn tls_failed(&mut self, why: &str) {
+        self.transport = Transport::Closed;
+        if !matches!(self.state, State::Closed(_)) {
+            self.abort_mail();
+            self.state = State::Closed(CloseReason::Tls(why.to_owned()));
+        }
+    }
+
+    /// Plaintext from TLS.
+    fn cmtp_input(&mut self, data: &[u8], now: Instant) {
+        if data.is_empty() || matches!(self.state, State::Closed(_)) {
+            return;
+        }
         if self.input.is_empty() && self.input.capacity() > 256 * 1024 {
             // Give back what a large message used.
             self.input = BytesMut::new();
         }
-        if matches!(self.state, State::Commands) && self.partial_since.is_none() {
-            self.partial_since = Some(now);
+        match &mut self.state {
+            State::Commands if self.partial_since.is_none() => self.partial_since = Some(now),
+            State::Mail(m) => {
+                // A window is complete once it has seen the minimum rate's
+                // worth of bytes; the next one starts now.
+                let t = &self.config.timeouts;
+                m.window.1 += data.len() as u64;
+                if m.window.1
+                    >= t.min_data_rate
+                        .saturating_mul(t.data_grace.as_secs().max(1))
+                {
+                    m.window = (now, 0);
+                }
+            }
+            _ => {}
         }
         self.input.extend_from_slice(data);
     }
 
     /// The peer closed its side (or the socket failed).
     pub fn handle_eof(&mut self) {
+        if matches!(self.transport, Transport::Clear(_)) {
+            return self.refuse_clear(true);
+        }
         if matches!(self.state, State::Closed(_)) {
             return;
         }
@@ -436,48 +618,123 @@ impl<E> ServerConnection<E> {
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
         if matches!(self.state, State::Commands) && self.input.is_empty() {
+            if !self.is_established() {
+                self.transport = Transport::Closed;
+            }
             self.state = State::Closed(CloseReason::Shutdown);
         }
     }
 
-    /// Bytes to send to the peer.
-    pub fn output(&self) -> &[u8] {
-        &self.output[self.sent..]
+    /// Bytes to send to the peer (replies are encrypted here).
+    pub fn output(&mut self) -> &[u8] {
+        self.pump();
+        &self.wire[self.sent..]
     }
 
     /// The driver sent `n` bytes of [`output`](Self::output).
     pub fn consume_output(&mut self, n: usize) {
-        self.sent = (self.sent + n).min(self.output.len());
-        if self.sent == self.output.len() {
-            self.output.clear();
+        self.sent = (self.sent + n).min(self.wire.len());
+        if self.sent == self.wire.len() {
+            // An idle connection holds no buffer.
+            self.wire = Vec::new();
             self.sent = 0;
-            if self.output.capacity() > 64 * 1024 {
-                self.output = Vec::new();
-            }
         }
     }
 
     /// Takes everything there is to send.
     pub fn take_output(&mut self) -> Vec<u8> {
-        let out = self.output.split_off(self.sent);
-        self.output.clear();
+        self.pump();
+        let out = self.wire.split_off(self.sent);
+        self.wire = Vec::new();
         self.sent = 0;
         out
+    }
+
+    /// Hands the replies to TLS, and TLS's records to the wire.
+    fn pump(&mut self) {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return;
+        };
+        if !tls.is_handshaking() {
+            if !self.plain.is_empty() {
+                // The buffer limit is lifted: this never writes short.
+                let _ = tls.writer().write_all(&self.plain);
+                self.plain = Vec::new();
+            }
+            if let State::Closed(reason) = &self.state
+                && reason.says_goodbye()
+                && self.queued.is_none()
+                && !self.close_notified
+            {
+                tls.send_close_notify();
+                self.close_notified = true;
+            }
+        }
+        while tls.wants_write() {
+            if tls.write_tls(&mut self.wire).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether TLS is established (the CMTP layer is running).
+    pub fn is_established(&self) -> bool {
+        matches!(&self.transport, Transport::Tls(t) if !t.is_handshaking())
+    }
+
+    /// The TLS exporter value logins bind to (PROTOCOL.md §12), once
+    /// established.
+    pub fn channel_binding(&self) -> Option<&[u8; CHANNEL_BINDING_LEN]> {
+        self.channel_binding.as_ref()
+    }
+
+    /// The negotiated key-exchange group, once established.
+    pub fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
+        match &self.transport {
+            Transport::Tls(t) => t.negotiated_key_exchange_group().map(|g| g.name()),
+            _ => None,
+        }
+    }
+
+    /// Whether the client was shown the key as a raw public key (`Some(true)`)
+    /// or in the self-issued certificate (`Some(false)`), once established.
+    pub fn raw_public_key(&self) -> Option<bool> {
+        match &self.transport {
+            Transport::Tls(t) if !t.is_handshaking() => Some(!self.x509_client),
+            _ => None,
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = &self.config.timeouts;
+        if matches!(self.state, State::Closed(_)) {
+            return None;
+        }
+        if !self.is_established() {
+            // The handshake (or a first line in clear) within the command timeout.
+            return Some(self.created + t.command);
+        }
         match &self.state {
-            State::Commands => Some(match self.partial_since {
-                Some(since) if !self.input.is_empty() => since + t.command,
-                _ => self.idle_since + t.idle,
-            }),
+            State::Commands => {
+                let wait = match self.partial_since {
+                    Some(since) if !self.input.is_empty() => since + t.command,
+                    _ => self.idle_since + t.idle,
+                };
+                Some(match self.logged_in {
+                    None => wait.min(self.created + t.stranger_session),
+                    Some(_) => wait,
+                })
+            }
             State::Mail(m) => match m.phase {
                 MailPhase::Deciding | MailPhase::Verdict => None,
                 _ => {
+                    // The whole message in its time, and at the minimum
+                    // rate over every window along the way (also after an
+                    // early refusal, while the rest is read and dropped).
                     let allowance = m.reader.announced() / t.min_data_rate.max(1);
-                    Some(m.started + t.data_grace + Duration::from_secs(allowance))
+                    let whole = m.started + t.data_grace + Duration::from_secs(allowance);
+                    Some(whole.min(m.window.0 + t.data_grace))
                 }
             },
             _ => None,
@@ -493,12 +750,27 @@ impl<E> ServerConnection<E> {
         if now < deadline {
             return;
         }
+        if !self.is_established() {
+            if matches!(self.transport, Transport::Clear(_)) {
+                return self.refuse_clear(true);
+            }
+            self.transport = Transport::Closed;
+            self.state = State::Closed(CloseReason::Timeout);
+            return;
+        }
+        let stranger_over =
+            self.logged_in.is_none() && now >= self.created + self.config.timeouts.stranger_session;
         let owed_in_mail = match &self.state {
             State::Commands => None,
             State::Mail(m) => Some((!matches!(m.phase, MailPhase::Discarding), m.request)),
             _ => return,
         };
         match owed_in_mail {
+            None if stranger_over && self.input.is_empty() => self.push_reply(
+                Status::Timeout,
+                b"a connection that is not logged in may last only so long; closing",
+                [0; 32],
+            ),
             None => self.push_reply(
                 Status::Timeout,
                 b"no complete command in time; closing",
@@ -570,7 +842,7 @@ impl<E> ServerConnection<E> {
             status: Status::Success,
             body_len: len,
         };
-        header.encode(&mut self.output);
+        header.encode(&mut self.plain);
         let stream = Stream {
             request,
             header,
@@ -594,7 +866,7 @@ impl<E> ServerConnection<E> {
             .min(usize::try_from(s.left).unwrap_or(usize::MAX));
         s.hasher.update(&bytes[..take]);
         s.left -= take as u64;
-        self.output.extend_from_slice(&bytes[..take]);
+        self.plain.extend_from_slice(&bytes[..take]);
         if s.left == 0 {
             self.end_stream();
         }
@@ -620,7 +892,7 @@ impl<E> ServerConnection<E> {
         let data = binding.signed_data(&s.header, &s.hasher.finalize().into());
         let signature = self.config.key.sign(SignatureTag::Reply, &[&data]);
         self.seq += 1;
-        self.output.extend_from_slice(&signature);
+        self.plain.extend_from_slice(&signature);
         self.state = self.resume();
     }
 
@@ -717,9 +989,9 @@ impl<E> ServerConnection<E> {
         let data = binding.signed_data(&header, &body_hash(body));
         let signature = self.config.key.sign(SignatureTag::Reply, &[&data]);
         self.seq += 1;
-        header.encode(&mut self.output);
-        self.output.extend_from_slice(body);
-        self.output.extend_from_slice(&signature);
+        header.encode(&mut self.plain);
+        self.plain.extend_from_slice(body);
+        self.plain.extend_from_slice(&signature);
     }
 
     fn greeting(&self) -> Greeting {
@@ -783,6 +1055,7 @@ impl<E> ServerConnection<E> {
                 let refused = cmd.needs_login() && self.logged_in.is_none();
                 let word = cmd.word();
                 let mut mail = Mail {
+                    window: (now, 0),
                     intake: cmd,
                     request,
                     reader: MessageReader::new(self.config.limits),
@@ -852,7 +1125,7 @@ impl<E> ServerConnection<E> {
     fn bad_command(&mut self, e: CommandDecodeError) -> Step<E> {
         if let CommandError::SmtpVerb(verb) = e.kind {
             let line = banner::smtp_refusal(&self.config.domain, verb);
-            self.output.extend_from_slice(line.as_bytes());
+            self.plain.extend_from_slice(line.as_bytes());
             self.state = State::Closed(CloseReason::Smtp(verb));
             return Step::Event(ServerEvent::BadInput(e.kind));
         }
@@ -1049,4 +1322,32 @@ enum Step<E> {
     Event(ServerEvent<E>),
     Wait,
     Continue,
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+enum Transport {
+    /// Nothing from the peer yet.
+    Start,
+    /// The peer spoke in clear: its first bytes, until a refusal is chosen.
+    Clear(Vec<u8>),
+    /// The ClientHello is arriving.
+    Hello(Box<rustls::server::Acceptor>),
+    /// TLS, handshaking or established.
+    Tls(Box<rustls::ServerConnection>),
+    /// Nothing more is read or written by TLS.
+    Closed,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Start => "Start",
+            Transport::Clear(_) => "Clear",
+            Transport::Hello(_) => "Hello",
+            Transport::Tls(_) => "Tls",
+            Transport::Closed => "Closed",
+        })
+    }
 }

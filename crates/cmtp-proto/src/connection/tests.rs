@@ -17,6 +17,7 @@ use crate::message::{Message, Source};
 use crate::names::{Account, Address, Domain};
 use crate::payload::{DeliveryFailure, FailureReason};
 use crate::reply::{Reply, ReplyBinding, Status, body_hash, decode_reply};
+use crate::tls::ClientTlsConfig;
 
 fn domain() -> Domain {
     Domain::parse("a.test").unwrap()
@@ -264,8 +265,202 @@ fn server_alone() -> (ServerConnection<u32>, Instant) {
     let now = Instant::now();
     let mut s = ServerConnection::new(Arc::new(config()), [42; 32], now);
     let banner = s.take_output();
-    assert!(banner.starts_with(b"554 a.test CMTP/1 "));
+    assert!(banner.starts_with(b"554 a.test CMTP/2 "));
     (s, now)
+}
+
+/// A client that speaks TLS to a server but writes and reads raw
+/// plaintext inside it: to send what a well-behaved client never would.
+struct Raw {
+    now: Instant,
+    server: ServerConnection<u32>,
+    tls: rustls::ClientConnection,
+    banner: bool,
+    plain: Vec<u8>,
+}
+
+impl Raw {
+    fn new() -> Raw {
+        Raw::with(config())
+    }
+
+    fn with(config: ServerConfig) -> Raw {
+        let now = Instant::now();
+        let server = ServerConnection::new(Arc::new(config), [42; 32], now);
+        let mut tls = ClientTlsConfig::default_shared().connect().unwrap();
+        tls.set_buffer_limit(None);
+        let mut r = Raw {
+            now,
+            server,
+            tls,
+            banner: false,
+            plain: Vec::new(),
+        };
+        r.shuttle();
+        assert!(r.server.is_established());
+        r
+    }
+
+    /// Moves TLS records both ways until nothing moves (the server's events
+    /// are left to the test).
+    fn shuttle(&mut self) {
+        loop {
+            let mut up = Vec::new();
+            while self.tls.wants_write() {
+                self.tls.write_tls(&mut up).unwrap();
+            }
+            if !up.is_empty() {
+                self.server.handle_input(&up, self.now);
+            }
+            let mut down = self.server.take_output();
+            if !self.banner && !down.is_empty() {
+                let end = down.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+                down.drain(..end);
+                self.banner = true;
+            }
+            if !down.is_empty() {
+                let (plain, _) = crate::tls::decrypt(&mut self.tls, &down, &mut Vec::new());
+                self.plain.extend_from_slice(&plain);
+            }
+            if up.is_empty() && down.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Sends `bytes` as they are, inside TLS.
+    fn input(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.tls.writer().write_all(bytes).unwrap();
+        self.shuttle();
+    }
+
+    /// Runs the server's events (left unanswered); how many there were.
+    fn events(&mut self) -> usize {
+        let mut n = 0;
+        while self.server.poll_event(self.now).is_some() {
+            n += 1;
+        }
+        self.shuttle();
+        n
+    }
+
+    /// The replies that arrived since the last call.
+    fn replies(&mut self) -> Vec<Reply> {
+        self.shuttle();
+        let out = raw_replies(&self.plain);
+        self.plain.clear();
+        out
+    }
+}
+
+/// A server played by the test, inside real TLS: it can say what cmtpd
+/// never would (replies with wrong signatures, bindings, sizes).
+struct Fake {
+    now: Instant,
+    client: ClientConnection,
+    tls: rustls::ServerConnection,
+    key: IdentityKey,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let now = Instant::now();
+        let key = IdentityKey::from_seed(&[7; 32]);
+        let tls_config =
+            crate::tls::ServerTlsConfig::new(&key, &domain(), Default::default()).unwrap();
+        let raw = [rustls::server::CertificateType::RawPublicKey];
+        let mut tls = rustls::ServerConnection::new(tls_config.for_client(Some(&raw))).unwrap();
+        tls.set_buffer_limit(None);
+        let mut client = ClientConnection::new(None, Duration::from_secs(30), now);
+        client.handle_input(crate::banner::ready_line(&domain(), "fake").as_bytes(), now);
+        let mut f = Fake {
+            now,
+            client,
+            tls,
+            key,
+        };
+        f.shuttle();
+        assert!(matches!(
+            f.client.poll_event(now),
+            Ok(Some(ClientEvent::Ready { .. }))
+        ));
+        f
+    }
+
+    fn shuttle(&mut self) {
+        loop {
+            let up = self.client.take_output(self.now);
+            if !up.is_empty() {
+                let (_plain, r) = crate::tls::decrypt(&mut self.tls, &up, &mut Vec::new());
+                r.unwrap();
+            }
+            let mut down = Vec::new();
+            while self.tls.wants_write() {
+                self.tls.write_tls(&mut down).unwrap();
+            }
+            if !down.is_empty() {
+                self.client.handle_input(&down, self.now);
+            }
+            if up.is_empty() && down.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Sends plaintext bytes to the client inside TLS.
+    fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.tls.writer().write_all(bytes).unwrap();
+        self.shuttle();
+    }
+
+    /// A reply signed by the server key for `seq` and `request`.
+    fn reply(&self, seq: u64, request: [u8; 32], status: Status, body: &[u8]) -> Vec<u8> {
+        let header = crate::reply::ReplyHeader {
+            version: crate::reply::REPLY_VERSION,
+            status,
+            body_len: body.len() as u64,
+        };
+        let binding = ReplyBinding {
+            nonce: [42; 32],
+            seq,
+            request,
+        };
+        let data = binding.signed_data(&header, &body_hash(body));
+        let signature = self.key.sign(crate::crypto::SignatureTag::Reply, &[&data]);
+        let mut out = Vec::new();
+        header.encode(&mut out);
+        out.extend_from_slice(body);
+        out.extend_from_slice(&signature);
+        out
+    }
+
+    /// OHAI and its greeting (seq 0).
+    fn greet(&mut self) {
+        self.client.send(&Command::Ohai, MAX_REPLY_BODY, self.now);
+        self.shuttle();
+        let g = crate::payload::Greeting {
+            domain: domain(),
+            software: "fake".into(),
+            extensions: Vec::new(),
+            key: self.key.public(),
+            nonce: [42; 32],
+            max_message_size: 1 << 20,
+            max_attachments: 4,
+        };
+        let r = self.reply(
+            0,
+            request_digest(b"OHAI\0"),
+            Status::Success,
+            g.to_text().as_bytes(),
+        );
+        self.send(&r);
+        assert!(matches!(
+            self.client.poll_event(self.now),
+            Ok(Some(ClientEvent::Reply { .. }))
+        ));
+    }
 }
 
 fn message(to: &str, from: &str, log: &[u8]) -> Message {
@@ -305,7 +500,7 @@ fn a_client_recognises_an_smtp_server_at_once() {
 fn a_busy_banner_is_a_busy_error() {
     let now = Instant::now();
     let mut c = ClientConnection::new(None, Duration::from_secs(30), now);
-    c.handle_input(b"421 a.test CMTP/1 too many connections\r\n", now);
+    c.handle_input(b"421 a.test CMTP/2 too many connections\r\n", now);
     assert!(matches!(
         c.poll_event(now),
         Err(ConnectionError::Busy { .. })
@@ -350,50 +545,54 @@ fn an_unknown_word_gets_badcommand_and_the_connection_stays() {
         p.error,
         Some(ConnectionError::Misbehaved(PeerMisbehaved::UnexpectedReply))
     ));
-    let (mut s, now) = server_alone();
-    s.handle_input(b"FROB\0NOOP\0", now);
-    assert!(matches!(s.poll_event(now), Some(ServerEvent::BadInput(_))));
+    let mut r = Raw::new();
+    let now = r.now;
+    r.input(b"FROB\0NOOP\0");
     assert!(matches!(
-        s.poll_event(now),
+        r.server.poll_event(now),
+        Some(ServerEvent::BadInput(_))
+    ));
+    assert!(matches!(
+        r.server.poll_event(now),
         Some(ServerEvent::Answered("NOOP"))
     ));
-    assert!(s.poll_event(now).is_none());
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::BadCommand);
-    assert!(verifies(&r[0], 0, request_digest(b"FROB\0")));
-    assert_eq!(r[1].status, Status::Success);
-    assert!(!s.is_closed());
+    assert!(r.server.poll_event(now).is_none());
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::BadCommand);
+    assert!(verifies(&rs[0], 0, request_digest(b"FROB\0")));
+    assert_eq!(rs[1].status, Status::Success);
+    assert!(!r.server.is_closed());
 }
 
 #[test]
 fn an_invalid_argument_gets_badargument_and_the_connection_stays() {
-    let (mut s, now) = server_alone();
-    s.handle_input(b"KEYREQUEST\0../etc\0\0NOOP\0", now);
-    while s.poll_event(now).is_some() {}
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::BadArgument);
+    let mut r = Raw::new();
+    r.input(b"KEYREQUEST\0../etc\0\0NOOP\0");
+    r.events();
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::BadArgument);
     assert!(verifies(
-        &r[0],
+        &rs[0],
         0,
         request_digest(b"KEYREQUEST\0../etc\0\0")
     ));
-    assert_eq!(r[1].status, Status::Success);
+    assert_eq!(rs[1].status, Status::Success);
 }
 
 #[test]
 fn a_blob_of_the_wrong_size_is_skipped_with_badargument() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
     let mut cmd = b"LOGINFINISH\0".to_vec();
     cmd.extend_from_slice(&3u32.to_be_bytes());
     cmd.extend_from_slice(b"abc");
-    s.handle_input(&cmd, now);
-    s.handle_input(b"NOOP\0", now);
-    while s.poll_event(now).is_some() {}
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::BadArgument);
+    r.input(&cmd);
+    r.input(b"NOOP\0");
+    r.events();
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::BadArgument);
     // Bound to the whole command, the skipped blob included (§5.3).
-    assert!(verifies(&r[0], 0, request_digest(&cmd)));
-    assert_eq!(r[1].status, Status::Success);
+    assert!(verifies(&rs[0], 0, request_digest(&cmd)));
+    assert_eq!(rs[1].status, Status::Success);
 }
 
 #[test]
@@ -403,83 +602,204 @@ fn over_long_words_arguments_and_blobs_get_toolong_and_close() {
     let mut big_blob = b"LOGIN\0alice\0".to_vec();
     big_blob.extend_from_slice(&8193u32.to_be_bytes());
     for input in [b"ABCDEFGHIJKLMNOPQ\0".to_vec(), long_arg, big_blob] {
-        let (mut s, now) = server_alone();
-        s.handle_input(&input, now);
-        s.handle_input(b"NOOP\0", now);
-        while s.poll_event(now).is_some() {}
-        let r = raw_replies(&s.take_output());
-        assert_eq!(r.len(), 1, "nothing after the close");
-        assert_eq!(r[0].status, Status::TooLong);
+        let mut r = Raw::new();
+        r.input(&input);
+        r.input(b"NOOP\0");
+        r.events();
+        let rs = r.replies();
+        assert_eq!(rs.len(), 1, "nothing after the close");
+        assert_eq!(rs[0].status, Status::TooLong);
         // Input that could not be framed binds to 32 zero bytes.
-        assert!(verifies(&r[0], 0, [0; 32]));
-        assert!(s.is_closed());
-        assert_eq!(s.close_reason(), Some(&CloseReason::TooLong));
+        assert!(verifies(&rs[0], 0, [0; 32]));
+        assert!(r.server.is_closed());
+        assert_eq!(r.server.close_reason(), Some(&CloseReason::TooLong));
     }
 }
 
 #[test]
 fn ten_bad_commands_are_answered_then_toomanyerrors_closes() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
     for _ in 0..10 {
-        s.handle_input(b"FROB\0", now);
+        r.input(b"FROB\0");
     }
-    s.handle_input(b"NOOP\0", now);
-    while s.poll_event(now).is_some() {}
-    let r = raw_replies(&s.take_output());
-    let statuses: Vec<_> = r.iter().map(|r| r.status.clone()).collect();
+    r.input(b"NOOP\0");
+    r.events();
+    let rs = r.replies();
+    let statuses: Vec<_> = rs.iter().map(|r| r.status.clone()).collect();
     let mut want = vec![Status::BadCommand; 10];
     want.push(Status::TooManyErrors);
     assert_eq!(statuses, want);
-    assert!(verifies(&r[10], 10, [0; 32]));
-    assert!(s.is_closed());
+    assert!(verifies(&rs[10], 10, [0; 32]));
+    assert!(r.server.is_closed());
 }
 
 #[test]
 fn a_good_command_resets_the_bad_command_count() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
     for _ in 0..9 {
-        s.handle_input(b"FROB\0", now);
+        r.input(b"FROB\0");
     }
-    s.handle_input(b"NOOP\0", now);
+    r.input(b"NOOP\0");
     for _ in 0..9 {
-        s.handle_input(b"KEYREQUEST\0a/b\0\0", now);
+        r.input(b"KEYREQUEST\0a/b\0\0");
     }
-    while s.poll_event(now).is_some() {}
-    assert!(!s.is_closed());
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r.len(), 19);
+    r.events();
+    assert!(!r.server.is_closed());
+    let rs = r.replies();
+    assert_eq!(rs.len(), 19);
 }
 
 #[test]
-fn an_smtp_command_gets_an_smtp_refusal_and_a_close() {
+fn an_smtp_command_in_clear_gets_an_smtp_refusal_and_a_close() {
     let (mut s, now) = server_alone();
     s.handle_input(b"EHLO client.example\r\n", now);
-    assert!(matches!(s.poll_event(now), Some(ServerEvent::BadInput(_))));
+    assert!(s.poll_event(now).is_none());
     assert_eq!(
         String::from_utf8(s.take_output()).unwrap(),
-        "554 5.5.0 a.test this is a CMTP server (CMTP/1), SMTP is not spoken here\r\n"
+        "554 5.5.0 a.test this is a CMTP server (CMTP/2), SMTP is not spoken here\r\n"
     );
     assert!(s.is_closed());
+    assert_eq!(s.close_reason(), Some(&CloseReason::Smtp("EHLO")));
+    // A line that arrives in pieces is refused once it is whole.
     let (mut s, now) = server_alone();
-    s.handle_input(b"QUIT\r\n", now);
-    while s.poll_event(now).is_some() {}
+    s.handle_input(b"QU", now);
+    assert!(!s.is_closed());
+    s.handle_input(b"IT\r\n", now);
     assert!(s.take_output().starts_with(b"221 2.0.0 a.test"));
+}
+
+#[test]
+fn a_cmtp1_client_gets_a_refusal_in_clear() {
+    let (mut s, now) = server_alone();
+    s.handle_input(b"OHAI\0", now);
+    let line = String::from_utf8(s.take_output()).unwrap();
+    assert!(
+        line.starts_with("554 5.7.0 a.test CMTP/2: TLS 1.3 is required"),
+        "{line}"
+    );
+    assert_eq!(s.close_reason(), Some(&CloseReason::Clear));
+}
+
+#[test]
+fn a_client_that_says_nothing_is_closed_at_the_command_timeout() {
+    let (mut s, now) = server_alone();
+    let t = config().timeouts.command;
+    assert_eq!(s.poll_timeout(), Some(now + t));
+    s.handle_timeout(now + t);
+    assert!(s.is_closed());
+    assert!(s.take_output().is_empty(), "nothing to say outside TLS");
+}
+
+#[test]
+fn a_client_learns_a_cmtp1_server_at_once() {
+    let now = Instant::now();
+    let mut c = ClientConnection::new(None, Duration::from_secs(30), now);
+    c.handle_input(
+        b"554 a.test CMTP/1 cmtpd ready; this is not an SMTP server\r\n",
+        now,
+    );
+    assert!(matches!(
+        c.poll_event(now),
+        Err(ConnectionError::OldProtocol { .. })
+    ));
+}
+
+// §4.4 The protected connection
+
+#[test]
+fn the_handshake_authenticates_the_servers_key_over_the_hybrid_group() {
+    let p = Pair::new();
+    assert_eq!(
+        p.client.tls_key(),
+        Some(IdentityKey::from_seed(&[7; 32]).public())
+    );
+    assert_eq!(
+        p.client.key_exchange_group(),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+    assert_eq!(p.server.key_exchange_group(), p.client.key_exchange_group());
+    assert_eq!(p.server.raw_public_key(), Some(true));
+}
+
+#[test]
+fn both_ends_derive_the_same_channel_binding_and_no_other_connection_does() {
+    let p = Pair::new();
+    let q = Pair::new();
+    let b = p.client.channel_binding().unwrap();
+    assert_eq!(Some(b), p.server.channel_binding());
+    assert_ne!(Some(b), q.client.channel_binding());
+}
+
+#[test]
+fn a_classical_only_client_negotiates_x25519() {
+    let now = Instant::now();
+    let mut s: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [42; 32], now);
+    let tls = ClientTlsConfig::new(crate::tls::KeyExchange::ClassicalOnly);
+    let mut c = ClientConnection::with_tls(&tls, None, Duration::from_secs(30), now);
+    for _ in 0..10 {
+        let up = c.take_output(now);
+        s.handle_input(&up, now);
+        c.handle_input(&s.take_output(), now);
+        let _ = c.poll_event(now);
+    }
+    assert_eq!(c.key_exchange_group(), Some(rustls::NamedGroup::X25519));
+    assert!(s.is_established());
+}
+
+/// Everything a client sent on one connection (handshake, then `NOOP`),
+/// delivered at once to a new connection — an attacker replaying a
+/// recording — fails the handshake and closes at once: the server neither
+/// answers the command nor waits for more.
+#[test]
+fn a_recorded_client_flight_replayed_at_once_fails_and_closes_at_once() {
+    let now = Instant::now();
+    // Record a client's bytes while it talks to p's server.
+    let mut c = ClientConnection::new(None, Duration::from_secs(30), now);
+    let mut s: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [1; 32], now);
+    let mut recorded = Vec::new();
+    c.send(&Command::Noop, MAX_REPLY_BODY, now);
+    for _ in 0..10 {
+        let up = c.take_output(now);
+        recorded.extend_from_slice(&up);
+        s.handle_input(&up, now);
+        while let Some(ev) = s.poll_event(now) {
+            drop(ev);
+        }
+        c.handle_input(&s.take_output(), now);
+        while let Ok(Some(_)) = c.poll_event(now) {}
+    }
+    assert!(s.is_established());
+    // The replay, in one piece, on a new server connection.
+    let mut replay: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [2; 32], now);
+    replay.handle_input(&recorded, now);
+    assert!(replay.poll_event(now).is_none());
+    assert!(
+        replay.is_closed(),
+        "the replayed handshake is still waiting"
+    );
+    // The client's Finished was made for another handshake's keys.
+    assert!(
+        matches!(replay.close_reason(), Some(CloseReason::Tls(why)) if why.contains("decrypt")),
+        "{:?}",
+        replay.close_reason()
+    );
 }
 
 // §4.3 Timeouts
 
 #[test]
 fn an_idle_connection_times_out_with_timeout_bound_to_zeros() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
+    let now = r.now;
     let idle = config().timeouts.idle;
-    assert_eq!(s.poll_timeout(), Some(now + idle));
-    s.handle_timeout(now + idle - Duration::from_secs(1));
-    assert!(!s.is_closed());
-    s.handle_timeout(now + idle);
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::Timeout);
-    assert!(verifies(&r[0], 0, [0; 32]));
-    assert_eq!(s.close_reason(), Some(&CloseReason::Timeout));
+    assert_eq!(r.server.poll_timeout(), Some(now + idle));
+    r.server.handle_timeout(now + idle - Duration::from_secs(1));
+    assert!(!r.server.is_closed());
+    r.server.handle_timeout(now + idle);
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::Timeout);
+    assert!(verifies(&rs[0], 0, [0; 32]));
+    assert_eq!(r.server.close_reason(), Some(&CloseReason::Timeout));
 }
 
 #[test]
@@ -498,46 +818,48 @@ fn a_client_learns_why_an_idle_connection_was_closed() {
 
 #[test]
 fn a_command_must_be_complete_within_the_command_timeout() {
-    let (mut s, now) = server_alone();
-    s.handle_input(b"NOOP\0KEYREQ", now);
-    while s.poll_event(now).is_some() {}
+    let mut r = Raw::new();
+    let now = r.now;
+    r.input(b"NOOP\0KEYREQ");
+    r.events();
     let command = config().timeouts.command;
-    assert_eq!(s.poll_timeout(), Some(now + command));
+    assert_eq!(r.server.poll_timeout(), Some(now + command));
     // A byte at a time does not extend it.
-    s.handle_input(b"U", now + Duration::from_secs(20));
-    s.poll_event(now + Duration::from_secs(20));
-    assert_eq!(s.poll_timeout(), Some(now + command));
-    s.handle_timeout(now + command);
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r.last().unwrap().status, Status::Timeout);
-    assert!(s.is_closed());
+    r.now = now + Duration::from_secs(20);
+    r.input(b"U");
+    r.events();
+    assert_eq!(r.server.poll_timeout(), Some(now + command));
+    r.server.handle_timeout(now + command);
+    let replies = r.replies();
+    assert_eq!(replies.last().unwrap().status, Status::Timeout);
+    assert!(r.server.is_closed());
 }
-
 #[test]
 fn a_slow_message_gets_timeout_bound_to_mail_and_is_aborted() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
+    let now = r.now;
     let m = message("bob@a.test", "carol@c.test", b"");
     let bytes = m.to_bytes();
-    s.handle_input(b"MAIL\0", now);
-    s.handle_input(&bytes[..400], now);
+    r.input(b"MAIL\0");
+    r.input(&bytes[..400]);
     assert!(matches!(
-        s.poll_event(now),
+        r.server.poll_event(now),
         Some(ServerEvent::MailEnvelope { .. })
     ));
-    s.accept_mail(10);
-    while s.poll_event(now).is_some() {}
-    let deadline = s.poll_timeout().unwrap();
+    r.server.accept_mail(10);
+    r.events();
+    let deadline = r.server.poll_timeout().unwrap();
     let t = config().timeouts;
     assert!(deadline >= now + t.data_grace);
-    s.handle_timeout(deadline);
+    r.server.handle_timeout(deadline);
     assert!(matches!(
-        s.poll_event(deadline),
+        r.server.poll_event(deadline),
         Some(ServerEvent::MailAborted)
     ));
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::Timeout);
-    assert!(verifies(&r[0], 0, mail_digest()));
-    assert!(s.is_closed());
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::Timeout);
+    assert!(verifies(&rs[0], 0, mail_digest()));
+    assert!(r.server.is_closed());
 }
 
 // §5 Replies
@@ -547,11 +869,11 @@ fn every_reply_is_bound_to_nonce_position_and_request() {
     let mut p = Pair::new();
     p.ohai();
     p.send(&Command::Noop);
-    let (mut s, now) = server_alone();
-    s.handle_input(b"OHAI\0NOOP\0HELP\0", now);
-    while s.poll_event(now).is_some() {}
-    let r = raw_replies(&s.take_output());
-    for (seq, (reply, frame)) in r
+    let mut r = Raw::new();
+    r.input(b"OHAI\0NOOP\0HELP\0");
+    r.events();
+    let rs = r.replies();
+    for (seq, (reply, frame)) in rs
         .iter()
         .zip([&b"OHAI\0"[..], b"NOOP\0", b"HELP\0"])
         .enumerate()
@@ -563,60 +885,67 @@ fn every_reply_is_bound_to_nonce_position_and_request() {
 }
 
 #[test]
-fn a_reply_under_another_key_is_refused() {
+fn a_server_showing_another_key_is_refused_before_any_command_is_sent() {
     let now = Instant::now();
     let mut s: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [42; 32], now);
     let other = IdentityKey::from_seed(&[8; 32]).public();
     let mut c = ClientConnection::new(Some(other), Duration::from_secs(30), now);
-    c.handle_input(&s.take_output(), now);
-    c.poll_event(now).unwrap();
     c.send(&Command::Ohai, MAX_REPLY_BODY, now);
-    s.handle_input(&c.take_output(now), now);
-    s.poll_event(now);
-    c.handle_input(&s.take_output(), now);
-    assert!(matches!(
-        c.poll_event(now),
-        Err(ConnectionError::KeyMismatch { .. })
-    ));
+    let mut error = None;
+    for _ in 0..10 {
+        let up = c.take_output(now);
+        s.handle_input(&up, now);
+        while s.poll_event(now).is_some() {}
+        c.handle_input(&s.take_output(), now);
+        if let Err(e) = c.poll_event(now) {
+            error = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(error, Some(ConnectionError::KeyMismatch { .. })),
+        "{error:?}"
+    );
+    // The OHAI never left the client: the server answered nothing.
+    assert_eq!(s.replies_sent(), 0);
 }
-
 #[test]
-fn a_tampered_reply_is_refused() {
-    let mut p = Pair::new();
-    p.ohai();
-    p.client.send(&Command::Noop, MAX_REPLY_BODY, p.now);
-    let up = p.client.take_output(p.now);
-    p.server.handle_input(&up, p.now);
-    p.server.poll_event(p.now);
-    let mut down = p.server.take_output();
-    // Flip a byte of the signature.
-    let last = down.len() - 1;
-    down[last] ^= 1;
-    p.client.handle_input(&down, p.now);
+fn a_reply_not_signed_by_the_servers_key_is_refused() {
+    let mut f = Fake::new();
+    f.greet();
+    f.client.send(&Command::Noop, MAX_REPLY_BODY, f.now);
+    let mut reply = f.reply(1, request_digest(b"NOOP\0"), Status::Success, b"");
+    // Flip a byte of the signature (inside TLS, where only the server can).
+    let last = reply.len() - 1;
+    reply[last] ^= 1;
+    f.send(&reply);
     assert!(matches!(
-        p.client.poll_event(p.now),
+        f.client.poll_event(f.now),
         Err(ConnectionError::BadSignature(Status::Success))
     ));
 }
 
 #[test]
+fn a_reply_for_another_request_is_refused() {
+    let mut f = Fake::new();
+    f.greet();
+    f.client.send(&Command::Noop, MAX_REPLY_BODY, f.now);
+    f.send(&f.reply(1, request_digest(b"HELP\0"), Status::Success, b""));
+    assert!(matches!(
+        f.client.poll_event(f.now),
+        Err(ConnectionError::BadSignature(Status::Success))
+    ));
+}
+#[test]
 fn a_reply_that_answers_nothing_is_refused() {
-    let (mut s, now) = server_alone();
-    s.handle_input(b"NOOP\0", now);
-    s.poll_event(now);
-    let mut c = ClientConnection::new(None, Duration::from_secs(30), now);
-    c.handle_input(
-        b"554 a.test CMTP/1 cmtpd ready; this is not an SMTP server\r\n",
-        now,
-    );
-    c.poll_event(now).unwrap();
-    c.handle_input(&s.take_output(), now);
+    let mut f = Fake::new();
+    f.greet();
+    f.send(&f.reply(1, request_digest(b"NOOP\0"), Status::Success, b""));
     assert_eq!(
-        c.poll_event(now).unwrap_err(),
+        f.client.poll_event(f.now).unwrap_err(),
         ConnectionError::Misbehaved(PeerMisbehaved::UnexpectedReply)
     );
 }
-
 #[test]
 fn a_reply_dripped_a_byte_at_a_time_is_cut_off_at_the_whole_reply_deadline() {
     let mut p = Pair::new();
@@ -849,19 +1178,19 @@ fn an_early_refusal_discards_the_rest_and_keeps_the_connection() {
 
 #[test]
 fn invalid_names_get_badmessage_and_the_connection_stays() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
     let mut m = message("bob@a.test", "carol@c.test", b"").to_bytes();
     // Upper case in a hashed structure is not canonical (§3).
     let at = m.windows(3).position(|w| w == b"bob").unwrap();
     m[at] = b'B';
-    s.handle_input(b"MAIL\0", now);
-    s.handle_input(&m, now);
-    s.handle_input(b"NOOP\0", now);
-    while s.poll_event(now).is_some() {}
-    let r = raw_replies(&s.take_output());
-    assert_eq!(r[0].status, Status::BadMessage);
-    assert!(verifies(&r[0], 0, mail_digest()));
-    assert_eq!(r[1].status, Status::Success);
+    r.input(b"MAIL\0");
+    r.input(&m);
+    r.input(b"NOOP\0");
+    r.events();
+    let rs = r.replies();
+    assert_eq!(rs[0].status, Status::BadMessage);
+    assert!(verifies(&rs[0], 0, mail_digest()));
+    assert_eq!(rs[1].status, Status::Success);
 }
 
 #[test]
@@ -907,33 +1236,40 @@ fn the_own_log_line_counts_against_the_log_limit() {
 
 #[test]
 fn a_peer_that_hangs_up_mid_message_aborts_it() {
-    let (mut s, now) = server_alone();
+    let mut r = Raw::new();
+    let now = r.now;
     let bytes = message("bob@a.test", "carol@c.test", b"").to_bytes();
-    s.handle_input(b"MAIL\0", now);
-    s.handle_input(&bytes[..1000], now);
+    r.input(b"MAIL\0");
+    r.input(&bytes[..1000]);
     assert!(matches!(
-        s.poll_event(now),
+        r.server.poll_event(now),
         Some(ServerEvent::MailEnvelope { .. })
     ));
-    s.accept_mail(0);
-    while let Some(ev) = s.poll_event(now) {
+    r.server.accept_mail(0);
+    while let Some(ev) = r.server.poll_event(now) {
         assert!(matches!(
             ev,
             ServerEvent::MailData(_) | ServerEvent::MailLogEnd
         ));
     }
-    s.handle_eof();
-    assert!(matches!(s.poll_event(now), Some(ServerEvent::MailAborted)));
-    assert!(s.is_closed());
+    r.server.handle_eof();
+    assert!(matches!(
+        r.server.poll_event(now),
+        Some(ServerEvent::MailAborted)
+    ));
+    assert!(r.server.is_closed());
 }
 
 // Shutdown
 
 #[test]
 fn shutdown_closes_an_idle_connection_at_once() {
-    let (mut s, _) = server_alone();
-    s.shutdown();
-    assert_eq!(s.close_reason(), Some(&CloseReason::Shutdown));
+    let mut r = Raw::new();
+    r.server.shutdown();
+    assert_eq!(r.server.close_reason(), Some(&CloseReason::Shutdown));
+    // TLS is closed properly: close_notify follows.
+    r.shuttle();
+    assert!(r.server.is_closed());
 }
 
 #[test]
@@ -1013,4 +1349,120 @@ fn append_without_a_login_is_refused_and_its_message_read_and_dropped() {
     assert_eq!(p.error, None);
     assert_eq!(p.statuses(), [Status::AuthRequired, Status::Success]);
     assert!(p.app.stored.is_empty());
+}
+
+#[test]
+fn a_message_that_stalls_is_cut_off_within_one_window_whatever_its_size() {
+    let mut config = config();
+    config.limits.max_message_size = 16 << 20;
+    let t = config.timeouts.clone();
+    let mut r = Raw::with(config);
+    let mut m = message("bob@a.test", "carol@c.test", b"");
+    // 8 MiB: at the minimum rate it may take 8+ minutes as a whole, but not
+    // a window without progress.
+    m.body = vec![7; 8 << 20];
+    let bytes = m.to_bytes();
+    r.input(b"MAIL\0");
+    r.input(&bytes[..500]);
+    assert!(matches!(
+        r.server.poll_event(r.now),
+        Some(ServerEvent::MailEnvelope { .. })
+    ));
+    r.server.accept_mail(0);
+    r.events();
+    // A byte every 10 seconds: the window of `data_grace` passes without
+    // the minimum rate's worth of bytes.
+    let start = r.now;
+    for i in 1..10u64 {
+        r.now = start + Duration::from_secs(10 * i);
+        r.server.handle_timeout(r.now);
+        if r.server.is_closed() {
+            break;
+        }
+        r.input(&bytes[500 + i as usize..501 + i as usize]);
+        r.events();
+    }
+    assert_eq!(r.server.close_reason(), Some(&CloseReason::Timeout));
+    assert!(r.now <= start + t.data_grace + Duration::from_secs(10));
+}
+
+#[test]
+fn a_window_that_sees_the_minimum_rate_starts_a_new_one() {
+    let mut config = config();
+    config.timeouts.min_data_rate = 100;
+    config.timeouts.data_grace = Duration::from_secs(10);
+    let mut r = Raw::with(config);
+    let mut m = message("bob@a.test", "carol@c.test", b"");
+    m.body = vec![7; 40 * 1024];
+    let bytes = m.to_bytes();
+    r.input(b"MAIL\0");
+    r.input(&bytes[..1000]);
+    assert!(matches!(
+        r.server.poll_event(r.now),
+        Some(ServerEvent::MailEnvelope { .. })
+    ));
+    r.server.accept_mail(0);
+    r.events();
+    // 1,000 bytes (the rate's worth for a window) every 8 seconds: never cut.
+    let start = r.now;
+    for (i, chunk) in bytes[1000..].chunks(1000).enumerate() {
+        r.now = start + Duration::from_secs(8 * (i as u64 + 1));
+        r.server.handle_timeout(r.now);
+        assert!(!r.server.is_closed(), "cut after {} s", 8 * (i + 1));
+        r.input(chunk);
+        while let Some(ev) = r.server.poll_event(r.now) {
+            if let ServerEvent::MailEnd { .. } = ev {
+                r.server.reply(Status::Success, b"stored");
+            }
+        }
+        if r.server.in_message() {
+            continue;
+        }
+        break;
+    }
+    assert!(!r.server.in_message(), "the message completed");
+}
+
+#[test]
+fn a_connection_not_logged_in_is_let_go_at_the_session_deadline() {
+    let mut r = Raw::new();
+    let t = config().timeouts;
+    let start = r.now;
+    // A NOOP every 25 seconds keeps it from idling out ...
+    let mut i = 1;
+    while start + Duration::from_secs(25 * i) < start + t.stranger_session {
+        r.now = start + Duration::from_secs(25 * i);
+        r.server.handle_timeout(r.now);
+        assert!(!r.server.is_closed());
+        r.input(b"NOOP\0");
+        r.events();
+        i += 1;
+    }
+    // ... but not past the session deadline.
+    r.now = start + t.stranger_session;
+    r.server.handle_timeout(r.now);
+    let replies = r.replies();
+    let last = replies.last().unwrap();
+    assert_eq!(last.status, Status::Timeout);
+    assert!(last.text().contains("not logged in"), "{}", last.text());
+    assert!(r.server.is_closed());
+}
+
+#[test]
+fn a_logged_in_connection_has_no_session_deadline() {
+    let mut p = Pair::new();
+    p.ohai();
+    p.send(&Command::Login {
+        user: Account::parse("alice").unwrap(),
+        ke1: vec![0; 96],
+    });
+    p.send(&Command::LoginFinish { ke3: vec![1; 64] });
+    assert!(p.server.logged_in().is_some());
+    let t = config().timeouts;
+    let start = p.now;
+    while p.now < start + t.stranger_session + Duration::from_secs(100) {
+        p.advance(Duration::from_secs(60));
+        p.send(&Command::Noop);
+    }
+    assert!(!p.server.is_closed());
 }

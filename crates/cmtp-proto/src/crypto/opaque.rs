@@ -42,8 +42,17 @@ impl opaque_ke::CipherSuite for Suite {
     type Ksf = argon2::Argon2<'static>;
 }
 
-/// OPAQUE context string for login (both sides).
-pub const CONTEXT: &[u8] = b"CMTP-v1 OPAQUE";
+/// The start of the OPAQUE login context (both sides); the connection's
+/// channel binding follows (PROTOCOL.md §12.1): a login is bound to the TLS
+/// connection it runs on and cannot be relayed onto another.
+pub const CONTEXT: &[u8] = b"CMTP-v2 OPAQUE\0";
+
+/// The OPAQUE login context of a connection with `channel_binding`.
+pub fn login_context(channel_binding: &[u8; 32]) -> Vec<u8> {
+    let mut c = CONTEXT.to_vec();
+    c.extend_from_slice(channel_binding);
+    c
+}
 
 /// Length of a registration request (client → server).
 pub const REGISTRATION_REQUEST_LEN: usize = 32;
@@ -468,6 +477,7 @@ impl ClientLogin {
         address: &str,
         domain: &str,
         ksf: &KsfParams,
+        channel_binding: &[u8; 32],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<LoginFinish, CryptoError> {
         let what = "KE2";
@@ -482,7 +492,7 @@ impl ClientLogin {
                 password,
                 ke2,
                 ClientLoginFinishParameters::new(
-                    Some(CONTEXT),
+                    Some(&login_context(channel_binding)),
                     identifiers(address, domain),
                     Some(&argon2),
                 ),
@@ -504,6 +514,7 @@ pub struct ServerLogin {
     state: opaque_ke::ServerLogin<Suite>,
     address: String,
     domain: String,
+    context: Vec<u8>,
 }
 
 impl fmt::Debug for ServerLogin {
@@ -528,6 +539,7 @@ impl ServerLogin {
         ke1: &[u8],
         address: &str,
         domain: &str,
+        channel_binding: &[u8; 32],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(ServerLogin, [u8; KE2_LEN]), CryptoError> {
         let what = "KE1";
@@ -535,6 +547,7 @@ impl ServerLogin {
         let ke1 = CredentialRequest::<Suite>::deserialize(ke1)
             .map_err(|_| CryptoError::OpaqueMalformed { what })?;
         let record = record.map(parse_record).transpose()?;
+        let context = login_context(channel_binding);
         let r = opaque_ke::ServerLogin::start(
             rng,
             &setup.0,
@@ -542,7 +555,7 @@ impl ServerLogin {
             ke1,
             address.as_bytes(),
             ServerLoginParameters {
-                context: Some(CONTEXT),
+                context: Some(&context),
                 identifiers: identifiers(address, domain),
             },
         )
@@ -552,6 +565,7 @@ impl ServerLogin {
                 state: r.state,
                 address: address.to_owned(),
                 domain: domain.to_owned(),
+                context,
             },
             to_array(&r.message.serialize()),
         ))
@@ -570,7 +584,7 @@ impl ServerLogin {
             .finish(
                 ke3,
                 ServerLoginParameters {
-                    context: Some(CONTEXT),
+                    context: Some(&self.context),
                     identifiers: identifiers(&self.address, &self.domain),
                 },
             )
@@ -588,6 +602,8 @@ mod tests {
     use rand::rngs::StdRng;
 
     const KSF: KsfParams = KsfParams::INSECURE_TEST;
+    /// The channel binding of the connection in these tests.
+    const CB: [u8; 32] = [0xcb; 32];
     const ADDR: &str = "alice@example.org";
     const DOMAIN: &str = "example.org";
 
@@ -613,10 +629,10 @@ mod tests {
         let (client, ke1) = ClientLogin::start(b"correct horse", &mut rng).unwrap();
         assert_eq!(ke1.len(), KE1_LEN);
         let (server, ke2) =
-            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &mut rng).unwrap();
+            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &CB, &mut rng).unwrap();
         assert_eq!(ke2.len(), KE2_LEN);
         let fin = client
-            .finish(b"correct horse", &ke2, ADDR, DOMAIN, &KSF, &mut rng)
+            .finish(b"correct horse", &ke2, ADDR, DOMAIN, &KSF, &CB, &mut rng)
             .unwrap();
         assert_eq!(fin.ke3.len(), KE3_LEN);
         assert_eq!(*fin.export_key, reg_ek);
@@ -635,10 +651,10 @@ mod tests {
         let (record, _) = register(&setup, b"right", &mut rng);
         let (client, ke1) = ClientLogin::start(b"wrong", &mut rng).unwrap();
         let (server, ke2) =
-            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &mut rng).unwrap();
+            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &CB, &mut rng).unwrap();
         assert_eq!(
             client
-                .finish(b"wrong", &ke2, ADDR, DOMAIN, &KSF, &mut rng)
+                .finish(b"wrong", &ke2, ADDR, DOMAIN, &KSF, &CB, &mut rng)
                 .unwrap_err(),
             CryptoError::WrongPassword
         );
@@ -657,23 +673,23 @@ mod tests {
         // client believes another domain (server identifier): envelope fails
         let (client, ke1) = ClientLogin::start(b"pw", &mut rng).unwrap();
         let (_s, ke2) =
-            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &mut rng).unwrap();
+            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &CB, &mut rng).unwrap();
         assert!(
             client
-                .finish(b"pw", &ke2, ADDR, "evil.example", &KSF, &mut rng)
+                .finish(b"pw", &ke2, ADDR, "evil.example", &KSF, &CB, &mut rng)
                 .is_err()
         );
         // other Argon2 costs than at registration: like a wrong password
         let (client, ke1) = ClientLogin::start(b"pw", &mut rng).unwrap();
         let (_s, ke2) =
-            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &mut rng).unwrap();
+            ServerLogin::start(&setup, Some(&record), &ke1, ADDR, DOMAIN, &CB, &mut rng).unwrap();
         let other = KsfParams {
             m_cost_kib: 512,
             ..KSF
         };
         assert_eq!(
             client
-                .finish(b"pw", &ke2, ADDR, DOMAIN, &other, &mut rng)
+                .finish(b"pw", &ke2, ADDR, DOMAIN, &other, &CB, &mut rng)
                 .unwrap_err(),
             CryptoError::WrongPassword
         );
@@ -684,12 +700,28 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(34);
         let setup = ServerSetup::generate(&mut rng);
         let (client, ke1) = ClientLogin::start(b"pw", &mut rng).unwrap();
-        let (server, ke2) =
-            ServerLogin::start(&setup, None, &ke1, "nobody@example.org", DOMAIN, &mut rng).unwrap();
+        let (server, ke2) = ServerLogin::start(
+            &setup,
+            None,
+            &ke1,
+            "nobody@example.org",
+            DOMAIN,
+            &CB,
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!(ke2.len(), KE2_LEN);
         assert_eq!(
             client
-                .finish(b"pw", &ke2, "nobody@example.org", DOMAIN, &KSF, &mut rng)
+                .finish(
+                    b"pw",
+                    &ke2,
+                    "nobody@example.org",
+                    DOMAIN,
+                    &KSF,
+                    &CB,
+                    &mut rng
+                )
                 .unwrap_err(),
             CryptoError::WrongPassword
         );
@@ -714,11 +746,11 @@ mod tests {
         ));
         assert!(validate_record(&[0u8; 191]).is_err());
         assert!(validate_record(&[0xffu8; 192]).is_err());
-        assert!(ServerLogin::start(&setup, None, &[0u8; 95], ADDR, DOMAIN, &mut rng).is_err());
+        assert!(ServerLogin::start(&setup, None, &[0u8; 95], ADDR, DOMAIN, &CB, &mut rng).is_err());
         assert!(ServerSetup::from_bytes(&[0u8; 127]).is_err());
         let (client, _) = ClientLogin::start(b"pw", &mut rng).unwrap();
         assert!(matches!(
-            client.finish(b"pw", &[0u8; 319], ADDR, DOMAIN, &KSF, &mut rng),
+            client.finish(b"pw", &[0u8; 319], ADDR, DOMAIN, &KSF, &CB, &mut rng),
             Err(CryptoError::OpaqueMalformed { .. })
         ));
     }

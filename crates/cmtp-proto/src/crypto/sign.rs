@@ -34,9 +34,9 @@ pub enum SignatureTag {
     SenderSignature,
     /// `"CMTP-v1 xzibit\0"`: the server's signature of a released xzibit.
     Xzibit,
-    /// `"CMTP-v1 register\0"`: proof of possession at registration.
+    /// `"CMTP-v2 register\0"`: proof of possession at registration.
     Register,
-    /// `"CMTP-v1 key-login\0"`: a device's login with its identity key.
+    /// `"CMTP-v2 key-login\0"`: a device's login with its identity key.
     KeyLogin,
 }
 
@@ -64,8 +64,8 @@ impl SignatureTag {
             SignatureTag::DomainSignature => b"CMTP-v1 domain-signature\0",
             SignatureTag::SenderSignature => b"CMTP-v1 sender-signature\0",
             SignatureTag::Xzibit => b"CMTP-v1 xzibit\0",
-            SignatureTag::Register => b"CMTP-v1 register\0",
-            SignatureTag::KeyLogin => b"CMTP-v1 key-login\0",
+            SignatureTag::Register => b"CMTP-v2 register\0",
+            SignatureTag::KeyLogin => b"CMTP-v2 key-login\0",
         }
     }
 }
@@ -127,8 +127,8 @@ mod tests {
             b"CMTP-v1 domain-signature\0",
             b"CMTP-v1 sender-signature\0",
             b"CMTP-v1 xzibit\0",
-            b"CMTP-v1 register\0",
-            b"CMTP-v1 key-login\0",
+            b"CMTP-v2 register\0",
+            b"CMTP-v2 key-login\0",
         ];
         for (tag, want) in SignatureTag::ALL.iter().zip(expected) {
             assert_eq!(tag.as_bytes(), want);

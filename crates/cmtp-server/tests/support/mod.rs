@@ -25,6 +25,38 @@ use tokio::net::TcpStream;
 
 pub const T: Duration = Duration::from_secs(10);
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 20 s for `f` to hold.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Routes `domain` to `port` on loopback (a route may name any address).
+pub fn route(c: &mut Config, domain: &str, port: u16) {
+    c.dns
+        .routes
+        .insert(domain.into(), vec![format!("127.0.0.1:{port}")]);
+}
+
 /// A server for `domain` on 127.0.0.1 with fast Argon2 parameters.
 pub struct TestServer {
     pub server: Option<Server>,
@@ -134,6 +166,7 @@ impl TestServer {
                 identity,
                 KsfParams::INSECURE_TEST,
                 1,
+                &c.channel_binding(),
                 rng,
             )
             .unwrap();
@@ -152,8 +185,7 @@ impl TestServer {
     /// A connection logged in as `user` with its identity key.
     pub async fn login(&self, user: &str, key: &IdentityKey) -> Connection {
         let mut c = self.connect().await;
-        let nonce = c.greeting().unwrap().nonce;
-        let sig = key_login_signature(key, &nonce, &self.address(user));
+        let sig = key_login_signature(key, &c.channel_binding(), &self.address(user));
         let r = c
             .command(
                 &Command::KeyLogin {
@@ -198,16 +230,28 @@ pub fn sealed(
     .unwrap()
 }
 
-/// A byte-level client for malformed input.
+/// A byte-level client for malformed input: TLS like any client (the
+/// server speaks nothing else), then raw bytes inside it.
 pub struct Raw {
     pub stream: TcpStream,
+    /// TLS, unless the client speaks in clear (`connect_clear`).
+    pub tls: Option<rustls::ClientConnection>,
+    /// Plaintext received and not yet read.
     pub buf: Vec<u8>,
     pub banner: Banner,
+    closed: bool,
 }
 
 impl Raw {
+    /// Connects, reads the banner and completes the TLS handshake.
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Self::from_stream(TcpStream::connect(addr).await.unwrap()).await
+        Self::from_stream(TcpStream::connect(addr).await.unwrap(), true).await
+    }
+
+    /// Connects and reads the banner, without TLS: a peer that speaks in
+    /// clear (an SMTP client, a CMTP/1 client).
+    pub async fn connect_clear(addr: SocketAddr) -> Raw {
+        Self::from_stream(TcpStream::connect(addr).await.unwrap(), false).await
     }
 
     /// Connects from the loopback address `source` (127.0.0.0/8 holds many:
@@ -215,46 +259,118 @@ impl Raw {
     pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Raw {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
-        Self::from_stream(socket.connect(addr).await.unwrap()).await
+        Self::from_stream(socket.connect(addr).await.unwrap(), true).await
     }
 
-    async fn from_stream(stream: TcpStream) -> Raw {
+    async fn from_stream(stream: TcpStream, tls: bool) -> Raw {
         let mut raw = Raw {
             stream,
+            tls: None,
             buf: Vec::new(),
             banner: Banner::Unknown {
                 line: String::new(),
             },
+            closed: false,
         };
         loop {
             if let Some((b, n)) = decode_banner(&raw.buf).unwrap() {
                 raw.buf.drain(..n);
                 raw.banner = b;
-                return raw;
+                break;
             }
             assert!(raw.fill().await, "closed before the banner");
         }
+        if tls && matches!(raw.banner, Banner::Ready { .. }) {
+            let mut c = cmtp_proto::tls::ClientTlsConfig::default_shared()
+                .connect()
+                .unwrap();
+            c.set_buffer_limit(None);
+            // What came after the banner is TLS already.
+            let early = std::mem::take(&mut raw.buf);
+            raw.tls = Some(c);
+            raw.feed(&early);
+            raw.flush().await;
+            while raw.tls.as_ref().unwrap().is_handshaking() {
+                assert!(raw.fill().await, "closed during the TLS handshake");
+                raw.flush().await;
+            }
+        }
+        raw
+    }
+
+    /// Decrypts TLS records into `buf`.
+    fn feed(&mut self, mut data: &[u8]) {
+        use std::io::Read;
+        let Some(tls) = self.tls.as_mut() else {
+            self.buf.extend_from_slice(data);
+            return;
+        };
+        while !data.is_empty() {
+            tls.read_tls(&mut data).unwrap();
+            let io = match tls.process_new_packets() {
+                Ok(io) => io,
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            };
+            let n = io.plaintext_bytes_to_read();
+            let start = self.buf.len();
+            self.buf.resize(start + n, 0);
+            tls.reader().read_exact(&mut self.buf[start..]).unwrap();
+            if io.peer_has_closed() {
+                self.closed = true;
+            }
+        }
+    }
+
+    /// Writes what TLS has to send.
+    async fn flush(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut out).unwrap();
+        }
+        out.is_empty() || self.stream.write_all(&out).await.is_ok()
     }
 
     async fn fill(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
         let mut chunk = [0u8; 65536];
         match tokio::time::timeout(T, self.stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => false,
             Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
+                let before = self.buf.len();
+                self.feed(&chunk[..n]);
+                self.flush().await;
+                self.buf.len() > before || !self.closed
             }
             Err(_) => panic!("no answer within {T:?}"),
         }
     }
 
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        match self.tls.as_mut() {
+            Some(tls) => {
+                use std::io::Write;
+                tls.writer().write_all(bytes).unwrap();
+                self.flush().await
+            }
+            None => self.stream.write_all(bytes).await.is_ok(),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        assert!(self.write(bytes).await, "the connection is closed");
     }
 
     /// Sends, ignoring errors (the server may close first).
     pub async fn send_lossy(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
+        let _ = self.write(bytes).await;
     }
 
     pub async fn reply(&mut self) -> Reply {

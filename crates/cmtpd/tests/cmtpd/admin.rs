@@ -120,6 +120,7 @@ async fn try_login(
         &LoginChallenge::decode(&r.body).unwrap(),
         address,
         &KsfParams::INSECURE_TEST,
+        &c.channel_binding(),
         rng,
     ) else {
         return Err(Status::AuthFailed);
@@ -965,6 +966,7 @@ async fn a_reset_token_gives_a_new_password_and_key_once_and_old_mail_needs_the_
                     &new,
                     KsfParams::INSECURE_TEST,
                     cmtp_server::state::now(),
+                    &c.channel_binding(),
                     rng,
                 )
                 .unwrap();

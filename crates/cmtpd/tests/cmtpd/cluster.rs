@@ -86,8 +86,8 @@ async fn key_login(
     key: &IdentityKey,
 ) -> Result<Connection, cmtp_client::ClientError> {
     let mut c = Connection::connect(addr, Duration::from_secs(3)).await?;
-    let g = c.ohai().await?;
-    let sig = key_login_signature(key, &g.nonce, address);
+    c.ohai().await?;
+    let sig = key_login_signature(key, &c.channel_binding(), address);
     let r = c
         .command(
             &Cmd::KeyLogin {
