@@ -165,6 +165,7 @@ const SCHEMA_V2: &str = "
 CREATE INDEX IF NOT EXISTS messages_thread ON messages(thread_id, uid);
 CREATE INDEX IF NOT EXISTS messages_folder_thread ON messages(folder, thread_id, uid, flags);
 CREATE INDEX IF NOT EXISTS messages_message_id ON messages(message_id);
+CREATE INDEX IF NOT EXISTS messages_date ON messages(date_ts, uid) WHERE fetched = 1;
 CREATE TABLE IF NOT EXISTS pending_moves (
     uid    INTEGER PRIMARY KEY,
     folder TEXT NOT NULL

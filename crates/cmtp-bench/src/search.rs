@@ -125,8 +125,10 @@ fn fill(store: &mut LocalStore, n: u64) -> anyhow::Result<Vec<(String, Vec<u64>)
             )
         })
         .collect();
-    let mut planted: Vec<(String, Vec<u64>)> =
-        RARE.iter().map(|(w, _)| ((*w).to_owned(), Vec::new())).collect();
+    let mut planted: Vec<(String, Vec<u64>)> = RARE
+        .iter()
+        .map(|(w, _)| ((*w).to_owned(), Vec::new()))
+        .collect();
     let mut uid = 0u64;
     while uid < n {
         let batch = (n - uid).min(1000);
@@ -150,8 +152,7 @@ fn fill(store: &mut LocalStore, n: u64) -> anyhow::Result<Vec<(String, Vec<u64>)
                     version: 1,
                     attachment_count: 0,
                     source_account: Some(
-                        Account::parse(from.0.split('@').next().unwrap_or("x"))
-                            .expect("valid"),
+                        Account::parse(from.0.split('@').next().unwrap_or("x")).expect("valid"),
                     ),
                     source_domain: Domain::parse(from.0.split('@').nth(1).unwrap_or("x"))
                         .expect("valid"),
@@ -262,7 +263,10 @@ fn run_blocking(opts: &ServerOpts, args: &SearchArgs) -> anyhow::Result<Run> {
     let r = args.queries;
     let rare = time_query(&store, "quetzal", r, &mut run, "rare_word")?;
     if rare != planted[0].1.len() {
-        bail!("the rare word was found {rare} times, planted {}", planted[0].1.len());
+        bail!(
+            "the rare word was found {rare} times, planted {}",
+            planted[0].1.len()
+        );
     }
     time_query(&store, "meeting", r, &mut run, "common_word")?;
     time_query(&store, "from:person42 budget", r, &mut run, "from_and_word")?;
