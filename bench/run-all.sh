@@ -40,6 +40,10 @@ run bigmail bigmail
 run relay relay
 # The same with the relay queue polled every 100 ms instead of every second.
 run relay-poll100 relay --poll-ms 100
+run handshake handshake
+# A stranger's attack for 60 s while a legitimate user logs in and sends
+# (one run: it takes a minute and 25,000+ connections).
+"$B" abuse --json "$OUT/abuse.json" | tee "$OUT/abuse.txt"
 
 if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/pg_test_fsync" ]; then
     echo "== pg_test_fsync in ${TMPDIR:-/tmp}"

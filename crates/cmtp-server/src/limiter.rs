@@ -10,11 +10,13 @@
 //! logins, staged bytes, remote key requests) keys on the same
 //! [`PeerKey`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Locks `m`, carrying on after a panic elsewhere: every structure here is
 /// consistent between statements, so a poisoned lock must not turn one
@@ -76,7 +78,7 @@ impl PeerPrefixes {
 }
 
 /// One peer: a network prefix (`203.0.113.7/32`, `2001:db8:1:2::/64`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey {
     net: IpAddr,
     len: u8,
@@ -138,7 +140,89 @@ struct Counts {
     total: usize,
     /// Connections not logged in.
     strangers: usize,
-    per_peer: HashMap<PeerKey, usize>,
+    per_peer: HashMap<PeerKey, PeerSlots>,
+    /// Peers by how many stranger connections they hold: the heaviest is
+    /// the last.
+    by_strangers: BTreeSet<(usize, PeerKey)>,
+    next_id: u64,
+}
+
+/// One peer's connections.
+#[derive(Debug, Default)]
+struct PeerSlots {
+    total: usize,
+    /// Its connections that are not logged in, oldest first: the ones a
+    /// newcomer may take over when every stranger's slot is taken.
+    strangers: VecDeque<(u64, CancellationToken)>,
+}
+
+impl Counts {
+    fn reindex(&mut self, peer: PeerKey, before: usize) {
+        let after = self.per_peer.get(&peer).map_or(0, |p| p.strangers.len());
+        if before != after {
+            self.by_strangers.remove(&(before, peer));
+            if after > 0 {
+                self.by_strangers.insert((after, peer));
+            }
+        }
+    }
+
+    fn add_stranger(&mut self, peer: PeerKey, id: u64, evict: CancellationToken) {
+        let e = self.per_peer.entry(peer).or_default();
+        let before = e.strangers.len();
+        e.strangers.push_back((id, evict));
+        self.strangers += 1;
+        self.reindex(peer, before);
+    }
+
+    fn remove_stranger(&mut self, peer: PeerKey, id: u64) {
+        let Some(e) = self.per_peer.get_mut(&peer) else {
+            return;
+        };
+        let before = e.strangers.len();
+        if let Some(i) = e.strangers.iter().position(|(x, _)| *x == id) {
+            e.strangers.remove(i);
+            self.strangers -= 1;
+        }
+        self.reindex(peer, before);
+    }
+
+    fn release(&mut self, peer: PeerKey) {
+        self.total -= 1;
+        if let Some(e) = self.per_peer.get_mut(&peer) {
+            e.total -= 1;
+            if e.total == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Ends the oldest stranger connection of the peer holding the most, if
+    /// that peer holds at least two more than `newcomer` does: its slot is
+    /// freed now, and its session is told to end at once.
+    fn evict_for(&mut self, newcomer: PeerKey) -> bool {
+        let mine = self
+            .per_peer
+            .get(&newcomer)
+            .map_or(0, |p| p.strangers.len());
+        let Some(&(most, victim)) = self.by_strangers.last() else {
+            return false;
+        };
+        if most < mine + 2 {
+            return false;
+        }
+        let Some(e) = self.per_peer.get_mut(&victim) else {
+            return false;
+        };
+        let Some((id, token)) = e.strangers.front().cloned() else {
+            return false;
+        };
+        token.cancel();
+        self.remove_stranger(victim, id);
+        self.release(victim);
+        metrics::counter!("cmtp_connections_evicted_total").increment(1);
+        true
+    }
 }
 
 /// Counts open connections: in total, not logged in, and per peer.
@@ -147,6 +231,13 @@ struct Counts {
 /// session that logs in [`promote`](ConnectionSlot::promote)s its slot into
 /// the share reserved for logged-in sessions, which frees a stranger's slot.
 /// Strangers can therefore never take the reserved share, whatever they do.
+///
+/// When every slot open to strangers is taken, a newcomer is not simply
+/// refused: if some peer holds at least two more stranger connections than
+/// the newcomer, that peer's oldest one is ended
+/// ([`ConnectionSlot::evicted`]) and the newcomer takes its slot. Many
+/// addresses that each hold many idle connections therefore cannot keep a
+/// new address out; only as many addresses as there are slots could.
 ///
 /// [`acquire_stranger`]: ConnectionTracker::acquire_stranger
 #[derive(Debug, Default)]
@@ -159,13 +250,19 @@ pub struct ConnectionTracker {
 pub struct ConnectionSlot {
     tracker: Arc<ConnectionTracker>,
     peer: PeerKey,
+    id: u64,
     logged_in: bool,
+    /// Cancelled when a newcomer took the slot over; the slot is then no
+    /// longer counted.
+    evict: CancellationToken,
 }
 
 impl ConnectionTracker {
     /// Takes a slot for a new connection from `peer` (not logged in), or
     /// says why not; a refusal is counted in
-    /// `cmtp_connections_refused_total{reason}`.
+    /// `cmtp_connections_refused_total{reason}`. When every slot open to
+    /// strangers is taken, the oldest stranger connection of the peer that
+    /// holds the most may be ended to make room (see [`ConnectionTracker`]).
     pub fn acquire_stranger(
         self: &Arc<Self>,
         peer: PeerKey,
@@ -177,23 +274,32 @@ impl ConnectionTracker {
             Err(why)
         };
         let mut g = lock(&self.inner);
-        if g.total >= limits.max {
-            return refused(ConnectionRefusal::Full);
-        }
-        if g.strangers >= limits.max.saturating_sub(limits.reserved_for_users) {
-            return refused(ConnectionRefusal::ReservedForUsers);
-        }
-        let n = g.per_peer.get(&peer).copied().unwrap_or(0);
+        let n = g.per_peer.get(&peer).map_or(0, |p| p.total);
         if n >= limits.max_per_peer {
             return refused(ConnectionRefusal::PeerFull);
         }
-        g.per_peer.insert(peer, n + 1);
+        let stranger_max = limits.max.saturating_sub(limits.reserved_for_users);
+        while g.total >= limits.max || g.strangers >= stranger_max {
+            if !g.evict_for(peer) {
+                return refused(if g.total >= limits.max {
+                    ConnectionRefusal::Full
+                } else {
+                    ConnectionRefusal::ReservedForUsers
+                });
+            }
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        let evict = CancellationToken::new();
         g.total += 1;
-        g.strangers += 1;
+        g.per_peer.entry(peer).or_default().total += 1;
+        g.add_stranger(peer, id, evict.clone());
         Ok(ConnectionSlot {
             tracker: Arc::clone(self),
             peer,
+            id,
             logged_in: false,
+            evict,
         })
     }
 
@@ -212,18 +318,20 @@ impl ConnectionSlot {
     /// The session logged in: the slot moves into the share reserved for
     /// logged-in sessions (a stranger's slot frees). Idempotent.
     pub fn promote(&mut self) {
-        if !self.logged_in {
+        let mut g = lock(&self.tracker.inner);
+        if !self.logged_in && !self.evict.is_cancelled() {
             self.logged_in = true;
-            lock(&self.tracker.inner).strangers -= 1;
+            g.remove_stranger(self.peer, self.id);
         }
     }
 
     /// The session is no longer logged in (a new LOGIN started): the slot
     /// counts as a stranger's again. Idempotent.
     pub fn demote(&mut self) {
-        if self.logged_in {
+        let mut g = lock(&self.tracker.inner);
+        if self.logged_in && !self.evict.is_cancelled() {
             self.logged_in = false;
-            lock(&self.tracker.inner).strangers += 1;
+            g.add_stranger(self.peer, self.id, self.evict.clone());
         }
     }
 
@@ -236,21 +344,25 @@ impl ConnectionSlot {
     pub fn peer(&self) -> PeerKey {
         self.peer
     }
+
+    /// Cancelled when a newcomer took this stranger's slot over: the
+    /// session must end at once.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evict
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut g = lock(&self.tracker.inner);
-        g.total -= 1;
+        if self.evict.is_cancelled() {
+            // Released when it was taken over.
+            return;
+        }
         if !self.logged_in {
-            g.strangers -= 1;
+            g.remove_stranger(self.peer, self.id);
         }
-        if let Some(n) = g.per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                g.per_peer.remove(&self.peer);
-            }
-        }
+        g.release(self.peer);
     }
 }
 
@@ -527,6 +639,61 @@ mod tests {
         a.promote();
         drop(a);
         assert_eq!((t.open(), t.strangers()), (2, 2));
+    }
+
+    #[test]
+    fn a_newcomer_takes_over_the_oldest_slot_of_the_peer_holding_the_most() {
+        let t = Arc::new(ConnectionTracker::default());
+        let l = limits(6, 1, 10);
+        let heavy: Vec<_> = (0..3)
+            .map(|_| t.acquire_stranger(peer("10.0.0.1"), &l).unwrap())
+            .collect();
+        let light: Vec<_> = (0..2)
+            .map(|_| t.acquire_stranger(peer("10.0.0.2"), &l).unwrap())
+            .collect();
+        // Every stranger's slot is taken (6 - 1 reserved). A newcomer gets
+        // the heavy peer's oldest one, which is told to end.
+        let fresh = t.acquire_stranger(peer("10.0.0.3"), &l).unwrap();
+        assert!(heavy[0].evicted().is_cancelled());
+        assert!(!heavy[1].evicted().is_cancelled());
+        assert_eq!((t.open(), t.strangers()), (5, 5));
+        // Now no peer holds two more than 10.0.0.3 (2, 2, 1): refused.
+        assert_eq!(
+            t.acquire_stranger(peer("10.0.0.3"), &l).unwrap_err(),
+            ConnectionRefusal::ReservedForUsers
+        );
+        // Another newcomer (0 held) takes one from a peer holding 2.
+        let other = t.acquire_stranger(peer("10.0.0.4"), &l).unwrap();
+        assert_eq!((t.open(), t.strangers()), (5, 5));
+        // The evicted slots are not counted twice when their sessions end,
+        // and promoting or demoting them changes nothing.
+        let mut heavy = heavy;
+        heavy[0].promote();
+        heavy[0].demote();
+        drop(heavy);
+        drop(light);
+        drop(fresh);
+        drop(other);
+        assert_eq!((t.open(), t.strangers()), (0, 0));
+        assert!(lock(&t.inner).per_peer.is_empty());
+        assert!(lock(&t.inner).by_strangers.is_empty());
+    }
+
+    #[test]
+    fn logged_in_sessions_are_never_taken_over() {
+        let t = Arc::new(ConnectionTracker::default());
+        let l = limits(3, 0, 10);
+        let mut users: Vec<_> = (0..3)
+            .map(|_| t.acquire_stranger(peer("10.0.0.1"), &l).unwrap())
+            .collect();
+        for u in &mut users {
+            u.promote();
+        }
+        assert_eq!(
+            t.acquire_stranger(peer("10.0.0.2"), &l).unwrap_err(),
+            ConnectionRefusal::Full
+        );
+        assert!(users.iter().all(|u| !u.evicted().is_cancelled()));
     }
 
     #[test]

@@ -70,10 +70,15 @@ impl Session {
         metrics::counter!("cmtp_connections_total").increment(1);
         metrics::gauge!("cmtp_connections_open").increment(1.0);
         let cancel = s.cancel.clone();
+        let evicted = s.slot.evicted().clone();
         tokio::select! {
             _ = s.serve() => {}
             _ = cancel.cancelled() => {
                 tracing::info!(peer = %s.peer, "closing the connection: shutdown grace period over");
+                s.conn.abort();
+            }
+            _ = evicted.cancelled() => {
+                tracing::info!(peer = %s.peer, "closing the connection: its slot was given to a peer holding fewer");
                 s.conn.abort();
             }
         }

@@ -259,6 +259,49 @@ async fn strangers_cannot_take_the_slots_reserved_for_logged_in_sessions() {
     assert_eq!(s.shared().conns.open(), 2);
 }
 
+/// Many addresses each holding many idle connections cannot keep a new
+/// address out: when every stranger's slot is taken, the newcomer gets the
+/// oldest connection of the peer holding the most, which is closed.
+#[tokio::test]
+async fn a_new_address_gets_a_slot_from_the_peer_holding_the_most() {
+    let s = TestServer::start_with("a.test", |c| {
+        c.connections.max = 6;
+        c.connections.reserved_for_users = Some(1);
+    })
+    .await;
+    let mut heavy = Vec::new();
+    for _ in 0..3 {
+        heavy.push(Raw::connect_from(s.addr, ip("127.0.0.1")).await);
+    }
+    let mut light = Vec::new();
+    for _ in 0..2 {
+        light.push(Raw::connect_from(s.addr, ip("127.0.0.2")).await);
+    }
+    assert_eq!(s.shared().conns.strangers(), 5);
+    let mut fresh = Raw::connect_from(s.addr, ip("127.0.0.3")).await;
+    assert!(
+        !matches!(fresh.banner, Banner::Busy { .. }),
+        "{:?}",
+        fresh.banner
+    );
+    // The heavy peer's oldest connection was closed; the others serve.
+    assert!(heavy[0].is_closed().await);
+    fresh.send(b"NOOP\0").await;
+    assert_eq!(fresh.reply().await.status, Status::Success);
+    light[0].send(b"NOOP\0").await;
+    assert_eq!(light[0].reply().await.status, Status::Success);
+    heavy[1].send(b"NOOP\0").await;
+    assert_eq!(heavy[1].reply().await.status, Status::Success);
+    assert_eq!(s.shared().conns.strangers(), 5);
+    // No peer now holds two more than 127.0.0.3 does: it is refused.
+    let again = Raw::connect_from(s.addr, ip("127.0.0.3")).await;
+    assert!(
+        matches!(again.banner, Banner::Busy { .. }),
+        "{:?}",
+        again.banner
+    );
+}
+
 // ----- findings 5 and 6: login -----
 
 /// Registers `user` with the Argon2id parameters `ksf`.

@@ -523,10 +523,11 @@ impl ClientConnection {
                 return;
             }
         }
-        if self.phase == Phase::Handshake && !self.tls.is_handshaking() {
-            if let Err(e) = self.established() {
-                self.fail(e);
-            }
+        if self.phase == Phase::Handshake
+            && !self.tls.is_handshaking()
+            && let Err(e) = self.established()
+        {
+            self.fail(e);
         }
     }
 
