@@ -174,7 +174,7 @@ fn fill(store: &mut LocalStore, n: u64) -> anyhow::Result<Vec<(String, Vec<u64>)
                         format!("{} <{}>", p.1, p.0)
                     })
                     .collect();
-                let attachments = if uid % 10 == 0 {
+                let attachments = if uid.is_multiple_of(10) {
                     vec![(format!("invoice-{uid}.pdf"), vec![0u8; 16])]
                 } else {
                     Vec::new()
