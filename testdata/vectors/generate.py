@@ -300,6 +300,11 @@ def gen_commands(extra):
         "APPEND folder=Sent flags=1 (seen); a message (§7) follows (§13.6)",
     )
     f.add(
+        "move",
+        command("MOVE", ["Archive"], u64(3) + u64(4)),
+        "MOVE folder=Archive, blob = ids 3 and 4 as u64 (§13.7)",
+    )
+    f.add(
         "bad_flags_both",
         command("FLAGS", ["1", "1"], u64(1)),
         "FLAGS that sets and clears the same bit -> BADARGUMENT (§13.5)",
@@ -574,6 +579,24 @@ def inner_body(reply_to, subject, date, cc, text):
     return out + text.encode("utf-8")
 
 
+def mailboxes(lst):
+    out = u32(len(lst))
+    for account, domain, name in lst:
+        out += string(account) + string(domain) + string(name)
+    return out
+
+
+def inner_body_v2(from_name, reply_to, subject, date, message_id, in_reply_to,
+                  references, to, cc, bcc, media_types, text):
+    """Content version 2 (§8.1): the byte 2, then the fields."""
+    out = u8(2) + string(from_name) + string(reply_to) + string(subject) + string(date)
+    out += string(message_id) + string(in_reply_to)
+    out += u32(len(references)) + b"".join(string(r) for r in references)
+    out += mailboxes(to) + mailboxes(cc) + mailboxes(bcc)
+    out += u32(len(media_types)) + b"".join(string(t) for t in media_types)
+    return out + text.encode("utf-8")
+
+
 def attachment_plaintext(name, data):
     n = name.encode("utf-8")
     assert len(n) <= 255 and b"\0" not in n
@@ -674,6 +697,61 @@ def gen_content():
             "crypto_box_seal of attachment_2 to bob, ephemeral secret key 32x0xe3",
         ),
     ]
+
+    # §8.1 content version 2: bob's reply-all copy, with a Bcc recipient
+    # (dave) who appears only in his own copy.
+    v2 = dict(
+        from_name="Alice Example",
+        reply_to="",
+        subject="Re: Quarterly report",
+        date=T0_TEXT,
+        message_id="5f1c0ffee0dd@a.example",
+        in_reply_to="q3-report-1@b.example",
+        references=["q3-report-1@b.example"],
+        to=[("bob", "b.example", "Bob")],
+        cc=[("carol", "c.example", 'Carol "C" Example')],
+        media_types=["application/pdf"],
+        text="Thanks, Bob.\n",
+    )
+    inner_v2 = f.add(
+        "inner_body_v2",
+        inner_body_v2(bcc=[], **v2),
+        "Content version 2 inner body (§8.1), bob's copy: u8 2, from_name 'Alice Example',",
+        "reply_to empty, subject 'Re: Quarterly report', date T0, message_id",
+        "'5f1c0ffee0dd@a.example', in_reply_to and references ['q3-report-1@b.example'],",
+        "to [bob@b.example 'Bob'], cc [carol@c.example 'Carol \"C\" Example'], bcc [] (bob",
+        "is not a Bcc recipient), media types ['application/pdf'], text 'Thanks, Bob.\\n'",
+    )
+    inner_v2_bcc = f.add(
+        "inner_body_v2_bcc",
+        inner_body_v2(bcc=[("dave", "d.example", "")], **v2),
+        "The same message as sealed to dave@d.example, a Bcc recipient: bcc lists",
+        "only dave (no display name); bob's and carol's copies list no Bcc at all",
+    )
+    v2_sig = f.add(
+        "sender_signature_v2",
+        ALICE.sign(
+            "sender-signature",
+            sender_signed_data(dest, src, 1, inner_v2, [att1]),
+        ),
+        "Alice's signature over bob's version 2 copy: sender_signed_data for",
+        "alice@a.example -> bob@b.example, version 1, H(inner_body_v2), 1 attachment,",
+        "H(attachment_1) (§8.3: the hash of the inner body covers every version 2 field)",
+    )
+    f.add(
+        "sender_signature_v2_bcc",
+        ALICE.sign(
+            "sender-signature",
+            sender_signed_data(("dave", "d.example"), src, 1, inner_v2_bcc, [att1]),
+        ),
+        "Alice's signature over dave's copy (destination dave@d.example)",
+    )
+    out["body_v2"] = f.add(
+        "sealed_body_v2",
+        seal(BOB, inner_v2 + v2_sig, b"\xe5" * 32),
+        "crypto_box_seal of inner_body_v2 | sender_signature_v2 to bob, ephemeral",
+        "secret key 32x0xe5",
+    )
 
     # §10.3 delivery failure notice: from a.example's server (empty account) to alice
     orig = "0123456789abcdef" * 4
@@ -881,6 +959,24 @@ def gen_statements(msgs):
         "Receipt (§10.1) for message_v1 of message.hex: hash = message_v1_hash,",
         f"accepted_at = T0 + 5 = {T0 + 5}, domain b.example, signed by b.example's",
         "server (seed 32x0x06) over `CMTP-v1 receipt\\0` | hash | u64 | domain NUL",
+    )
+
+    # §9.6 safety numbers
+    def half(address, key):
+        d = hashlib.sha512(b"CMTP-v1 safety-number\0" + address.encode() + b"\0" + key.pub).digest()
+        for _ in range(5199):
+            d = hashlib.sha512(d + key.pub).digest()
+        return "".join(
+            "%05d" % (int.from_bytes(d[i : i + 5], "big") % 100000) for i in range(0, 30, 5)
+        )
+
+    number = half("alice@a.example", ALICE) + half("bob@b.example", BOB)
+    f.add(
+        "safety_number",
+        number.encode(),
+        "Safety number of alice@a.example (seed 32x0x02) and bob@b.example (seed",
+        "32x0x03), as 60 ASCII digits (§9.6): alice's half first (her address sorts",
+        f"first), each half 5,200 rounds of SHA-512; {number}",
     )
     f.write()
     return out

@@ -31,6 +31,7 @@
 //!
 //! ```toml
 //! address = "alice@a.example"
+//! # name = "Alice Example"         # your name in the mail you send
 //! # server = "mx.a.example:9001"   # default: DNS (SRV, then MX, then A)
 //!
 //! [dns]
@@ -77,6 +78,10 @@ pub struct Config {
     /// The own server as `host:port`, instead of DNS discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// Your display name, as your mail shows it to its recipients
+    /// (`Alice Example`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// DNS settings.
     #[serde(default, skip_serializing_if = "is_default")]
     pub dns: DnsSection,

@@ -18,7 +18,15 @@
 //!   message once; flags pushed).
 //! - [`send`]: the outbox: seal once, send the same bytes until accepted,
 //!   the Sent copy.
-//! - [`compose`]: the editor's header template.
+//! - [`compose`]: the editor's header template; replies, reply-all and
+//!   forwards made from a stored message.
+//! - [`address`]: recipients as people write them (`Name <addr>`, comma
+//!   lists, aliases).
+//! - [`contacts`]: contacts, their keys as first seen, key changes, safety
+//!   numbers.
+//! - [`search`]: full-text search (FTS5) over the local store.
+//! - [`export`]: the local store as RFC 5322 messages in an mbox file or a
+//!   Maildir.
 //! - [`mailbox`]: opening and judging messages once, saving attachments
 //!   safely.
 //! - [`failure`]: the application's [`Error`] and its [`failure::ErrorKind`].
@@ -41,10 +49,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod compose;
+pub mod contacts;
+pub mod export;
 pub mod failure;
 pub mod home;
 pub mod mailbox;
+pub mod search;
 pub mod send;
 pub mod session;
 pub mod smtp;

@@ -131,11 +131,22 @@ pub fn open_message(
     out.verdict = verdict.word().into();
     out.verdict_detail = verdict.detail().map(str::to_owned);
     let c = opened.content;
+    let list = |v: &[cmtp_proto::content::Mailbox]| v.iter().map(|m| m.to_string()).collect();
+    out.content_version = Some(c.version.number());
+    out.date_ts = cmtp_client::clock::parse_rfc3339(&c.date);
     out.subject = Some(c.subject);
     out.date = Some(c.date);
     out.reply_to = c.reply_to.map(|a| a.to_string());
-    out.cc = c.cc.iter().map(|a| a.to_string()).collect();
+    out.cc = list(&c.cc);
+    out.to = list(&c.to);
+    out.bcc = list(&c.bcc);
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    out.from_name = some(c.from_name);
+    out.message_id = some(c.message_id);
+    out.in_reply_to = some(c.in_reply_to);
+    out.references = c.references;
     out.body = Some(c.text);
+    out.media_types = c.attachments.iter().map(|a| a.media_type.clone()).collect();
     out.attachments = c
         .attachments
         .into_iter()
@@ -213,6 +224,7 @@ mod tests {
         Attachment {
             name: name.into(),
             data: data.to_vec(),
+            ..Attachment::default()
         }
     }
 

@@ -3,15 +3,20 @@
 //!
 //! 1. A composed message is put into the outbox of the local store before
 //!    anything goes on the wire ([`crate::store::LocalStore::outbox_add`]).
-//! 2. It is sealed once: for each recipient (To and Cc) the key statement
+//! 2. It is sealed once: for each recipient (To, Cc and Bcc) the key statement
 //!    is fetched through the own server and verified against the pinned
 //!    key of the recipient's domain — or, when the recipient's server is
 //!    down right now, the cached statement that still verifies is used
 //!    ([`Session::key_for_sealing`]); all keys are checked before anything
 //!    is sealed, so a changed key stops the whole message, and with no key
 //!    at all the message waits in the outbox. Each copy is sealed to its
-//!    recipient and signed by the sender; one more copy, sealed to the
-//!    sender, is the Sent copy. Every copy's size is checked against the
+//!    recipient and signed by the sender, with content version 2 (the To
+//!    and Cc lists with names, one message id for all copies, the thread
+//!    headers; a Bcc recipient's copy names only them under Bcc, the
+//!    others' copies no Bcc at all); one more copy, sealed to the sender
+//!    and naming every Bcc recipient, is the Sent copy. Each recipient's
+//!    key is recorded with the contact ([`crate::contacts`]): a key that
+//!    changed since it was first seen is reported. Every copy's size is checked against the
 //!    server's limit from its greeting before a byte of it is sent. The
 //!    sealed bytes are stored with the outbox entry.
 //! 3. Each copy not yet accepted is submitted as it was sealed (MAIL), and
@@ -26,15 +31,18 @@
 //!    is kept as a draft so that the text is not lost.
 
 use cmtp_proto::command::Command;
-use cmtp_proto::content::{Attachment, Content};
+use cmtp_proto::content::{Attachment, Content, ContentVersion, Mailbox};
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::names::Address;
-use cmtp_proto::payload::mailbox::{Folder, SEEN};
+use cmtp_proto::payload::mailbox::{ANSWERED, Folder, SEEN};
 use cmtp_proto::statements::Receipt;
 use rand::rngs::OsRng;
 
 use cmtp_client::clock::{now, rfc3339};
 
+use crate::address::parse_resolved;
+use crate::compose::guess_media_type;
+use crate::contacts::KeyChange;
 use crate::failure::{Error, Result};
 use crate::session::Session;
 use crate::store::{Composed, LocalStore, OutboxCopy};
@@ -80,62 +88,87 @@ pub struct Outcome {
     pub failed: Vec<(String, Error)>,
     /// The draft that keeps the text when a copy was refused for good.
     pub kept_as_draft: Option<u64>,
+    /// Recipients whose key changed since it was first seen.
+    pub key_changes: Vec<KeyChange>,
 }
 
-/// Parses the addresses of a composed message.
-pub fn recipients(c: &Composed) -> Result<(Vec<Address>, Vec<Address>)> {
+/// The recipients of a composed message: To, Cc and Bcc (aliases must be
+/// resolved already, see [`crate::address`]).
+pub fn recipients(c: &Composed) -> Result<(Vec<Mailbox>, Vec<Mailbox>, Vec<Mailbox>)> {
     let parse = |list: &[String], what: &str| {
-        list.iter()
-            .map(|a| {
-                Address::parse(a).map_err(|e| {
-                    Error::Invalid(format!("{what} {a:?} is not a valid address: {e}"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()
+        parse_resolved(list).map_err(|e| Error::Invalid(format!("{what}: {e}")))
     };
-    Ok((parse(&c.to, "--to")?, parse(&c.cc, "--cc")?))
+    Ok((
+        parse(&c.to, "--to")?,
+        parse(&c.cc, "--cc")?,
+        parse(&c.bcc, "--bcc")?,
+    ))
 }
 
-/// Every recipient once, To first.
-fn all_recipients(to: &[Address], cc: &[Address]) -> Vec<Address> {
-    let mut out: Vec<Address> = Vec::new();
-    for a in to.iter().chain(cc) {
-        if !out.contains(a) {
-            out.push(a.clone());
+/// Every recipient once, To first, then Cc, then Bcc.
+fn all_recipients(to: &[Mailbox], cc: &[Mailbox], bcc: &[Mailbox]) -> Vec<Mailbox> {
+    let mut out: Vec<Mailbox> = Vec::new();
+    for m in to.iter().chain(cc).chain(bcc) {
+        if !out.iter().any(|o| o.address == m.address) {
+            out.push(m.clone());
         }
     }
     out
 }
 
-/// The content every copy carries, dated `date` (unix seconds).
-pub fn content(c: &Composed, cc: &[Address], date: u64) -> Content {
-    Content {
+/// A new message id: 32 random hex digits `@` the sender's domain
+/// (PROTOCOL.md §8.1).
+pub fn new_message_id(domain: &cmtp_proto::names::Domain) -> String {
+    let mut r = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut OsRng, &mut r);
+    format!("{}@{domain}", hex::encode(r))
+}
+
+/// The content (version 2) of a composed message, dated `date` (unix
+/// seconds), as the sender's own copy has it (with every Bcc recipient;
+/// each recipient's copy is [`Content::for_recipient`]).
+pub fn content(c: &Composed, message_id: &str, date: u64) -> Result<Content> {
+    let (to, cc, bcc) = recipients(c)?;
+    Ok(Content {
+        version: ContentVersion::V2,
+        from_name: c.from_name.clone(),
         reply_to: None,
         subject: c.subject.clone(),
         date: rfc3339(date),
-        cc: cc.to_vec(),
+        message_id: message_id.to_owned(),
+        in_reply_to: c.in_reply_to.clone(),
+        references: c.references.clone(),
+        to,
+        cc,
+        bcc,
         text: c.text.clone(),
         attachments: c
             .attachments
             .iter()
             .map(|a| Attachment {
                 name: a.name.clone(),
+                media_type: if a.media_type.is_empty() {
+                    guess_media_type(&a.name).to_owned()
+                } else {
+                    a.media_type.clone()
+                },
                 data: a.data.clone(),
             })
             .collect(),
-    }
+    })
 }
 
 /// Checks what can be checked without a server: recipients, subject, the
 /// inner body's limits.
 pub fn validate(c: &Composed) -> Result<()> {
-    let (to, cc) = recipients(c)?;
-    if all_recipients(&to, &cc).is_empty() {
+    let (to, cc, bcc) = recipients(c)?;
+    if all_recipients(&to, &cc, &bcc).is_empty() {
         return Err(Error::Invalid(
-            "no recipient: give at least one --to".into(),
+            "no recipient: give at least one (`cmtp send bob@b.example`, --to, --cc or --bcc)"
+                .into(),
         ));
     }
-    content(c, &cc, 0)
+    content(c, "check@example.invalid", 0)?
         .inner_body()
         .map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(())
@@ -144,16 +177,25 @@ pub fn validate(c: &Composed) -> Result<()> {
 /// Seals the copies of outbox entry `id` (once) and stores them: one per
 /// recipient and the Sent copy. Fails with [`Error::TooBig`] (nothing
 /// stored, nothing sent) when a copy would exceed the server's limits.
-pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Result<()> {
+/// Returns the recipients' keys that changed since they were first seen
+/// (see [`crate::contacts`]).
+pub async fn seal(
+    session: &mut Session,
+    store: &mut LocalStore,
+    id: u64,
+) -> Result<Vec<KeyChange>> {
     let entry = store
         .outbox_entry(id)?
         .ok_or_else(|| Error::NotFound(format!("no outbox entry {id}")))?;
     if entry.sealed {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let draft = &entry.draft;
-    let (to, cc) = recipients(draft)?;
-    let all = all_recipients(&to, &cc);
+    let (to, cc, bcc) = recipients(draft)?;
+    let all: Vec<Address> = all_recipients(&to, &cc, &bcc)
+        .into_iter()
+        .map(|m| m.address)
+        .collect();
     let first = all
         .first()
         .cloned()
@@ -188,16 +230,21 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
             detail: String::new(),
         });
     }
-    let content = content(draft, &cc, entry.created_at);
+    let mut content = content(draft, &new_message_id(&from.domain), entry.created_at)?;
+    let all_bcc = content.bcc.clone();
     // Every key first: nothing is sealed if one of them is wrong.
     let mut keys: Vec<(Address, Option<PublicKey>)> = Vec::with_capacity(all.len());
     let mut by_smtp = Vec::new();
+    let mut changes = Vec::new();
     for r in all {
         let key = if draft.plaintext {
             None
         } else {
             match session.key_for_sealing(&r).await {
-                Ok(k) => Some(k.key),
+                Ok(k) => {
+                    changes.extend(store.observe_key(&r, &k.key, now())?);
+                    Some(k.key)
+                }
                 // A domain without CMTP service: a plaintext copy, which the
                 // own server delivers by SMTP, if the sender consented.
                 Err(e) if crate::smtp::smtp_only(&e) => {
@@ -216,6 +263,9 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
         };
         keys.push((r, key));
     }
+    for m in to.iter().chain(&cc).chain(&bcc) {
+        store.touch_contact(&m.address, &m.name, now())?;
+    }
     let mut copies = Vec::with_capacity(keys.len() + 1);
     let own = identity.public();
     let sent_key = if draft.plaintext { None } else { Some(own) };
@@ -228,6 +278,14 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
         .chain(std::iter::once((first, sent_key, "sent")))
         .enumerate()
     {
+        // Each recipient's copy names Bcc recipients as §8.1 says
+        // ([`Content::bcc_for`]); the Sent copy names them all. Only
+        // the Bcc list changes between copies, so it is swapped in place
+        // rather than the content (and its attachments) cloned.
+        content.bcc = all_bcc.clone();
+        if kind != "sent" {
+            content.bcc = content.bcc_for(&recipient);
+        }
         let message = match key {
             Some(k) => content.seal(&from, &identity, &recipient, &k, &mut OsRng),
             None => content.plaintext(&from, &recipient),
@@ -252,7 +310,8 @@ pub async fn seal(session: &mut Session, store: &mut LocalStore, id: u64) -> Res
             done: false,
         });
     }
-    store.outbox_seal(id, &copies)
+    store.outbox_seal(id, &copies)?;
+    Ok(changes)
 }
 
 /// Sends what is left of outbox entry `id` (sealing it first if needed):
@@ -264,10 +323,11 @@ pub async fn deliver(
     id: u64,
     mut progress: impl FnMut(Progress),
 ) -> Result<Outcome> {
-    seal(session, store, id).await?;
+    let key_changes = seal(session, store, id).await?;
     let copies = store.outbox_copies(id)?;
     let mut outcome = Outcome {
         outbox_id: id,
+        key_changes,
         ..Outcome::default()
     };
     let total = copies.len();
@@ -327,6 +387,13 @@ pub async fn deliver(
         }
     }
     let entry = store.outbox_entry(id)?;
+    // A reply: the message it answers is flagged answered (pushed with
+    // the next sync).
+    if let Some(parent) = entry.as_ref().and_then(|e| e.draft.answers)
+        && !outcome.delivered.is_empty()
+    {
+        store.set_flags(parent, ANSWERED, 0)?;
+    }
     if !outcome.failed.is_empty()
         && let Some(entry) = &entry
     {

@@ -32,7 +32,7 @@ use cmtp_proto::crypto::{IdentityKey, PublicKey};
 use cmtp_proto::limits::MessageLimits;
 use cmtp_proto::message::{Message, Source};
 use cmtp_proto::names::{Address, Domain};
-use cmtp_proto::payload::mailbox::{ChangeSet, FlagsResult, ListingPage};
+use cmtp_proto::payload::mailbox::{ChangeSet, FlagsResult, Folder, ListingPage};
 use cmtp_proto::payload::{
     Greeting, ListingEntry, LoginChallenge, RegistrationOffer, XzibitRelease, decode_listing,
 };
@@ -460,6 +460,27 @@ impl Client {
         }
         s.address = Some(address);
         s.identity = Some(identity);
+        Ok(s)
+    }
+
+    /// A session logged in with the password (OPAQUE LOGIN, LOGINFINISH),
+    /// which proves the person knows the current password: what a password
+    /// change starts with. A wrong password is [`Error::WrongPassword`] (and
+    /// counts against the login limits like any failed login); a password
+    /// that opens another key than this home's is refused.
+    pub async fn password_session(&self, password: &[u8]) -> Result<Session> {
+        let address = self.address()?;
+        let identity = self.identity()?;
+        let mut s = self.connect(&address.domain).await?;
+        let (key, _statement) = s
+            .password_login(&address, password, self.ksf_floor())
+            .await?;
+        if key.public() != identity.public() {
+            return Err(Error::Verification(format!(
+                "the password of {address} opens another identity key than the one in {}",
+                self.home.identity_path().display()
+            )));
+        }
         Ok(s)
     }
 
@@ -935,6 +956,28 @@ impl Session {
                 .await?;
             let body = expect_success(&reply, "FLAGS")?;
             last = decode(FlagsResult::decode(body), "flags result")?;
+            changed += last.changed;
+        }
+        last.changed = changed;
+        Ok(last)
+    }
+
+    /// MOVE (PROTOCOL.md §13.7), in commands of at most 1024 ids.
+    pub async fn move_to(&mut self, ids: &[u64], folder: &Folder) -> Result<FlagsResult> {
+        let mut last = FlagsResult {
+            modseq: 0,
+            changed: 0,
+        };
+        let mut changed = 0;
+        for chunk in ids.chunks(cmtp_proto::payload::mailbox::MAX_FLAG_IDS) {
+            let reply = self
+                .command(&Command::Move {
+                    folder: folder.clone(),
+                    ids: chunk.to_vec(),
+                })
+                .await?;
+            let body = expect_success(&reply, "MOVE")?;
+            last = decode(FlagsResult::decode(body), "move result")?;
             changed += last.changed;
         }
         last.changed = changed;

@@ -106,9 +106,20 @@ pub fn consented(
     Ok(to
         .iter()
         .chain(cc)
-        .filter(|r| all || contacts.contains(&r.trim().to_ascii_lowercase()))
-        .cloned()
+        .map(|r| bare_address(r))
+        .filter(|r| all || contacts.contains(r))
         .collect())
+}
+
+/// The address of a recipient as written (`Bob <bob@b.example>` or
+/// `bob@b.example`), lowercased.
+fn bare_address(r: &str) -> String {
+    let r = r.trim();
+    let inner = match (r.rfind('<'), r.ends_with('>')) {
+        (Some(i), true) => &r[i + 1..r.len() - 1],
+        _ => r,
+    };
+    inner.trim().to_ascii_lowercase()
 }
 
 /// Largest RFC 5322 message parsed for display (bigger ones are shown by
@@ -260,8 +271,17 @@ pub fn view(m: &StoredMessage, attachments: &[Attachment]) -> Option<SmtpMail> {
             .attachment_name()
             .map(str::to_owned)
             .unwrap_or_else(|| format!("attachment-{}", i + 1));
+        let media_type = part
+            .content_type()
+            .map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_owned(),
+            })
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         mail.attachments.push(Attachment {
             name,
+            media_type,
             data: part.contents().to_vec(),
         });
     }
@@ -291,6 +311,15 @@ mod tests {
             body: Some(body.into()),
             attachment_names: vec![ATTACHMENT_NAME.into()],
             attachment_count: 1,
+            content_version: Some(2),
+            from_name: None,
+            to: Vec::new(),
+            bcc: Vec::new(),
+            message_id: None,
+            in_reply_to: None,
+            references: Vec::new(),
+            thread_id: None,
+            date_ts: None,
         }
     }
 
@@ -321,6 +350,7 @@ mod tests {
         let m = stored(&record());
         let eml = Attachment {
             name: ATTACHMENT_NAME.into(),
+            media_type: "message/rfc822".into(),
             data: EML.as_bytes().to_vec(),
         };
         let v = view(&m, &[eml]).expect("SMTP mail");
@@ -330,6 +360,7 @@ mod tests {
         assert_eq!(v.attachments.len(), 1);
         assert_eq!(v.attachments[0].name, "r.pdf");
         assert_eq!(v.attachments[0].data, b"%PDF-1.4\n");
+        assert_eq!(v.attachments[0].media_type, "application/pdf");
         assert_eq!(v.message_id.as_deref(), Some("r1@pf.test"));
         assert_eq!(
             v.summary,
@@ -345,6 +376,7 @@ mod tests {
             &m,
             &[Attachment {
                 name: ATTACHMENT_NAME.into(),
+                media_type: "message/rfc822".into(),
                 data: eml.as_bytes().to_vec(),
             }],
         )

@@ -1,7 +1,8 @@
 //! Incremental sync of the server mailbox into the local store
 //! (PROTOCOL.md §13.3–§13.5).
 //!
-//! 1. Flag changes made on this device (offline too) are pushed (`FLAGS`).
+//! 1. Flag changes and folder moves made on this device (offline too) are
+//!    pushed (`FLAGS`, `MOVE`).
 //! 2. The first time, the whole mailbox is listed newest first with
 //!    `LISTPAGE`, a page at a time; the progress is saved after each page,
 //!    so an interrupted listing goes on where it stopped. The modseq of the
@@ -18,9 +19,10 @@
 
 use std::collections::HashMap;
 
+use cmtp_client::clock::now;
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::{Message, Source};
-use cmtp_proto::payload::mailbox::{Change, MAX_PAGE};
+use cmtp_proto::payload::mailbox::{Change, Folder, MAX_PAGE};
 
 use crate::failure::{Error, Result};
 use crate::mailbox::{open_message, signer_needed};
@@ -42,6 +44,11 @@ pub struct SyncReport {
     pub pushed_flags: u64,
     /// Whether the local copy was emptied first (a new epoch).
     pub reset: bool,
+    /// Folder moves of this device pushed to the server.
+    pub pushed_moves: u64,
+    /// Senders whose key changed since it was first seen (see
+    /// [`LocalStore::changed_keys`]).
+    pub key_changes: u64,
 }
 
 /// Progress of a sync, for a progress bar.
@@ -69,6 +76,7 @@ pub async fn sync(
 ) -> Result<SyncReport> {
     let mut report = SyncReport {
         pushed_flags: push_flags(session, store).await?,
+        pushed_moves: push_moves(session, store).await?,
         ..SyncReport::default()
     };
     let mut state = store.sync_state()?;
@@ -167,6 +175,24 @@ async fn push_flags(session: &mut Session, store: &mut LocalStore) -> Result<u64
     Ok(pending.len() as u64)
 }
 
+/// Pushes folder moves made on this device (MOVE, PROTOCOL.md §13.7).
+pub async fn push_moves(session: &mut Session, store: &mut LocalStore) -> Result<u64> {
+    let pending = store.pending_moves()?;
+    let mut groups: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (uid, folder) in &pending {
+        groups.entry(folder.as_str()).or_default().push(*uid);
+    }
+    for (folder, ids) in groups {
+        let f =
+            Folder::parse(folder).map_err(|e| Error::Invalid(format!("folder {folder:?}: {e}")))?;
+        session.move_to(&ids, &f).await?;
+        for id in ids {
+            store.clear_pending_move(id)?;
+        }
+    }
+    Ok(pending.len() as u64)
+}
+
 /// Fetches, opens and stores every message not fetched yet, newest first.
 async fn fetch_missing(
     session: &mut Session,
@@ -197,7 +223,7 @@ async fn fetch_missing(
             };
             let decoded = Message::decode(&bytes, limits).map_err(|e| e.to_string());
             let signer = decoded.as_ref().ok().and_then(|m| signer_needed(m, &me));
-            let key = match signer {
+            let key = match signer.clone() {
                 None => None,
                 Some(source) => Some(match keys.get(&source) {
                     Some(k) => k.clone().map_err(Error::Verification),
@@ -214,16 +240,30 @@ async fn fetch_missing(
                     },
                 }),
             };
+            let known_key = match (&key, &signer) {
+                (Some(Ok(k)), Some(source)) => source.address().map(|a| (a, *k)),
+                _ => None,
+            };
             let opened = open_message(decoded, &me, &identity, key)?;
             report.fetched_bytes += bytes.len() as u64;
-            batch.push((uid, bytes, opened));
+            batch.push((uid, bytes, opened, known_key));
         }
-        store.transaction(|s| {
-            for (uid, bytes, opened) in &batch {
+        let changes = store.transaction(|s| {
+            let mut changes = 0;
+            for (uid, bytes, opened, known_key) in &batch {
                 s.store_fetched(*uid, bytes, opened)?;
+                // The sender becomes a contact, with the key their
+                // statement gave (a changed key is remembered).
+                if let Some((address, key)) = known_key {
+                    s.touch_contact(address, opened.from_name.as_deref().unwrap_or(""), now())?;
+                    if s.observe_key(address, key, now())?.is_some() {
+                        changes += 1;
+                    }
+                }
             }
-            Ok(())
+            Ok(changes)
         })?;
+        report.key_changes += changes;
         report.fetched += batch.len() as u64;
         progress(SyncProgress::Fetching {
             done: report.fetched,

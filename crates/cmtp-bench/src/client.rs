@@ -168,7 +168,7 @@ fn home_for(dir: &std::path::Path, user: &User, server: SocketAddr) -> anyhow::R
 }
 
 /// What `cmtp inbox` does, in this process: log in, send what waits, sync,
-/// read the newest page of the inbox from the local store.
+/// read the newest page of threads of the inbox from the local store.
 async fn inbox(home: &Home) -> anyhow::Result<(u64, usize)> {
     let client = Client::open(home.clone(), Options::default())?;
     let address = client.address()?;
@@ -177,8 +177,10 @@ async fn inbox(home: &Home) -> anyhow::Result<(u64, usize)> {
     cmtp_app::send::flush(&mut session, &mut store, true, |_| {}).await?;
     let report = cmtp_app::sync::sync(&mut session, &mut store, |_| {}).await?;
     session.close().await;
-    let page = store.list("Inbox", 0, 50)?;
+    // What `cmtp inbox` shows: the newest 50 threads, and the counts.
+    let page = store.threads("Inbox", 0, 50)?;
     store.count("Inbox")?;
+    store.changed_keys()?;
     Ok((report.fetched, page.len()))
 }
 

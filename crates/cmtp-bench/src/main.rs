@@ -23,6 +23,7 @@ mod mail;
 mod procfs;
 mod relay;
 mod report;
+mod search;
 mod server;
 mod setup;
 
@@ -106,6 +107,13 @@ enum Cmd {
     Client {
         #[command(flatten)]
         args: client::ClientArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The mail program's search: a local store of M messages, each kind of query timed.
+    Search {
+        #[command(flatten)]
+        args: search::SearchArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -266,6 +274,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 common.repeat,
                 common.json.as_ref(),
                 async || client::run(&common.server, &args).await,
+            )
+            .await
+        }
+        Cmd::Search { args, common } => {
+            repeat(
+                "search",
+                args.params(),
+                common.repeat,
+                common.json.as_ref(),
+                async || search::run(&common.server, &args).await,
             )
             .await
         }

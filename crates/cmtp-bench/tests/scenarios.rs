@@ -197,6 +197,15 @@ fn client_syncs_everything_then_only_the_new_messages() {
 }
 
 #[test]
+fn search_finds_the_planted_words_in_a_filled_local_store() {
+    let v = bench(&["search", "-m", "3000", "-r", "3"]);
+    assert_eq!(num(&v, "rare_word_results"), 10.0, "{v}");
+    assert!(num(&v, "common_word_results") > 0.0, "{v}");
+    assert!(num(&v, "rare_word_p50") > 0.0, "{v}");
+    assert!(num(&v, "fill_rate") > 0.0, "{v}");
+}
+
+#[test]
 fn crypto_rates() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("c.json");

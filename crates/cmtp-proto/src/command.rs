@@ -144,6 +144,14 @@ pub enum Command {
         /// Per-user message ids (1 to [`MAX_FLAG_IDS`]).
         ids: Vec<u64>,
     },
+    /// `MOVE folder` + ids: files messages of the mailbox into another
+    /// folder (§13.7).
+    Move {
+        /// Where to file them.
+        folder: Folder,
+        /// Per-user message ids (1 to [`MAX_FLAG_IDS`]).
+        ids: Vec<u64>,
+    },
     /// `APPEND folder flags`, then a message (§7) follows, as after MAIL:
     /// files a message of the logged-in user's own (a copy of sent mail)
     /// into a folder of their mailbox (§13.6).
@@ -187,6 +195,7 @@ fn shape(word: &[u8]) -> Option<Shape> {
         b"FETCH" | b"DELETE" => s(1, None),
         b"LISTPAGE" | b"CHANGES" | b"APPEND" => s(2, None),
         b"FLAGS" => s(2, Some((8, MAX_FLAG_IDS * 8))),
+        b"MOVE" => s(1, Some((8, MAX_FLAG_IDS * 8))),
         _ => None,
     }
 }
@@ -513,6 +522,10 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
                 ids: flag_ids(blob)?,
             }
         }
+        b"MOVE" => Command::Move {
+            folder: Folder::parse(args[0]).map_err(|e| bad(0, e))?,
+            ids: flag_ids(blob)?,
+        },
         b"APPEND" => Command::Append {
             folder: Folder::parse(args[0]).map_err(|e| bad(0, e))?,
             flags: decimal_u32(1, args[1], "a flag set")?,
@@ -544,6 +557,7 @@ impl Command {
             Command::ListPage { .. } => "LISTPAGE",
             Command::Changes { .. } => "CHANGES",
             Command::Flags { .. } => "FLAGS",
+            Command::Move { .. } => "MOVE",
             Command::Append { .. } => "APPEND",
         }
     }
@@ -595,6 +609,10 @@ impl Command {
                 put_str(out, &clear.to_string());
                 put_blob32(out, &crate::payload::mailbox::encode_ids(ids));
             }
+            Command::Move { folder, ids } => {
+                put_str(out, folder.as_str());
+                put_blob32(out, &crate::payload::mailbox::encode_ids(ids));
+            }
             Command::Append { folder, flags } => {
                 put_str(out, folder.as_str());
                 put_str(out, &flags.to_string());
@@ -627,6 +645,7 @@ impl Command {
                 | Command::ListPage { .. }
                 | Command::Changes { .. }
                 | Command::Flags { .. }
+                | Command::Move { .. }
                 | Command::Append { .. }
         )
     }
@@ -870,6 +889,31 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let mut b = b"MOVE\0Archive\0".to_vec();
+        b.extend_from_slice(&16u32.to_be_bytes());
+        b.extend_from_slice(&7u64.to_be_bytes());
+        b.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(
+            one(&b),
+            Command::Move {
+                folder: Folder::parse("Archive").unwrap(),
+                ids: vec![7, 9]
+            }
+        );
+        assert!(one(&b).needs_login());
+        for bad in [&b"MOVE\0 Trash\0"[..], b"MOVE\0Tr\x01sh\0"] {
+            let mut b = bad.to_vec();
+            b.extend_from_slice(&8u32.to_be_bytes());
+            b.extend_from_slice(&1u64.to_be_bytes());
+            assert!(
+                matches!(err(&b).kind, CommandError::BadArgument { index: 0, .. }),
+                "{bad:?}"
+            );
+        }
+        let mut b = b"MOVE\0Trash\0".to_vec();
+        b.extend_from_slice(&12u32.to_be_bytes());
+        b.extend_from_slice(&[0; 12]);
+        assert!(matches!(err(&b).kind, CommandError::BadArgument { .. }));
         let mut b = b"FLAGS\x001\x001\0".to_vec();
         b.extend_from_slice(&8u32.to_be_bytes());
         b.extend_from_slice(&7u64.to_be_bytes());
@@ -951,6 +995,14 @@ mod tests {
                     ids
                 }
             ),
+            (
+                "[A-Za-z][A-Za-z0-9 ]{0,20}[A-Za-z0-9]",
+                proptest::collection::vec(any::<u64>(), 1..20)
+            )
+                .prop_map(|(f, ids)| Command::Move {
+                    folder: Folder::parse(&f).unwrap(),
+                    ids
+                }),
             ("[A-Za-z][A-Za-z0-9 ]{0,20}[A-Za-z0-9]", any::<u32>()).prop_map(|(f, flags)| {
                 Command::Append {
                     folder: Folder::parse(&f).unwrap(),

@@ -29,8 +29,11 @@ pub const TRAILER_LEN: usize = 64;
 pub const MESSAGE_HEADER_LEN: usize = 24;
 /// Size of the file-name field at the start of an attachment's plaintext.
 pub const ATTACHMENT_NAME_LEN: usize = 255;
-/// Most carbon-copy addresses in a body's internal header.
+/// Most carbon-copy addresses in a body's internal header (and, in content
+/// version 2, most To and most Bcc recipients, each list on its own).
 pub const MAX_CC: usize = 100;
+/// Most message ids in the References list of content version 2.
+pub const MAX_REFERENCES: usize = 64;
 /// Most entries in a mailbox listing reply.
 pub const MAX_LISTING: usize = 100_000;
 /// Default TCP port.

@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cmtp_proto::banner::{Banner, busy_line, decode_banner, ready_line, smtp_refusal};
 use cmtp_proto::command::{Command, CommandError, decode_command, request_digest};
-use cmtp_proto::content::{Attachment, Content, open};
+use cmtp_proto::content::{Attachment, Content, ContentVersion, Mailbox, open};
 use cmtp_proto::crypto::opaque::KsfParams;
+use cmtp_proto::crypto::safety::safety_number;
 use cmtp_proto::crypto::sealed;
 use cmtp_proto::crypto::xzibit::Xzibit;
 use cmtp_proto::crypto::{IdentityKey, SignatureTag};
@@ -343,6 +344,13 @@ fn commands_hex() {
             },
         ),
         (
+            "move",
+            Command::Move {
+                folder: Folder::parse("Archive").unwrap(),
+                ids: vec![3, 4],
+            },
+        ),
+        (
             "append",
             Command::Append {
                 folder: Folder::sent(),
@@ -387,6 +395,7 @@ fn commands_hex() {
             "LISTPAGE",
             "CHANGES",
             "FLAGS",
+            "MOVE",
             "APPEND"
         ])
     );
@@ -733,18 +742,48 @@ fn report_content() -> Content {
         reply_to: Some(addr("alice+replies@a.example")),
         subject: "Quarterly report".into(),
         date: T0_TEXT.into(),
-        cc: vec![addr("carol@c.example"), addr("dave@d.example")],
+        cc: vec![
+            Mailbox::bare(addr("carol@c.example")),
+            Mailbox::bare(addr("dave@d.example")),
+        ],
         text: "Hi Bob,\nthe report is attached.\n-- Alice\n".into(),
         attachments: vec![
             Attachment {
                 name: "report.pdf".into(),
                 data: b"%PDF-1.7 not really a pdf\n".to_vec(),
+                ..Attachment::default()
             },
             Attachment {
                 name: format!("{}.txt", "n".repeat(251)),
                 data: b"hello\n".to_vec(),
+                ..Attachment::default()
             },
         ],
+        ..Content::default()
+    }
+}
+
+/// The version 2 reply of content.hex, as sealed to bob (no Bcc) and to
+/// dave (a Bcc recipient).
+fn reply_v2_content() -> Content {
+    Content {
+        version: ContentVersion::V2,
+        from_name: "Alice Example".into(),
+        subject: "Re: Quarterly report".into(),
+        date: T0_TEXT.into(),
+        message_id: "5f1c0ffee0dd@a.example".into(),
+        in_reply_to: "q3-report-1@b.example".into(),
+        references: vec!["q3-report-1@b.example".into()],
+        to: vec![Mailbox::new("Bob", addr("bob@b.example"))],
+        cc: vec![Mailbox::new("Carol \"C\" Example", addr("carol@c.example"))],
+        bcc: vec![Mailbox::bare(addr("dave@d.example"))],
+        text: "Thanks, Bob.\n".into(),
+        attachments: vec![Attachment::new(
+            "report.pdf",
+            "application/pdf",
+            b"%PDF-1.7 not really a pdf\n".to_vec(),
+        )],
+        ..Content::default()
     }
 }
 
@@ -757,9 +796,8 @@ fn notice_content() -> Content {
         reply_to: None,
         subject: "Undeliverable: carol@c.example".into(),
         date: T0_TEXT.into(),
-        cc: Vec::new(),
         text,
-        attachments: Vec::new(),
+        ..Content::default()
     }
 }
 
@@ -826,6 +864,39 @@ fn content_hex() {
     assert_eq!(opened.content, content);
     assert_eq!(opened.sender_signature.unwrap()[..], sig[..]);
     opened.verify_sender(&msg, &alice().public()).unwrap();
+
+    // §8.1 content version 2: bob's copy and dave's (a Bcc recipient).
+    let reply = reply_v2_content();
+    let dave_d = addr("dave@d.example");
+    let bob_copy = reply.for_recipient(&bob_b);
+    let dave_copy = reply.for_recipient(&dave_d);
+    assert_eq!(bob_copy.inner_body().unwrap(), v.get("inner_body_v2"));
+    assert_eq!(dave_copy.inner_body().unwrap(), v.get("inner_body_v2_bcc"));
+    let m2 = bob_copy
+        .seal(&alice_a, &alice(), &bob_b, &bob().public(), &mut rng())
+        .unwrap();
+    let o2 = open(&m2, Some(&bob())).unwrap();
+    assert_eq!(
+        o2.sender_signature.unwrap()[..],
+        v.get("sender_signature_v2")[..]
+    );
+    let md = dave_copy
+        .seal(&alice_a, &alice(), &dave_d, &bob().public(), &mut rng())
+        .unwrap();
+    let od = open(&md, Some(&bob())).unwrap();
+    assert_eq!(
+        od.sender_signature.unwrap()[..],
+        v.get("sender_signature_v2_bcc")[..]
+    );
+    // The libsodium-made box opens to bob's copy and verifies.
+    let m2 = Message {
+        body: v.get("sealed_body_v2"),
+        ..m2
+    };
+    let o2 = open(&m2, Some(&bob())).unwrap();
+    assert_eq!(o2.content, bob_copy);
+    assert!(o2.content.bcc.is_empty());
+    o2.verify_sender(&m2, &alice().public()).unwrap();
 
     // §10.3: a delivery failure notice, signed by the server as sender.
     let notice = notice_content();
@@ -1075,6 +1146,13 @@ fn statements_hex() {
     assert_eq!(back, receipt);
     back.verify(&server_b().public(), &hash).unwrap();
     assert!(back.verify(&server_a().public(), &hash).is_err());
+
+    // §9.6 safety numbers: the same from either side.
+    let number = String::from_utf8(v.get("safety_number")).unwrap();
+    let (al, bo) = (addr("alice@a.example"), addr("bob@b.example"));
+    let (ka, kb) = (alice().public(), bob().public());
+    assert_eq!(safety_number((&al, &ka), (&bo, &kb)), number);
+    assert_eq!(safety_number((&bo, &kb), (&al, &ka)), number);
     v.finish();
 }
 

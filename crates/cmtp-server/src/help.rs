@@ -26,6 +26,7 @@ a binary payload (u32 length + bytes). Every reply is signed.
   CHANGES <since> <limit>   arrivals, flag changes, removals after a modseq
   FLAGS <set> <clear> <ids> set and clear flags (seen 1, answered 2,
                             flagged 4, deleted 8) of your messages
+  MOVE <folder> <ids>       file your messages into another folder
   APPEND <folder> <flags> <message>  file a message of your own (Sent copy)
   (ids are per user: your first message is 1)
 

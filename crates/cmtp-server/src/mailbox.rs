@@ -173,6 +173,26 @@ impl Session {
         }
     }
 
+    /// MOVE (§13.7).
+    pub(crate) async fn move_messages(&mut self, folder: Folder, ids: Vec<u64>) {
+        let Some(user) = self.owner() else { return };
+        match self
+            .sh
+            .store
+            .move_messages(user.as_str(), ids, folder.as_str())
+            .await
+        {
+            Ok(f) => {
+                let r = FlagsResult {
+                    modseq: f.modseq,
+                    changed: f.changed,
+                };
+                self.conn.reply(Status::Success, &r.to_bytes());
+            }
+            Err(e) => self.mailbox_error(e),
+        }
+    }
+
     pub(crate) async fn list(&mut self) {
         let Some(user) = self.owner() else { return };
         match self.sh.store.list_mailbox(user.as_str()).await {

@@ -267,6 +267,7 @@ impl Session {
             Command::ListPage { before, limit } => self.list_page(before, limit).await,
             Command::Changes { since, limit } => self.changes(since, limit).await,
             Command::Flags { set, clear, ids } => self.flags(set, clear, ids).await,
+            Command::Move { folder, ids } => self.move_messages(folder, ids).await,
             other => {
                 let text = format!("{} is not supported by this server", other.word());
                 self.conn.reply(Status::BadCommand, text.as_bytes());

@@ -56,6 +56,7 @@ fn big(from: &Address, to: &Address, size: usize) -> Message {
         attachments: vec![Attachment {
             name: "big.bin".into(),
             data: vec![0x42; size],
+            ..Attachment::default()
         }],
         ..Content::default()
     }

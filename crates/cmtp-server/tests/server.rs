@@ -819,9 +819,45 @@ async fn mailbox_sync_pages_changes_flags_and_append_over_the_wire() {
         .await
         .unwrap();
     assert_eq!(r.status, Status::AuthRequired);
-    for cmd in [page(0, 1), Command::Changes { since: 0, limit: 1 }] {
+    let to_archive = Command::Move {
+        folder: Folder::parse("Archive").unwrap(),
+        ids: vec![2, 99],
+    };
+    for cmd in [
+        page(0, 1),
+        Command::Changes { since: 0, limit: 1 },
+        to_archive.clone(),
+    ] {
         let r = anon.command(&cmd, 1 << 20).await.unwrap();
         assert_eq!(r.status, Status::AuthRequired);
+    }
+    // MOVE (§13.7): the second device files 2 into Archive; the first
+    // learns it from CHANGES, flags kept.
+    let before = ListingPage::decode(&c.command(&page(0, 1), 1 << 20).await.unwrap().body)
+        .unwrap()
+        .modseq;
+    let r = c2.command(&to_archive, 1 << 20).await.unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    let moved = FlagsResult::decode(&r.body).unwrap();
+    assert_eq!((moved.changed, moved.modseq), (1, before + 1));
+    let r = c
+        .command(
+            &Command::Changes {
+                since: before,
+                limit: 100,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    match ChangeSet::decode(&r.body).unwrap().changes.as_slice() {
+        [Change::Message(m)] => {
+            assert_eq!(
+                (m.uid, m.folder.as_str(), m.flags),
+                (2, "Archive", mailbox::SEEN)
+            );
+        }
+        other => panic!("{other:?}"),
     }
     // The connection is still in step after the refusals.
     assert_eq!(

@@ -177,6 +177,8 @@ fn distinctive_mail(
         text: TEXT.into(),
         attachments: vec![Attachment {
             name: ATTACHMENT.into(),
+            // Version 1 content (the default) carries no media type.
+            media_type: String::new(),
             data: b"ledger".repeat(100),
         }],
         ..Content::default()

@@ -90,6 +90,7 @@ macro_rules! conformance_suite {
             mailbox_pages_newest_first,
             changes_since_a_modseq,
             flags_are_metadata_with_modseqs,
+            moves_between_folders_are_metadata_with_modseqs,
             deliver_into_a_folder,
             a_recreated_account_has_a_new_epoch,
             concurrent_deliveries_get_consecutive_ids,
@@ -2132,6 +2133,65 @@ pub async fn flags_are_metadata_with_modseqs<S: Store>(store: S) {
     assert_eq!(bob[0].flags, 0);
     assert!(matches!(
         store.set_flags("nobody", vec![1], 1, 0).await,
+        Err(StoreError::UnknownAccount)
+    ));
+}
+
+/// Moves (PROTOCOL.md §13.7): only real changes raise the modseq, unknown
+/// ids are ignored, the flags stay, other accounts are untouched, and
+/// CHANGES reports each moved message once with its new folder.
+pub async fn moves_between_folders_are_metadata_with_modseqs<S: Store>(store: S) {
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 1..=3u64 {
+        store
+            .deliver(delivery("alice", hash(n), b"x", T0))
+            .await
+            .unwrap();
+    }
+    store
+        .deliver(delivery("bob", hash(10), b"x", T0))
+        .await
+        .unwrap();
+    store.set_flags("alice", vec![2], 1, 0).await.unwrap();
+    let f = store
+        .move_messages("alice", vec![2, 3, 99], "Archive")
+        .await
+        .unwrap();
+    assert_eq!((f.changed, f.modseq), (2, 6));
+    // Moving where it already is changes nothing.
+    let f = store
+        .move_messages("alice", vec![2], "Archive")
+        .await
+        .unwrap();
+    assert_eq!((f.changed, f.modseq), (0, 6));
+    let f = store
+        .move_messages("alice", vec![3], "Trash")
+        .await
+        .unwrap();
+    assert_eq!((f.changed, f.modseq), (1, 7));
+    let list = store.list_mailbox("alice").await.unwrap();
+    let got: Vec<(u64, &str, u32, u64)> = list
+        .iter()
+        .map(|e| (e.id, e.folder.as_str(), e.flags, e.modseq))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, "Inbox", 0, 1), (2, "Archive", 1, 5), (3, "Trash", 0, 7)]
+    );
+    let c = store.mailbox_changes("alice", 4, 100).await.unwrap();
+    let moved: Vec<(u64, String)> = c
+        .changes
+        .iter()
+        .map(|c| match c {
+            crate::MailboxChange::Entry(e) => (e.id, e.folder.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(moved, [(2, "Archive".into()), (3, "Trash".into())]);
+    let bob = store.list_mailbox("bob").await.unwrap();
+    assert_eq!(bob[0].folder, "Inbox");
+    assert!(matches!(
+        store.move_messages("nobody", vec![1], "Trash").await,
         Err(StoreError::UnknownAccount)
     ));
 }

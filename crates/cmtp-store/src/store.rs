@@ -316,6 +316,17 @@ pub trait Store: Clone + Send + Sync + 'static {
         clear: u32,
     ) -> impl Future<Output = Result<FlagsChanged, StoreError>> + Send;
 
+    /// Files the entries `ids` of `account` into `folder` (PROTOCOL.md
+    /// §13.7); each entry whose folder changes gets the next modseq. Ids
+    /// without an entry, and entries already in `folder`, are left alone.
+    /// Errors: [`StoreError::UnknownAccount`].
+    fn move_messages(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        folder: &str,
+    ) -> impl Future<Output = Result<FlagsChanged, StoreError>> + Send;
+
     /// The messages of `account`, by id.
     fn list_mailbox(
         &self,
@@ -624,6 +635,7 @@ impl Store for AnyStore {
         fn mailbox_page(&self, account: &str, before: u64, limit: usize) -> MailboxPage;
         fn mailbox_changes(&self, account: &str, since: u64, limit: usize) -> MailboxChanges;
         fn set_flags(&self, account: &str, ids: Vec<u64>, set: u32, clear: u32) -> FlagsChanged;
+        fn move_messages(&self, account: &str, ids: Vec<u64>, folder: &str) -> FlagsChanged;
         fn list_mailbox(&self, account: &str) -> Vec<MailboxEntry>;
         fn mailbox_message(&self, account: &str, id: u64) -> Option<(MailboxEntry, BlobRef)>;
         fn delete_message(&self, account: &str, id: u64) -> bool;

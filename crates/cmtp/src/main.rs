@@ -7,6 +7,31 @@
 //! in [`cmtp_app::home`] and in `cmtp --help`.
 #![forbid(unsafe_code)]
 
+/// `print!` that ends the program quietly (exit 0) when stdout is a closed
+/// pipe (`cmtp inbox | head`), as `git log | head` does, instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` that ends the program quietly when stdout is a closed pipe.
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => {{
+        $crate::output::write_stdout(format_args!($($arg)*));
+        $crate::output::write_stdout(format_args!("\n"));
+    }};
+}
+
+/// `eprintln!` that never panics (a closed stderr is ignored).
+macro_rules! errln {
+    () => { $crate::output::write_stderr(format_args!("\n")) };
+    ($($arg:tt)*) => {{
+        $crate::output::write_stderr(format_args!($($arg)*));
+        $crate::output::write_stderr(format_args!("\n"));
+    }};
+}
+
 mod commands;
 mod output;
 mod prompt;
@@ -14,6 +39,7 @@ mod prompt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub(crate) use clap::CommandFactory;
 use clap::{Parser, Subcommand, ValueEnum};
 use cmtp_app::failure::ErrorKind;
 use cmtp_proto::crypto::opaque::KsfParams;
@@ -75,14 +101,25 @@ unless --server or `server` in config.toml names it. Server keys are pinned on
 first use (like SSH); a key that changes without a signed rotation statement is
 refused.
 
+Writing: `cmtp send bob@b.example`, `\"Bob <bob@b.example>, carol@c.example\"`,
+a contact's alias, --cc, --bcc (a Bcc recipient's copy names only them; no
+other copy names them). `reply`, `reply-all` and `forward` quote, thread and
+keep attachments. Reading: `inbox` shows one line per thread, `thread ID` the
+conversation, `search` finds words and from:/to:/subject:/after:/before:/date:
+offline. Folders: `archive`, `move`, `delete` (to Trash, then for good),
+`folders`. Contacts: `contacts`, and `verify ADDRESS` to compare the safety
+number with that person; a contact's key that changes later is shown loudly.
+`export --mbox FILE | --maildir DIR` writes standard RFC 5322 mail.
+
 Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   config.toml     address = \"you@your.domain\"
+                  name = \"Your Name\"               (optional; shown to recipients)
                   server = \"host:port\"          (optional; default: DNS)
                   [dns] nameservers = [\"ip:port\"], routes = { \"domain\" =
                         [\"host:port\"] }, timeout_ms, check_key_txt = true
                   [security.min_ksf] memory_kib, passes, lanes: the weakest
                         Argon2id cost accepted at login (default RFC 9106:
-                        65536, 3, 4; --min-ksf or $CMTP_MIN_KSF override it)
+                        65536, 3, 4)
   identity.key    your identity key (mode 0600), written by register/login;
                   never printed
   known_domains   pinned server keys: domain, fingerprint, key, first seen
@@ -92,6 +129,10 @@ Home directory (--home DIR, $CMTP_HOME, default ~/.config/cmtp; mode 0700):
   smtp-allowed    contacts that may get mail by SMTP (NOT end-to-end
                   encrypted) when their domain has no CMTP service, one
                   address a line (mode 0600; `cmtp contact allow-smtp`)
+                  with each message's verification result; its full-text
+                  index; your contacts and their keys; the outbox; the
+                  drafts. `inbox`, `read`, `thread` and `search` work
+                  offline from it.
   cache/keys/     verified key statements";
 
 #[derive(Parser, Debug)]
@@ -114,9 +155,10 @@ struct Cli {
     #[arg(long, global = true, env = "CMTP_SERVER", value_name = "HOST:PORT")]
     server: Option<String>,
     /// Weakest Argon2id cost accepted at login (and used at least at
-    /// registration), overriding [security.min_ksf]; for tests.
+    /// registration), overriding [security.min_ksf]; for tests, hidden from
+    /// help.
     #[arg(long, global = true, env = "CMTP_MIN_KSF", value_name = "MEMORY_KIB,PASSES,LANES",
-          value_parser = cmtp_app::home::parse_ksf)]
+          value_parser = cmtp_app::home::parse_ksf, hide = true)]
     min_ksf: Option<KsfParams>,
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -129,6 +171,60 @@ enum OutboxCmd {
     List,
     /// Send every message waiting now (the same sealed bytes as before).
     Flush,
+}
+
+/// `cmtp contacts ...`.
+#[derive(Subcommand, Debug)]
+enum ContactsCmd {
+    /// List your contacts with their keys, aliases and whether you verified them.
+    List,
+    /// Add a contact, or give one an alias (`cmtp send bob`) or a name.
+    Add {
+        /// The address, user@domain (or `Name <user@domain>`).
+        address: String,
+        /// A short name to write instead of the address.
+        #[arg(long)]
+        alias: Option<String>,
+        /// The display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget a contact (its alias and the key first seen).
+    Remove {
+        /// The address.
+        address: String,
+    },
+}
+
+/// Shells `cmtp completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+/// What every command that writes a message takes besides its recipients.
+#[derive(clap::Args, Debug, Clone)]
+struct WriteOpts {
+    /// Attach a file (repeatable).
+    #[arg(long, short = 'a', value_name = "FILE")]
+    attach: Vec<PathBuf>,
+    /// Send unencrypted and unsigned (crypto system 0). Refused without this flag.
+    #[arg(long)]
+    plaintext: bool,
+    /// Recipients whose domain has no CMTP service may be reached by
+    /// SMTP: that copy is NOT end-to-end encrypted (your server sends
+    /// it as ordinary, DKIM-signed mail). Without this flag (or
+    /// `cmtp contact allow-smtp ADDRESS`) such a recipient is refused.
+    #[arg(long)]
+    allow_smtp: bool,
+    /// Keep retrying (with backoff) this long while the server cannot be reached.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    retry_for: u64,
 }
 
 /// `cmtp draft ...`.
@@ -239,30 +335,70 @@ enum Cmd {
     /// The message is saved in the outbox first; if it cannot be sent now it
     /// stays there (exit 4) and `cmtp outbox flush` sends it, exactly once.
     Send {
-        /// A recipient (repeatable).
-        #[arg(long, value_name = "ADDRESS", required = true)]
+        /// Recipients: `bob@b.example`, `"Bob <bob@b.example>"`, a contact's
+        /// alias, or comma-separated lists of them (same as --to).
+        #[arg(value_name = "RECIPIENT")]
+        recipients: Vec<String>,
+        /// A recipient or a comma-separated list (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
         to: Vec<String>,
         /// A copy recipient, listed in every copy (repeatable).
         #[arg(long, value_name = "ADDRESS")]
         cc: Vec<String>,
+        /// A blind copy recipient: gets a copy that names only them; nobody
+        /// else's copy names them (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        bcc: Vec<String>,
         /// The subject.
         #[arg(long, short = 's', default_value = "")]
         subject: String,
-        /// Attach a file (repeatable).
-        #[arg(long, short = 'a', value_name = "FILE")]
-        attach: Vec<PathBuf>,
-        /// Send unencrypted and unsigned (crypto system 0). Refused without this flag.
+        #[command(flatten)]
+        opts: WriteOpts,
+    },
+    /// Answer a message: to its sender, with `Re:`, the thread headers and
+    /// the quoted text; your text comes from stdin, or $EDITOR on a terminal.
+    Reply {
+        /// The message id (from `cmtp inbox`).
+        id: u64,
+        /// Answer everyone: the sender and the other To recipients, the Cc
+        /// recipients as Cc (never you, never anyone who got a blind copy).
         #[arg(long)]
-        plaintext: bool,
-        /// Recipients whose domain has no CMTP service may be reached by
-        /// SMTP: that copy is NOT end-to-end encrypted (your server sends
-        /// it as ordinary, DKIM-signed mail). Without this flag (or
-        /// `cmtp contact allow-smtp ADDRESS`) such a recipient is refused.
+        all: bool,
+        /// Do not quote the message.
         #[arg(long)]
-        allow_smtp: bool,
-        /// Keep retrying (with backoff) this long while the server cannot be reached.
-        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-        retry_for: u64,
+        no_quote: bool,
+        #[command(flatten)]
+        opts: WriteOpts,
+    },
+    /// Answer everyone (the same as `reply --all`).
+    #[command(name = "reply-all")]
+    ReplyAll {
+        /// The message id.
+        id: u64,
+        /// Do not quote the message.
+        #[arg(long)]
+        no_quote: bool,
+        #[command(flatten)]
+        opts: WriteOpts,
+    },
+    /// Forward a message with its attachments (byte for byte) to other people.
+    Forward {
+        /// The message id.
+        id: u64,
+        /// Recipients (as for `send`).
+        #[arg(value_name = "RECIPIENT")]
+        recipients: Vec<String>,
+        /// A recipient or a comma-separated list (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        to: Vec<String>,
+        /// A copy recipient (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        cc: Vec<String>,
+        /// A blind copy recipient (repeatable).
+        #[arg(long, value_name = "ADDRESS")]
+        bcc: Vec<String>,
+        #[command(flatten)]
+        opts: WriteOpts,
     },
     /// Per-contact settings: which recipients may get mail by SMTP (not
     /// end-to-end encrypted) when their domain has no CMTP service.
@@ -286,6 +422,9 @@ enum Cmd {
         /// Do not contact the server: show what was synced.
         #[arg(long)]
         offline: bool,
+        /// One line per message instead of one per thread.
+        #[arg(long)]
+        flat: bool,
     },
     /// Show a message (from the local store; fetched first if it is new).
     Read {
@@ -295,10 +434,82 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         save_attachments: Option<PathBuf>,
     },
-    /// Show the messages of a message's thread (same subject without Re:/Fwd:), oldest first.
+    /// Show the messages of a message's thread, oldest first, in every
+    /// folder (threads follow In-Reply-To and References; older mail
+    /// without them, its subject without Re:/Fwd:).
     Thread {
         /// A message id of the thread.
         id: u64,
+    },
+    /// Search your mail (the local store, offline): words in the sender,
+    /// recipients, subject, text and attachment names, with filters
+    /// from:ADDR-OR-NAME to:… subject:… after:YYYY-MM-DD before:YYYY-MM-DD
+    /// date:YYYY-MM-DD folder:NAME; "quoted phrases"; word* for prefixes.
+    Search {
+        /// The query.
+        #[arg(required = true, value_name = "QUERY")]
+        query: Vec<String>,
+        /// Most results (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Sync new mail first.
+        #[arg(long)]
+        sync: bool,
+    },
+    /// Move a message to another folder (Inbox, Archive, Trash, or any name).
+    Move {
+        /// The message id.
+        id: u64,
+        /// The folder.
+        folder: String,
+    },
+    /// Move a message to the Archive folder.
+    Archive {
+        /// The message id.
+        id: u64,
+    },
+    /// The folders of your mailbox with their message counts.
+    Folders,
+    /// Your contacts, their keys and aliases.
+    Contacts {
+        #[command(subcommand)]
+        action: Option<ContactsCmd>,
+    },
+    /// Show the safety number you and ADDRESS compare out of band (side by
+    /// side, or read aloud); once they match, mark the contact verified.
+    Verify {
+        /// The address, user@domain (or a contact's alias).
+        address: String,
+        /// The numbers match: mark the contact verified without asking
+        /// (needed when there is no terminal to ask on).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Export your mail as standard RFC 5322 / MIME messages for other
+    /// programs: an mbox file, or a Maildir. A header X-CMTP-Signature
+    /// records whether each sender's signature verified.
+    #[command(group(clap::ArgGroup::new("format").required(true).args(["mbox", "maildir"])))]
+    Export {
+        /// Write one mbox file (mboxrd); it must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        mbox: Option<PathBuf>,
+        /// Write a Maildir (Inbox at its top, other folders as .Sent, .Archive, …).
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// Only this folder.
+        #[arg(long)]
+        folder: Option<String>,
+    },
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Write man pages (cmtp.1 and one per command) into a folder.
+    Man {
+        /// The folder (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Messages waiting to be sent.
     Outbox {
@@ -310,43 +521,136 @@ enum Cmd {
         #[command(subcommand)]
         action: DraftCmd,
     },
-    /// Delete a message from your mailbox.
+    /// Delete a message: it goes to the Trash folder first; deleting it
+    /// there (or with --permanently) removes it for good.
     Delete {
         /// The message id.
         id: u64,
+        /// Remove it for good now, wherever it is.
+        #[arg(long)]
+        permanently: bool,
     },
     /// Show someone's key: statement, fingerprint, who signed it, validity, pin.
     Key {
         /// The address, user@domain.
         address: String,
     },
-    /// Change your password (your key stays the same; the old password stops working).
+    /// Change your password (your key stays the same; the old password stops
+    /// working). Asks for the current password first.
     Passwd {
         /// Read the new password from the first line of this file instead of asking.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// Read the current password from the first line of this file
+        /// instead of asking.
+        #[arg(long, value_name = "FILE")]
+        current_password_file: Option<PathBuf>,
     },
     /// Set up: register with an invite or log in (asks questions on a terminal).
     Setup,
 }
 
+/// Whether the raw arguments ask for JSON output (for errors that come
+/// before the arguments are parsed).
+fn json_requested(args: &[std::ffi::OsString]) -> bool {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter().enumerate().any(|(n, a)| {
+        a == "-ojson"
+            || a == "--output=json"
+            || ((a == "-o" || a == "--output") && args.get(n + 1).is_some_and(|v| v == "json"))
+    })
+}
+
+/// The word for an exit code in JSON errors.
+fn exit_kind(code: u8) -> &'static str {
+    match code {
+        exit::USAGE => "usage",
+        exit::AUTH => "auth",
+        exit::UNAVAILABLE => "unavailable",
+        exit::VERIFICATION => "verification",
+        exit::NOT_FOUND => "not-found",
+        exit::TOO_BIG => "too-big",
+        _ => "other",
+    }
+}
+
+/// Prints an error as people or scripts read it: `cmtp: error: …` on
+/// stderr, or with `-o json` one JSON document on stderr:
+/// `{"error": {"message": …, "exit_code": N, "kind": …}}`.
+fn report_error(json: bool, message: &str, code: u8) {
+    if json {
+        let doc = serde_json::json!({
+            "error": {
+                "message": message,
+                "exit_code": code,
+                "kind": exit_kind(code),
+            }
+        });
+        errln!("{doc}");
+    } else {
+        errln!("cmtp: error: {message}");
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = json_requested(&args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e)
+            if json
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp
+                        | clap::error::ErrorKind::DisplayVersion
+                        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) =>
+        {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            report_error(true, first, exit::USAGE);
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            // Help and version go to stdout (a closed pipe ends quietly);
+            // usage errors to stderr, exit 2.
+            let code = e.exit_code();
+            if e.use_stderr() {
+                let _ = e.print();
+            } else {
+                out!("{}", e.render());
+            }
+            return ExitCode::from(u8::try_from(code).unwrap_or(exit::USAGE));
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cmtp: error: cannot start the runtime: {e}");
+            errln!("cmtp: error: cannot start the runtime: {e}");
             return ExitCode::from(exit::OTHER);
         }
     };
+    let json = cli.output == Output::Json;
     match rt.block_on(commands::run(cli)) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => {
+            output::flush_stdout();
+            ExitCode::from(code)
+        }
         Err(e) => {
-            eprintln!("cmtp: error: {e:#}");
-            ExitCode::from(exit_code(&e))
+            output::flush_stdout();
+            let code = exit_code(&e);
+            report_error(json, &format!("{e:#}"), code);
+            ExitCode::from(code)
         }
     }
 }

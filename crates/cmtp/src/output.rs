@@ -5,17 +5,53 @@ use std::path::PathBuf;
 
 use std::path::Path;
 
+use cmtp_app::contacts::{Contact, KeyChange};
+use cmtp_app::export::ExportReport;
 use cmtp_app::mailbox::{Verdict, sender, stored_verdict};
 use cmtp_app::send::{Flushed, Outcome};
 use cmtp_app::session::{AccountInfo, Client, VerifiedKey};
-use cmtp_app::store::{Draft, OutboxEntry, StoredMessage};
+use cmtp_app::store::{Draft, OutboxEntry, StoredMessage, ThreadSummary};
 use cmtp_client::clock::rfc3339;
 use cmtp_proto::content::Attachment;
+use cmtp_proto::crypto::PublicKey;
+use cmtp_proto::crypto::safety::grouped;
 use cmtp_proto::names::Address;
 use cmtp_proto::payload::mailbox::{SEEN, flag_names};
 use serde_json::{Value, json};
 
 use crate::Output;
+
+/// Writes to stdout; a closed pipe ends the program quietly with exit 0
+/// (the reader has what it wanted, as with `git log | head`); any other
+/// write error ends it with exit 1.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        stdout_failed(&e);
+    }
+}
+
+/// Flushes stdout (at the end of the program), with the same rules.
+pub(crate) fn flush_stdout() {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().flush() {
+        stdout_failed(&e);
+    }
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    write_stderr(format_args!("cmtp: error: writing to stdout: {e}\n"));
+    std::process::exit(1);
+}
+
+/// Writes to stderr, ignoring errors (nobody is there to tell).
+pub(crate) fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
 
 /// Prints in the chosen format.
 pub(crate) struct Printer {
@@ -61,6 +97,47 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
+/// The sender with their display name: `Alice <alice@a.example>`.
+fn display_sender(m: &StoredMessage) -> String {
+    match m.from_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(n) if !m.source.starts_with('@') => format!("{n} <{}>", m.source),
+        _ => sender(m),
+    }
+}
+
+/// A table: columns padded to their widest cell (the first right-aligned).
+fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+    let mut w = head.map(|h| h.chars().count());
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w[i].saturating_sub(c.chars().count());
+            if i == 0 {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(c);
+            } else if i == N - 1 {
+                out.push_str(c);
+            } else {
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad));
+            }
+            if i + 1 < N {
+                out.push_str("  ");
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    outln!("{}", line(head.to_vec()));
+    for r in rows {
+        outln!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
 fn verdict_json(v: &Verdict) -> (Value, Value) {
     (json!(v.word()), json!(v.detail()))
 }
@@ -79,7 +156,7 @@ impl Printer {
     }
 
     pub(crate) fn json(&self, v: &Value) {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(v).expect("JSON serialises")
         );
@@ -95,18 +172,18 @@ impl Printer {
                 "home": client.home().root(),
             })),
             Output::Text => {
-                println!("{what} {}", a.address);
-                println!(
+                outln!("{what} {}", a.address);
+                outln!(
                     "  your key fingerprint: {}",
                     a.statement.key.fingerprint_hex()
                 );
-                println!(
+                outln!(
                     "  server key of {}:  {} ({})",
                     a.address.domain,
                     a.server_key.fingerprint_hex(),
                     a.pin
                 );
-                println!(
+                outln!(
                     "  identity key saved in {} (never share it)",
                     client.home().identity_path().display()
                 );
@@ -133,21 +210,26 @@ impl Printer {
                 "pin": k.pin.to_string(),
             })),
             Output::Text => {
-                println!("address:     {address}");
-                println!("key:         {}", hex::encode(k.key.as_bytes()));
-                println!("fingerprint: {}", k.key.fingerprint_hex());
-                println!(
+                outln!("address:     {address}");
+                outln!("key:         {}", hex::encode(k.key.as_bytes()));
+                outln!("fingerprint: {}", k.key.fingerprint_hex());
+                outln!(
                     "signed by:   the server of {} (key fingerprint {})",
                     address.domain,
                     k.domain_key.fingerprint_hex()
                 );
-                println!("valid:       {} to {}", rfc3339(issued), rfc3339(expires));
-                println!("pin:         {}: {}", address.domain, k.pin);
+                outln!("valid:       {} to {}", rfc3339(issued), rfc3339(expires));
+                outln!("pin:         {}: {}", address.domain, k.pin);
             }
         }
     }
 
     pub(crate) fn sent(&self, o: &Outcome) {
+        if self.format == Output::Json {
+            for c in &o.key_changes {
+                errln!("!!! WARNING: {c}");
+            }
+        }
         match self.format {
             Output::Json => self.json(&json!({
                 "outbox_id": o.outbox_id,
@@ -166,16 +248,22 @@ impl Printer {
                 })).collect::<Vec<_>>(),
                 "sent_copy_filed": o.sent_copy_filed,
                 "kept_as_draft": o.kept_as_draft,
+                "key_changes": o.key_changes.iter().map(|c| json!({
+                    "address": c.address,
+                    "old_fingerprint": c.old.fingerprint_hex(),
+                    "new_fingerprint": c.new.fingerprint_hex(),
+                    "was_verified": c.was_verified,
+                })).collect::<Vec<_>>(),
             })),
             Output::Text => {
                 for d in o.delivered.iter().filter(|d| d.by_smtp) {
-                    eprintln!(
+                    errln!(
                         "note: {} has no CMTP service: your server sends that copy by SMTP, NOT end-to-end encrypted",
                         d.recipient
                     );
                 }
                 for d in &o.delivered {
-                    println!(
+                    outln!(
                         "sent to {}{} ({}): signed receipt from {} at {}, hash {}",
                         d.recipient,
                         if d.by_smtp { " by SMTP" } else { "" },
@@ -186,7 +274,10 @@ impl Printer {
                     );
                 }
                 for (a, e) in &o.failed {
-                    eprintln!("NOT sent to {a}: {e}");
+                    errln!("NOT sent to {a}: {e}");
+                }
+                for c in &o.key_changes {
+                    errln!("!!! WARNING: {c}");
                 }
             }
         }
@@ -198,6 +289,7 @@ impl Printer {
         json!({
             "id": m.uid,
             "from": sender(m),
+            "from_name": m.from_name,
             "subject": m.subject,
             "date": m.date,
             "received_at": rfc3339(m.received_at),
@@ -211,7 +303,133 @@ impl Printer {
             "flags": flag_names(m.flags),
             "seen": m.flags & SEEN != 0,
             "smtp": cmtp_app::smtp::listing(m).map(|(from, mark)| json!({"from": from, "mark": mark})),
+            "to_list": m.to,
+            "cc": m.cc,
+            "bcc": m.bcc,
+            "message_id": m.message_id,
+            "in_reply_to": m.in_reply_to,
+            "references": m.references,
+            "thread_id": m.thread_id,
+            "content_version": m.content_version,
         })
+    }
+
+    /// Loud warnings about contacts whose key changed (stderr, text and
+    /// JSON alike: scripts see them too).
+    pub(crate) fn key_change_warnings(&self, changed: &[Contact]) {
+        for c in changed {
+            let was = c
+                .previous_key
+                .map(|k| k.fingerprint_hex()[..16].to_owned())
+                .unwrap_or_else(|| "?".into());
+            let now = c
+                .key
+                .map(|k| k.fingerprint_hex()[..16].to_owned())
+                .unwrap_or_else(|| "?".into());
+            errln!(
+                "!!! WARNING: the key of {} CHANGED on {} (was {was}…, now {now}…).",
+                one_line(&c.address),
+                rfc3339(c.key_changed_at.unwrap_or(0))
+            );
+            errln!(
+                "!!! They may have a new device or a reset password, or someone may be in between. \
+                 Compare safety numbers with them again: cmtp verify {}",
+                one_line(&c.address)
+            );
+        }
+    }
+
+    pub(crate) fn threads(&self, threads: &[ThreadSummary], total: u64, unread: u64) {
+        if threads.is_empty() {
+            outln!("no messages");
+            return;
+        }
+        let rows: Vec<[String; 6]> = threads
+            .iter()
+            .map(|t| {
+                let m = &t.newest;
+                let verdict = stored_verdict(m);
+                let (subject, date) = match (&m.subject, &m.date) {
+                    (Some(s), Some(d)) => (one_line(s), one_line(d)),
+                    _ => ("-".into(), rfc3339(m.received_at)),
+                };
+                let mark = if t.unread > 0 { "*" } else { " " };
+                // Mail that arrived by SMTP is marked as such (§19.2).
+                let (from, signature) = cmtp_app::smtp::listing(m)
+                    .unwrap_or_else(|| (display_sender(m), verdict.to_string()));
+                let n = if t.count > 1 {
+                    format!(" [{}]", t.count)
+                } else {
+                    String::new()
+                };
+                [
+                    format!("{mark}{}", m.uid),
+                    truncate(&one_line(&from), 32),
+                    truncate(&format!("{subject}{n}"), 46),
+                    date,
+                    if t.unread > 0 && t.count > 1 {
+                        format!("{} unread", t.unread)
+                    } else {
+                        String::new()
+                    },
+                    truncate(&one_line(&signature), 60),
+                ]
+            })
+            .collect();
+        let head = ["ID", "FROM", "SUBJECT [MESSAGES]", "DATE", "", "SIGNATURE"];
+        table(&head, &rows);
+        outln!(
+            "{} threads of {total} messages, {unread} unread (* = unread; `cmtp thread ID` shows one)",
+            threads.len()
+        );
+    }
+
+    pub(crate) fn search(&self, found: &[StoredMessage]) {
+        match self.format {
+            Output::Json => self.json(&Value::Array(
+                found.iter().map(Self::message_json).collect(),
+            )),
+            Output::Text => {
+                if found.is_empty() {
+                    outln!("nothing found");
+                    return;
+                }
+                let rows: Vec<[String; 6]> = found
+                    .iter()
+                    .map(|m| {
+                        [
+                            format!("{}{}", if m.flags & SEEN == 0 { "*" } else { " " }, m.uid),
+                            truncate(&one_line(&display_sender(m)), 32),
+                            truncate(&one_line(m.subject.as_deref().unwrap_or("-")), 40),
+                            one_line(m.date.as_deref().unwrap_or("")),
+                            one_line(&m.folder),
+                            truncate(&stored_verdict(m).to_string(), 40),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "FROM", "SUBJECT", "DATE", "FOLDER", "SIGNATURE"],
+                    &rows,
+                );
+                outln!("{} found", found.len());
+            }
+        }
+    }
+
+    pub(crate) fn folders(&self, folders: &[(String, u64, u64)]) {
+        match self.format {
+            Output::Json => self.json(&Value::Array(
+                folders
+                    .iter()
+                    .map(|(f, n, u)| json!({ "folder": f, "messages": n, "unread": u }))
+                    .collect(),
+            )),
+            Output::Text => {
+                for (f, n, u) in folders {
+                    outln!("{:<12} {n:>7} messages {u:>6} unread", one_line(f));
+                }
+            }
+        }
     }
 
     /// A message that arrived by SMTP (PROTOCOL.md §19.2): the header of
@@ -258,18 +476,18 @@ impl Printer {
                 })).collect::<Vec<_>>(),
             })),
             Output::Text => {
-                println!("From:      {}", one_line(&v.from));
-                println!("To:        {}", one_line(&v.to.join(", ")));
+                outln!("From:      {}", one_line(&v.from));
+                outln!("To:        {}", one_line(&v.to.join(", ")));
                 if !v.cc.is_empty() {
-                    println!("Cc:        {}", one_line(&v.cc.join(", ")));
+                    outln!("Cc:        {}", one_line(&v.cc.join(", ")));
                 }
-                println!(
+                outln!(
                     "Date:      {}",
                     one_line(v.date.as_deref().unwrap_or(&rfc3339(m.received_at)))
                 );
-                println!("Subject:   {}", one_line(&v.subject));
+                outln!("Subject:   {}", one_line(&v.subject));
                 for (i, a) in v.attachments.iter().enumerate() {
-                    println!(
+                    outln!(
                         "Attachment: {} ({}){}",
                         one_line(&a.name),
                         human_size(a.data.len() as u64),
@@ -279,16 +497,133 @@ impl Printer {
                             .unwrap_or_default()
                     );
                 }
-                println!("Security:  {}", one_line(&v.summary));
+                outln!("Security:  {}", one_line(&v.summary));
                 if v.from_html {
-                    println!("           (HTML message shown as text)");
+                    outln!("           (HTML message shown as text)");
                 }
-                println!();
-                print!("{}", sanitize(&v.text));
+                outln!();
+                out!("{}", sanitize(&v.text));
                 if !v.text.ends_with('\n') {
-                    println!();
+                    outln!();
                 }
             }
+        }
+    }
+
+    pub(crate) fn exported(&self, r: &ExportReport, target: &Path) {
+        match self.format {
+            Output::Json => self.json(&json!({
+                "exported": r.messages,
+                "undecryptable_skipped": r.undecryptable,
+                "folders": r.folders,
+                "to": target,
+            })),
+            Output::Text => {
+                outln!(
+                    "exported {} messages ({}) to {}",
+                    r.messages,
+                    r.folders.join(", "),
+                    target.display()
+                );
+                if r.undecryptable > 0 {
+                    errln!(
+                        "cmtp: {} messages could not be decrypted and were left out",
+                        r.undecryptable
+                    );
+                }
+            }
+        }
+    }
+
+    pub(crate) fn contacts(&self, contacts: &[Contact], me: &Address, my_key: &PublicKey) {
+        match self.format {
+            Output::Json => self.json(&Value::Array(
+                contacts
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "address": c.address,
+                            "name": c.name,
+                            "alias": c.alias,
+                            "fingerprint": c.key.map(|k| k.fingerprint_hex()),
+                            "first_seen": rfc3339(c.first_seen),
+                            "verified": c.verified,
+                            "key_changed": c.key_changed(),
+                            "key_changed_at": c.key_changed_at.map(rfc3339),
+                            "previous_fingerprint": c.previous_key.map(|k| k.fingerprint_hex()),
+                            "safety_number": c.safety_number(me, my_key),
+                        })
+                    })
+                    .collect(),
+            )),
+            Output::Text => {
+                if contacts.is_empty() {
+                    outln!("no contacts yet: everyone you write to or hear from becomes one");
+                    return;
+                }
+                let rows: Vec<[String; 5]> = contacts
+                    .iter()
+                    .map(|c| {
+                        [
+                            one_line(&c.address),
+                            truncate(&one_line(&c.name), 28),
+                            c.alias.clone().unwrap_or_default(),
+                            c.key
+                                .map(|k| k.fingerprint_hex()[..16].to_owned())
+                                .unwrap_or_else(|| "-".into()),
+                            if c.key_changed() {
+                                "KEY CHANGED!".into()
+                            } else if c.verified {
+                                "verified".into()
+                            } else {
+                                "not verified".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["ADDRESS", "NAME", "ALIAS", "KEY", "STATUS"], &rows);
+                self.key_change_warnings(
+                    &contacts
+                        .iter()
+                        .filter(|c| c.key_changed())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn safety_number(&self, c: &Contact, number: &str, change: Option<&KeyChange>) {
+        match self.format {
+            Output::Json => self.json(&json!({
+                "address": c.address,
+                "fingerprint": c.key.map(|k| k.fingerprint_hex()),
+                "safety_number": number,
+                "verified_before": c.verified,
+                "key_changed": c.key_changed(),
+                "previous_fingerprint": c.previous_key.map(|k| k.fingerprint_hex()),
+            })),
+            Output::Text => {
+                outln!("Safety number of you and {}:", one_line(&c.address));
+                outln!();
+                for line in grouped(number).lines() {
+                    outln!("    {line}");
+                }
+                outln!();
+                outln!(
+                    "Their key: {}",
+                    c.key.map(|k| k.fingerprint_hex()).unwrap_or_default()
+                );
+                outln!(
+                    "Compare these 60 digits with {} in person or on a call you trust.",
+                    one_line(&c.address)
+                );
+            }
+        }
+        if let Some(ch) = change {
+            errln!("!!! WARNING: {ch}");
+        } else if c.key_changed() {
+            self.key_change_warnings(std::slice::from_ref(c));
         }
     }
 
@@ -300,7 +635,7 @@ impl Printer {
             }
             Output::Text => {
                 if messages.is_empty() {
-                    println!("no messages");
+                    outln!("no messages");
                     return;
                 }
                 let rows: Vec<[String; 6]> = messages
@@ -348,11 +683,11 @@ impl Printer {
                         w4 = w[4]
                     )
                 };
-                println!("{}", line(head));
+                outln!("{}", line(head));
                 for r in &rows {
-                    println!("{}", line(r.each_ref().map(|s| s.as_str())));
+                    outln!("{}", line(r.each_ref().map(|s| s.as_str())));
                 }
-                println!(
+                outln!(
                     "{} of {total} messages, {unread} unread (* = unread)",
                     messages.len()
                 );
@@ -368,6 +703,7 @@ impl Printer {
                     .map(|m| {
                         let mut v = Self::message_json(m);
                         v["text"] = json!(m.body);
+                        v["to"] = json!(m.destination);
                         v
                     })
                     .collect();
@@ -376,23 +712,28 @@ impl Printer {
             Output::Text => {
                 for (i, m) in messages.iter().enumerate() {
                     if i > 0 {
-                        println!("{}", "-".repeat(60));
+                        outln!("{}", "-".repeat(60));
                     }
                     let verdict = stored_verdict(m);
-                    println!(
+                    outln!(
                         "[{}] {} — {} — {}",
                         m.uid,
                         one_line(&sender(m)),
                         one_line(m.date.as_deref().unwrap_or("")),
                         one_line(m.subject.as_deref().unwrap_or("-"))
                     );
-                    println!("Signature: {}", signature_line(m, &verdict));
+                    for (what, list) in [("To", &m.to), ("Cc", &m.cc), ("Bcc", &m.bcc)] {
+                        if !list.is_empty() {
+                            outln!("{what}: {}", one_line(&list.join(", ")));
+                        }
+                    }
+                    outln!("Signature: {}", signature_line(m, &verdict));
                     if !matches!(verdict, Verdict::Undecryptable(_)) {
-                        println!();
+                        outln!();
                         let body = m.body.as_deref().unwrap_or("");
-                        print!("{}", sanitize(body));
+                        out!("{}", sanitize(body));
                         if !body.ends_with('\n') {
-                            println!();
+                            outln!();
                         }
                     }
                 }
@@ -417,8 +758,16 @@ impl Printer {
                 self.json(&json!({
                     "id": m.uid,
                     "from": sender(m),
+                    "from_name": m.from_name,
                     "to": to,
+                    "to_list": m.to,
                     "cc": m.cc,
+                    "bcc": m.bcc,
+                    "message_id": m.message_id,
+                    "in_reply_to": m.in_reply_to,
+                    "references": m.references,
+                    "thread_id": m.thread_id,
+                    "content_version": m.content_version,
                     "reply_to": m.reply_to,
                     "subject": subject,
                     "date": date,
@@ -432,29 +781,42 @@ impl Printer {
                     "text": text,
                     "attachments": attachments.iter().enumerate().map(|(i, a)| json!({
                         "name": a.name,
+                        "media_type": a.media_type,
                         "size": a.data.len(),
                         "saved_to": saved.get(i),
                     })).collect::<Vec<_>>(),
                 }));
             }
             Output::Text => {
-                println!("From:      {}", one_line(&sender(m)));
-                println!("To:        {}", one_line(&to));
+                outln!("From:      {}", one_line(&display_sender(m)));
+                if m.to.is_empty() {
+                    outln!("To:        {}", one_line(&to));
+                } else {
+                    outln!("To:        {}", one_line(&m.to.join(", ")));
+                }
                 if !m.cc.is_empty() {
-                    println!("Cc:        {}", one_line(&m.cc.join(", ")));
+                    outln!("Cc:        {}", one_line(&m.cc.join(", ")));
+                }
+                if !m.bcc.is_empty() {
+                    outln!("Bcc:       {}", one_line(&m.bcc.join(", ")));
                 }
                 if let Some(r) = &m.reply_to {
-                    println!("Reply-To:  {}", one_line(r));
+                    outln!("Reply-To:  {}", one_line(r));
                 }
-                println!("Date:      {}", one_line(&date));
-                println!("Subject:   {}", one_line(&subject));
+                outln!("Date:      {}", one_line(&date));
+                outln!("Subject:   {}", one_line(&subject));
                 if m.folder != "Inbox" {
-                    println!("Folder:    {}", one_line(&m.folder));
+                    outln!("Folder:    {}", one_line(&m.folder));
                 }
                 for (i, a) in attachments.iter().enumerate() {
-                    println!(
-                        "Attachment: {} ({}){}",
+                    outln!(
+                        "Attachment: {} ({}, {}){}",
                         one_line(&a.name),
+                        if a.media_type.is_empty() {
+                            "?".to_owned()
+                        } else {
+                            one_line(&a.media_type)
+                        },
                         human_size(a.data.len() as u64),
                         saved
                             .get(i)
@@ -462,11 +824,11 @@ impl Printer {
                             .unwrap_or_default()
                     );
                 }
-                println!("Signature: {}", signature_line(m, verdict));
-                println!();
-                print!("{}", sanitize(&text));
+                outln!("Signature: {}", signature_line(m, verdict));
+                outln!();
+                out!("{}", sanitize(&text));
                 if !text.ends_with('\n') {
-                    println!();
+                    outln!();
                 }
             }
         }
@@ -495,11 +857,11 @@ impl Printer {
             )),
             Output::Text => {
                 if entries.is_empty() {
-                    println!("the outbox is empty");
+                    outln!("the outbox is empty");
                     return;
                 }
                 for e in entries {
-                    println!(
+                    outln!(
                         "{}  to {}  {:?}  {} attempt(s){}{}",
                         e.id,
                         one_line(&e.draft.to.join(", ")),
@@ -512,7 +874,7 @@ impl Printer {
                             .unwrap_or_default()
                     );
                 }
-                println!(
+                outln!(
                     "{} message(s) in {}; `cmtp outbox flush` sends them",
                     entries.len(),
                     path.display()
@@ -541,16 +903,16 @@ impl Printer {
                     self.sent(o);
                 }
                 for (id, e) in &f.kept {
-                    eprintln!(
+                    errln!(
                         "outbox entry {id} stays in {}: {e}",
                         path.display()
                     );
                 }
                 for (id, d, e) in &f.too_big {
-                    eprintln!("outbox entry {id} moved to draft {d}: {e}");
+                    errln!("outbox entry {id} moved to draft {d}: {e}");
                 }
                 if f.sent.is_empty() && f.kept.is_empty() && f.too_big.is_empty() {
-                    println!("the outbox is empty");
+                    outln!("the outbox is empty");
                 }
             }
         }
@@ -577,10 +939,10 @@ impl Printer {
             )),
             Output::Text => {
                 if drafts.is_empty() {
-                    println!("no drafts");
+                    outln!("no drafts");
                 }
                 for d in drafts {
-                    println!(
+                    outln!(
                         "{}  to {}  {:?}  {}{}",
                         d.id,
                         one_line(&d.draft.to.join(", ")),
@@ -599,7 +961,7 @@ impl Printer {
     pub(crate) fn draft_saved(&self, id: u64) {
         match self.format {
             Output::Json => self.json(&json!({ "draft": id })),
-            Output::Text => println!(
+            Output::Text => outln!(
                 "saved draft {id}; `cmtp draft edit {id}` resumes it, `cmtp draft send {id}` sends it"
             ),
         }

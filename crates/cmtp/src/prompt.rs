@@ -65,11 +65,49 @@ pub(crate) fn new_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<Stri
     Ok(a)
 }
 
+/// Which answer of the wizard a failure points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Address,
+    Invite,
+    Server,
+    Password,
+}
+
+/// The answer to ask again after `e`, if the person can fix it by answering
+/// differently.
+fn wrong_answer(e: &cmtp_app::Error, registering: bool) -> Option<Answer> {
+    use cmtp_app::failure::ErrorKind;
+    match e {
+        cmtp_app::Error::WrongPassword { .. } => Some(Answer::Password),
+        _ => match e.kind() {
+            // Too many attempts: answering again does not help now.
+            ErrorKind::Auth if matches!(e, cmtp_app::Error::RateLimited { .. }) => None,
+            ErrorKind::Auth if registering => Some(Answer::Invite),
+            ErrorKind::Auth => Some(Answer::Password),
+            ErrorKind::Unavailable => Some(Answer::Server),
+            ErrorKind::Usage | ErrorKind::NotFound => Some(Answer::Address),
+            _ => match e {
+                cmtp_app::Error::Refused(m) if registering && m.contains("invite") => {
+                    Some(Answer::Invite)
+                }
+                cmtp_app::Error::Refused(m) if m.contains("exists") => Some(Answer::Address),
+                _ => None,
+            },
+        },
+    }
+}
+
+/// How often the wizard asks again before it gives up.
+const WIZARD_TRIES: usize = 5;
+
 /// Asks on the terminal whether to register (with an invite) or log in, and
-/// does it.
+/// does it. A wrong answer (a mistyped address, a wrong invite token or
+/// password, a server that cannot be reached) is asked again, keeping the
+/// other answers, instead of ending the program.
 pub(crate) async fn wizard(client: &mut Client, out: &Printer) -> anyhow::Result<()> {
     use dialoguer::{Input, Password, Select};
-    eprintln!(
+    errln!(
         "cmtp is not set up yet (home: {}).",
         client.home().root().display()
     );
@@ -82,47 +120,111 @@ pub(crate) async fn wizard(client: &mut Client, out: &Printer) -> anyhow::Result
         .default(0)
         .interact()
         .context("reading your choice")?;
-    let address: String = Input::new()
-        .with_prompt("Your address (you@your.domain)")
-        .validate_with(|s: &String| Address::parse(s).map(|_| ()).map_err(|e| e.to_string()))
-        .interact_text()
-        .context("reading the address")?;
-    let address = Address::parse(&address).expect("validated");
-    let invite: String = if choice == 0 {
-        Input::new()
-            .with_prompt("Invite token")
+    let registering = choice == 0;
+    let ask_address = || -> anyhow::Result<Address> {
+        let a: String = Input::new()
+            .with_prompt("Your address (you@your.domain)")
+            .validate_with(|s: &String| Address::parse(s).map(|_| ()).map_err(|e| e.to_string()))
             .interact_text()
-            .context("reading the invite")?
+            .context("reading the address")?;
+        Ok(Address::parse(&a).expect("validated"))
+    };
+    let ask_invite = || -> anyhow::Result<String> {
+        let t: String = Input::new()
+            .with_prompt("Invite token")
+            .validate_with(|s: &String| {
+                if s.trim().is_empty() {
+                    Err("the token your administrator gave you (`cmtpd user invite NAME`)")
+                } else {
+                    Ok(())
+                }
+            })
+            .interact_text()
+            .context("reading the invite")?;
+        Ok(t.trim().to_owned())
+    };
+    let ask_server = || -> anyhow::Result<String> {
+        let s: String = Input::new()
+            .with_prompt("Server host:port (empty: find it through DNS)")
+            .allow_empty(true)
+            .validate_with(|s: &String| {
+                let s = s.trim();
+                if s.is_empty()
+                    || s.rsplit_once(':')
+                        .is_none_or(|(_, p)| p.parse::<u16>().is_ok())
+                {
+                    Ok(())
+                } else {
+                    Err("host:port, e.g. mail.example.org:9001")
+                }
+            })
+            .interact_text()
+            .context("reading the server")?;
+        Ok(s.trim().to_owned())
+    };
+    let ask_password = || -> anyhow::Result<Zeroizing<String>> {
+        if registering {
+            Password::new()
+                .with_prompt("New password")
+                .with_confirmation("Repeat it", "the passwords differ")
+                .interact()
+        } else {
+            Password::new().with_prompt("Password").interact()
+        }
+        .map(Zeroizing::new)
+        .context("reading the password")
+    };
+    let mut address = ask_address()?;
+    let mut invite = if registering {
+        ask_invite()?
     } else {
         String::new()
     };
-    let server: String = Input::new()
-        .with_prompt("Server host:port (empty: find it through DNS)")
-        .allow_empty(true)
-        .interact_text()
-        .context("reading the server")?;
-    if !server.trim().is_empty() {
-        client.set_server(server.trim());
-    }
-    let password = if choice == 0 {
-        Password::new()
-            .with_prompt("New password")
-            .with_confirmation("Repeat it", "the passwords differ")
-            .interact()
-    } else {
-        Password::new().with_prompt("Password").interact()
-    }
-    .map(Zeroizing::new)
-    .context("reading the password")?;
-    let account = if choice == 0 {
-        client
-            .register(&address, invite.trim(), password.as_bytes())
-            .await?
-    } else {
-        client.login(&address, password.as_bytes()).await?
+    let mut server = ask_server()?;
+    let mut password = ask_password()?;
+    let mut tries = 0;
+    let account = loop {
+        if !server.is_empty() {
+            client.set_server(&server);
+        }
+        let attempt = if registering {
+            client
+                .register(&address, &invite, password.as_bytes())
+                .await
+        } else {
+            client.login(&address, password.as_bytes()).await
+        };
+        let e = match attempt {
+            Ok(a) => break a,
+            Err(e) => e,
+        };
+        tries += 1;
+        let again = wrong_answer(&e, registering).filter(|_| tries < WIZARD_TRIES);
+        let Some(which) = again else {
+            return Err(e.into());
+        };
+        errln!("cmtp: {e}");
+        match which {
+            Answer::Address => {
+                errln!("Please give the address again.");
+                address = ask_address()?;
+            }
+            Answer::Invite => {
+                errln!("Please give the invite token again.");
+                invite = ask_invite()?;
+            }
+            Answer::Server => {
+                errln!("Please give the server again.");
+                server = ask_server()?;
+            }
+            Answer::Password => {
+                errln!("Please give the password again.");
+                password = ask_password()?;
+            }
+        }
     };
     out.account(
-        if choice == 0 {
+        if registering {
             "registered"
         } else {
             "logged in as"

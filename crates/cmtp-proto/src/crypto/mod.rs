@@ -11,6 +11,7 @@
 //! - [`xzibit`]: the user's identity seed sealed under the OPAQUE export key.
 //! - [`opaque`]: OPAQUE (RFC 9807) registration and login behind a small,
 //!   byte-oriented API.
+//! - [`safety`]: safety numbers two people compare out of band (§9.6).
 //!
 //! Byte compatibility with libsodium is tested against libsodium itself
 //! (`tests/libsodium_interop.rs`) and against the hex vectors in
@@ -18,6 +19,7 @@
 
 pub mod keys;
 pub mod opaque;
+pub mod safety;
 pub mod sealed;
 pub mod sign;
 pub mod xzibit;

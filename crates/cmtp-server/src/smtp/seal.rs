@@ -90,6 +90,7 @@ pub(crate) async fn seal_and_deliver(
         text: arrival.encode(),
         attachments: vec![Attachment {
             name: ATTACHMENT_NAME.into(),
+            media_type: "message/rfc822".into(),
             data: eml.to_vec(),
         }],
         ..Content::default()

@@ -222,6 +222,7 @@ pub fn sealed(
         attachments: vec![Attachment {
             name: "a.bin".into(),
             data: vec![7; 100],
+            ..Attachment::default()
         }],
         ..Content::default()
     }

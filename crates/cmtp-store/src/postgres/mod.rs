@@ -603,6 +603,18 @@ impl Store for PostgresStore {
         .await)
     }
 
+    async fn move_messages(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        folder: &str,
+    ) -> Result<FlagsChanged, StoreError> {
+        attempt!(self, Write, |c| ops::move_messages(
+            &mut c, account, &ids, folder
+        )
+        .await)
+    }
+
     async fn list_mailbox(&self, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
         attempt!(self, Read, |c| ops::list_mailbox(&c, account).await)
     }

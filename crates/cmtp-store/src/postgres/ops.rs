@@ -1374,6 +1374,57 @@ pub(crate) async fn set_flags(
     })
 }
 
+/// Files the entries `ids` of `account` into `folder` (PROTOCOL.md §13.7).
+pub(crate) async fn move_messages(
+    c: &mut Client,
+    account: &str,
+    ids: &[u64],
+    folder: &str,
+) -> Result<FlagsChanged, StoreError> {
+    let tx = c.transaction().await.db()?;
+    // The counters' lock first, as for flags: modseqs in commit order.
+    let row = tx
+        .query_opt(
+            "SELECT modseq FROM mailbox_state WHERE account = $1 FOR UPDATE",
+            &[&account],
+        )
+        .await
+        .db()?
+        .ok_or(StoreError::UnknownAccount)?;
+    let mut modseq: i64 = get(&row, 0)?;
+    let update = tx
+        .prepare_cached(
+            "UPDATE mailbox SET folder = $3, modseq = $4
+             WHERE account = $1 AND uid = $2 AND folder <> $3",
+        )
+        .await
+        .db()?;
+    let mut changed = 0u32;
+    for &id in ids {
+        let n = tx
+            .execute(&update, &[&account, &sql(id), &folder, &(modseq + 1)])
+            .await
+            .db()?;
+        if n > 0 {
+            modseq += 1;
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        tx.execute(
+            "UPDATE mailbox_state SET modseq = $2 WHERE account = $1",
+            &[&account, &modseq],
+        )
+        .await
+        .db()?;
+    }
+    tx.commit().await.db()?;
+    Ok(FlagsChanged {
+        modseq: unsigned(modseq, "modseq")?,
+        changed,
+    })
+}
+
 // ----- outbound queue -----
 
 pub(crate) async fn enqueue(c: &mut Client, o: &NewOutbound) -> Result<Enqueued, StoreError> {

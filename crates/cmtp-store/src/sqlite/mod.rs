@@ -585,6 +585,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn move_messages(
+        &self,
+        account: &str,
+        ids: Vec<u64>,
+        folder: &str,
+    ) -> Result<FlagsChanged, StoreError> {
+        let (account, folder) = (account.to_owned(), folder.to_owned());
+        self.write(ids.len() * 8 + folder.len(), move |c| {
+            ops::move_messages(c, &account, &ids, &folder)
+        })
+        .await
+    }
+
     async fn list_mailbox(&self, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
         let account = account.to_owned();
         self.read(move |c| ops::list_mailbox(c, &account)).await

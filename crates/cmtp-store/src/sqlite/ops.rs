@@ -990,6 +990,43 @@ pub(crate) fn set_flags(
     })
 }
 
+/// Files the entries `ids` of `account` into `folder` (PROTOCOL.md §13.7);
+/// each entry whose folder changes gets the next modseq.
+pub(crate) fn move_messages(
+    c: &Connection,
+    account: &str,
+    ids: &[u64],
+    folder: &str,
+) -> Result<FlagsChanged, StoreError> {
+    let mut state = mailbox_state(c, account)?;
+    let mut changed = 0u32;
+    let mut update = c
+        .prepare_cached(
+            "UPDATE mailbox SET folder = ?3, modseq = ?4
+             WHERE account = ?1 AND uid = ?2 AND folder != ?3",
+        )
+        .db()?;
+    for &id in ids {
+        let n = update
+            .execute(params![account, sql(id), folder, sql(state.modseq + 1)])
+            .db()?;
+        if n > 0 {
+            state.modseq += 1;
+            changed += 1;
+        }
+    }
+    if changed > 0 {
+        c.prepare_cached("UPDATE mailbox_state SET modseq = ?2 WHERE account = ?1")
+            .db()?
+            .execute(params![account, sql(state.modseq)])
+            .db()?;
+    }
+    Ok(FlagsChanged {
+        modseq: state.modseq,
+        changed,
+    })
+}
+
 pub(crate) fn list_mailbox(c: &Connection, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
     let mut stmt = c
         .prepare_cached(&format!(

@@ -290,6 +290,7 @@ fn mail_between_two_domains_end_to_end() {
             attachments: vec![Attachment {
                 name: "../../evil".into(),
                 data: b"evil bytes".to_vec(),
+                ..Attachment::default()
             }],
             ..Content::default()
         };
@@ -363,7 +364,10 @@ fn mail_between_two_domains_end_to_end() {
     let r = bob.cmd(&["read", &bid]);
     r.fails(5, "cannot decrypt");
     assert!(!r.stdout.contains("secret words"), "{}", r.stdout);
-    // Delete it; then it is gone.
+    // Delete it: first into Trash, then (deleted there) gone.
+    let v = bob.cmd(&["-o", "json", "delete", &bid]).json();
+    assert_eq!(v["folder"], "Trash");
+    assert_eq!(inbox_folder(&bob, "Trash").len(), 1);
     bob.cmd(&["delete", &bid]).ok();
     bob.cmd(&["read", &bid]).fails(6, "no message");
     bob.cmd(&["delete", &bid]).fails(6, "no message");
@@ -378,7 +382,27 @@ fn mail_between_two_domains_end_to_end() {
 
     // --- password change: the new password works, the old one does not ------
     let new_pw = password_file(base, "bob-new", "bob's NEW password");
-    bob.cmd(&["passwd", "--password-file", &new_pw]).ok();
+    // The current password is asked first: without a terminal it must come
+    // from a file, and a wrong one changes nothing.
+    bob.cmd(&["passwd", "--password-file", &new_pw])
+        .fails(2, "--current-password-file");
+    let wrong_pw = password_file(base, "bob-wrong", "not bob's password");
+    bob.cmd(&[
+        "passwd",
+        "--password-file",
+        &new_pw,
+        "--current-password-file",
+        &wrong_pw,
+    ])
+    .fails(3, "wrong password");
+    bob.cmd(&[
+        "passwd",
+        "--password-file",
+        &new_pw,
+        "--current-password-file",
+        &bob_pw,
+    ])
+    .ok();
     let phone = Home::new(base.join("bob-phone"));
     phone
         .cmd(&[
@@ -440,6 +464,14 @@ fn mail_between_two_domains_end_to_end() {
         .cmd(&["key", "alice@a.test"])
         .fails(5, "key of a.test changed without a rotation statement");
     drop((a, b));
+}
+
+fn inbox_folder(home: &Home, folder: &str) -> Vec<Value> {
+    home.cmd(&["-o", "json", "inbox", "--folder", folder, "--limit", "0"])
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn hex_encode(b: &[u8]) -> String {

@@ -9,6 +9,8 @@
 //! this test's executable (`target/debug/cmtpd`).
 
 mod auth;
+mod cli;
+mod content;
 mod dns;
 mod mail;
 mod postfix;

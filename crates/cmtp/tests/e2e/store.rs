@@ -242,11 +242,12 @@ fn inbox_read_and_thread_work_offline() {
             b"Shall we meet?",
         )
         .ok();
+    // A follow-up in the same thread (In-Reply-To, References): alice
+    // answers her own message, which goes to its recipient.
+    let sent = inbox(&alice, "Sent");
+    let sent_id = sent[0]["id"].as_u64().unwrap().to_string();
     alice
-        .run(
-            &["send", "--to", "bob@a.test", "-s", "Re: Plans"],
-            b"Thursday then.",
-        )
+        .run(&["reply", &sent_id, "--no-quote"], b"Thursday then.")
         .ok();
     assert_eq!(inbox(&bob, "Inbox").len(), 2);
     let mode = std::os::unix::fs::PermissionsExt::mode(

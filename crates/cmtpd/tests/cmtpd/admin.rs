@@ -1058,6 +1058,7 @@ async fn a_backup_under_load_restores_into_a_fresh_server_with_every_acknowledge
                     m.attachments.push(cmtp_proto::content::Attachment {
                         name: "big".into(),
                         data: vec![i as u8; 400_000],
+                        ..Default::default()
                     });
                 }
                 let m = m

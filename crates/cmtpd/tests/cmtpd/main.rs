@@ -449,6 +449,7 @@ async fn a_full_disk_gives_tempfailure_damages_nothing_and_service_resumes() {
             attachments: vec![cmtp_proto::content::Attachment {
                 name: "f".into(),
                 data: vec![1; size],
+                ..Default::default()
             }],
             ..Content::default()
         }
