@@ -147,6 +147,21 @@ pub fn open_message(
     out.references = c.references;
     out.body = Some(c.text);
     out.media_types = c.attachments.iter().map(|a| a.media_type.clone()).collect();
+    // Mail that arrived by SMTP (§19.2), sealed by the own server: its
+    // thread headers are those of the RFC 5322 message inside.
+    if message.source.address().is_none()
+        && message.source.domain == me.domain
+        && out.message_id.is_none()
+        && let Some(eml) = c
+            .attachments
+            .iter()
+            .find(|a| a.name == cmtp_smtp::arrival::ATTACHMENT_NAME)
+        && let Some((id, parent, refs)) = crate::smtp::thread_headers(&eml.data)
+    {
+        out.message_id = id;
+        out.in_reply_to = parent;
+        out.references = refs;
+    }
     out.attachments = c
         .attachments
         .into_iter()

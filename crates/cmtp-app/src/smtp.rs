@@ -122,6 +122,26 @@ fn bare_address(r: &str) -> String {
     inner.trim().to_ascii_lowercase()
 }
 
+/// Message-ID, In-Reply-To (the first) and References of an RFC 5322
+/// message, from its header only; `None` when it does not parse.
+pub fn thread_headers(eml: &[u8]) -> Option<(Option<String>, Option<String>, Vec<String>)> {
+    let msg = MessageParser::default().parse_headers(eml)?;
+    let list = |v: Option<&[std::borrow::Cow<'_, str>]>| -> Vec<String> {
+        v.unwrap_or_default()
+            .iter()
+            .filter(|s| !s.is_empty() && s.len() <= 998)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let id = msg
+        .message_id()
+        .filter(|s| !s.is_empty() && s.len() <= 998)
+        .map(str::to_owned);
+    let parent = list(msg.in_reply_to().as_text_list()).into_iter().next();
+    let refs = list(msg.references().as_text_list());
+    Some((id, parent, refs))
+}
+
 /// Largest RFC 5322 message parsed for display (bigger ones are shown by
 /// their arrival record, with the message as the attachment).
 pub const MAX_PARSE: usize = 64 << 20;
@@ -362,6 +382,15 @@ mod tests {
         assert_eq!(v.attachments[0].data, b"%PDF-1.4\n");
         assert_eq!(v.attachments[0].media_type, "application/pdf");
         assert_eq!(v.message_id.as_deref(), Some("r1@pf.test"));
+        // What the local store threads SMTP mail by.
+        let (id, parent, refs) = thread_headers(EML.as_bytes()).unwrap();
+        assert_eq!(id.as_deref(), Some("r1@pf.test"));
+        assert_eq!((parent, refs.len()), (None, 0));
+        let reply = "Message-ID: <r2@pf.test>\r\nIn-Reply-To: <a1@b.test>\r\nReferences: <a0@b.test> <a1@b.test>\r\n\r\nhi\r\n";
+        let (id, parent, refs) = thread_headers(reply.as_bytes()).unwrap();
+        assert_eq!(id.as_deref(), Some("r2@pf.test"));
+        assert_eq!(parent.as_deref(), Some("a1@b.test"));
+        assert_eq!(refs, ["a0@b.test", "a1@b.test"]);
         assert_eq!(
             v.summary,
             "arrived by SMTP from mail.pf.test [127.0.0.1], DKIM pass for pf.test; not end-to-end encrypted"

@@ -303,8 +303,20 @@ pub fn build(sh: &Shared, msg: &Message, hash: &[u8; 32]) -> anyhow::Result<Vec<
         .to(to.as_str())
         .subject(c.subject.as_str())
         .date(date as i64)
-        .message_id(format!("{}@{}", hex::encode(hash), sh.domain))
+        .message_id(if c.message_id.is_empty() {
+            format!("{}@{}", hex::encode(hash), sh.domain)
+        } else {
+            // Content version 2 (§8.1): the sender's own id, so that
+            // replies by SMTP thread with the sender's copy.
+            c.message_id.clone()
+        })
         .text_body(c.text.as_str());
+    if !c.in_reply_to.is_empty() {
+        b = b.in_reply_to(c.in_reply_to.as_str());
+    }
+    if !c.references.is_empty() {
+        b = b.references(c.references.iter().map(String::as_str).collect::<Vec<_>>());
+    }
     if !cc.is_empty() {
         b = b.cc(cc.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     }
@@ -313,7 +325,12 @@ pub fn build(sh: &Shared, msg: &Message, hash: &[u8; 32]) -> anyhow::Result<Vec<
     }
     for a in &c.attachments {
         let name = cmtp_proto::content::safe_file_name(&a.name, "attachment");
-        b = b.attachment("application/octet-stream", name, a.data.as_slice());
+        let media_type = if a.media_type.is_empty() {
+            "application/octet-stream"
+        } else {
+            a.media_type.as_str()
+        };
+        b = b.attachment(media_type, name, a.data.as_slice());
     }
     let body = b.write_to_vec()?;
     let cfg = sh.cfg();

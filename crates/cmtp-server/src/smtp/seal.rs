@@ -90,7 +90,9 @@ pub(crate) async fn seal_and_deliver(
         text: arrival.encode(),
         attachments: vec![Attachment {
             name: ATTACHMENT_NAME.into(),
-            media_type: "message/rfc822".into(),
+            // Content version 1 (PROTOCOL.md §19.2), which carries no media
+            // type: the name says what it is.
+            media_type: String::new(),
             data: eml.to_vec(),
         }],
         ..Content::default()
