@@ -44,6 +44,7 @@
 pub mod compose;
 pub mod failure;
 pub mod home;
+pub mod kt;
 pub mod mailbox;
 pub mod send;
 pub mod session;

@@ -391,6 +391,7 @@ impl Client {
             .await?;
         s.statements.put(address, &statement)?;
         self.save_account(address, &identity)?;
+        crate::kt::login_check(&mut s, &self.home, now()).await;
         let account = AccountInfo {
             address: address.clone(),
             statement,
@@ -460,6 +461,7 @@ impl Client {
         }
         s.address = Some(address);
         s.identity = Some(identity);
+        crate::kt::login_check(&mut s, &self.home, now()).await;
         Ok(s)
     }
 
@@ -789,6 +791,9 @@ impl Session {
     /// Fetches and verifies `address`'s key statement (no cache).
     async fn fetch_statement(&mut self, address: &Address) -> Result<KeyStatement> {
         let (domain_key, _) = self.domain_key(&address.domain).await?;
+        if self.greeting.extensions.iter().any(|e| e == crate::kt::EXTENSION) {
+            return Ok(crate::kt::fetch(self, address, &domain_key, now()).await?.0);
+        }
         let reply = self
             .command(&Command::KeyRequest {
                 user: Some(address.account.clone()),

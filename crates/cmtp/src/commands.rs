@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::output::{Printer, sanitize};
 use crate::prompt;
-use crate::{Cli, Cmd, DraftCmd, OutboxCmd, Output, exit};
+use crate::{Cli, Cmd, DraftCmd, KeyCmd, OutboxCmd, Output, exit};
 
 /// An error in how cmtp was called (exit code 2).
 #[derive(Debug)]
@@ -79,7 +79,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             client.identity()?;
         }
     }
-    match command {
+    let result = match command {
         Cmd::Setup if client.is_configured() => {
             eprintln!(
                 "cmtp is set up as {} in {}; `cmtp login ADDRESS` switches accounts, --home DIR keeps several",
@@ -252,13 +252,25 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Cmd::Key { address } => {
-            let address = parse_address(&address, "address")?;
+        Cmd::Key {
+            action: Some(KeyCmd::History),
+            ..
+        } => {
+            let mut session = client.session().await?;
+            let report =
+                cmtp_app::kt::self_check(&mut session, client.home(), now()).await?;
+            session.close().await;
+            crate::kt_output::history(&out, report.as_ref());
+            Ok(exit::OK)
+        }
+        Cmd::Key { address, .. } => {
+            let address = parse_address(&address.unwrap_or_default(), "address")?;
             let own = client.address()?;
             let mut session = client.connect(&own.domain).await?;
             let key = session.user_key(&address, true).await?;
             session.close().await;
-            out.key(&address, &key);
+            let kt = cmtp_app::kt::describe(client.home(), &address);
+            crate::kt_output::key(&out, &address, &key, kt.as_ref());
             Ok(exit::OK)
         }
         Cmd::Passwd { password_file } => {
@@ -279,7 +291,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-    }
+    };
+    // The self-check of every login (key transparency) warns until the history is clean.
+    crate::kt_output::alarms(client.home());
+    result
 }
 
 fn now() -> u64 {
@@ -580,6 +595,7 @@ async fn cmd_read(
         None => Vec::new(),
     };
     out.message(&m, &verdict, &attachments, &saved);
+    crate::kt_output::sender(&out, client.home(), &m.source);
     if m.flags & SEEN == 0 {
         store.set_flags(id, SEEN, 0)?;
         push_flags_soon(client, &store).await;

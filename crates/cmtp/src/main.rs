@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod kt_output;
 mod output;
 mod prompt;
 
@@ -126,6 +127,15 @@ enum OutboxCmd {
     List,
     /// Send every message waiting now (the same sealed bytes as before).
     Flush,
+}
+
+/// `cmtp key ...`.
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Your own key's history in your domain's key directory, checked
+    /// against the directory's proof; warns about any key this device does
+    /// not hold (also done at every login).
+    History,
 }
 
 /// `cmtp draft ...`.
@@ -282,10 +292,17 @@ enum Cmd {
         /// The message id.
         id: u64,
     },
-    /// Show someone's key: statement, fingerprint, who signed it, validity, pin.
+    /// Show someone's key: statement, fingerprint, who signed it, validity,
+    /// pin, and whether its domain's key directory proves it.
+    /// `cmtp key history`: every key your domain's directory ever published
+    /// for you.
+    #[command(args_conflicts_with_subcommands = true)]
     Key {
         /// The address, user@domain.
-        address: String,
+        #[arg(required = true)]
+        address: Option<String>,
+        #[command(subcommand)]
+        action: Option<KeyCmd>,
     },
     /// Change your password (your key stays the same; the old password stops working).
     Passwd {
