@@ -18,9 +18,10 @@
 //!   append-only proof), and cosigns — or keeps the proof of misbehaviour.
 //!
 //! What strangers can make this cost is bounded: `KTAUDIT` (a proof over up
-//! to 16 epochs) and remote `KEYPROOF`s spend the peer's remote-request
-//! tokens (§15); `KTWITNESS` is answered only for configured domains, and
-//! fetches from a domain at most once per [`WITNESS_INTERVAL`].
+//! to 16 epochs), remote `KEYPROOF`s and `KTWITNESS` (which makes this
+//! server dial the domain) spend the peer's remote-request tokens (§15);
+//! `KTWITNESS` is answered only for the domains in `witness_for`, one check
+//! at a time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,9 +47,6 @@ use crate::state::Shared;
 
 /// The store secret holding the directory's VRF key.
 pub const VRF_SECRET: &str = "kt-vrf-v1";
-/// How often a witness fetches a domain's head at most (a stranger's
-/// `KTWITNESS` beyond that gets the last verdict).
-pub const WITNESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest reply body accepted from a `KTAUDIT`.
 pub const MAX_AUDIT_REPLY: u64 = cmtp_proto::kt::MAX_AUDIT_PROOF as u64 + 64 * 1024;
 /// Bytes of tree nodes the serving directory keeps in memory.
@@ -73,8 +71,8 @@ pub struct Transparency {
     proofs: Mutex<HashMap<Account, CachedProof>>,
     /// One publication at a time in this process.
     publishing: tokio::sync::Mutex<()>,
-    /// As a witness: when each domain was last fetched, and the verdict.
-    witnessed: Mutex<HashMap<Domain, (Instant, Vec<u8>)>>,
+    /// As a witness: one check at a time.
+    witnessing: tokio::sync::Mutex<()>,
     /// The last `KTAUDIT` answer (witnesses of one domain ask alike).
     audits: Mutex<Option<((u64, u64), Arc<Vec<u8>>)>>,
 }
@@ -99,7 +97,7 @@ impl Transparency {
             serving: ArcSwapOption::empty(),
             proofs: Mutex::new(HashMap::new()),
             publishing: tokio::sync::Mutex::new(()),
-            witnessed: Mutex::new(HashMap::new()),
+            witnessing: tokio::sync::Mutex::new(()),
             audits: Mutex::new(None),
         };
         t.reopen(store).await?;
@@ -217,6 +215,14 @@ async fn pending_changes(sh: &Shared) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>>
 /// when nothing changed (the witnesses are still asked about the newest
 /// head if some have not cosigned it).
 pub async fn publish_epoch(sh: &Arc<Shared>, now: u64) -> anyhow::Result<Option<u64>> {
+    let published = publish_epoch_without_witnesses(sh, now).await?;
+    ask_witnesses(sh, now).await;
+    Ok(published)
+}
+
+/// [`publish_epoch`] without asking the witnesses (they are asked by the
+/// next call of [`ask_witnesses`]).
+pub async fn publish_epoch_without_witnesses(sh: &Shared, now: u64) -> anyhow::Result<Option<u64>> {
     let t = kt(sh);
     let _one = t.publishing.lock().await;
     let changes = pending_changes(sh).await?;
@@ -238,7 +244,6 @@ pub async fn publish_epoch(sh: &Arc<Shared>, now: u64) -> anyhow::Result<Option<
         tracing::info!(epoch = head.head.epoch, changes = n, elapsed_ms = started.elapsed().as_millis() as u64, "key directory epoch published");
         published = Some(head.head.epoch);
     }
-    ask_witnesses(sh, now).await;
     Ok(published)
 }
 
@@ -591,26 +596,17 @@ async fn kt_witness(s: &mut Session, domain: Domain, now: u64) -> anyhow::Result
         s.conn.reply(Status::Failure, text.as_bytes());
         return Ok(());
     }
-    let recent = kt(&sh)
-        .witnessed
-        .lock()
-        .expect("witness cache")
-        .get(&domain)
-        .filter(|(at, _)| at.elapsed() < WITNESS_INTERVAL)
-        .map(|(_, v)| v.clone());
-    let verdict = match recent {
-        Some(v) => Ok(v),
-        None => witness(&sh, &domain, now).await.map(|v| v.to_bytes()),
-    };
-    match verdict {
-        Ok(v) => {
-            kt(&sh)
-                .witnessed
-                .lock()
-                .expect("witness cache")
-                .insert(domain, (Instant::now(), v.clone()));
-            s.conn.reply(Status::Success, &v);
-        }
+    // Each request makes this server dial the domain: it spends the
+    // peer's remote-request tokens (§15).
+    let logged_in = s.conn.logged_in().is_some();
+    if let Err(text) = sh.check_remote_key_request(s.peer.ip(), logged_in) {
+        s.conn.reply(Status::RateLimited, text.as_bytes());
+        return Ok(());
+    }
+    // One check of a domain at a time.
+    let _one = kt(&sh).witnessing.lock().await;
+    match witness(&sh, &domain, now).await {
+        Ok(v) => s.conn.reply(Status::Success, &v.to_bytes()),
         Err(e) => {
             tracing::warn!(%domain, error = %e, "did not cosign");
             s.conn
