@@ -100,7 +100,8 @@ impl Domain {
         self.dir.path().join("cmtp.db")
     }
 
-    /// The attacker's edit: `account`'s key in the users table.
+    /// The attacker's edit: `account`'s key in the users table (and the
+    /// statement issued for the old key).
     fn write_key(&self, account: &str, key: &IdentityKey) {
         let c = rusqlite::Connection::open(self.db()).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
@@ -111,6 +112,9 @@ impl Domain {
             )
             .unwrap();
         assert_eq!(n, 1);
+        // and the statement it had issued, so that a new one states the key
+        c.execute("DELETE FROM key_statements WHERE account = ?1", [account])
+            .unwrap();
     }
 }
 

@@ -19,7 +19,7 @@ use akd::storage::types::{
     DbRecord, KeyData, StorageType, ValueState, ValueStateKey, ValueStateRetrievalFlag,
 };
 use akd::storage::{Database, DbSetState, Storable, StorageManager};
-use akd::tree_node::{TreeNode, TreeNodeWithPreviousValue};
+use akd::tree_node::TreeNode;
 use akd::{AkdLabel, AkdValue, HistoryParams, NodeLabel};
 use akd_core::proto::specs::types as pb;
 use cmtp_store::{KtRecord, KtStore, KtValueState};

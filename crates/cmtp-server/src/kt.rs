@@ -39,7 +39,7 @@ use cmtp_proto::kt::{
 use cmtp_proto::names::{Account, Address, Domain};
 use cmtp_proto::reply::Status;
 use cmtp_proto::statements::KeyStatement;
-use cmtp_store::{AnyStore, KtStore};
+use cmtp_store::{AnyStore, KtStore, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::session::Session;

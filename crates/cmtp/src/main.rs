@@ -296,7 +296,7 @@ enum Cmd {
     /// pin, and whether its domain's key directory proves it.
     /// `cmtp key history`: every key your domain's directory ever published
     /// for you.
-    #[command(args_conflicts_with_subcommands = true)]
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Key {
         /// The address, user@domain.
         #[arg(required = true)]
