@@ -577,6 +577,7 @@ impl Config {
             relay: RelayConfig::default(),
             remote: RemoteConfig::default(),
             dns: DnsConfig::default(),
+            transparency: TransparencyConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
