@@ -365,12 +365,12 @@ def gen_commands(extra):
         "keyproof",
         command("KEYPROOF", ["bob", "b.example"]),
         "KEYPROOF user=bob domain=b.example: the statement with its key directory",
-        "proof (§19.5)",
+        "proof (§20.5)",
     )
     c["kthead"] = f.add(
         "kthead",
         command("KTHEAD", [""]),
-        "KTHEAD with an empty epoch: the newest signed head (§19.6)",
+        "KTHEAD with an empty epoch: the newest signed head (§20.6)",
     )
     c["kthead_epoch"] = f.add(
         "kthead_epoch",
@@ -381,27 +381,27 @@ def gen_commands(extra):
         "ktaudit",
         command("KTAUDIT", ["3", "19"]),
         "KTAUDIT from=3 to=19: heads 4..19 and the append-only proof (at most",
-        "16 epochs, §19.6)",
+        "16 epochs, §20.6)",
     )
     c["ktwitness"] = f.add(
         "ktwitness",
         command("KTWITNESS", ["a.example"]),
-        "KTWITNESS domain=a.example: witness a.example's newest head (§19.7)",
+        "KTWITNESS domain=a.example: witness a.example's newest head (§20.7)",
     )
     c["ktevidence"] = f.add(
         "ktevidence",
         command("KTEVIDENCE", ["a.example"]),
-        "KTEVIDENCE domain=a.example: the proof of misbehaviour held, if any (§19.7)",
+        "KTEVIDENCE domain=a.example: the proof of misbehaviour held, if any (§20.7)",
     )
     c["kthistory"] = f.add(
         "kthistory",
         command("KTHISTORY"),
-        "KTHISTORY: the logged-in account's key history (§19.8)",
+        "KTHISTORY: the logged-in account's key history (§20.8)",
     )
     f.add(
         "bad_ktaudit_span",
         command("KTAUDIT", ["3", "20"]) + command("NOOP"),
-        "KTAUDIT from=3 to=20: over 16 epochs -> BADARGUMENT, framing kept (§19.6)",
+        "KTAUDIT from=3 to=20: over 16 epochs -> BADARGUMENT, framing kept (§20.6)",
     )
     f.add(
         "smtp_ehlo",
@@ -1136,7 +1136,7 @@ def gen_payload(msgs):
 
 
 # ----------------------------------------------------------------------------
-# §19 Key transparency
+# §20 Key transparency
 
 
 def kt_head(domain, epoch, root, vrf, previous, time):
@@ -1159,14 +1159,14 @@ def kt_value(account, domain, key):
 def gen_kt(stmts):
     f = File(
         "kt.hex",
-        "key transparency: epoch heads, cosignatures, proofs of misbehaviour, answers (PROTOCOL.md §19)",
+        "key transparency: epoch heads, cosignatures, proofs of misbehaviour, answers (PROTOCOL.md §20)",
     )
     vrf = b"\x20" * 32
     h0 = kt_head("a.example", 0, b"\x10" * 32, vrf, b"\0" * 32, T0)
     f.add(
         "head_0",
         h0,
-        "Epoch head (§19.2) of a.example, epoch 0: root 32x0x10, vrf_key 32x0x20,",
+        "Epoch head (§20.2) of a.example, epoch 0: root 32x0x10, vrf_key 32x0x20,",
         f"previous 32 zero bytes, time T0 = {T0}",
     )
     s0 = f.add("signed_head_0", kt_signed(SERVER_A, h0),
@@ -1184,14 +1184,14 @@ def gen_kt(stmts):
     c = f.add(
         "cosignature_b",
         kt_cosignature(SERVER_B, "b.example", h1, T0 + 310),
-        "b.example's cosignature (§19.3) of head_1: witness NUL | key (seed 32x0x06) |",
+        "b.example's cosignature (§20.3) of head_1: witness NUL | key (seed 32x0x06) |",
         f"u64 time (T0 + 310 = {T0 + 310}) | Sign(`CMTP-v2 kt-cosignature\\0` | witness NUL |",
         "H(head_1) | u64 time)",
     )
     w = f.add("witnessed_head_1", s1 + u8(1) + c,
-              "KTHEAD answer (§19.6): signed_head_1 | u8 1 | cosignature_b")
+              "KTHEAD answer (§20.6): signed_head_1 | u8 1 | cosignature_b")
     f.add("misbehaviour_fork", u8(1) + s1 + s1b,
-          "Proof of misbehaviour (§19.7), kind 1 (fork): signed_head_1 | signed_head_1_fork")
+          "Proof of misbehaviour (§20.7), kind 1 (fork): signed_head_1 | signed_head_1_fork")
     f.add("misbehaviour_broken_chain", u8(2) + s1 + s2,
           "Kind 2 (broken chain): signed_head_1 | signed_head_2_broken")
     f.add("verdict_cosigned", u8(1) + c, "KTWITNESS answer: u8 1 | cosignature_b")
@@ -1199,10 +1199,10 @@ def gen_kt(stmts):
           "KTWITNESS answer: u8 2 | misbehaviour_fork")
     bob_a = key_statement(SERVER_A, "bob", "a.example", BOB.pub, T0, T0 + 30 * DAY)
     f.add("key_value_bob", kt_value("bob", "a.example", BOB.pub),
-          "The directory value (§19.1) of bob@a.example holding seed 32x0x03's key:",
+          "The directory value (§20.1) of bob@a.example holding seed 32x0x03's key:",
           "H(`CMTP-v2 kt-value\\0` | bob NUL | a.example NUL | key)")
     f.add("proven_key_no_proof", u32(1) + blob(bob_a) + u8(0),
-          "KEYPROOF answer (§19.5) without a proof: u32 1 | blob(key statement of",
+          "KEYPROOF answer (§20.5) without a proof: u32 1 | blob(key statement of",
           "bob@a.example, seed 32x0x03, T0 to T0 + 30 days, signed by a.example) | u8 0")
     proof = b"akd lookup proof (opaque)"
     f.add("proven_key", u32(1) + blob(bob_a) + u8(1) + w + blob(proof),

@@ -1,4 +1,4 @@
-//! Key transparency, the client's side (PROTOCOL.md §19.9): every key of
+//! Key transparency, the client's side (PROTOCOL.md §20.9): every key of
 //! another user comes with a proof from the user's domain's key directory,
 //! and the client checks it; at every login the client checks its own
 //! key's history.

@@ -677,7 +677,8 @@ impl Session {
         let challenge = expect_success(&reply, "LOGIN")
             .and_then(|b| decode(LoginChallenge::decode(b), "login challenge"))?;
         let binding = self.conn.channel_binding();
-        let proof = match login.finish(password, &challenge, address, &floor, &binding, &mut OsRng) {
+        let proof = match login.finish(password, &challenge, address, &floor, &binding, &mut OsRng)
+        {
             Ok(p) => p,
             Err(AccountError::WrongPassword) => {
                 // Finish the exchange with a KE3 that cannot verify, so the

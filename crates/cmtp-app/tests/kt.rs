@@ -1,4 +1,4 @@
-//! Key transparency end to end (PROTOCOL.md §19): real cmtpd servers for
+//! Key transparency end to end (PROTOCOL.md §20): real cmtpd servers for
 //! a.test (the directory) and b.test (its witness), found through a real
 //! in-process DNS server, and the real client (`cmtp_app`). Epochs are
 //! published by calling the server's publisher directly, so that every

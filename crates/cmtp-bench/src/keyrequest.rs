@@ -1,6 +1,6 @@
 //! `keyrequest`: KEYREQUEST answers per second for local accounts' key
 //! statements, one request at a time per connection and pipelined. With
-//! `--proof`, KEYPROOF instead (PROTOCOL.md §19.5): the statement with its
+//! `--proof`, KEYPROOF instead (PROTOCOL.md §20.5): the statement with its
 //! epoch head, cosignatures and lookup proof; the server publishes an epoch
 //! every second until every account is in the directory.
 

@@ -10,11 +10,13 @@
 //! spread; `--json FILE` writes everything for comparisons.
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod bigmail;
 mod client;
 mod conn;
 mod crypto;
 mod dns;
+mod handshake;
 mod idle;
 mod keyrequest;
 mod mail;
@@ -71,6 +73,14 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Full TLS handshakes per second and server CPU per handshake, with
+    /// and without the post-quantum group.
+    Handshake {
+        #[command(flatten)]
+        args: handshake::HandshakeArgs,
+        #[command(flatten)]
+        common: Common,
+    },
     /// N idle connections after OHAI: the server's memory, and a NOOP on a new connection.
     Idle {
         #[command(flatten)]
@@ -109,6 +119,14 @@ enum Cmd {
         /// Run this many times.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+    },
+    /// A stranger's attack (drip connections, abandoned uploads, LOGIN
+    /// spam) while a legitimate user logs in and sends.
+    Abuse {
+        #[command(flatten)]
+        args: abuse::AbuseArgs,
+        #[command(flatten)]
+        common: Common,
     },
     /// Run the server on a data directory (what the scenarios start).
     #[command(hide = true)]
@@ -201,6 +219,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Cmd::Handshake { args, common } => {
+            repeat(
+                "handshake",
+                args.params(),
+                common.repeat,
+                common.json.as_ref(),
+                async || handshake::run(&common.server, &args).await,
+            )
+            .await
+        }
         Cmd::Idle { args, common } => {
             repeat(
                 "idle",
@@ -238,6 +266,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 common.repeat,
                 common.json.as_ref(),
                 async || client::run(&common.server, &args).await,
+            )
+            .await
+        }
+        Cmd::Abuse { args, common } => {
+            repeat(
+                "abuse",
+                args.params(),
+                common.repeat,
+                common.json.as_ref(),
+                async || abuse::run(&common.server, &args).await,
             )
             .await
         }

@@ -92,6 +92,8 @@ pub(crate) struct BenchServer {
     pub(crate) users: Vec<User>,
     /// For /proc measurements.
     pub(crate) pid: Option<u32>,
+    /// The own server's data directory.
+    pub(crate) data_dir: Option<PathBuf>,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     /// The throwaway PostgreSQL cluster of `--store postgres` (stopped on drop,
@@ -139,6 +141,7 @@ impl BenchServer {
                 domain,
                 users,
                 pid: opts.server_pid,
+                data_dir: None,
                 child: None,
                 dir: None,
                 _postgres: None,
@@ -225,6 +228,7 @@ impl BenchServer {
             domain,
             users: list,
             pid: Some(child.id()),
+            data_dir: Some(data.clone()),
             child: Some(child),
             dir: Some(dir),
             _postgres: postgres,
@@ -362,6 +366,7 @@ async fn password_login(
         &LoginChallenge::decode(&r.body)?,
         address,
         &KsfParams::INSECURE_TEST,
+        &c.channel_binding(),
         rng,
     )?;
     let r = c

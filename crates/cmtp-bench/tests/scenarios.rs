@@ -97,6 +97,63 @@ fn keyrequest_single_and_pipelined() {
 }
 
 #[test]
+fn handshake_negotiates_the_hybrid_group_and_the_classical_one_when_asked() {
+    let m = bench(&["handshake", "-n", "12", "-c", "3"]);
+    for group in ["hybrid", "classical"] {
+        assert_eq!(num(&m, &format!("{group}_handshakes")), 12.0, "{m}");
+        assert_eq!(num(&m, &format!("{group}_errors")), 0.0, "{m}");
+        // Every handshake negotiated the group its client offered first.
+        assert_eq!(num(&m, &format!("{group}_wrong_group")), 0.0, "{m}");
+        assert!(num(&m, &format!("{group}_server_cpu_per_hs")) >= 0.0);
+    }
+    // The ML-KEM-768 key share and ciphertext travel in the hybrid
+    // handshake only: 1,184 + 1,088 bytes more.
+    assert!(
+        num(&m, "hybrid_bytes_per_hs") > num(&m, "classical_bytes_per_hs") + 2000.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn abuse_leaves_the_legitimate_user_served_and_the_budgets_on() {
+    let m = bench(&[
+        "abuse",
+        "--secs",
+        "4",
+        "--addrs",
+        "4",
+        "--drip-per-addr",
+        "3",
+        "--drip-byte-secs",
+        "0.2",
+        "--uploaders",
+        "2",
+        "--upload-mib",
+        "2",
+        "--login-spammers",
+        "1",
+        "--legit-delay",
+        "0.5",
+        "--legit-messages",
+        "2",
+        "--legit-pause-ms",
+        "100",
+    ]);
+    assert_eq!(num(&m, "legit_errors"), 0.0, "{m}");
+    assert!(num(&m, "legit_logins") >= 1.0, "{m}");
+    assert!(num(&m, "legit_mails") >= 2.0, "{m}");
+    // Every kind of attack ran.
+    assert_eq!(num(&m, "drip_peak_open"), 12.0, "{m}");
+    assert!(num(&m, "upload_started") >= 1.0, "{m}");
+    assert!(num(&m, "login_spam_sent") >= 1.0, "{m}");
+    // The server ran with its default staging budgets (twice and four
+    // times the 64 MiB message limit), not switched off for the bench.
+    assert_eq!(num(&m, "staging_budget_per_peer"), 128.0, "{m}");
+    assert_eq!(num(&m, "staging_budget_per_domain"), 256.0, "{m}");
+    assert!(num(&m, "server_hwm") > 0.0, "{m}");
+}
+
+#[test]
 fn idle_connections_stay_open_and_noop_answers() {
     let m = bench(&["idle", "-n", "20", "--hold", "0.1", "--noops", "5"]);
     assert_eq!(num(&m, "connections"), 20.0, "{m}");

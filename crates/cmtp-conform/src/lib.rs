@@ -6,16 +6,18 @@
 //! comes back) and talks to the target over the network like any peer.
 //! Each rule of the specification that can be provoked from outside is a
 //! small function with its section number ([`RULES`]); [`run`] connects to
-//! the target, learns its domain and key from the banner and OHAI, and runs
-//! every rule on fresh connections, checking the signature of every reply
-//! (§5.3) as it goes. A rule passes, fails (with what was expected and what
+//! the target as a CMTP/2 client (the banner in clear, then TLS 1.3 with the
+//! server's key as a raw public key), learns its domain and key from the
+//! banner and OHAI, and runs every rule on fresh connections, checking the
+//! signature of every reply (§5.3) as it goes. A rule passes, fails (with what was expected and what
 //! came), or is not testable (it needs credentials, a second domain, or
 //! minutes of waiting for a timeout; see [`Need`]).
 //!
 //! | module | what |
 //! |---|---|
-//! | `transport` | the byte transport (TCP today; TLS slots in here) |
-//! | `probe` | a connection: banner, commands, signed replies, closes |
+//! | `transport` | the byte transport: TCP, the banner in clear, then TLS 1.3 |
+//! | `tls` | the TLS clients the checker plays (CMTP/2, plain X.509, a TLS 1.2 hello) |
+//! | `probe` | a connection: banner, handshake, commands, signed replies, closes |
 //! | `rules` | the rules, one module per part of the spec |
 //! | `served` | the checker's own domain (`--as-domain`, `--serve`) |
 //! | `report` | results, text and JSON |
@@ -32,6 +34,7 @@ mod probe;
 mod report;
 mod rules;
 mod served;
+mod tls;
 mod transport;
 
 use std::time::Instant;

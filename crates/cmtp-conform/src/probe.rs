@@ -1,6 +1,8 @@
-//! A connection to the target as the rules use it (PROTOCOL.md §4.1, §5).
+//! A connection to the target as the rules use it (PROTOCOL.md §4.1, §4.4,
+//! §5).
 //!
-//! [`Probe`] reads the banner, sends well-formed commands (encoded by
+//! [`Probe`] reads the banner in clear, runs the TLS 1.3 handshake (as a
+//! CMTP/2 client unless a rule plays another), sends well-formed commands (encoded by
 //! cmtp-proto) or hand-built bytes, and reads replies. Every reply is
 //! checked as it arrives: its framing (§5.1) and its signature (§5.3) under
 //! the server key, bound to the connection nonce, the reply's position and
@@ -18,7 +20,23 @@ use cmtp_proto::crypto::{PublicKey, SignatureTag};
 use cmtp_proto::payload::{DeliveryFailure, Greeting};
 use cmtp_proto::reply::{Reply, ReplyBinding, Status, body_hash, decode_reply};
 
-use crate::transport::{ReadOutcome, Transport};
+use crate::tls::Client;
+use crate::transport::{ReadOutcome, TlsInfo, Transport};
+
+/// What the banner of a server ready for commands looks like (§4.1).
+pub(crate) const READY_BANNER: &str =
+    "the banner `554 <domain> CMTP/2 <software> ready; TLS 1.3 follows; ...` (§4.1)";
+
+/// A hint for the usual handshake failures.
+fn alert_name_hint(e: &str) -> &'static str {
+    if e.contains("NoApplicationProtocol") {
+        " (the server does not speak ALPN cmtp/2)"
+    } else if e.contains("UnsupportedCertificate") || e.contains("certificate type") {
+        " (the server does not present its key as a raw public key, RFC 7250)"
+    } else {
+        ""
+    }
+}
 
 /// Largest reply body accepted unless a rule says otherwise.
 pub(crate) const MAX_BODY: u64 = 1 << 20;
@@ -96,6 +114,8 @@ pub(crate) struct Probe {
     pub(crate) banner: String,
     /// The domain the banner names.
     pub(crate) banner_domain: String,
+    /// What the TLS handshake established.
+    pub(crate) tls: TlsInfo,
     key: Option<PublicKey>,
     nonce: Option<[u8; 32]>,
     seq: u64,
@@ -160,11 +180,25 @@ pub(crate) fn read_banner(
 }
 
 impl Probe {
-    /// Connects and reads the banner, which must be the ready form.
+    /// Connects as a CMTP/2 client: reads the banner, which must be the
+    /// ready form, and runs the TLS handshake (§4.1, §4.4).
     pub(crate) fn open(
         addr: SocketAddr,
         key: Option<PublicKey>,
         timeout: Duration,
+    ) -> Check<Probe> {
+        Probe::open_as(addr, key, timeout, Client::Cmtp, false)
+    }
+
+    /// As [`open`](Self::open), playing `client`; with `hello_first`, the
+    /// ClientHello goes out at once, before the banner is read (as cmtp's
+    /// client does).
+    pub(crate) fn open_as(
+        addr: SocketAddr,
+        key: Option<PublicKey>,
+        timeout: Duration,
+        client: Client,
+        hello_first: bool,
     ) -> Check<Probe> {
         let mut t = Transport::connect(addr, timeout).map_err(|e| {
             fail(
@@ -172,19 +206,56 @@ impl Probe {
                 format!("cannot connect to {addr}: {e}"),
             )
         })?;
+        let mut conn = client
+            .connect()
+            .map_err(|e| fail("a TLS client configuration", e))?;
+        if hello_first {
+            let hello = crate::transport::pending_output(&mut conn);
+            t.write_all(&hello).map_err(|e| {
+                fail(
+                    "the target to read a ClientHello sent at once",
+                    format!("writing failed: {e}"),
+                )
+            })?;
+        }
         let mut buf = Vec::new();
         let b = read_banner(&mut t, &mut buf, timeout)?;
-        let Banner::Ready { domain } = b.banner else {
-            return Err(fail(
-                "the banner `554 <domain> CMTP/1 <software> ready; ...` (§4.1)",
-                format!("{:?}", b.line),
-            ));
+        let domain = match b.banner {
+            Banner::Ready { domain } => domain,
+            Banner::OldProtocol { .. } => {
+                return Err(fail(
+                    READY_BANNER,
+                    format!(
+                        "a CMTP/1 banner (the first, unencrypted version): {:?}",
+                        b.line
+                    ),
+                ));
+            }
+            _ => return Err(fail(READY_BANNER, format!("{:?}", b.line))),
         };
+        let tls = t
+            .handshake(conn, &buf, Instant::now() + timeout)
+            .map_err(|e| {
+                fail(
+                    "a TLS 1.3 handshake after the banner (§4.1, §4.4)",
+                    format!("{e}{}", alert_name_hint(&e)),
+                )
+            })?;
+        if tls.alpn.as_deref() != Some(cmtp_proto::tls::ALPN) {
+            return Err(fail(
+                "the TLS handshake agreeing on ALPN `cmtp/2` (§4.4)",
+                match &tls.alpn {
+                    None => "no ALPN protocol".to_owned(),
+                    Some(p) => format!("ALPN {:?}", String::from_utf8_lossy(p)),
+                },
+            ));
+        }
         Ok(Probe {
             t,
-            buf,
+            buf: Vec::new(),
             banner: b.line,
             banner_domain: domain,
+            tls,
             key,
             nonce: None,
             seq: 0,
@@ -192,6 +263,11 @@ impl Probe {
             timeout,
             check_signatures: true,
         })
+    }
+
+    /// This connection's channel binding (the TLS exporter, §12).
+    pub(crate) fn channel_binding(&self) -> [u8; 32] {
+        self.tls.channel_binding
     }
 
     /// The number of replies read so far (the `seq` of the next one).
@@ -316,16 +392,20 @@ impl Probe {
                 ReadOutcome::Closed if self.buf.is_empty() => {
                     return Err(fail(
                         format!("a reply to {what}"),
-                        "the connection closed without a reply",
+                        format!(
+                            "the connection closed without a reply ({})",
+                            self.t.closed_why()
+                        ),
                     ));
                 }
                 ReadOutcome::Closed => {
                     return Err(fail(
                         format!("a complete reply to {what}"),
                         format!(
-                            "the connection closed after {} bytes of a reply ({})",
+                            "the connection closed after {} bytes of a reply ({}; {})",
                             self.buf.len(),
-                            hex_head(&self.buf)
+                            hex_head(&self.buf),
+                            self.t.closed_why()
                         ),
                     ));
                 }

@@ -5,9 +5,13 @@
 //! (§7.4), a remote KEYREQUEST is only "unchanged" if the original is known
 //! (§6.3), and relaying needs somewhere to relay to. The target's operator
 //! routes `D` to `ADDR` (a static route, or DNS), and the checker serves it
-//! there: banner, OHAI, KEYREQUEST for its server key and its one user
+//! there as CMTP/2 (§4.1, §4.4): the banner in clear, then TLS 1.3 with the
+//! served domain's key as a raw public key (or in a self-issued certificate
+//! for a client that offers no raw public keys, picked by the ClientHello as
+//! cmtpd does), then OHAI, KEYREQUEST for its server key and its one user
 //! `conform`, NOOP, HELP, OBAI and MAIL for `conform@D` (kept in memory
-//! for the rules to inspect). Every reply is signed as §5.3 says.
+//! for the rules to inspect). Every reply is signed as §5.3 says. A peer
+//! that speaks in clear after the banner gets the clear refusal and a close.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use cmtp_proto::banner::ready_line;
+use cmtp_proto::banner::{clear_refusal, ready_line};
 use cmtp_proto::command::{Command, CommandError, decode_command, request_digest};
 use cmtp_proto::crypto::{IdentityKey, SignatureTag};
 use cmtp_proto::limits::MessageLimits;
@@ -24,6 +28,7 @@ use cmtp_proto::names::{Account, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason, Greeting};
 use cmtp_proto::reply::{REPLY_VERSION, Reply, ReplyBinding, ReplyHeader, Status, body_hash};
 use cmtp_proto::statements::{KeyStatement, Receipt, ServerKeyBundle, sign_trailer};
+use cmtp_proto::tls::{KeyExchange, ServerTlsConfig};
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -34,11 +39,16 @@ use crate::transport::{ReadOutcome, Transport};
 const SOFTWARE: &str = concat!("cmtp-conform ", env!("CARGO_PKG_VERSION"));
 /// How long a connection to the served domain may sit idle.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long a peer has for the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(30);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The state shared with the connection threads.
 struct Inner {
     domain: Domain,
     key: IdentityKey,
+    tls: ServerTlsConfig,
     user: Account,
     user_key: IdentityKey,
     bundle: Vec<u8>,
@@ -91,9 +101,12 @@ impl Served {
             to,
         )
         .to_bytes();
+        let tls = ServerTlsConfig::new(&key, &domain, KeyExchange::default())
+            .map_err(io::Error::other)?;
         let inner = Arc::new(Inner {
             domain,
             key,
+            tls,
             user,
             user_key,
             bundle,
@@ -231,9 +244,32 @@ impl Conn<'_> {
 }
 
 fn serve(inner: &Inner, stream: TcpStream) {
-    let Ok(t) = Transport::accepted(stream, IDLE) else {
+    let Ok(mut t) = Transport::accepted(stream, IDLE) else {
         return;
     };
+    if t.write_all(ready_line(&inner.domain, SOFTWARE).as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    // §4.1: TLS follows the banner; a peer that speaks in clear is refused.
+    let mut first = Vec::new();
+    if !matches!(
+        t.read_until(&mut first, Instant::now() + HANDSHAKE),
+        ReadOutcome::Data
+    ) {
+        return;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let _ = t.write_all(clear_refusal(&inner.domain).as_bytes());
+        t.shutdown_write();
+        return;
+    }
+    if t.accept_tls(&inner.tls, &first, Instant::now() + HANDSHAKE)
+        .is_err()
+    {
+        return;
+    }
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let mut c = Conn {
@@ -243,12 +279,6 @@ fn serve(inner: &Inner, stream: TcpStream) {
         nonce,
         seq: 0,
     };
-    if c.t
-        .write_all(ready_line(&inner.domain, SOFTWARE).as_bytes())
-        .is_err()
-    {
-        return;
-    }
     let _ = commands(&mut c);
     c.t.shutdown_write();
 }

@@ -1,6 +1,6 @@
 //! A domain's key directory: akd's `Directory` over a
 //! [`cmtp_store::KtStore`] (SQLite or PostgreSQL), the VRF key, and the
-//! encodings of the proofs it gives (PROTOCOL.md §19.4).
+//! encodings of the proofs it gives (PROTOCOL.md §20.4).
 //!
 //! akd keeps three kinds of records: the tree's own record (its latest
 //! epoch and size), tree nodes (with their previous value, for audits), and

@@ -1,4 +1,4 @@
-//! Key transparency for CMTP (PROTOCOL.md §19): where akd, Meta's
+//! Key transparency for CMTP (PROTOCOL.md §20): where akd, Meta's
 //! auditable key directory, meets the rest of the code.
 //!
 //! `cmtp-proto::kt` holds the protocol's own structures (epoch heads,

@@ -377,7 +377,8 @@ mod tests {
         let setup = ServerSetup::generate(&mut rng);
         let (login, ke1) = Login::start(b"pw", &mut rng).unwrap();
         let (_, ke2) =
-            ServerLogin::start(&setup, None, &ke1, "alice@a.test", "a.test", &CB, &mut rng).unwrap();
+            ServerLogin::start(&setup, None, &ke1, "alice@a.test", "a.test", &CB, &mut rng)
+                .unwrap();
         let challenge = LoginChallenge {
             ksf: KsfParams {
                 m_cost_kib: 4_194_304,
@@ -392,7 +393,8 @@ mod tests {
             &challenge,
             &Address::parse("alice@a.test").unwrap(),
             &KsfParams::INSECURE_TEST,
-            &CB, &mut rng,
+            &CB,
+            &mut rng,
         ) else {
             panic!("a challenge above the ceiling was accepted");
         };

@@ -152,9 +152,10 @@ mod tests {
 
     #[test]
     fn a_cmtp1_banner_is_an_old_protocol() {
-        let (b, _) = decode_banner(b"554 a.test CMTP/1 cmtpd ready; this is not an SMTP server\r\n")
-            .unwrap()
-            .unwrap();
+        let (b, _) =
+            decode_banner(b"554 a.test CMTP/1 cmtpd ready; this is not an SMTP server\r\n")
+                .unwrap()
+                .unwrap();
         assert_eq!(
             b,
             Banner::OldProtocol {

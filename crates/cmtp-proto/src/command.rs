@@ -154,7 +154,7 @@ pub enum Command {
         flags: u32,
     },
     /// `KEYPROOF user domain`: a user's key statement with its proof in
-    /// the domain's key directory (PROTOCOL.md §19.5); `domain` `None`
+    /// the domain's key directory (PROTOCOL.md §20.5); `domain` `None`
     /// means the server's own domain.
     KeyProof {
         /// The account.
@@ -163,13 +163,13 @@ pub enum Command {
         domain: Option<Domain>,
     },
     /// `KTHEAD epoch`: the server's signed epoch head with its
-    /// cosignatures (§19.6); `None` (empty argument): the newest.
+    /// cosignatures (§20.6); `None` (empty argument): the newest.
     KtHead {
         /// The epoch, or `None` for the newest.
         epoch: Option<u64>,
     },
     /// `KTAUDIT from to`: the heads after `from` up to `to` and the
-    /// directory's append-only proof between them (§19.6).
+    /// directory's append-only proof between them (§20.6).
     KtAudit {
         /// The epoch the auditor has.
         from: u64,
@@ -177,19 +177,19 @@ pub enum Command {
         to: u64,
     },
     /// `KTWITNESS domain`: asks this server to witness `domain`'s newest
-    /// epoch head (§19.7).
+    /// epoch head (§20.7).
     KtWitness {
         /// The domain to witness.
         domain: Domain,
     },
     /// `KTEVIDENCE domain`: the proof of misbehaviour this server holds
-    /// against `domain`, if any (§19.7).
+    /// against `domain`, if any (§20.7).
     KtEvidence {
         /// The domain.
         domain: Domain,
     },
     /// `KTHISTORY`: the history of the logged-in account's key in the
-    /// directory, with its proof (§19.8).
+    /// directory, with its proof (§20.8).
     KtHistory,
 }
 
@@ -730,7 +730,7 @@ impl Command {
         )
     }
 
-    /// Whether the command is one of key transparency's (PROTOCOL.md §19):
+    /// Whether the command is one of key transparency's (PROTOCOL.md §20):
     /// `KEYPROOF`, `KTHEAD`, `KTAUDIT`, `KTWITNESS`, `KTEVIDENCE`,
     /// `KTHISTORY`.
     pub fn is_transparency(&self) -> bool {

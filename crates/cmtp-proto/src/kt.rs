@@ -1,5 +1,5 @@
 //! Key transparency: the rules of a domain's key directory that every party
-//! checks without the directory itself (PROTOCOL.md §19).
+//! checks without the directory itself (PROTOCOL.md §20).
 //!
 //! A domain keeps an auditable key directory (akd) of its users' keys: the
 //! label is `account@domain`, the value [`key_value`] of the key its
@@ -619,7 +619,7 @@ pub fn check_chain(from: &SignedHead, chain: &[SignedHead]) -> Result<(), HeadRe
     Ok(())
 }
 
-/// The `KEYPROOF` answer (PROTOCOL.md §19.5):
+/// The `KEYPROOF` answer (PROTOCOL.md §20.5):
 ///
 /// ```text
 /// proven_key = u32 version (1) | u32 statement_length | statement |

@@ -594,7 +594,10 @@ mod tests {
         );
         let back = RegistrationBundle::decode(&b.to_bytes()).unwrap();
         back.verify(&alice, &[0xcb; 32]).unwrap();
-        assert!(back.verify(&alice, &[0xcc; 32]).is_err(), "bound to the connection");
+        assert!(
+            back.verify(&alice, &[0xcc; 32]).is_err(),
+            "bound to the connection"
+        );
         assert!(
             back.verify(&Address::parse("bob@a.test").unwrap(), &[0xcb; 32])
                 .is_err()

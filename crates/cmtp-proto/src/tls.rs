@@ -150,20 +150,16 @@ impl ServerTlsConfig {
         let mut raw =
             base()?.with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(raw_key)));
 
-        let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
-            &pkcs8(key),
-            &rcgen::PKCS_ED25519,
-        )?;
+        let key_pair =
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8(key), &rcgen::PKCS_ED25519)?;
         let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, domain.as_str());
         let cert = params.self_signed(&key_pair)?;
-        let mut x509 = base()?.with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(pkcs8(key)),
-        )?;
+        let mut x509 =
+            base()?.with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(pkcs8(key)))?;
         for c in [&mut raw, &mut x509] {
             c.alpn_protocols = vec![ALPN.to_vec()];
             // Sessions are long-lived; resumption would carry the server's
@@ -183,7 +179,9 @@ impl ServerTlsConfig {
         &self,
         server_cert_types: Option<&[rustls::server::CertificateType]>,
     ) -> Arc<rustls::ServerConfig> {
-        if server_cert_types.is_some_and(|t| t.contains(&rustls::server::CertificateType::RawPublicKey)) {
+        if server_cert_types
+            .is_some_and(|t| t.contains(&rustls::server::CertificateType::RawPublicKey))
+        {
             self.raw.clone()
         } else {
             self.x509.clone()
@@ -260,7 +258,9 @@ impl ServerCertVerifier for RawKeyVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::PeerIncompatible(PeerIncompatible::Tls12NotOffered))
+        Err(TlsError::PeerIncompatible(
+            PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -302,8 +302,10 @@ pub(crate) fn decrypt<S: rustls::SideData>(
 ) -> (Vec<u8>, Result<bool, String>) {
     use std::io::Read;
     let mut plain = Vec::new();
-    while !rd.is_empty() {
-        if tls.read_tls(&mut rd).is_err() {
+    // At least one pass even without new bytes: records that arrived with
+    // the ClientHello are already buffered in the connection (§4.4).
+    loop {
+        if !rd.is_empty() && tls.read_tls(&mut rd).is_err() {
             return (plain, Err("a TLS record is too large".into()));
         }
         let io = match tls.process_new_packets() {
@@ -324,8 +326,10 @@ pub(crate) fn decrypt<S: rustls::SideData>(
         if io.peer_has_closed() {
             return (plain, Ok(true));
         }
+        if rd.is_empty() {
+            return (plain, Ok(false));
+        }
     }
-    (plain, Ok(false))
 }
 
 /// Hands `plain` to TLS and TLS's records to `wire`.
@@ -379,8 +383,12 @@ mod tests {
     #[test]
     fn both_server_configurations_are_built() {
         let key = IdentityKey::from_seed(&[5; 32]);
-        let c = ServerTlsConfig::new(&key, &Domain::parse("a.test").unwrap(), KeyExchange::default())
-            .unwrap();
+        let c = ServerTlsConfig::new(
+            &key,
+            &Domain::parse("a.test").unwrap(),
+            KeyExchange::default(),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(
             &c.for_client(Some(&[rustls::server::CertificateType::RawPublicKey])),
             &c.raw

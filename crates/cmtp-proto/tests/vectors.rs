@@ -1307,8 +1307,14 @@ fn payload_hex() {
     let back = RegistrationBundle::decode(&bytes).unwrap();
     assert_eq!(back, bundle, "decode registration_bundle");
     back.verify(&alice_a, &channel_binding()).unwrap();
-    assert!(back.verify(&addr("bob@a.example"), &channel_binding()).is_err());
-    assert!(back.verify(&alice_a, &[0; 32]).is_err(), "bound to its connection");
+    assert!(
+        back.verify(&addr("bob@a.example"), &channel_binding())
+            .is_err()
+    );
+    assert!(
+        back.verify(&alice_a, &[0; 32]).is_err(),
+        "bound to its connection"
+    );
     assert_eq!(
         cmtp_proto::crypto::opaque::login_context(&channel_binding()),
         v.get("opaque_login_context")

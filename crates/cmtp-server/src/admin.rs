@@ -573,7 +573,16 @@ pub async fn add_user(
         floor: cfg.accounts.ksf_floor(),
     };
     // Made here and stored directly: no connection to bind the proof to.
-    let bundle = reg.finish(password, &offer, &address, &identity, ksf, now(), &[0; 32], rng)?;
+    let bundle = reg.finish(
+        password,
+        &offer,
+        &address,
+        &identity,
+        ksf,
+        now(),
+        &[0; 32],
+        rng,
+    )?;
     store
         .create_user(
             NewUser {

@@ -196,7 +196,10 @@ impl Session {
         let ok = record.is_some_and(|u| {
             cmtp_proto::crypto::PublicKey::from_bytes(&u.identity_pk)
                 .and_then(|k| {
-                    let binding = self.conn.channel_binding().ok_or(cmtp_proto::crypto::CryptoError::BadSignature)?;
+                    let binding = self
+                        .conn
+                        .channel_binding()
+                        .ok_or(cmtp_proto::crypto::CryptoError::BadSignature)?;
                     verify_key_login(&k, binding, &address, &signature)
                 })
                 .is_ok()

@@ -71,7 +71,7 @@ pub struct Config {
     /// DNS.
     #[serde(default)]
     pub dns: DnsConfig,
-    /// Key transparency: epochs and witnesses (PROTOCOL.md §19).
+    /// Key transparency: epochs and witnesses (PROTOCOL.md §20).
     #[serde(default)]
     pub transparency: TransparencyConfig,
     /// Prometheus metrics.
@@ -162,10 +162,13 @@ pub struct TimeoutsConfig {
     pub command_secs: u64,
     /// Fixed allowance for a message after MAIL.
     pub data_grace_secs: u64,
-    /// Minimum average transfer rate of a message, bytes per second.
+    /// Minimum transfer rate of a message, bytes per second: over the whole
+    /// message and over every `data_grace_secs` window of it.
     pub min_data_rate: u64,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace_secs: u64,
+    /// Longest life of a connection that is not logged in, seconds.
+    pub stranger_session_secs: u64,
 }
 
 impl Default for TimeoutsConfig {
@@ -176,6 +179,7 @@ impl Default for TimeoutsConfig {
             data_grace_secs: 30,
             min_data_rate: 16 * 1024,
             shutdown_grace_secs: 30,
+            stranger_session_secs: 3600,
         }
     }
 }
@@ -685,6 +689,7 @@ impl Config {
             ("timeouts.command_secs", t.command_secs),
             ("timeouts.data_grace_secs", t.data_grace_secs),
             ("timeouts.min_data_rate", t.min_data_rate),
+            ("timeouts.stranger_session_secs", t.stranger_session_secs),
             ("relay.lifetime_secs", self.relay.lifetime_secs),
             ("relay.first_retry_secs", self.relay.first_retry_secs),
             ("relay.poll_ms", self.relay.poll_ms),

@@ -119,12 +119,17 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     k(
         "timeouts",
         "min_data_rate",
-        "Slowest average transfer of a message accepted, bytes per second.",
+        "Slowest transfer of a message accepted, bytes per second, over every\nwindow of data_grace_secs.",
     ),
     k(
         "timeouts",
         "shutdown_grace_secs",
         "How long a shutdown waits for connections to finish.",
+    ),
+    k(
+        "timeouts",
+        "stranger_session_secs",
+        "Longest life of a connection that is not logged in (other servers\nrelaying, strangers); logged-in sessions have none.",
     ),
     k("connections", "max", "Most connections at once."),
     k(

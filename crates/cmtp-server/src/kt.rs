@@ -1,4 +1,4 @@
-//! Key transparency, the server's side (PROTOCOL.md §19): this domain's key
+//! Key transparency, the server's side (PROTOCOL.md §20): this domain's key
 //! directory, its epochs and heads, the witnesses it asks, the domains it
 //! witnesses, and the commands `KEYPROOF`, `KTHEAD`, `KTAUDIT`,
 //! `KTWITNESS`, `KTEVIDENCE` and `KTHISTORY`.
@@ -365,7 +365,7 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
 
 // ----- the commands -----
 
-/// Runs a transparency command (PROTOCOL.md §19) for the session.
+/// Runs a transparency command (PROTOCOL.md §20) for the session.
 pub(crate) async fn serve(s: &mut Session, cmd: Command, now: u64) {
     let result = match cmd {
         Command::KeyProof { user, domain } => key_proof(s, user, domain, now).await,

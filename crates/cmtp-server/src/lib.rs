@@ -13,7 +13,7 @@
 //! rates), [`budget`] and [`disk`] (bytes being received, free space),
 //! [`decoy`] (what unknown accounts are answered). [`kt`] keeps the domain's
 //! key directory (akd), publishes its epochs, asks witnesses to cosign its
-//! heads and witnesses other domains (PROTOCOL.md §19).
+//! heads and witnesses other domains (PROTOCOL.md §20).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -81,7 +81,7 @@ pub struct Shared {
     /// Messages being received now (accepted at their envelope, not yet
     /// stored or abandoned).
     pub messages_in_flight: std::sync::atomic::AtomicUsize,
-    /// The key directory (PROTOCOL.md §19).
+    /// The key directory (PROTOCOL.md §20).
     pub kt: crate::kt::Transparency,
     bundle: Mutex<Option<(Vec<u8>, u64)>>,
     /// Recently served key statements of local users: account → (statement,
@@ -117,7 +117,11 @@ impl std::fmt::Debug for Shared {
 pub const OPAQUE_SETUP_SECRET: &str = "opaque-server-setup-v1";
 
 /// The configuration of the connection state machine, from cmtpd's.
-pub fn connection_config(cfg: &Config, key: &IdentityKey, tls: &Arc<ServerTlsConfig>) -> ServerConfig {
+pub fn connection_config(
+    cfg: &Config,
+    key: &IdentityKey,
+    tls: &Arc<ServerTlsConfig>,
+) -> ServerConfig {
     let t = &cfg.timeouts;
     ServerConfig {
         domain: cfg.domain(),
@@ -133,6 +137,7 @@ pub fn connection_config(cfg: &Config, key: &IdentityKey, tls: &Arc<ServerTlsCon
             command: Duration::from_secs(t.command_secs),
             data_grace: Duration::from_secs(t.data_grace_secs),
             min_data_rate: t.min_data_rate,
+            stranger_session: Duration::from_secs(t.stranger_session_secs),
         },
         max_bad_commands: cfg.connections.max_bad_commands,
         help: crate::help::TEXT.into(),
@@ -180,7 +185,11 @@ impl Shared {
                 std::process::id()
             )
         });
-        let tls = Arc::new(ServerTlsConfig::new(&key, &cfg.domain(), KeyExchange::default())?);
+        let tls = Arc::new(ServerTlsConfig::new(
+            &key,
+            &cfg.domain(),
+            KeyExchange::default(),
+        )?);
         let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key, &tls));
         let kt = crate::kt::Transparency::open(&store).await?;
         Ok(Shared {

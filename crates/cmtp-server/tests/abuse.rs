@@ -24,43 +24,13 @@ use cmtp_proto::statements::sign_trailer;
 use cmtp_server::config::Config;
 use cmtp_store::{NewOutbound, Store};
 use cmtp_testkit::dns::TestDns;
-use support::{Raw, T, TestServer, sealed};
+use support::{Raw, T, TestServer, eventually, free_port, route, sealed};
 use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Routes `domain` to `port` on loopback (a route may name any address).
-fn route(c: &mut Config, domain: &str, port: u16) {
-    c.dns
-        .routes
-        .insert(domain.into(), vec![format!("127.0.0.1:{port}")]);
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Staged blobs in `s`'s database: how many, and their bytes.

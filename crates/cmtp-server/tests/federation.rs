@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use cmtp_client::Connection;
 use cmtp_proto::command::Command;
@@ -19,15 +18,7 @@ use cmtp_proto::statements::{KeyStatement, ServerKeyBundle, sign_trailer};
 use cmtp_server::config::Config;
 use cmtp_store::Store;
 use cmtp_testkit::dns::{Blackhole, TestDns};
-use support::{TestServer, sealed};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{TestServer, eventually, free_port, sealed};
 
 /// DNS for the test domains: `_cmtp._tcp.<d>` SRV → `mx.<d>` → 127.0.0.1.
 async fn zone(dns: &TestDns, domain: &str, port: u16) {
@@ -59,21 +50,6 @@ fn federated(dns: SocketAddr, port: u16) -> impl FnOnce(&mut Config) {
         // domains allowed explicitly.
         c.dns.allow_private = ["a.test", "b.test", "c.test"].map(String::from).to_vec();
     }
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < until {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Asks `own` (alice's server) for `who`'s key statement and verifies it the

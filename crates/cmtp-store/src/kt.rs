@@ -1,4 +1,4 @@
-//! What the key directory keeps (PROTOCOL.md §19): the directory's records
+//! What the key directory keeps (PROTOCOL.md §20): the directory's records
 //! for akd (tree nodes and the value states of each label), the signed
 //! epoch heads and the cosignatures collected for them, and — for the
 //! domains this server witnesses — the head it cosigned last and any proof

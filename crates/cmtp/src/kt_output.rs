@@ -1,5 +1,5 @@
 //! What `cmtp key`, `cmtp key history` and `cmtp read` print about key
-//! transparency (PROTOCOL.md §19), and the warnings of the self-check.
+//! transparency (PROTOCOL.md §20), and the warnings of the self-check.
 
 use cmtp_app::home::Home;
 use cmtp_app::kt::{KeyRecord, SelfReport};

@@ -1,5 +1,7 @@
 //! §6.5, §12, §13 without credentials: what LOGIN, LOGINFINISH, KEYLOGIN,
-//! REGISTER and the mailbox commands answer to a stranger.
+//! REGISTER and the mailbox commands answer to a stranger. The OPAQUE
+//! exchanges run with the login context of the connection's channel
+//! binding (§12.3).
 
 use cmtp_proto::account::{AccountError, Login};
 use cmtp_proto::command::Command;
@@ -53,6 +55,7 @@ fn check_challenge(
     login: Login,
     password: &[u8],
     address: &Address,
+    channel_binding: &[u8; 32],
     what: &str,
 ) -> Check<LoginChallenge> {
     not_rate_limited(r)?;
@@ -73,7 +76,14 @@ fn check_challenge(
             e.to_string(),
         )
     })?;
-    match login.finish(password, &c, address, &ANY_KSF, &mut rand_core::OsRng) {
+    match login.finish(
+        password,
+        &c,
+        address,
+        &ANY_KSF,
+        channel_binding,
+        &mut rand_core::OsRng,
+    ) {
         Err(AccountError::WrongPassword) => Ok(c),
         Ok(_) => Err(fail(
             format!("a KE2 that a random password cannot open ({what})"),
@@ -119,7 +129,8 @@ pub(super) fn login_unknown_account(cx: &mut Ctx<'_>) -> Check {
     let user = unused_account();
     let (r, login, password) = login_attempt(&mut p, &user)?;
     let address = Address::new(user.clone(), cx.domain().clone());
-    check_challenge(&r, login, &password, &address, "an unknown account")?;
+    let cb = p.channel_binding();
+    check_challenge(&r, login, &password, &address, &cb, "an unknown account")?;
     p.expect_cmd(
         &Command::LoginFinish {
             ke3: random_bytes(64),
@@ -141,7 +152,8 @@ pub(super) fn login_indistinguishable(cx: &mut Ctx<'_>) -> Check {
         let (mut p, _) = cx.greeted()?;
         let (r, login, password) = login_attempt(&mut p, user)?;
         let address = Address::new(user.clone(), cx.domain().clone());
-        let c = check_challenge(&r, login, &password, &address, what)?;
+        let cb = p.channel_binding();
+        let c = check_challenge(&r, login, &password, &address, &cb, what)?;
         let fin = p.expect_cmd(
             &Command::LoginFinish {
                 ke3: random_bytes(64),

@@ -1,6 +1,6 @@
-//! §4 Connections and commands: the banner, command framing, the limits on
-//! words, arguments and blobs, the bad-command limit, timeouts and the
-//! per-address connection limit.
+//! §4 Connections and commands: the banner, command framing (inside TLS),
+//! the limits on words, arguments and blobs, the bad-command limit,
+//! timeouts and the per-address connection limit.
 
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,23 @@ pub(super) fn banner(cx: &mut Ctx<'_>) -> Check {
             format!("{:?}", String::from_utf8_lossy(&b.raw)),
         ));
     }
-    let Banner::Ready { domain } = &b.banner else {
-        return Err(fail(
-            "`554 <domain> CMTP/1 <software> ready; this is not an SMTP server`",
-            format!("{:?}", b.line),
-        ));
+    let domain = match &b.banner {
+        Banner::Ready { domain } => domain,
+        Banner::OldProtocol { .. } => {
+            return Err(fail(
+                "`554 <domain> CMTP/2 <software> ready; TLS 1.3 follows; this is not an SMTP server`",
+                format!(
+                    "a CMTP/1 banner (the first, unencrypted version): {:?}",
+                    b.line
+                ),
+            ));
+        }
+        _ => {
+            return Err(fail(
+                "`554 <domain> CMTP/2 <software> ready; TLS 1.3 follows; this is not an SMTP server`",
+                format!("{:?}", b.line),
+            ));
+        }
     };
     if cmtp_proto::names::Domain::parse_canonical(domain).is_err() {
         return Err(fail(
@@ -43,11 +55,14 @@ pub(super) fn banner(cx: &mut Ctx<'_>) -> Check {
     }
     if !buf.is_empty() {
         return Err(fail(
-            "nothing after the banner until a command arrives",
+            "nothing after the banner until the client's ClientHello arrives",
             format!("{} more bytes", buf.len()),
         ));
     }
-    if !b.line.ends_with(" ready; this is not an SMTP server") {
+    if !b
+        .line
+        .ends_with(" ready; TLS 1.3 follows; this is not an SMTP server")
+    {
         cx.note(format!(
             "the banner's text differs from the spec's wording: {:?}",
             b.line
@@ -454,7 +469,7 @@ pub(super) fn connections_per_peer(cx: &mut Ctx<'_>) -> Check {
     let result = match refused {
         None => Err(fail(
             format!(
-                "the `421 <domain> CMTP/1 <reason>` banner on connection {} from one address",
+                "the `421 <domain> CMTP/2 <reason>` banner on connection {} from one address",
                 limit + 1
             ),
             format!("{} connections open, each with the 554 banner", limit + 1),

@@ -1,22 +1,28 @@
-//! With credentials: the OPAQUE login (§12.3), key login (§12.4), the
+//! With credentials: the OPAQUE login (§12.3), key login (§12.4), both
+//! bound to the connection's channel binding (the TLS exporter), a password
+//! change whose registration proof is bound likewise (§12.2, §12.5), the
 //! mailbox (§13), submission (§7.3, §7.4) and relay to the checker's own
 //! domain.
 
 use std::time::Instant;
 
-use cmtp_proto::account::{AccountError, Login, key_login_signature, open_release};
+use cmtp_proto::account::{AccountError, Login, Registration, key_login_signature, open_release};
 use cmtp_proto::command::Command;
 use cmtp_proto::crypto::IdentityKey;
+use cmtp_proto::crypto::opaque::KsfParams;
 use cmtp_proto::limits::MessageLimits;
 use cmtp_proto::message::{Message, Source};
 use cmtp_proto::names::Address;
-use cmtp_proto::payload::{ListingEntry, LoginChallenge, XzibitRelease, decode_listing};
+use cmtp_proto::payload::{
+    ListingEntry, LoginChallenge, RegistrationOffer, XzibitRelease, decode_listing,
+};
 use cmtp_proto::reply::Status;
-use cmtp_proto::statements::verify_trailer;
+use cmtp_proto::statements::{KeyStatement, verify_trailer};
+use zeroize::Zeroizing;
 
 use super::auth::{ANY_KSF, not_rate_limited};
 use super::mail::{check_receipt, mail, opaque_message, sealed_message, user_key};
-use super::{Ctx, unused_account};
+use super::{Ctx, now, unused_account};
 use crate::probe::{Check, Probe, Stop, describe, expect_delivery_failure, expect_status, fail};
 
 /// A connection logged in as `--user`.
@@ -24,9 +30,14 @@ pub(super) struct Session {
     pub(super) p: Probe,
     pub(super) address: Address,
     pub(super) identity: IdentityKey,
+    /// The account's Argon2id parameters (from the LOGIN challenge).
+    pub(super) ksf: KsfParams,
+    /// The password of `--user`.
+    pub(super) password: Zeroizing<String>,
 }
 
-/// Logs in as `--user` with the password (§12.3) and opens the xzibit.
+/// Logs in as `--user` with the password (§12.3), the OPAQUE context bound
+/// to this connection's channel binding, and opens the xzibit.
 pub(super) fn log_in(cx: &Ctx<'_>) -> Check<Session> {
     let user = cx.cfg.user.clone().expect("needs Credentials");
     let password = cx.cfg.password.clone().expect("needs Credentials");
@@ -53,14 +64,15 @@ pub(super) fn log_in(cx: &Ctx<'_>) -> Check<Session> {
             &challenge,
             &address,
             &ANY_KSF,
+            &p.channel_binding(),
             &mut rand_core::OsRng,
         )
         .map_err(|e| match e {
             AccountError::WrongPassword => fail(
                 format!(
-                    "a KE2 that the password of {address} opens (check --user and --password-file)"
+                    "a KE2 that the password of {address} opens with the login context of this connection's channel binding (§12.3; check --user and --password-file)"
                 ),
-                "wrong password or unknown user",
+                "it does not open: a wrong password, an unknown user, or a KE2 made for another context (not bound to this TLS connection)",
             ),
             other => fail("a well-formed KE2", other.to_string()),
         })?;
@@ -90,6 +102,8 @@ pub(super) fn log_in(cx: &Ctx<'_>) -> Check<Session> {
         p,
         address,
         identity,
+        ksf: challenge.ksf,
+        password,
     })
 }
 
@@ -99,15 +113,17 @@ pub(super) fn login(cx: &mut Ctx<'_>) -> Check {
 
 pub(super) fn keylogin(cx: &mut Ctx<'_>) -> Check {
     let s = log_in(cx)?;
-    let (mut p, g) = cx.greeted()?;
-    let signature = key_login_signature(&s.identity, &g.nonce, &s.address);
-    let r = p.expect_cmd(
-        &Command::KeyLogin {
-            user: s.address.account.clone(),
-            signature: signature.to_vec(),
-        },
-        Status::Success,
-        "SUCCESS to KEYLOGIN signed over this connection's nonce",
+    let mut p = cx.probe()?;
+    let signature = key_login_signature(&s.identity, &p.channel_binding(), &s.address);
+    let r = p.cmd(&Command::KeyLogin {
+        user: s.address.account.clone(),
+        signature: signature.to_vec(),
+    })?;
+    not_rate_limited(&r)?;
+    expect_status(
+        &r,
+        &Status::Success,
+        "SUCCESS to KEYLOGIN signed over this connection's channel binding (§12.4)",
     )?;
     if !r.body.is_empty() {
         return Err(fail("an empty body", describe(&r)));
@@ -117,17 +133,134 @@ pub(super) fn keylogin(cx: &mut Ctx<'_>) -> Check {
         Status::Success,
         "SUCCESS to LIST after KEYLOGIN",
     )?;
-    let (mut q, _) = cx.greeted()?;
-    let r = q.cmd(&Command::KeyLogin {
-        user: s.address.account.clone(),
-        signature: signature.to_vec(),
+    Ok(())
+}
+
+pub(super) fn keylogin_relayed(cx: &mut Ctx<'_>) -> Check {
+    let s = log_in(cx)?;
+    let account = s.address.account.clone();
+    // A machine in the middle holds one TLS connection with the device
+    // (`elsewhere`) and one with the server (`p`): what the device signs
+    // names the first.
+    let elsewhere = cx.probe()?;
+    let (mut p, g) = cx.greeted()?;
+    for (signature, what) in [
+        (
+            key_login_signature(&s.identity, &elsewhere.channel_binding(), &s.address),
+            "a KEYLOGIN signature made for another connection's channel binding (relayed)",
+        ),
+        (
+            key_login_signature(&s.identity, &g.nonce, &s.address),
+            "a KEYLOGIN signature over the connection nonce (the CMTP/1 form, not bound to TLS)",
+        ),
+    ] {
+        let r = p.cmd(&Command::KeyLogin {
+            user: account.clone(),
+            signature: signature.to_vec(),
+        })?;
+        not_rate_limited(&r)?;
+        expect_status(&r, &Status::AuthFailed, &format!("AUTHFAILED to {what}"))?;
+        p.expect_cmd(
+            &Command::List,
+            Status::AuthRequired,
+            &format!("AUTHREQUIRED to LIST after {what}"),
+        )?;
+    }
+    drop(elsewhere);
+    // The same key, bound to this connection, is let in: the refusals
+    // above were about the binding.
+    let signature = key_login_signature(&s.identity, &p.channel_binding(), &s.address);
+    p.expect_cmd(
+        &Command::KeyLogin {
+            user: account,
+            signature: signature.to_vec(),
+        },
+        Status::Success,
+        "SUCCESS to KEYLOGIN bound to this connection, after the relayed ones",
+    )?;
+    Ok(())
+}
+
+/// PASSWORD (logged in) with the same password; REGFINISH with a bundle
+/// whose proof is bound to `binding`. Returns the REGFINISH reply.
+fn change_password(s: &mut Session, binding: &[u8; 32]) -> Check<cmtp_proto::reply::Reply> {
+    let password = s.password.clone();
+    let (reg, request) = Registration::start(password.as_bytes(), &mut rand_core::OsRng)
+        .map_err(|e| fail("an OPAQUE registration request", e.to_string()))?;
+    let r = s.p.expect_cmd(
+        &Command::Password {
+            request: request.to_vec(),
+        },
+        Status::Success,
+        "SUCCESS (response and floor) to PASSWORD, logged in (§12.5)",
+    )?;
+    let offer = RegistrationOffer::decode(&r.body).map_err(|e| {
+        fail(
+            "registration response[64] | ksf floor[12] (§12.2)",
+            e.to_string(),
+        )
     })?;
-    not_rate_limited(&r)?;
+    // The account keeps its own parameters (or the floor, if it was raised).
+    let ksf = if s.ksf.validate(&offer.floor).is_ok() {
+        s.ksf
+    } else {
+        offer.floor
+    };
+    let bundle = reg
+        .finish(
+            password.as_bytes(),
+            &offer,
+            &s.address,
+            &s.identity,
+            ksf,
+            now(),
+            binding,
+            &mut rand_core::OsRng,
+        )
+        .map_err(|e| fail("a registration the checker can finish", e.to_string()))?;
+    s.p.cmd(&Command::RegFinish {
+        bundle: bundle.to_bytes(),
+    })
+}
+
+pub(super) fn password_change_bound(cx: &mut Ctx<'_>) -> Check {
+    let mut s = log_in(cx)?;
+    let elsewhere = cx.probe()?;
+    let r = change_password(&mut s, &elsewhere.channel_binding())?;
+    drop(elsewhere);
     expect_status(
         &r,
-        &Status::AuthFailed,
-        "AUTHFAILED to a KEYLOGIN signature made for another connection's nonce",
-    )
+        &Status::BadArgument,
+        "BADARGUMENT to REGFINISH whose registration proof is bound to another connection's channel binding (a relayed registration, §12.2)",
+    )?;
+    // The same change bound to this connection goes through: the account
+    // keeps its password and key (a new record and xzibit).
+    let binding = s.p.channel_binding();
+    let r = change_password(&mut s, &binding)?;
+    expect_status(
+        &r,
+        &Status::Success,
+        "SUCCESS (the key statement) to REGFINISH with the proof bound to this connection",
+    )?;
+    let statement =
+        KeyStatement::decode(&r.body).map_err(|e| fail("a key statement (§9.2)", e.to_string()))?;
+    statement
+        .verify(&cx.key(), Some(&s.address.account), cx.domain(), now())
+        .map_err(|e| {
+            fail(
+                "a statement signed by the server key, valid now",
+                e.to_string(),
+            )
+        })?;
+    if statement.key != s.identity.public() {
+        return Err(fail(
+            "the statement of the account's unchanged key",
+            format!("key {}", statement.key.fingerprint_hex()),
+        ));
+    }
+    // And the password still opens the account.
+    log_in(cx)?;
+    Ok(())
 }
 
 pub(super) fn login_ends_session(cx: &mut Ctx<'_>) -> Check {

@@ -25,6 +25,7 @@ mod mailbox;
 mod replies;
 mod seed;
 mod smtp;
+mod tls;
 
 /// What a rule needs beyond a reachable target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -215,9 +216,24 @@ use Need::*;
 pub static RULES: &[Rule] = &[
     // §4.1 the banner
     rule!("4.1", "banner", &[], framing::banner,
-        "Sends before anything else one line of at most 512 bytes ending in CR LF: `554 <domain> CMTP/1 <software> ...`"),
+        "Sends before anything else one line of at most 512 bytes ending in CR LF: `554 <domain> CMTP/2 <software> ready; TLS 1.3 follows; ...`"),
     rule!("4.1", "banner-names-domain", &[Domain], framing::banner_names_domain,
         "The banner names the domain given with --domain"),
+    rule!("4.1", "tls13-handshake", &[], tls::tls13_handshake,
+        "After the banner, a TLS 1.3 handshake agreeing on ALPN cmtp/2; the commands then go inside TLS"),
+    rule!("4.1", "hello-before-banner", &[], tls::hello_before_banner,
+        "A ClientHello sent at once, before the banner is read, is answered: the banner in clear, then the handshake"),
+    rule!("4.1", "clear-cmtp1-refused", &[], smtp::clear_cmtp1,
+        "A CMTP/1 command in clear after the banner (`OHAI\\0`) gets one line `554 5.7.0 <domain> CMTP/2: TLS 1.3 is required; ...` and a close within 1 s"),
+    // §4.4 the protected connection
+    rule!("4.4", "tls-raw-public-key", &[], tls::raw_public_key,
+        "A client offering raw public keys is shown the server's Ed25519 key as one (RFC 7250): the key of the greeting"),
+    rule!("4.4", "tls-certificate-fallback", &[], tls::certificate_fallback,
+        "A TLS client offering no raw public keys gets a self-issued certificate whose SubjectPublicKeyInfo is the same Ed25519 key"),
+    rule!("4.4", "tls13-only", &[], tls::tls13_only,
+        "A ClientHello offering only TLS 1.2 is refused with an alert, never answered with a ServerHello"),
+    rule!("4.4", "tls-key-exchange", &[], tls::key_exchange,
+        "The key exchange uses a group the client offered; X25519MLKEM768 is preferred (X25519 is noted, not failed)"),
     // §4.2 command framing
     rule!("4.2", "pipelining", &[], framing::pipelining,
         "Commands sent together in one write are answered one reply each, in order"),
@@ -259,7 +275,7 @@ pub static RULES: &[Rule] = &[
     rule!("4.3", "message-timeout-after-refusal", &[Slow], framing::message_timeout_after_refusal,
         "When the rest of a message refused early does not arrive in time, the server still sends TIMEOUT and closes"),
     rule!("4.3", "connections-per-peer", &[], framing::connections_per_peer,
-        "Over the per-address connection limit the banner is `421 <domain> CMTP/1 <reason>` and the connection closes"),
+        "Over the per-address connection limit the banner is `421 <domain> CMTP/2 <reason>` and the connection closes"),
     // §5 replies
     rule!("5.1", "reply-format", &[], replies::reply_format,
         "A reply is u32 version 1 | status NUL | u64 length | body | 64-byte signature"),
@@ -337,9 +353,11 @@ pub static RULES: &[Rule] = &[
         "MAIL whose log already holds as many lines as the hop limit: DELIVERYFAILURE LOOP"),
     // §12–§13 with credentials
     rule!("12.3", "login", &[Credentials], mailbox::login,
-        "LOGIN + LOGINFINISH with the password: SUCCESS with the xzibit, signed by the server key, holding the account's key"),
+        "LOGIN + LOGINFINISH with the password and the login context of this connection's channel binding: SUCCESS with the xzibit, signed by the server key, holding the account's key"),
     rule!("12.4", "keylogin", &[Credentials], mailbox::keylogin,
-        "KEYLOGIN with the identity key over this connection's nonce: SUCCESS; the same signature on another connection: AUTHFAILED"),
+        "KEYLOGIN with the identity key's signature over this connection's channel binding: SUCCESS, and LIST works"),
+    rule!("12.4", "keylogin-relayed", &[Credentials], mailbox::keylogin_relayed,
+        "A KEYLOGIN signature made for another connection's channel binding (a relayed login), or over the nonce (CMTP/1): AUTHFAILED"),
     rule!("13", "login-ends-session", &[Credentials], mailbox::login_ends_session,
         "A logged-in connection is logged out as soon as another LOGIN starts: LIST then answers AUTHREQUIRED"),
     rule!("13", "list", &[Credentials], mailbox::list,
@@ -354,6 +372,8 @@ pub static RULES: &[Rule] = &[
         "FETCH of an id that is not canonical decimal: BADARGUMENT; of an id not in the mailbox: FAILURE"),
     rule!("7.3", "relay", &[Credentials, ServedDomain], mailbox::relay,
         "Mail submitted for another domain is relayed there with the server's trailer and the same hash"),
+    rule!("12.5", "password-change-bound", &[Credentials], mailbox::password_change_bound,
+        "PASSWORD + REGFINISH whose registration proof is bound to another connection's channel binding: BADARGUMENT; bound to this one: SUCCESS (same password, same key)"),
     // §6.5, §12, §13 without credentials (these count as failed logins: after the
     // logged-in rules, so that a run does not rate-limit its own logins)
     rule!("6.5", "loginfinish-without-login", &[], auth::loginfinish_without_login,
@@ -372,7 +392,7 @@ pub static RULES: &[Rule] = &[
         "LIST, FETCH, DELETE and PASSWORD without a login: AUTHREQUIRED"),
     // §16 SMTP coexistence
     rule!("16", "smtp-ehlo", &[], smtp::ehlo,
-        "An EHLO line gets `554 5.5.0 <domain> this is a CMTP server (CMTP/1), SMTP is not spoken here` and a close within 1 s"),
+        "An EHLO line gets `554 5.5.0 <domain> this is a CMTP server (CMTP/2), SMTP is not spoken here` in clear and a close within 1 s"),
     rule!("16", "smtp-quit", &[], smtp::quit,
         "A QUIT line gets `221 2.0.0 <domain> closing: this is a CMTP server` and a close within 1 s"),
     rule!("16", "smtp-verbs", &[], smtp::verbs,

@@ -63,9 +63,9 @@ pub(super) fn ohai_fields(cx: &mut Ctx<'_>) -> Check {
             format!("domain: {}", get("domain")),
         ));
     }
-    if get("protocol") != "CMTP/1" {
+    if get("protocol") != "CMTP/2" {
         return Err(fail(
-            "protocol: CMTP/1",
+            "protocol: CMTP/2",
             format!("protocol: {}", get("protocol")),
         ));
     }

@@ -1,5 +1,7 @@
-//! §16 SMTP coexistence: an SMTP command line gets one SMTP-formatted
-//! refusal and the connection closes at once.
+//! What is said in clear after the banner, where TLS should begin: an SMTP
+//! command line gets one SMTP-formatted refusal (§16), a CMTP/1 command the
+//! refusal that says TLS is required (§4.1), and the connection closes at
+//! once.
 
 use std::time::{Duration, Instant};
 
@@ -63,7 +65,7 @@ fn one_line(cx: &mut Ctx<'_>, got: &str, code: &str, exact: &str, sent: &str) ->
 
 fn refused_554(cx: &Ctx<'_>) -> String {
     format!(
-        "554 5.5.0 {} this is a CMTP server (CMTP/1), SMTP is not spoken here\r\n",
+        "554 5.5.0 {} this is a CMTP server (CMTP/2), SMTP is not spoken here\r\n",
         cx.domain()
     )
 }
@@ -111,4 +113,22 @@ pub(super) fn verbs(cx: &mut Ctx<'_>) -> Check {
         one_line(cx, &got, "554", &exact, line.trim_end())?;
     }
     Ok(())
+}
+
+pub(super) fn clear_cmtp1(cx: &mut Ctx<'_>) -> Check {
+    let exact = format!(
+        "554 5.7.0 {} CMTP/2: TLS 1.3 is required; nothing is spoken in clear here (CMTP/1 is not supported)\r\n",
+        cx.domain()
+    );
+    let got = refusal(cx, b"OHAI\0")?;
+    if got.as_bytes().first() == Some(&0) || got.as_bytes().starts_with(&[0, 0, 0, 1]) {
+        return Err(fail(
+            format!(
+                "one line `{}` in clear to `OHAI\\0` sent in clear",
+                exact.trim_end()
+            ),
+            "a CMTP reply in clear: the target speaks CMTP/1 without TLS",
+        ));
+    }
+    one_line(cx, &got, "554", &exact, "OHAI\\0 (CMTP/1, in clear)")
 }

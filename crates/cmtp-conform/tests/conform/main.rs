@@ -158,3 +158,28 @@ fn an_unreachable_target_is_an_error_not_a_failure() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot be checked"), "{err}");
 }
+
+#[test]
+fn a_cmtp1_server_in_clear_cannot_be_checked_and_the_checker_says_so() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(
+                b"554 old.test CMTP/1 cmtpd 0.0.9 ready; this is not an SMTP server\r\n",
+            );
+            // Holds the connection as a CMTP/1 server would, waiting for commands.
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 1024];
+                while matches!(std::io::Read::read(&mut s, &mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let out = checker(&["--target", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be checked"), "{err}");
+    assert!(err.contains("a CMTP/1 banner"), "{err}");
+}

@@ -35,7 +35,6 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::banner::{Banner, decode_banner};
-use crate::tls::{ALPN, CHANNEL_BINDING_LEN, ClientTlsConfig};
 use crate::command::{Command, request_digest};
 use crate::crypto::{PublicKey, SignatureTag};
 use crate::limits::MAX_BANNER;
@@ -43,6 +42,7 @@ use crate::payload::{Greeting, PayloadError};
 use crate::reply::{
     Reply, ReplyBinding, ReplyDecoder, ReplyError, ReplyEvent, ReplyHeader, Status, body_hash,
 };
+use crate::tls::{ALPN, CHANNEL_BINDING_LEN, ClientTlsConfig};
 
 /// Largest reply body accepted for commands other than FETCH (PROTOCOL.md §5.1).
 pub const MAX_REPLY_BODY: u64 = 1 << 20;
@@ -122,7 +122,9 @@ pub enum ConnectionError {
     },
     /// The server speaks only CMTP/1, in clear: refused (no plaintext
     /// fallback).
-    #[error("the server of {domain} speaks only CMTP/1, unencrypted; this client requires CMTP/2 (TLS)")]
+    #[error(
+        "the server of {domain} speaks only CMTP/1, unencrypted; this client requires CMTP/2 (TLS)"
+    )]
     OldProtocol {
         /// The domain it named.
         domain: String,
@@ -521,10 +523,11 @@ impl ClientConnection {
                 return;
             }
         }
-        if self.phase == Phase::Handshake && !self.tls.is_handshaking() {
-            if let Err(e) = self.established() {
-                self.fail(e);
-            }
+        if self.phase == Phase::Handshake
+            && !self.tls.is_handshaking()
+            && let Err(e) = self.established()
+        {
+            self.fail(e);
         }
     }
 

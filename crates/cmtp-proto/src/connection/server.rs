@@ -49,11 +49,11 @@ use sha2::{Digest, Sha256};
 use crate::banner;
 use crate::command::{Command, CommandDecodeError, CommandError, decode_command, request_digest};
 use crate::crypto::{IdentityKey, SignatureTag};
+use crate::limits::MAX_BANNER;
 use crate::limits::MessageLimits;
 use crate::message::{Envelope, MessageEvent, MessageReader};
 use crate::names::{Account, Domain};
 use crate::payload::{DeliveryFailure, FailureReason, Greeting};
-use crate::limits::MAX_BANNER;
 use crate::reply::{REPLY_VERSION, ReplyBinding, ReplyHeader, Status, body_hash};
 use crate::tls::{CHANNEL_BINDING_LEN, KeyExchange, ServerTlsConfig};
 use std::io::Write;
@@ -73,8 +73,12 @@ pub struct Timeouts {
     pub command: Duration,
     /// The grace a message gets on top of its size at the minimum rate.
     pub data_grace: Duration,
-    /// Minimum transfer rate of a message in bytes per second.
+    /// Minimum transfer rate of a message in bytes per second, enforced
+    /// over every window of `data_grace` (PROTOCOL.md §4.3).
     pub min_data_rate: u64,
+    /// Longest life of a connection that is not logged in (a peer that
+    /// keeps a slot with a NOOP now and then is let go).
+    pub stranger_session: Duration,
 }
 
 impl Default for Timeouts {
@@ -84,6 +88,7 @@ impl Default for Timeouts {
             command: Duration::from_secs(30),
             data_grace: Duration::from_secs(30),
             min_data_rate: 16 * 1024,
+            stranger_session: Duration::from_secs(3600),
         }
     }
 }
@@ -272,6 +277,8 @@ enum MailPhase {
 
 #[derive(Debug)]
 struct Mail {
+    /// The start of the current rate window and the bytes it has seen.
+    window: (Instant, u64),
     /// The command the message follows (`MAIL` or `APPEND`).
     intake: Command,
     /// Its digest: every reply about the message is bound to it.
@@ -566,8 +573,21 @@ impl<E> ServerConnection<E> {
             // Give back what a large message used.
             self.input = BytesMut::new();
         }
-        if matches!(self.state, State::Commands) && self.partial_since.is_none() {
-            self.partial_since = Some(now);
+        match &mut self.state {
+            State::Commands if self.partial_since.is_none() => self.partial_since = Some(now),
+            State::Mail(m) => {
+                // A window is complete once it has seen the minimum rate's
+                // worth of bytes; the next one starts now.
+                let t = &self.config.timeouts;
+                m.window.1 += data.len() as u64;
+                if m.window.1
+                    >= t.min_data_rate
+                        .saturating_mul(t.data_grace.as_secs().max(1))
+                {
+                    m.window = (now, 0);
+                }
+            }
+            _ => {}
         }
         self.input.extend_from_slice(data);
     }
@@ -680,9 +700,7 @@ impl<E> ServerConnection<E> {
     /// or in the self-issued certificate (`Some(false)`), once established.
     pub fn raw_public_key(&self) -> Option<bool> {
         match &self.transport {
-            Transport::Tls(t) if !t.is_handshaking() => {
-                Some(!self.x509_client)
-            }
+            Transport::Tls(t) if !t.is_handshaking() => Some(!self.x509_client),
             _ => None,
         }
     }
@@ -698,15 +716,25 @@ impl<E> ServerConnection<E> {
             return Some(self.created + t.command);
         }
         match &self.state {
-            State::Commands => Some(match self.partial_since {
-                Some(since) if !self.input.is_empty() => since + t.command,
-                _ => self.idle_since + t.idle,
-            }),
+            State::Commands => {
+                let wait = match self.partial_since {
+                    Some(since) if !self.input.is_empty() => since + t.command,
+                    _ => self.idle_since + t.idle,
+                };
+                Some(match self.logged_in {
+                    None => wait.min(self.created + t.stranger_session),
+                    Some(_) => wait,
+                })
+            }
             State::Mail(m) => match m.phase {
                 MailPhase::Deciding | MailPhase::Verdict => None,
                 _ => {
+                    // The whole message in its time, and at the minimum
+                    // rate over every window along the way (also after an
+                    // early refusal, while the rest is read and dropped).
                     let allowance = m.reader.announced() / t.min_data_rate.max(1);
-                    Some(m.started + t.data_grace + Duration::from_secs(allowance))
+                    let whole = m.started + t.data_grace + Duration::from_secs(allowance);
+                    Some(whole.min(m.window.0 + t.data_grace))
                 }
             },
             _ => None,
@@ -730,12 +758,19 @@ impl<E> ServerConnection<E> {
             self.state = State::Closed(CloseReason::Timeout);
             return;
         }
+        let stranger_over =
+            self.logged_in.is_none() && now >= self.created + self.config.timeouts.stranger_session;
         let owed_in_mail = match &self.state {
             State::Commands => None,
             State::Mail(m) => Some((!matches!(m.phase, MailPhase::Discarding), m.request)),
             _ => return,
         };
         match owed_in_mail {
+            None if stranger_over && self.input.is_empty() => self.push_reply(
+                Status::Timeout,
+                b"a connection that is not logged in may last only so long; closing",
+                [0; 32],
+            ),
             None => self.push_reply(
                 Status::Timeout,
                 b"no complete command in time; closing",
@@ -1020,6 +1055,7 @@ impl<E> ServerConnection<E> {
                 let refused = cmd.needs_login() && self.logged_in.is_none();
                 let word = cmd.word();
                 let mut mail = Mail {
+                    window: (now, 0),
                     intake: cmd,
                     request,
                     reader: MessageReader::new(self.config.limits),
@@ -1315,5 +1351,3 @@ impl std::fmt::Debug for Transport {
         })
     }
 }
-
-

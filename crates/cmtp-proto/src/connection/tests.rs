@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use super::client::{
     ClientConnection, ClientEvent, ConnectionError, MAX_REPLY_BODY, PeerMisbehaved,
 };
-use crate::tls::ClientTlsConfig;
 use super::server::{
     CloseReason, ExchangeKind, ServerConfig, ServerConnection, ServerEvent, mail_digest,
 };
@@ -18,6 +17,7 @@ use crate::message::{Message, Source};
 use crate::names::{Account, Address, Domain};
 use crate::payload::{DeliveryFailure, FailureReason};
 use crate::reply::{Reply, ReplyBinding, Status, body_hash, decode_reply};
+use crate::tls::ClientTlsConfig;
 
 fn domain() -> Domain {
     Domain::parse("a.test").unwrap()
@@ -373,10 +373,7 @@ impl Fake {
         let mut tls = rustls::ServerConnection::new(tls_config.for_client(Some(&raw))).unwrap();
         tls.set_buffer_limit(None);
         let mut client = ClientConnection::new(None, Duration::from_secs(30), now);
-        client.handle_input(
-            crate::banner::ready_line(&domain(), "fake").as_bytes(),
-            now,
-        );
+        client.handle_input(crate::banner::ready_line(&domain(), "fake").as_bytes(), now);
         let mut f = Fake {
             now,
             client,
@@ -551,7 +548,10 @@ fn an_unknown_word_gets_badcommand_and_the_connection_stays() {
     let mut r = Raw::new();
     let now = r.now;
     r.input(b"FROB\0NOOP\0");
-    assert!(matches!(r.server.poll_event(now), Some(ServerEvent::BadInput(_))));
+    assert!(matches!(
+        r.server.poll_event(now),
+        Some(ServerEvent::BadInput(_))
+    ));
     assert!(matches!(
         r.server.poll_event(now),
         Some(ServerEvent::Answered("NOOP"))
@@ -673,7 +673,10 @@ fn a_cmtp1_client_gets_a_refusal_in_clear() {
     let (mut s, now) = server_alone();
     s.handle_input(b"OHAI\0", now);
     let line = String::from_utf8(s.take_output()).unwrap();
-    assert!(line.starts_with("554 5.7.0 a.test CMTP/2: TLS 1.3 is required"), "{line}");
+    assert!(
+        line.starts_with("554 5.7.0 a.test CMTP/2: TLS 1.3 is required"),
+        "{line}"
+    );
     assert_eq!(s.close_reason(), Some(&CloseReason::Clear));
 }
 
@@ -741,6 +744,45 @@ fn a_classical_only_client_negotiates_x25519() {
     }
     assert_eq!(c.key_exchange_group(), Some(rustls::NamedGroup::X25519));
     assert!(s.is_established());
+}
+
+/// Everything a client sent on one connection (handshake, then `NOOP`),
+/// delivered at once to a new connection — an attacker replaying a
+/// recording — fails the handshake and closes at once: the server neither
+/// answers the command nor waits for more.
+#[test]
+fn a_recorded_client_flight_replayed_at_once_fails_and_closes_at_once() {
+    let now = Instant::now();
+    // Record a client's bytes while it talks to p's server.
+    let mut c = ClientConnection::new(None, Duration::from_secs(30), now);
+    let mut s: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [1; 32], now);
+    let mut recorded = Vec::new();
+    c.send(&Command::Noop, MAX_REPLY_BODY, now);
+    for _ in 0..10 {
+        let up = c.take_output(now);
+        recorded.extend_from_slice(&up);
+        s.handle_input(&up, now);
+        while let Some(ev) = s.poll_event(now) {
+            drop(ev);
+        }
+        c.handle_input(&s.take_output(), now);
+        while let Ok(Some(_)) = c.poll_event(now) {}
+    }
+    assert!(s.is_established());
+    // The replay, in one piece, on a new server connection.
+    let mut replay: ServerConnection<u32> = ServerConnection::new(Arc::new(config()), [2; 32], now);
+    replay.handle_input(&recorded, now);
+    assert!(replay.poll_event(now).is_none());
+    assert!(
+        replay.is_closed(),
+        "the replayed handshake is still waiting"
+    );
+    // The client's Finished was made for another handshake's keys.
+    assert!(
+        matches!(replay.close_reason(), Some(CloseReason::Tls(why)) if why.contains("decrypt")),
+        "{:?}",
+        replay.close_reason()
+    );
 }
 
 // §4.3 Timeouts
@@ -1211,7 +1253,10 @@ fn a_peer_that_hangs_up_mid_message_aborts_it() {
         ));
     }
     r.server.handle_eof();
-    assert!(matches!(r.server.poll_event(now), Some(ServerEvent::MailAborted)));
+    assert!(matches!(
+        r.server.poll_event(now),
+        Some(ServerEvent::MailAborted)
+    ));
     assert!(r.server.is_closed());
 }
 
@@ -1304,4 +1349,120 @@ fn append_without_a_login_is_refused_and_its_message_read_and_dropped() {
     assert_eq!(p.error, None);
     assert_eq!(p.statuses(), [Status::AuthRequired, Status::Success]);
     assert!(p.app.stored.is_empty());
+}
+
+#[test]
+fn a_message_that_stalls_is_cut_off_within_one_window_whatever_its_size() {
+    let mut config = config();
+    config.limits.max_message_size = 16 << 20;
+    let t = config.timeouts.clone();
+    let mut r = Raw::with(config);
+    let mut m = message("bob@a.test", "carol@c.test", b"");
+    // 8 MiB: at the minimum rate it may take 8+ minutes as a whole, but not
+    // a window without progress.
+    m.body = vec![7; 8 << 20];
+    let bytes = m.to_bytes();
+    r.input(b"MAIL\0");
+    r.input(&bytes[..500]);
+    assert!(matches!(
+        r.server.poll_event(r.now),
+        Some(ServerEvent::MailEnvelope { .. })
+    ));
+    r.server.accept_mail(0);
+    r.events();
+    // A byte every 10 seconds: the window of `data_grace` passes without
+    // the minimum rate's worth of bytes.
+    let start = r.now;
+    for i in 1..10u64 {
+        r.now = start + Duration::from_secs(10 * i);
+        r.server.handle_timeout(r.now);
+        if r.server.is_closed() {
+            break;
+        }
+        r.input(&bytes[500 + i as usize..501 + i as usize]);
+        r.events();
+    }
+    assert_eq!(r.server.close_reason(), Some(&CloseReason::Timeout));
+    assert!(r.now <= start + t.data_grace + Duration::from_secs(10));
+}
+
+#[test]
+fn a_window_that_sees_the_minimum_rate_starts_a_new_one() {
+    let mut config = config();
+    config.timeouts.min_data_rate = 100;
+    config.timeouts.data_grace = Duration::from_secs(10);
+    let mut r = Raw::with(config);
+    let mut m = message("bob@a.test", "carol@c.test", b"");
+    m.body = vec![7; 40 * 1024];
+    let bytes = m.to_bytes();
+    r.input(b"MAIL\0");
+    r.input(&bytes[..1000]);
+    assert!(matches!(
+        r.server.poll_event(r.now),
+        Some(ServerEvent::MailEnvelope { .. })
+    ));
+    r.server.accept_mail(0);
+    r.events();
+    // 1,000 bytes (the rate's worth for a window) every 8 seconds: never cut.
+    let start = r.now;
+    for (i, chunk) in bytes[1000..].chunks(1000).enumerate() {
+        r.now = start + Duration::from_secs(8 * (i as u64 + 1));
+        r.server.handle_timeout(r.now);
+        assert!(!r.server.is_closed(), "cut after {} s", 8 * (i + 1));
+        r.input(chunk);
+        while let Some(ev) = r.server.poll_event(r.now) {
+            if let ServerEvent::MailEnd { .. } = ev {
+                r.server.reply(Status::Success, b"stored");
+            }
+        }
+        if r.server.in_message() {
+            continue;
+        }
+        break;
+    }
+    assert!(!r.server.in_message(), "the message completed");
+}
+
+#[test]
+fn a_connection_not_logged_in_is_let_go_at_the_session_deadline() {
+    let mut r = Raw::new();
+    let t = config().timeouts;
+    let start = r.now;
+    // A NOOP every 25 seconds keeps it from idling out ...
+    let mut i = 1;
+    while start + Duration::from_secs(25 * i) < start + t.stranger_session {
+        r.now = start + Duration::from_secs(25 * i);
+        r.server.handle_timeout(r.now);
+        assert!(!r.server.is_closed());
+        r.input(b"NOOP\0");
+        r.events();
+        i += 1;
+    }
+    // ... but not past the session deadline.
+    r.now = start + t.stranger_session;
+    r.server.handle_timeout(r.now);
+    let replies = r.replies();
+    let last = replies.last().unwrap();
+    assert_eq!(last.status, Status::Timeout);
+    assert!(last.text().contains("not logged in"), "{}", last.text());
+    assert!(r.server.is_closed());
+}
+
+#[test]
+fn a_logged_in_connection_has_no_session_deadline() {
+    let mut p = Pair::new();
+    p.ohai();
+    p.send(&Command::Login {
+        user: Account::parse("alice").unwrap(),
+        ke1: vec![0; 96],
+    });
+    p.send(&Command::LoginFinish { ke3: vec![1; 64] });
+    assert!(p.server.logged_in().is_some());
+    let t = config().timeouts;
+    let start = p.now;
+    while p.now < start + t.stranger_session + Duration::from_secs(100) {
+        p.advance(Duration::from_secs(60));
+        p.send(&Command::Noop);
+    }
+    assert!(!p.server.is_closed());
 }

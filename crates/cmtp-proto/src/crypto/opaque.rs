@@ -700,12 +700,28 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(34);
         let setup = ServerSetup::generate(&mut rng);
         let (client, ke1) = ClientLogin::start(b"pw", &mut rng).unwrap();
-        let (server, ke2) =
-            ServerLogin::start(&setup, None, &ke1, "nobody@example.org", DOMAIN, &CB, &mut rng).unwrap();
+        let (server, ke2) = ServerLogin::start(
+            &setup,
+            None,
+            &ke1,
+            "nobody@example.org",
+            DOMAIN,
+            &CB,
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!(ke2.len(), KE2_LEN);
         assert_eq!(
             client
-                .finish(b"pw", &ke2, "nobody@example.org", DOMAIN, &KSF, &CB, &mut rng)
+                .finish(
+                    b"pw",
+                    &ke2,
+                    "nobody@example.org",
+                    DOMAIN,
+                    &KSF,
+                    &CB,
+                    &mut rng
+                )
                 .unwrap_err(),
             CryptoError::WrongPassword
         );

@@ -41,10 +41,10 @@ pub enum SignatureTag {
     /// `"CMTP-v2 key-login\0"`: a device's login with its identity key.
     KeyLogin,
     /// `"CMTP-v2 kt-head\0"`: a domain's key directory epoch head
-    /// (PROTOCOL.md §19.2).
+    /// (PROTOCOL.md §20.2).
     KtHead,
     /// `"CMTP-v2 kt-cosignature\0"`: a witness's cosignature of another
-    /// domain's epoch head (§19.3).
+    /// domain's epoch head (§20.3).
     KtCosignature,
 }
 

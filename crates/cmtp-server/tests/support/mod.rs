@@ -25,6 +25,38 @@ use tokio::net::TcpStream;
 
 pub const T: Duration = Duration::from_secs(10);
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to 20 s for `f` to hold.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Routes `domain` to `port` on loopback (a route may name any address).
+pub fn route(c: &mut Config, domain: &str, port: u16) {
+    c.dns
+        .routes
+        .insert(domain.into(), vec![format!("127.0.0.1:{port}")]);
+}
+
 /// A server for `domain` on 127.0.0.1 with fast Argon2 parameters.
 pub struct TestServer {
     pub server: Option<Server>,

@@ -222,7 +222,7 @@ CREATE TABLE mailbox_gone (
 CREATE INDEX mailbox_gone_modseq ON mailbox_gone (account, modseq);
 ";
 
-/// Version 5: the key directory (PROTOCOL.md §19), as in SQLite's version 5.
+/// Version 5: the key directory (PROTOCOL.md §20), as in SQLite's version 5.
 const V5: &str = "
 CREATE TABLE kt_nodes (
     id   BYTEA PRIMARY KEY,

@@ -209,7 +209,7 @@ CREATE TABLE mailbox_gone (
 CREATE INDEX mailbox_gone_modseq ON mailbox_gone(account, modseq);
 ";
 
-/// Version 5: the key directory (PROTOCOL.md §19). `kt_nodes` holds akd's
+/// Version 5: the key directory (PROTOCOL.md §20). `kt_nodes` holds akd's
 /// tree nodes and tree record by id, `kt_values` each label's value states,
 /// `kt_heads` the signed epoch heads and `kt_cosignatures` what witnesses
 /// returned for them; `kt_witnessed` and `kt_evidence` are the witness's

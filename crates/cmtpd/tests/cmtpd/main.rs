@@ -291,6 +291,75 @@ print("EOF", s.recv(512) == b"")
     assert!(text.contains("EOF True"), "{text}");
 }
 
+/// A standard TLS stack (Python's `ssl` on OpenSSL, through
+/// `scripts/tls-probe.py`) reads the clear banner, completes a TLS 1.3
+/// handshake with ALPN `cmtp/2`, and finds in the self-issued certificate
+/// the very key the server signs its greeting with; a CMTP/1 client that
+/// speaks in clear gets a sentence, not silence (PROTOCOL.md §4.1, §4.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_tls_client_sees_tls13_alpn_cmtp2_and_the_greeting_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write_config(tmp.path(), "a.test", port, |_| {});
+    let d = Daemon::start(tmp.path(), port);
+
+    let mut c = Connection::connect(d.addr, T).await.unwrap();
+    let greeting = c.ohai().await.unwrap();
+    assert_eq!(
+        c.tls_key(),
+        Some(greeting.key),
+        "the handshake shows the greeting's key"
+    );
+    // Our own client and server agree on the hybrid post-quantum group.
+    assert_eq!(
+        c.key_exchange_group(),
+        Some(cmtp_proto::tls::NamedGroup::X25519MLKEM768)
+    );
+    let key_hex = hex::encode(greeting.key.to_bytes());
+
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/tls-probe.py");
+    let out = Command::new("python3")
+        .arg(&probe)
+        .args(["127.0.0.1", &port.to_string(), "--expect-key", &key_hex])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("version: TLSv1.3"), "{text}");
+    assert!(text.contains("alpn: cmtp/2"), "{text}");
+    assert!(text.contains(&format!("key: {key_hex}")), "{text}");
+    assert!(text.contains("banner: 554 a.test CMTP/2 "), "{text}");
+
+    // The probe must fail when the key is not the expected one, or the
+    // check above proves nothing.
+    let wrong = Command::new("python3")
+        .arg(&probe)
+        .args([
+            "127.0.0.1",
+            &port.to_string(),
+            "--expect-key",
+            &"00".repeat(32),
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+
+    // A CMTP/1 client, speaking in clear after the banner.
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(b"OHAI\0").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(
+        all.contains("554 5.7.0 a.test CMTP/2: TLS 1.3 is required"),
+        "{all}"
+    );
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
