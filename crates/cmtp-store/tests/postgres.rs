@@ -478,7 +478,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         }
     );
     assert!(!e.is_transient());
@@ -543,8 +543,11 @@ async fn killed_connections_are_transient() {
         .await
         .unwrap();
     let admin = raw(&url).await;
+    // Only this test's database: the other tests run in parallel against
+    // the same cluster, each in a database of its own.
     let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE application_name = 'cmtpd' AND pid <> pg_backend_pid()";
+                WHERE application_name = 'cmtpd' AND pid <> pg_backend_pid()
+                  AND datname = current_database()";
 
     // A delivery in flight: another session holds the hash's claim, so the
     // delivery waits on it; then its connection is killed.
@@ -569,7 +572,8 @@ async fn killed_connections_are_transient() {
         let waiting: i64 = admin
             .query_one(
                 "SELECT COUNT(*) FROM pg_stat_activity
-                 WHERE application_name = 'cmtpd' AND wait_event_type = 'Lock'",
+                 WHERE application_name = 'cmtpd' AND wait_event_type = 'Lock'
+                   AND datname = current_database()",
                 &[],
             )
             .await

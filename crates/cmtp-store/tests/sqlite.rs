@@ -161,7 +161,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         }
     );
     assert!(!e.is_transient());
