@@ -508,6 +508,133 @@ pub async fn login_check(session: &mut Session, home: &Home, now: u64) {
     }
 }
 
+/// What a client does when its server refuses this device's key login
+/// (`KEYLOGIN` answered `AUTHFAILED`): the server holds another key for the
+/// account. Without a login there is no `KTHISTORY`, so the client asks for
+/// its own address's key with its proof (`KEYPROOF`, open to anyone) and
+/// keeps a warning when the key the server states is not one this device
+/// holds: a key published in the directory shows as an entry of the
+/// self-check's history (`cmtp key history`), one not published yet as a
+/// warning of its own. Never fails: the caller reports the refused login.
+pub async fn refused_login_check(
+    session: &mut Session,
+    home: &Home,
+    address: &Address,
+    identity: &IdentityKey,
+    now: u64,
+) {
+    if !session
+        .greeting()
+        .extensions
+        .iter()
+        .any(|e| e == EXTENSION)
+    {
+        return;
+    }
+    let result = refused_login_lookup(session, home, address, identity, now).await;
+    let Ok(mut state) = State::load(home.root()) else {
+        return;
+    };
+    match result {
+        Ok(None) => {}
+        Ok(Some(report)) => {
+            for alarm in report.alarms() {
+                tracing::warn!("{alarm}");
+            }
+            state.own_error = None;
+            state.own = Some(report);
+        }
+        Err(e @ Error::Verification(_)) => {
+            state.own_error = Some(format!(
+                "WARNING: your server refused this device's key for {address}, and its key directory could not confirm the key it holds: {e}"
+            ));
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "own key not checked in the key directory");
+            return;
+        }
+    }
+    if let Err(e) = state.save(home.root()) {
+        tracing::warn!(error = %e, "cannot keep the key transparency state");
+    }
+}
+
+/// The lookup of [`refused_login_check`]: `None` when the server states a
+/// key this device holds (the refusal has another cause).
+async fn refused_login_lookup(
+    session: &mut Session,
+    home: &Home,
+    address: &Address,
+    identity: &IdentityKey,
+    now: u64,
+) -> Result<Option<SelfReport>> {
+    let reply = session
+        .command(&Command::KeyProof {
+            user: address.account.clone(),
+            domain: Some(address.domain.clone()),
+        })
+        .await?;
+    if reply.status != Status::Success {
+        return Err(Error::from_reply(&reply, "KEYPROOF"));
+    }
+    let server_key = session.server_key();
+    let mut witness_keys: BTreeMap<Domain, PublicKey> = BTreeMap::new();
+    if let Ok(ProvenKey {
+        proof: Some((head, _)),
+        ..
+    }) = ProvenKey::decode(&reply.body)
+    {
+        for c in &head.cosignatures {
+            if c.witness != address.domain
+                && !witness_keys.contains_key(&c.witness)
+                && let Ok((k, _)) = session.domain_key(&c.witness).await
+            {
+                witness_keys.insert(c.witness.clone(), k);
+            }
+        }
+    }
+    let mut state = State::load(home.root())?;
+    let checked = check_answer(&mut state, &reply.body, address, &server_key, now, |d, k| {
+        witness_keys.get(d) == Some(k)
+    });
+    state.save(home.root())?;
+    let (statement, verdict) = checked?;
+    let known = own_keys(home, identity);
+    if known.iter().any(|(k, _)| *k == statement.key) {
+        return Ok(None);
+    }
+    match verdict {
+        Transparency::Proven {
+            epoch,
+            since_epoch,
+            witnesses,
+        } => {
+            let proof = ProvenKey::decode(&reply.body)
+                .ok()
+                .and_then(|p| p.proof)
+                .and_then(|(h, proof)| {
+                    cmtp_kt::verify_lookup(&h.head.head, address, &proof).ok()
+                });
+            Ok(Some(SelfReport {
+                address: address.to_string(),
+                checked_at: now,
+                epoch: Some(epoch),
+                witnesses,
+                history: vec![HistoryEntry {
+                    epoch: since_epoch,
+                    version: proof.as_ref().map_or(0, |p| p.version),
+                    value: hex::encode(key_value(address, &statement.key)),
+                    known_as: None,
+                }],
+            }))
+        }
+        _ => Err(Error::Verification(format!(
+            "it states the key {} for {address}, which this device does not hold and which is not in its key directory yet",
+            statement.key.fingerprint_hex()
+        ))),
+    }
+}
+
 /// The last self-check's warnings kept in `home` (printed by the client
 /// after every command until the history is clean).
 pub fn alarms(home: &Home) -> Vec<String> {

@@ -453,6 +453,11 @@ impl Client {
         match reply.status {
             Status::Success => {}
             Status::AuthFailed => {
+                // The server holds another key for the account: what its
+                // key directory says is kept as a warning.
+                crate::kt::refused_login_check(&mut s, &self.home, &address, &identity, now())
+                    .await;
+                s.close().await;
                 return Err(Error::DeviceKeyRefused {
                     address: address.to_string(),
                 });

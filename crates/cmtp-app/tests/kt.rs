@@ -57,8 +57,8 @@ impl Domain {
         cfg.dns.nameservers = vec![dns];
         cfg.dns.timeout_ms = 500;
         cfg.dns.allow_private = ["a.test", "b.test"].map(String::from).to_vec();
-        // Epochs come when the test publishes them (the publisher's first
-        // tick, at start, finds nothing to publish).
+        // Epochs come when the test publishes them: the publisher waits
+        // epoch_secs after the newest head (epoch 0's is made at start).
         cfg.transparency.epoch_secs = 24 * 3600;
         cfg.transparency.witnesses = witnesses.iter().map(|s| s.to_string()).collect();
         cfg.transparency.witness_for = witness_for.iter().map(|s| s.to_string()).collect();
@@ -327,16 +327,37 @@ async fn a_false_key_from_the_server_is_refused_and_its_publication_reported_to_
 
     // 3. The server publishes it: the directory is append-only, so the
     //    witness cosigns, and alice's client can only take the key — but
-    //    bob's client reports it at his next login.
+    //    bob's client reports it at his next login, which the server
+    //    refuses (it holds the false key): the client then looks its own
+    //    address up in the directory.
+    assert!(kt::alarms(bob.home()).is_empty());
     n.a.publish().await.expect("the false key is published");
     let (k, t) = key_of(&alice, &bob_addr).await.unwrap();
     assert_eq!(k, evil.public());
     witnessed_by(&t);
-    let s = bob.session().await.unwrap(); // the login runs the self-check
-    s.close().await;
+    match bob.session().await {
+        Err(Error::DeviceKeyRefused { .. }) => {}
+        other => panic!("bob's device key was accepted for a false key: {:?}", other.map(|_| ())),
+    }
     let alarms = kt::alarms(bob.home());
     assert_eq!(alarms.len(), 1, "{alarms:?}");
     assert!(alarms[0].contains("a key this device does not hold was published for bob@a.test"), "{}", alarms[0]);
+
+    // 4. The attacker covers its tracks: bob's real key back in the
+    //    database, published at the next epoch. bob's login works again,
+    //    and the history it checks still holds the false key in between.
+    n.a.write_key("bob", &bob.identity().unwrap());
+    n.a.shared().reload(n.a.cfg.clone()).unwrap(); // forgets cached statements
+    let e = n.a.publish().await.expect("the real key is published again");
+    let mut s = bob.session().await.expect("bob's own key logs in again");
+    let report = kt::self_check(&mut s, bob.home(), now()).await.unwrap().unwrap();
+    s.close().await;
+    assert_eq!(report.epoch, Some(e));
+    let versions: Vec<_> = report.history.iter().map(|h| (h.version, h.known_as.is_some())).collect();
+    assert_eq!(versions, [(3, true), (2, false), (1, true)], "{report:?}");
+    let alarms = kt::alarms(bob.home());
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert!(alarms[0].contains("published for bob@a.test at epoch"), "{}", alarms[0]);
     n.b.stop().await;
     n.a.stop().await;
 }
@@ -368,11 +389,13 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
         .body;
     c.close().await;
 
-    // The attacker keeps a copy of the database as of epoch e1.
-    n.a.stop().await;
+    // The attacker keeps a copy of the database as of epoch e1 (a
+    // consistent one: what the write-ahead log holds too).
     let snapshot = n.homes.path().join("a-at-e1.db");
-    std::fs::copy(n.a.db(), &snapshot).unwrap();
-    n.a.restart().await;
+    rusqlite::Connection::open(n.a.db())
+        .unwrap()
+        .execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()])
+        .unwrap();
 
     let _dave = n.user("dave", &n.a).await;
     let e2 = n.a.publish().await.unwrap();
@@ -390,9 +413,11 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
     // A fork: the attacker restores the copy and publishes another epoch e2
     // (erin instead of dave) — a second head for one epoch.
     n.a.stop().await;
-    std::fs::copy(&snapshot, n.a.db()).unwrap();
     let _ = std::fs::remove_file(n.a.db().with_extension("db-wal"));
     let _ = std::fs::remove_file(n.a.db().with_extension("db-shm"));
+    let restored = n.a.db().with_extension("restored");
+    std::fs::copy(&snapshot, &restored).unwrap();
+    std::fs::rename(&restored, n.a.db()).unwrap();
     n.a.restart().await;
     let _erin = n.user("erin", &n.a).await;
     assert_eq!(n.a.publish().await, Some(e2));

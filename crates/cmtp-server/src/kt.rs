@@ -325,14 +325,28 @@ async fn ask_witness(sh: &Shared, w: &Domain, head: &SignedHead, now: u64) -> an
     }
 }
 
-/// The publisher: every `epoch_secs` the node holding the lease publishes;
-/// the others reopen their directory when a new head appears.
+/// The publisher: once the newest head is `epoch_secs` old, the node
+/// holding the lease publishes the changes (if any) and asks the witnesses
+/// again; the others reopen their directory when a new head appears.
 pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: mpsc::Sender<()>) {
     let mut last_publish: Option<Instant> = None;
     loop {
         let period = Duration::from_secs(sh.cfg().transparency.epoch_secs.max(1));
         let now = crate::state::now();
-        let due = last_publish.is_none_or(|t| t.elapsed() >= period);
+        // An epoch is due `epoch_secs` after the newest head (kept in the
+        // store, so a restart or another node's publication counts), and
+        // this node looks for changes at most once a period.
+        let head_due = match sh.store.kt_latest_head().await {
+            Ok(Some((_, b))) => SignedHead::decode(&b)
+                .map(|h| now >= h.head.time.saturating_add(period.as_secs()))
+                .unwrap_or(true),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "key directory: newest head not read");
+                false
+            }
+        };
+        let due = head_due && last_publish.is_none_or(|t| t.elapsed() >= period);
         if due {
             let lease = (period.as_secs() * 3).max(30);
             match sh.store.kt_claim_publisher(&sh.node, now, now + lease).await {

@@ -79,7 +79,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             client.identity()?;
         }
     }
-    let result = match command {
+    // In a block of its own, so that the warnings below are printed after
+    // a command that failed too (a refused login is when they matter most).
+    let result: anyhow::Result<u8> = async {
+    match command {
         Cmd::Setup if client.is_configured() => {
             eprintln!(
                 "cmtp is set up as {} in {}; `cmtp login ADDRESS` switches accounts, --home DIR keeps several",
@@ -291,7 +294,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-    };
+    }
+    }
+    .await;
     // The self-check of every login (key transparency) warns until the history is clean.
     crate::kt_output::alarms(client.home());
     result
