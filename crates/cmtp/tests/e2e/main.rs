@@ -10,6 +10,7 @@
 
 mod auth;
 mod dns;
+mod kt;
 mod mail;
 mod reset;
 mod setup;
