@@ -279,10 +279,16 @@ pub fn check_answer(
         Some((head, proof)) => {
             head.head
                 .verify_for(domain_key, &address.domain)
-                .map_err(|e| Error::Verification(format!("the key directory head of {}: {e}", address.domain)))?;
+                .map_err(|e| {
+                    Error::Verification(format!(
+                        "the key directory head of {}: {e}",
+                        address.domain
+                    ))
+                })?;
             state.observe(&head.head)?;
-            let proven = cmtp_kt::verify_lookup(&head.head.head, address, &proof)
-                .map_err(|e| Error::Verification(format!("the key directory proof of {address}: {e}")))?;
+            let proven = cmtp_kt::verify_lookup(&head.head.head, address, &proof).map_err(|e| {
+                Error::Verification(format!("the key directory proof of {address}: {e}"))
+            })?;
             if proven.value[..] != key_value(address, &statement.key)[..] {
                 return Err(Error::Verification(format!(
                     "{}'s server states a key for {address} ({fingerprint}) that is NOT the one its key directory holds: \
@@ -352,7 +358,9 @@ pub async fn fetch(
                 Ok((k, _)) => {
                     witness_keys.insert(c.witness.clone(), k);
                 }
-                Err(e) => tracing::info!(witness = %c.witness, error = %e, "witness key not checked"),
+                Err(e) => {
+                    tracing::info!(witness = %c.witness, error = %e, "witness key not checked")
+                }
             }
         }
     }
@@ -408,13 +416,12 @@ fn own_keys(home: &Home, identity: &IdentityKey) -> Vec<(PublicKey, String)> {
 /// Checks the logged-in account's key history in its directory
 /// (`KTHISTORY`) and keeps the report in the home's state. `Ok(None)` when
 /// the server keeps no directory.
-pub async fn self_check(session: &mut Session, home: &Home, now: u64) -> Result<Option<SelfReport>> {
-    if !session
-        .greeting()
-        .extensions
-        .iter()
-        .any(|e| e == EXTENSION)
-    {
+pub async fn self_check(
+    session: &mut Session,
+    home: &Home,
+    now: u64,
+) -> Result<Option<SelfReport>> {
+    if !session.greeting().extensions.iter().any(|e| e == EXTENSION) {
         return Ok(None);
     }
     let (address, identity) = {
@@ -438,7 +445,12 @@ pub async fn self_check(session: &mut Session, home: &Home, now: u64) -> Result<
             h.head
                 .head
                 .verify_for(&server_key, &address.domain)
-                .map_err(|e| Error::Verification(format!("the key directory head of {}: {e}", address.domain)))?;
+                .map_err(|e| {
+                    Error::Verification(format!(
+                        "the key directory head of {}: {e}",
+                        address.domain
+                    ))
+                })?;
             let observed = state.observe(&h.head.head);
             if observed.is_err() {
                 state.save(home.root())?;
@@ -523,12 +535,7 @@ pub async fn refused_login_check(
     identity: &IdentityKey,
     now: u64,
 ) {
-    if !session
-        .greeting()
-        .extensions
-        .iter()
-        .any(|e| e == EXTENSION)
-    {
+    if !session.greeting().extensions.iter().any(|e| e == EXTENSION) {
         return;
     }
     let result = refused_login_lookup(session, home, address, identity, now).await;
@@ -594,9 +601,14 @@ async fn refused_login_lookup(
         }
     }
     let mut state = State::load(home.root())?;
-    let checked = check_answer(&mut state, &reply.body, address, &server_key, now, |d, k| {
-        witness_keys.get(d) == Some(k)
-    });
+    let checked = check_answer(
+        &mut state,
+        &reply.body,
+        address,
+        &server_key,
+        now,
+        |d, k| witness_keys.get(d) == Some(k),
+    );
     state.save(home.root())?;
     let (statement, verdict) = checked?;
     let known = own_keys(home, identity);
@@ -612,9 +624,7 @@ async fn refused_login_lookup(
             let proof = ProvenKey::decode(&reply.body)
                 .ok()
                 .and_then(|p| p.proof)
-                .and_then(|(h, proof)| {
-                    cmtp_kt::verify_lookup(&h.head.head, address, &proof).ok()
-                });
+                .and_then(|(h, proof)| cmtp_kt::verify_lookup(&h.head.head, address, &proof).ok());
             Ok(Some(SelfReport {
                 address: address.to_string(),
                 checked_at: now,
@@ -648,17 +658,16 @@ pub fn alarms(home: &Home) -> Vec<String> {
 
 /// What the client last learned about `address`'s key from its directory.
 pub fn describe(home: &Home, address: &Address) -> Option<KeyRecord> {
-    State::load(home.root()).ok()?.keys.remove(&address.to_string())
+    State::load(home.root())
+        .ok()?
+        .keys
+        .remove(&address.to_string())
 }
 
 /// Checks a proof of misbehaviour against the key this client trusts for
 /// its domain, and keeps it: afterwards this client refuses the domain's
 /// key proofs. Returns the domain and the epoch it concerns.
-pub fn verify_evidence(
-    home: &Home,
-    proof: &[u8],
-    domain_key: &PublicKey,
-) -> Result<(Domain, u64)> {
+pub fn verify_evidence(home: &Home, proof: &[u8], domain_key: &PublicKey) -> Result<(Domain, u64)> {
     let m = Misbehaviour::decode(proof)
         .map_err(|e| Error::Verification(format!("proof of misbehaviour: {e}")))?;
     let (domain, epoch) = m

@@ -797,7 +797,12 @@ impl Session {
     /// Fetches and verifies `address`'s key statement (no cache).
     async fn fetch_statement(&mut self, address: &Address) -> Result<KeyStatement> {
         let (domain_key, _) = self.domain_key(&address.domain).await?;
-        if self.greeting.extensions.iter().any(|e| e == crate::kt::EXTENSION) {
+        if self
+            .greeting
+            .extensions
+            .iter()
+            .any(|e| e == crate::kt::EXTENSION)
+        {
             return Ok(crate::kt::fetch(self, address, &domain_key, now()).await?.0);
         }
         let reply = self

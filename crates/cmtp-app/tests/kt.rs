@@ -45,7 +45,12 @@ struct Domain {
 }
 
 impl Domain {
-    async fn start(name: &'static str, dns: SocketAddr, witnesses: &[&str], witness_for: &[&str]) -> Domain {
+    async fn start(
+        name: &'static str,
+        dns: SocketAddr,
+        witnesses: &[&str],
+        witness_for: &[&str],
+    ) -> Domain {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cfg = Config::new(name, dir.path());
@@ -120,9 +125,15 @@ impl Domain {
 
 async fn zone(dns: &TestDns, domain: &str, port: u16) {
     dns.add_zone(domain).await.unwrap();
-    dns.add_srv(&format!("_cmtp._tcp.{domain}"), 10, 10, port, &format!("mx.{domain}"))
-        .await
-        .unwrap();
+    dns.add_srv(
+        &format!("_cmtp._tcp.{domain}"),
+        10,
+        10,
+        port,
+        &format!("mx.{domain}"),
+    )
+    .await
+    .unwrap();
     dns.add_a(&format!("mx.{domain}"), Ipv4Addr::LOCALHOST)
         .await
         .unwrap();
@@ -186,7 +197,10 @@ impl ClientBuilder {
             .await
             .unwrap();
         let address = Address::parse(&format!("{who}@{}", d.name)).unwrap();
-        self.0.register(&address, &token, b"password").await.unwrap();
+        self.0
+            .register(&address, &token, b"password")
+            .await
+            .unwrap();
         self.0
     }
 }
@@ -196,7 +210,10 @@ fn addr(s: &str) -> Address {
 }
 
 /// `who`'s key as `client` gets it, and what the directory said.
-async fn key_of(client: &Client, who: &Address) -> Result<(cmtp_proto::crypto::PublicKey, Transparency), Error> {
+async fn key_of(
+    client: &Client,
+    who: &Address,
+) -> Result<(cmtp_proto::crypto::PublicKey, Transparency), Error> {
     let own = client.address()?;
     let mut s = client.connect(&own.domain).await?;
     let k = s.user_key(who, true).await;
@@ -228,35 +245,56 @@ async fn a_normal_key_change_shows_in_the_owners_history_and_verifies_after_the_
     let e1 = n.a.publish().await.expect("an epoch with the new accounts");
     let (k, t) = key_of(&alice, &bob_addr).await.unwrap();
     assert_eq!(k, k0);
-    assert!(matches!(t, Transparency::Proven { epoch, .. } if epoch == e1), "{t}");
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e1),
+        "{t}"
+    );
     assert_eq!(witnessed_by(&t), ["b.test"], "b.test cosigned the head");
 
     // bob forgets his password: the administrator's reset, a new key.
-    let token = cmtp_server::admin::reset_token(&n.a.shared().store, &Account::parse("bob").unwrap(), 3600)
-        .await
-        .unwrap()
-        .0;
+    let token =
+        cmtp_server::admin::reset_token(&n.a.shared().store, &Account::parse("bob").unwrap(), 3600)
+            .await
+            .unwrap()
+            .0;
     bob.reset(&bob_addr, &token, b"new password").await.unwrap();
     // Until the next epoch the new key has no proof: alice, who saw the old
     // one proven, refuses it rather than take it on the server's word.
     match key_of(&alice, &bob_addr).await {
-        Err(Error::Verification(text)) => assert!(text.contains("not in a.test's key directory yet"), "{text}"),
+        Err(Error::Verification(text)) => {
+            assert!(text.contains("not in a.test's key directory yet"), "{text}")
+        }
         other => panic!("an unproven key change was accepted: {other:?}"),
     }
     let e2 = n.a.publish().await.expect("an epoch with bob's new key");
     assert!(e2 > e1);
     let (k2, t) = key_of(&alice, &bob_addr).await.unwrap();
     assert_ne!(k2, k0);
-    assert!(matches!(t, Transparency::Proven { epoch, since_epoch, .. } if epoch == e2 && since_epoch == e2), "{t}");
+    assert!(
+        matches!(t, Transparency::Proven { epoch, since_epoch, .. } if epoch == e2 && since_epoch == e2),
+        "{t}"
+    );
 
     // bob's history: both keys, both his own (the old one is kept in his home).
     let mut s = bob.session().await.unwrap();
-    let report = kt::self_check(&mut s, bob.home(), now()).await.unwrap().unwrap();
+    let report = kt::self_check(&mut s, bob.home(), now())
+        .await
+        .unwrap()
+        .unwrap();
     s.close().await;
     assert_eq!(report.epoch, Some(e2));
     assert_eq!(report.history.len(), 2, "{report:?}");
-    assert_eq!(report.history[0].known_as.as_deref(), Some("this device's key"));
-    assert!(report.history[1].known_as.as_deref().unwrap().starts_with("an earlier key of yours"));
+    assert_eq!(
+        report.history[0].known_as.as_deref(),
+        Some("this device's key")
+    );
+    assert!(
+        report.history[1]
+            .known_as
+            .as_deref()
+            .unwrap()
+            .starts_with("an earlier key of yours")
+    );
     assert!(report.alarms().is_empty(), "{:?}", report.alarms());
     assert_eq!(report.witnesses, ["b.test"]);
 }
@@ -274,9 +312,10 @@ async fn a_false_key_from_the_server_is_refused_and_its_publication_reported_to_
     // 1. A server that pairs a statement of a false key with the directory's
     //    proof (the attacker signs with a.test's key): refused.
     let evil = IdentityKey::from_seed(&[0xee; 32]);
-    let mut c = cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let mut c =
+        cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
     c.ohai().await.unwrap();
     let r = c
         .command(
@@ -312,7 +351,10 @@ async fn a_false_key_from_the_server_is_refused_and_its_publication_reported_to_
         |_, _| true,
     );
     match refused {
-        Err(Error::Verification(text)) => assert!(text.contains("NOT the one its key directory holds"), "{text}"),
+        Err(Error::Verification(text)) => assert!(
+            text.contains("NOT the one its key directory holds"),
+            "{text}"
+        ),
         other => panic!("a statement contradicting the directory was accepted: {other:?}"),
     }
 
@@ -337,27 +379,48 @@ async fn a_false_key_from_the_server_is_refused_and_its_publication_reported_to_
     witnessed_by(&t);
     match bob.session().await {
         Err(Error::DeviceKeyRefused { .. }) => {}
-        other => panic!("bob's device key was accepted for a false key: {:?}", other.map(|_| ())),
+        other => panic!(
+            "bob's device key was accepted for a false key: {:?}",
+            other.map(|_| ())
+        ),
     }
     let alarms = kt::alarms(bob.home());
     assert_eq!(alarms.len(), 1, "{alarms:?}");
-    assert!(alarms[0].contains("a key this device does not hold was published for bob@a.test"), "{}", alarms[0]);
+    assert!(
+        alarms[0].contains("a key this device does not hold was published for bob@a.test"),
+        "{}",
+        alarms[0]
+    );
 
     // 4. The attacker covers its tracks: bob's real key back in the
     //    database, published at the next epoch. bob's login works again,
     //    and the history it checks still holds the false key in between.
     n.a.write_key("bob", &bob.identity().unwrap());
     n.a.shared().reload(n.a.cfg.clone()).unwrap(); // forgets cached statements
-    let e = n.a.publish().await.expect("the real key is published again");
+    let e =
+        n.a.publish()
+            .await
+            .expect("the real key is published again");
     let mut s = bob.session().await.expect("bob's own key logs in again");
-    let report = kt::self_check(&mut s, bob.home(), now()).await.unwrap().unwrap();
+    let report = kt::self_check(&mut s, bob.home(), now())
+        .await
+        .unwrap()
+        .unwrap();
     s.close().await;
     assert_eq!(report.epoch, Some(e));
-    let versions: Vec<_> = report.history.iter().map(|h| (h.version, h.known_as.is_some())).collect();
+    let versions: Vec<_> = report
+        .history
+        .iter()
+        .map(|h| (h.version, h.known_as.is_some()))
+        .collect();
     assert_eq!(versions, [(3, true), (2, false), (1, true)], "{report:?}");
     let alarms = kt::alarms(bob.home());
     assert_eq!(alarms.len(), 1, "{alarms:?}");
-    assert!(alarms[0].contains("published for bob@a.test at epoch"), "{}", alarms[0]);
+    assert!(
+        alarms[0].contains("published for bob@a.test at epoch"),
+        "{}",
+        alarms[0]
+    );
     n.b.stop().await;
     n.a.stop().await;
 }
@@ -372,9 +435,10 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
     let e1 = n.a.publish().await.unwrap();
 
     // An answer of epoch e1, kept to be replayed later.
-    let mut c = cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
-        .await
-        .unwrap();
+    let mut c =
+        cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
     c.ohai().await.unwrap();
     let old_answer = c
         .command(
@@ -401,11 +465,21 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
     let e2 = n.a.publish().await.unwrap();
     assert_eq!(e2, e1 + 1);
     let (_, t) = key_of(&alice, &bob_addr).await.unwrap();
-    assert!(matches!(t, Transparency::Proven { epoch, .. } if epoch == e2), "{t}");
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e2),
+        "{t}"
+    );
 
     // A rollback: the answer of epoch e1 replayed to alice, who saw e2.
     let mut state = kt::State::load(alice.home().root()).unwrap();
-    match kt::check_answer(&mut state, &old_answer, &bob_addr, &n.a.shared().key.public(), now(), |_, _| true) {
+    match kt::check_answer(
+        &mut state,
+        &old_answer,
+        &bob_addr,
+        &n.a.shared().key.public(),
+        now(),
+        |_, _| true,
+    ) {
         Err(Error::Verification(text)) => assert!(text.contains("rollback"), "{text}"),
         other => panic!("an older epoch was accepted: {other:?}"),
     }
@@ -421,11 +495,25 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
     n.a.restart().await;
     let _erin = n.user("erin", &n.a).await;
     assert_eq!(n.a.publish().await, Some(e2));
-    let forked = SignedHead::decode(&n.a.shared().store.kt_head(e2).await.unwrap().unwrap()).unwrap();
+    let forked =
+        SignedHead::decode(&n.a.shared().store.kt_head(e2).await.unwrap().unwrap()).unwrap();
 
     // The witness refused to cosign it and kept the proof.
-    assert!(n.a.shared().store.kt_cosignatures(e2).await.unwrap().is_empty());
-    let evidence = n.b.shared().store.kt_evidence("a.test").await.unwrap().expect("the witness kept a proof");
+    assert!(
+        n.a.shared()
+            .store
+            .kt_cosignatures(e2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let evidence =
+        n.b.shared()
+            .store
+            .kt_evidence("a.test")
+            .await
+            .unwrap()
+            .expect("the witness kept a proof");
     let m = Misbehaviour::decode(&evidence).unwrap();
     assert_eq!(m.kind, MisbehaviourKind::Fork);
     assert_eq!(m.b, forked);
@@ -433,10 +521,17 @@ async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness()
     // carol (at b.test) gets the proof from her server and her client accepts it:
     // it checks under a.test's key, and a.test's keys are refused from then on.
     let mut s = carol.session().await.unwrap();
-    let found = kt::fetch_evidence(&mut s, carol.home(), &cmtp_proto::names::Domain::parse("a.test").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(found.map(|(d, e)| (d.to_string(), e)), Some(("a.test".into(), e2)));
+    let found = kt::fetch_evidence(
+        &mut s,
+        carol.home(),
+        &cmtp_proto::names::Domain::parse("a.test").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        found.map(|(d, e)| (d.to_string(), e)),
+        Some(("a.test".into(), e2))
+    );
     let refused = s.user_key(&bob_addr, true).await;
     s.close().await;
     match refused {
@@ -462,7 +557,10 @@ async fn a_head_with_a_broken_chain_is_refused_by_the_witness() {
     let c = rusqlite::Connection::open(n.a.db()).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     let e2 = n.a.publish().await.unwrap();
-    assert!(n.a.shared().store.kt_cosignatures(e2).await.unwrap().len() == 1, "the honest head is cosigned");
+    assert!(
+        n.a.shared().store.kt_cosignatures(e2).await.unwrap().len() == 1,
+        "the honest head is cosigned"
+    );
     let _carol = n.user("carol", &n.a).await;
     // Publish e3 honestly into the directory, then replace its head by one
     // whose chain link is broken before the witness sees it.
@@ -480,8 +578,19 @@ async fn a_head_with_a_broken_chain_is_refused_by_the_witness() {
     )
     .unwrap();
     cmtp_server::kt::ask_witnesses(n.a.shared(), now()).await;
-    assert!(store.kt_cosignatures(e3).await.unwrap().is_empty(), "a broken chain was cosigned");
-    let m = Misbehaviour::decode(&n.b.shared().store.kt_evidence("a.test").await.unwrap().unwrap()).unwrap();
+    assert!(
+        store.kt_cosignatures(e3).await.unwrap().is_empty(),
+        "a broken chain was cosigned"
+    );
+    let m = Misbehaviour::decode(
+        &n.b.shared()
+            .store
+            .kt_evidence("a.test")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(m.kind, MisbehaviourKind::BrokenChain);
     assert_eq!((m.a.head.epoch, m.b.head.epoch), (e2, e3));
     m.verify(&n.a.shared().key.public()).unwrap();

@@ -168,10 +168,16 @@ fn decode_record(data: &[u8]) -> Result<DbRecord, StorageError> {
                 p.as_ref().map(|p| p.hash),
             ))
         }
-        k => return Err(StorageError::Other(format!("unknown directory record kind {k}"))),
+        k => {
+            return Err(StorageError::Other(format!(
+                "unknown directory record kind {k}"
+            )));
+        }
     };
     if !c.0.is_empty() {
-        return Err(StorageError::Other("trailing bytes in a directory record".into()));
+        return Err(StorageError::Other(
+            "trailing bytes in a directory record".into(),
+        ));
     }
     Ok(record)
 }
@@ -247,7 +253,11 @@ impl<S: KtStore> Database for StoreDb<S> {
         self.batch_set(vec![record], DbSetState::General).await
     }
 
-    async fn batch_set(&self, records: Vec<DbRecord>, _state: DbSetState) -> Result<(), StorageError> {
+    async fn batch_set(
+        &self,
+        records: Vec<DbRecord>,
+        _state: DbSetState,
+    ) -> Result<(), StorageError> {
         let rows = records
             .iter()
             .map(|r| match r {
@@ -274,11 +284,17 @@ impl<S: KtStore> Database for StoreDb<S> {
         let mut rows = self.store.kt_nodes(vec![bin]).await.map_err(storage_err)?;
         match rows.pop() {
             Some((_, data)) => decode_record(&data),
-            None => Err(StorageError::NotFound(format!("{:?} {id:?}", St::data_type()))),
+            None => Err(StorageError::NotFound(format!(
+                "{:?} {id:?}",
+                St::data_type()
+            ))),
         }
     }
 
-    async fn batch_get<St: Storable>(&self, ids: &[St::StorageKey]) -> Result<Vec<DbRecord>, StorageError> {
+    async fn batch_get<St: Storable>(
+        &self,
+        ids: &[St::StorageKey],
+    ) -> Result<Vec<DbRecord>, StorageError> {
         if St::data_type() == StorageType::ValueState {
             let mut out = Vec::new();
             for id in ids {
@@ -288,7 +304,10 @@ impl<S: KtStore> Database for StoreDb<S> {
             }
             return Ok(out);
         }
-        let bins: Vec<Vec<u8>> = ids.iter().map(|id| St::get_full_binary_key_id(id)).collect();
+        let bins: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| St::get_full_binary_key_id(id))
+            .collect();
         let rows = self.store.kt_nodes(bins).await.map_err(storage_err)?;
         rows.iter().map(|(_, data)| decode_record(data)).collect()
     }
@@ -296,7 +315,9 @@ impl<S: KtStore> Database for StoreDb<S> {
     async fn get_user_data(&self, username: &AkdLabel) -> Result<KeyData, StorageError> {
         let states = self.states(username).await?;
         if states.is_empty() {
-            return Err(StorageError::NotFound(format!("value states of {username:?}")));
+            return Err(StorageError::NotFound(format!(
+                "value states of {username:?}"
+            )));
         }
         Ok(KeyData { states })
     }
@@ -400,9 +421,10 @@ impl<S: KtStore> KtDirectory<S> {
             ),
             None => StorageManager::new_no_cache(db),
         };
-        let dir = akd::Directory::<Config, _, _>::new(storage, vrf, AzksParallelismConfig::default())
-            .await
-            .map_err(akd_err)?;
+        let dir =
+            akd::Directory::<Config, _, _>::new(storage, vrf, AzksParallelismConfig::default())
+                .await
+                .map_err(akd_err)?;
         let vrf_public = dir.get_public_key().await.map_err(akd_err)?.to_bytes();
         Ok(KtDirectory { dir, vrf_public })
     }
@@ -421,7 +443,10 @@ impl<S: KtStore> KtDirectory<S> {
     /// Publishes `updates` (label, value) as a new epoch; the new epoch and
     /// root. Labels whose value did not change are skipped by akd (an
     /// update list with nothing new leaves the epoch as it was).
-    pub async fn publish(&self, updates: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(u64, [u8; 32]), ProofError> {
+    pub async fn publish(
+        &self,
+        updates: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(u64, [u8; 32]), ProofError> {
         let updates = updates
             .into_iter()
             .map(|(l, v)| (AkdLabel(l), AkdValue(v)))
@@ -447,7 +472,10 @@ impl<S: KtStore> KtDirectory<S> {
 
     /// The complete history proof of `label` at the current epoch (epoch,
     /// root, proof); `None` if the label was never published.
-    pub async fn history(&self, label: &[u8]) -> Result<Option<(u64, [u8; 32], Vec<u8>)>, ProofError> {
+    pub async fn history(
+        &self,
+        label: &[u8],
+    ) -> Result<Option<(u64, [u8; 32], Vec<u8>)>, ProofError> {
         match self
             .dir
             .key_history(&AkdLabel(label.to_vec()), HistoryParams::Complete)

@@ -24,10 +24,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use akd_core::proto::specs::types as pb;
-use akd_core::verify::history::HistoryParams;
 use akd_core::AkdLabel;
+use akd_core::proto::specs::types as pb;
 use akd_core::verify::HistoryVerificationParams;
+use akd_core::verify::history::HistoryParams;
 use cmtp_proto::kt::{EpochHead, label};
 use cmtp_proto::names::Address;
 use protobuf::Message;
@@ -93,7 +93,10 @@ pub fn encode_history(proof: &akd_core::HistoryProof) -> Vec<u8> {
         .expect("protobuf encoding of a history proof")
 }
 
-fn decode<P: Message, T>(bytes: &[u8], convert: impl FnOnce(&P) -> Result<T, String>) -> Result<T, ProofError> {
+fn decode<P: Message, T>(
+    bytes: &[u8],
+    convert: impl FnOnce(&P) -> Result<T, String>,
+) -> Result<T, ProofError> {
     if bytes.len() > cmtp_proto::kt::MAX_PROOF {
         return Err(ProofError::Malformed("proof over its size limit".into()));
     }
@@ -104,9 +107,14 @@ fn decode<P: Message, T>(bytes: &[u8], convert: impl FnOnce(&P) -> Result<T, Str
 /// Checks akd's lookup proof (`proof`, as it travels in a `KEYPROOF`
 /// answer) of `address`'s label against `head`, and returns what it proves.
 /// The caller checks the head's signature and the value.
-pub fn verify_lookup(head: &EpochHead, address: &Address, proof: &[u8]) -> Result<Proven, ProofError> {
-    let proof: akd_core::LookupProof =
-        decode(proof, |p: &pb::LookupProof| akd_core::LookupProof::try_from(p).map_err(|e| e.to_string()))?;
+pub fn verify_lookup(
+    head: &EpochHead,
+    address: &Address,
+    proof: &[u8],
+) -> Result<Proven, ProofError> {
+    let proof: akd_core::LookupProof = decode(proof, |p: &pb::LookupProof| {
+        akd_core::LookupProof::try_from(p).map_err(|e| e.to_string())
+    })?;
     let (root, vrf) = root_and_key(head);
     let r = akd_core::verify::lookup_verify::<Config>(
         &vrf,
@@ -130,8 +138,9 @@ pub fn verify_history(
     address: &Address,
     proof: &[u8],
 ) -> Result<Vec<Proven>, ProofError> {
-    let proof: akd_core::HistoryProof =
-        decode(proof, |p: &pb::HistoryProof| akd_core::HistoryProof::try_from(p).map_err(|e| e.to_string()))?;
+    let proof: akd_core::HistoryProof = decode(proof, |p: &pb::HistoryProof| {
+        akd_core::HistoryProof::try_from(p).map_err(|e| e.to_string())
+    })?;
     let (root, vrf) = root_and_key(head);
     let results = akd_core::verify::key_history_verify::<Config>(
         &vrf,

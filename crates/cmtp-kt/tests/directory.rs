@@ -29,7 +29,10 @@ fn key(i: usize, generation: u8) -> IdentityKey {
 
 fn update(i: usize, generation: u8) -> (Vec<u8>, Vec<u8>) {
     let a = address(i);
-    (label(&a), key_value(&a, &key(i, generation).public()).to_vec())
+    (
+        label(&a),
+        key_value(&a, &key(i, generation).public()).to_vec(),
+    )
 }
 
 fn head(dir: &KtDirectory<SqliteStore>, epoch: u64, root: [u8; 32]) -> EpochHead {
@@ -48,14 +51,21 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     let tmp = tempfile::tempdir().unwrap();
     let s = store(tmp.path()).await;
     let vrf = VrfKey::from_seed([7; 32]);
-    let dir = KtDirectory::open(s.clone(), vrf.clone(), Some(1 << 20)).await.unwrap();
+    let dir = KtDirectory::open(s.clone(), vrf.clone(), Some(1 << 20))
+        .await
+        .unwrap();
     assert_eq!(dir.current().await.unwrap().0, 0);
     assert_eq!(dir.lookup(&label(&address(1))).await.unwrap(), None);
 
-    let (e1, r1) = dir.publish((0..50).map(|i| update(i, 1)).collect()).await.unwrap();
+    let (e1, r1) = dir
+        .publish((0..50).map(|i| update(i, 1)).collect())
+        .await
+        .unwrap();
     assert_eq!(e1, 1);
     // A second directory on the same store sees the same epoch: state is in SQLite.
-    let again = KtDirectory::open(s.clone(), vrf.clone(), None).await.unwrap();
+    let again = KtDirectory::open(s.clone(), vrf.clone(), None)
+        .await
+        .unwrap();
     assert_eq!(again.current().await.unwrap(), (1, r1));
 
     let l = dir.lookup(&label(&address(7))).await.unwrap().unwrap();
@@ -63,7 +73,10 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     assert_eq!(l.value, update(7, 1).1);
     let h1 = head(&dir, 1, r1);
     let p = cmtp_kt::verify_lookup(&h1, &address(7), &l.proof).unwrap();
-    assert_eq!((p.since_epoch, p.version, p.value.clone()), (1, 1, l.value.clone()));
+    assert_eq!(
+        (p.since_epoch, p.version, p.value.clone()),
+        (1, 1, l.value.clone())
+    );
     // Bound to the label, the root and the VRF key.
     assert!(cmtp_kt::verify_lookup(&h1, &address(8), &l.proof).is_err());
     let mut other_root = h1.clone();
@@ -77,9 +90,14 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     assert!(cmtp_kt::verify_lookup(&h1, &address(7), &cut).is_err());
 
     // A key change: version 2, the history holds both, the audit verifies.
-    let (e2, r2) = dir.publish(vec![update(7, 2), update(60, 1)]).await.unwrap();
+    let (e2, r2) = dir
+        .publish(vec![update(7, 2), update(60, 1)])
+        .await
+        .unwrap();
     assert_eq!(e2, 2);
-    let dir = KtDirectory::open(s.clone(), vrf.clone(), None).await.unwrap();
+    let dir = KtDirectory::open(s.clone(), vrf.clone(), None)
+        .await
+        .unwrap();
     let l = dir.lookup(&label(&address(7))).await.unwrap().unwrap();
     let h2 = head(&dir, 2, r2);
     let p = cmtp_kt::verify_lookup(&h2, &address(7), &l.proof).unwrap();
@@ -88,7 +106,9 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     assert_eq!((he, hr), (2, r2));
     let h = cmtp_kt::verify_history(&h2, &address(7), &hist).unwrap();
     assert_eq!(
-        h.iter().map(|p| (p.since_epoch, p.version, p.value.clone())).collect::<Vec<_>>(),
+        h.iter()
+            .map(|p| (p.since_epoch, p.version, p.value.clone()))
+            .collect::<Vec<_>>(),
         [(2, 2, update(7, 2).1), (1, 1, update(7, 1).1)]
     );
     let audit = dir.audit(1, 2).await.unwrap();
@@ -112,14 +132,21 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: minutes, and a 100,000-user directory on disk"]
 async fn benchmark() {
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let users = env("KT_USERS", 100_000);
     let changes = env("KT_CHANGES", 1_000);
     let lookups = env("KT_LOOKUPS", 20_000);
     let tmp = tempfile::tempdir().unwrap();
     let s = store(tmp.path()).await;
     let vrf = VrfKey::from_seed([7; 32]);
-    let writer = KtDirectory::open(s.clone(), vrf.clone(), None).await.unwrap();
+    let writer = KtDirectory::open(s.clone(), vrf.clone(), None)
+        .await
+        .unwrap();
     let t = Instant::now();
     for chunk in (0..users).collect::<Vec<_>>().chunks(10_000) {
         writer
@@ -127,22 +154,45 @@ async fn benchmark() {
             .await
             .unwrap();
     }
-    println!("directory of {users} users built in {:.1} s ({} epochs)", t.elapsed().as_secs_f64(), users.div_ceil(10_000));
+    println!(
+        "directory of {users} users built in {:.1} s ({} epochs)",
+        t.elapsed().as_secs_f64(),
+        users.div_ceil(10_000)
+    );
     // The epoch publication cmtpd does: a fresh directory without cache.
-    let writer = KtDirectory::open(s.clone(), vrf.clone(), None).await.unwrap();
-    let t = Instant::now();
-    let (epoch, root) = writer
-        .publish((0..changes).map(|i| update(i * (users / changes), 2)).collect())
+    let writer = KtDirectory::open(s.clone(), vrf.clone(), None)
         .await
         .unwrap();
-    println!("epoch {epoch}: {changes} changes at {users} users published in {:.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let (epoch, root) = writer
+        .publish(
+            (0..changes)
+                .map(|i| update(i * (users / changes), 2))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    println!(
+        "epoch {epoch}: {changes} changes at {users} users published in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let audit = writer.audit(epoch - 1, epoch).await.unwrap();
-    println!("append-only proof of that epoch: {} bytes, made in {:.2} s", audit.len(), t.elapsed().as_secs_f64());
-    let prev_root = KtDirectory::open(s.clone(), vrf.clone(), None).await.unwrap();
+    println!(
+        "append-only proof of that epoch: {} bytes, made in {:.2} s",
+        audit.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let prev_root = KtDirectory::open(s.clone(), vrf.clone(), None)
+        .await
+        .unwrap();
     let _ = prev_root;
     // Lookups: what KEYPROOF costs when its answer is not cached yet.
-    let dir = Arc::new(KtDirectory::open(s.clone(), vrf.clone(), Some(512 << 20)).await.unwrap());
+    let dir = Arc::new(
+        KtDirectory::open(s.clone(), vrf.clone(), Some(512 << 20))
+            .await
+            .unwrap(),
+    );
     let h = head(&dir, epoch, root);
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -152,7 +202,13 @@ async fn benchmark() {
             let mut sizes = 0usize;
             for n in 0..lookups / 2 {
                 let i = (n * 2 + w) * 7919 % users;
-                sizes += dir.lookup(&label(&address(i))).await.unwrap().unwrap().proof.len();
+                sizes += dir
+                    .lookup(&label(&address(i)))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .proof
+                    .len();
             }
             sizes
         }));

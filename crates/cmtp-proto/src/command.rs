@@ -561,15 +561,17 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
             user: account(0)?,
             domain: optional(1, args[1], Domain::parse)?,
         },
-        b"KTHEAD" => Command::KtHead {
-            epoch: if args[0].is_empty() {
-                None
-            } else {
-                Some(message_id(0, args[0]).map_err(|_| {
-                    bad(0, "an epoch is a decimal number without leading zeros")
-                })?)
-            },
-        },
+        b"KTHEAD" => {
+            Command::KtHead {
+                epoch: if args[0].is_empty() {
+                    None
+                } else {
+                    Some(message_id(0, args[0]).map_err(|_| {
+                        bad(0, "an epoch is a decimal number without leading zeros")
+                    })?)
+                },
+            }
+        }
         b"KTAUDIT" => {
             let epoch = |i: usize| {
                 message_id(i, args[i])
@@ -579,10 +581,7 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
             if to <= from || to - from > crate::kt::MAX_AUDIT_SPAN {
                 return Err(bad(
                     1,
-                    format!(
-                        "an audit spans 1 to {} epochs",
-                        crate::kt::MAX_AUDIT_SPAN
-                    ),
+                    format!("an audit spans 1 to {} epochs", crate::kt::MAX_AUDIT_SPAN),
                 ));
             }
             Command::KtAudit { from, to }
@@ -1074,8 +1073,11 @@ mod tests {
             (account.clone(), proptest::option::of(domain.clone()))
                 .prop_map(|(user, domain)| Command::KeyProof { user, domain }),
             proptest::option::of(any::<u64>()).prop_map(|epoch| Command::KtHead { epoch }),
-            (0..u64::MAX - 16, 1..=16u64).prop_map(|(from, n)| Command::KtAudit { from, to: from + n }),
-            domain.clone().prop_map(|domain| Command::KtWitness { domain }),
+            (0..u64::MAX - 16, 1..=16u64)
+                .prop_map(|(from, n)| Command::KtAudit { from, to: from + n }),
+            domain
+                .clone()
+                .prop_map(|domain| Command::KtWitness { domain }),
             domain.prop_map(|domain| Command::KtEvidence { domain }),
             Just(Command::KtHistory),
         ]
@@ -1092,7 +1094,10 @@ mod tests {
         );
         assert_eq!(one(b"KTHEAD\0\0"), Command::KtHead { epoch: None });
         assert_eq!(one(b"KTHEAD\x0012\0"), Command::KtHead { epoch: Some(12) });
-        assert_eq!(one(b"KTAUDIT\x003\x0019\0"), Command::KtAudit { from: 3, to: 19 });
+        assert_eq!(
+            one(b"KTAUDIT\x003\x0019\0"),
+            Command::KtAudit { from: 3, to: 19 }
+        );
         assert!(one(b"KTHISTORY\0").needs_login());
         assert!(!one(b"KEYPROOF\0bob\0\0").needs_login());
         for bad in [
@@ -1110,7 +1115,14 @@ mod tests {
             );
         }
         // §16: no new word is an SMTP verb
-        for w in ["KEYPROOF", "KTHEAD", "KTAUDIT", "KTWITNESS", "KTEVIDENCE", "KTHISTORY"] {
+        for w in [
+            "KEYPROOF",
+            "KTHEAD",
+            "KTAUDIT",
+            "KTWITNESS",
+            "KTEVIDENCE",
+            "KTHISTORY",
+        ] {
             assert!(!SMTP_VERBS.contains(&w));
             assert!(w.len() <= MAX_WORD);
         }

@@ -195,7 +195,11 @@ impl SignedHead {
 
     /// Checks the signature under the domain's key.
     pub fn verify(&self, key: &PublicKey) -> Result<(), KtError> {
-        key.verify(SignatureTag::KtHead, &[&self.head.to_bytes()], &self.signature)?;
+        key.verify(
+            SignatureTag::KtHead,
+            &[&self.head.to_bytes()],
+            &self.signature,
+        )?;
         Ok(())
     }
 

@@ -493,7 +493,10 @@ fn commands_hex() {
     assert!(matches!(e.kind, CommandError::BadArgument { index: 0, .. }));
     let e = err("bad_ktaudit_span");
     assert!(matches!(e.kind, CommandError::BadArgument { index: 1, .. }));
-    assert_eq!(one_command(&v.get("bad_ktaudit_span")[e.resume_at.unwrap()..]), Command::Noop);
+    assert_eq!(
+        one_command(&v.get("bad_ktaudit_span")[e.resume_at.unwrap()..]),
+        Command::Noop
+    );
     let e = err("smtp_ehlo");
     assert_eq!(
         (e.kind, e.resume_at),
@@ -507,8 +510,8 @@ fn commands_hex() {
 #[test]
 fn kt_hex() {
     use cmtp_proto::kt::{
-        AuditAnswer, Cosignature, EpochHead, KeyHistory, Misbehaviour, MisbehaviourKind,
-        ProvenKey, SignedHead, WitnessVerdict, WitnessedHead, key_value,
+        AuditAnswer, Cosignature, EpochHead, KeyHistory, Misbehaviour, MisbehaviourKind, ProvenKey,
+        SignedHead, WitnessVerdict, WitnessedHead, key_value,
     };
     let v = Vectors::load("kt.hex");
     let head = |epoch, root: u8, previous: [u8; 32], time| EpochHead {
@@ -527,7 +530,8 @@ fn kt_hex() {
         assert_eq!(s.to_bytes(), v.get(name), "encode {name}");
         let back = SignedHead::decode(&v.get(name)).unwrap();
         assert_eq!(back, s, "decode {name}");
-        back.verify_for(&server_a().public(), &dom("a.example")).unwrap();
+        back.verify_for(&server_a().public(), &dom("a.example"))
+            .unwrap();
         s
     };
     let s0 = signed("signed_head_0", h0.clone());
@@ -547,12 +551,23 @@ fn kt_hex() {
         cosignatures: vec![c.clone()],
     };
     assert_eq!(w.to_bytes(), v.get("witnessed_head_1"));
-    assert_eq!(WitnessedHead::decode(&v.get("witnessed_head_1")).unwrap(), w);
-    assert_eq!(w.witnesses(|_, k| *k == server_b().public()), vec![dom("b.example")]);
+    assert_eq!(
+        WitnessedHead::decode(&v.get("witnessed_head_1")).unwrap(),
+        w
+    );
+    assert_eq!(
+        w.witnesses(|_, k| *k == server_b().public()),
+        vec![dom("b.example")]
+    );
 
     for (name, kind, a, b) in [
         ("misbehaviour_fork", MisbehaviourKind::Fork, &s1, &s1b),
-        ("misbehaviour_broken_chain", MisbehaviourKind::BrokenChain, &s1, &s2),
+        (
+            "misbehaviour_broken_chain",
+            MisbehaviourKind::BrokenChain,
+            &s1,
+            &s2,
+        ),
     ] {
         let m = Misbehaviour::between(a, b).unwrap();
         assert_eq!(m.kind, kind);
@@ -571,7 +586,10 @@ fn kt_hex() {
     }
 
     let bob_a = addr("bob@a.example");
-    assert_eq!(key_value(&bob_a, &bob().public()).to_vec(), v.get("key_value_bob"));
+    assert_eq!(
+        key_value(&bob_a, &bob().public()).to_vec(),
+        v.get("key_value_bob")
+    );
     let st = KeyStatement::issue(
         &server_a(),
         Some(acc("bob")),

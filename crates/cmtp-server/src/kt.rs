@@ -157,11 +157,17 @@ async fn ensure_head(sh: &Shared, dir: &Directory, now: u64) -> anyhow::Result<S
     let previous = match sh.store.kt_latest_head().await? {
         Some((e, bytes)) if e < epoch => {
             if e + 1 != epoch {
-                tracing::error!(have = e, directory = epoch, "key directory heads are missing; witnesses will refuse the gap");
+                tracing::error!(
+                    have = e,
+                    directory = epoch,
+                    "key directory heads are missing; witnesses will refuse the gap"
+                );
             }
             SignedHead::decode(&bytes).map_err(err)?.head.hash()
         }
-        Some((e, _)) => anyhow::bail!("a head for epoch {e} exists beyond the directory's epoch {epoch}"),
+        Some((e, _)) => {
+            anyhow::bail!("a head for epoch {e} exists beyond the directory's epoch {epoch}")
+        }
         None => [0; 32],
     };
     let head = EpochHead {
@@ -186,10 +192,14 @@ pub async fn start(sh: &Shared, now: u64) -> anyhow::Result<()> {
 
 /// What the directory should say for each account, against what it says.
 async fn pending_changes(sh: &Shared) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let published: HashMap<Vec<u8>, Vec<u8>> = sh.store.kt_all_latest().await?.into_iter().collect();
+    let published: HashMap<Vec<u8>, Vec<u8>> =
+        sh.store.kt_all_latest().await?.into_iter().collect();
     let mut wanted: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     for (account, pk) in sh.store.kt_identity_keys().await? {
-        let (Ok(account), Ok(key)) = (Account::parse_canonical(&account), PublicKey::from_bytes(&pk)) else {
+        let (Ok(account), Ok(key)) = (
+            Account::parse_canonical(&account),
+            PublicKey::from_bytes(&pk),
+        ) else {
             tracing::warn!(%account, "account with an invalid name or key left out of the key directory");
             continue;
         };
@@ -241,7 +251,12 @@ pub async fn publish_epoch_without_witnesses(sh: &Shared, now: u64) -> anyhow::R
         t.reopen(&sh.store).await?;
         metrics::counter!("cmtp_kt_epochs_total").increment(1);
         metrics::gauge!("cmtp_kt_epoch").set(head.head.epoch as f64);
-        tracing::info!(epoch = head.head.epoch, changes = n, elapsed_ms = started.elapsed().as_millis() as u64, "key directory epoch published");
+        tracing::info!(
+            epoch = head.head.epoch,
+            changes = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "key directory epoch published"
+        );
         published = Some(head.head.epoch);
     }
     Ok(published)
@@ -349,7 +364,11 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
         let due = head_due && last_publish.is_none_or(|t| t.elapsed() >= period);
         if due {
             let lease = (period.as_secs() * 3).max(30);
-            match sh.store.kt_claim_publisher(&sh.node, now, now + lease).await {
+            match sh
+                .store
+                .kt_claim_publisher(&sh.node, now, now + lease)
+                .await
+            {
                 Ok(true) => {
                     if let Err(e) = publish_epoch(&sh, now).await {
                         tracing::warn!(error = %e, "key directory epoch not published");
@@ -361,7 +380,8 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
             }
         }
         // Another node may have published.
-        if let (Ok(Some((epoch, _))), Ok(dir)) = (sh.store.kt_latest_head().await, kt(&sh).directory())
+        if let (Ok(Some((epoch, _))), Ok(dir)) =
+            (sh.store.kt_latest_head().await, kt(&sh).directory())
             && dir.current().await.is_ok_and(|(e, _)| e < epoch)
             && let Err(e) = kt(&sh).reopen(&sh.store).await
         {
@@ -399,7 +419,12 @@ pub(crate) async fn serve(s: &mut Session, cmd: Command, now: u64) {
     }
 }
 
-async fn key_proof(s: &mut Session, user: Account, domain: Option<Domain>, now: u64) -> anyhow::Result<()> {
+async fn key_proof(
+    s: &mut Session,
+    user: Account,
+    domain: Option<Domain>,
+    now: u64,
+) -> anyhow::Result<()> {
     let sh = s.sh.clone();
     let domain = domain.unwrap_or_else(|| sh.domain.clone());
     if domain != sh.domain {
@@ -462,7 +487,12 @@ pub async fn local_proof(
     Ok(Some((witnessed_head(sh, head).await?, proof.to_vec())))
 }
 
-async fn remote_key_proof(s: &mut Session, user: Account, domain: Domain, now: u64) -> anyhow::Result<()> {
+async fn remote_key_proof(
+    s: &mut Session,
+    user: Account,
+    domain: Domain,
+    now: u64,
+) -> anyhow::Result<()> {
     let logged_in = s.conn.logged_in().is_some();
     if let Err(text) = s.sh.check_remote_key_request(s.peer.ip(), logged_in) {
         s.conn.reply(Status::RateLimited, text.as_bytes());
@@ -570,7 +600,8 @@ async fn kt_evidence(s: &mut Session, domain: Domain) -> anyhow::Result<()> {
 
 async fn kt_history(s: &mut Session) -> anyhow::Result<()> {
     let Some(account) = s.conn.logged_in().cloned() else {
-        s.conn.reply(Status::AuthRequired, b"KTHISTORY needs a logged-in session");
+        s.conn
+            .reply(Status::AuthRequired, b"KTHISTORY needs a logged-in session");
         return Ok(());
     };
     let sh = s.sh.clone();
@@ -584,7 +615,10 @@ async fn kt_history(s: &mut Session) -> anyhow::Result<()> {
         return Ok(());
     };
     let Some(head) = signed_head(&sh, epoch).await? else {
-        s.conn.reply(Status::TempFailure, b"the head of this epoch is not signed yet; try again");
+        s.conn.reply(
+            Status::TempFailure,
+            b"the head of this epoch is not signed yet; try again",
+        );
         return Ok(());
     };
     let answer = KeyHistory {
@@ -630,9 +664,16 @@ async fn kt_witness(s: &mut Session, domain: Domain, now: u64) -> anyhow::Result
     Ok(())
 }
 
-async fn fetch_head(conn: &mut Connection, key: &PublicKey, domain: &Domain) -> anyhow::Result<SignedHead> {
+async fn fetch_head(
+    conn: &mut Connection,
+    key: &PublicKey,
+    domain: &Domain,
+) -> anyhow::Result<SignedHead> {
     let reply = conn
-        .command(&Command::KtHead { epoch: None }, cmtp_client::conn::MAX_REPLY_BODY)
+        .command(
+            &Command::KtHead { epoch: None },
+            cmtp_client::conn::MAX_REPLY_BODY,
+        )
         .await?;
     if reply.status != Status::Success {
         anyhow::bail!("KTHEAD: {}: {}", reply.status, reply.text());
@@ -667,7 +708,10 @@ pub async fn witness(sh: &Shared, domain: &Domain, now: u64) -> anyhow::Result<W
         // Every head in between, and the append-only proof, 16 epochs at a time.
         let mut from = prev.clone();
         while from.head.epoch < new.head.epoch {
-            let to = new.head.epoch.min(from.head.epoch + cmtp_proto::kt::MAX_AUDIT_SPAN);
+            let to = new
+                .head
+                .epoch
+                .min(from.head.epoch + cmtp_proto::kt::MAX_AUDIT_SPAN);
             let reply = conn
                 .command(
                     &Command::KtAudit {
@@ -689,7 +733,11 @@ pub async fn witness(sh: &Shared, domain: &Domain, now: u64) -> anyhow::Result<W
                 Err(HeadRefused::Misbehaviour(m)) => return misbehaved(sh, domain, *m, now).await,
                 Err(e) => anyhow::bail!("{e}"),
             }
-            let last = audit.heads.last().cloned().ok_or_else(|| anyhow::anyhow!("no heads"))?;
+            let last = audit
+                .heads
+                .last()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("no heads"))?;
             if last.head.epoch != to {
                 anyhow::bail!("KTAUDIT ended at epoch {}, not {to}", last.head.epoch);
             }
@@ -697,7 +745,9 @@ pub async fn witness(sh: &Shared, domain: &Domain, now: u64) -> anyhow::Result<W
             roots.extend(audit.heads.iter().map(|h| h.head.root));
             cmtp_kt::directory::verify_audit(roots, &audit.proof)
                 .await
-                .map_err(|e| anyhow::anyhow!("the append-only proof of {domain} does not verify: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("the append-only proof of {domain} does not verify: {e}")
+                })?;
             from = last;
         }
         // The newest head is the one the audit ended on.
@@ -713,7 +763,12 @@ pub async fn witness(sh: &Shared, domain: &Domain, now: u64) -> anyhow::Result<W
     Ok(WitnessVerdict::Cosigned(cosignature))
 }
 
-async fn misbehaved(sh: &Shared, domain: &Domain, m: Misbehaviour, now: u64) -> anyhow::Result<WitnessVerdict> {
+async fn misbehaved(
+    sh: &Shared,
+    domain: &Domain,
+    m: Misbehaviour,
+    now: u64,
+) -> anyhow::Result<WitnessVerdict> {
     tracing::error!(%domain, kind = %m.kind, epoch = m.b.head.epoch,
         "a witnessed domain signed contradictory key directory heads; keeping the proof");
     metrics::counter!("cmtp_kt_evidence_total").increment(1);
@@ -721,7 +776,11 @@ async fn misbehaved(sh: &Shared, domain: &Domain, m: Misbehaviour, now: u64) -> 
         .kt_put_evidence(domain.as_str(), m.to_bytes(), now)
         .await?;
     // The first proof kept is the one given.
-    let kept = sh.store.kt_evidence(domain.as_str()).await?.unwrap_or_else(|| m.to_bytes());
+    let kept = sh
+        .store
+        .kt_evidence(domain.as_str())
+        .await?
+        .unwrap_or_else(|| m.to_bytes());
     Ok(WitnessVerdict::Misbehaved(
         Misbehaviour::decode(&kept).map_err(err)?,
     ))

@@ -95,8 +95,10 @@ pub trait KtStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
 
     /// The signed head of `epoch`.
-    fn kt_head(&self, epoch: u64)
-    -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    fn kt_head(
+        &self,
+        epoch: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
 
     /// The newest signed head and its epoch.
     fn kt_latest_head(
@@ -326,7 +328,12 @@ impl KtStore for crate::AnyStore {
             crate::AnyStore::Postgres(s) => s.kt_evidence(domain).await,
         }
     }
-    async fn kt_claim_publisher(&self, node: &str, now: u64, until: u64) -> Result<bool, StoreError> {
+    async fn kt_claim_publisher(
+        &self,
+        node: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, StoreError> {
         match self {
             #[cfg(feature = "sqlite")]
             crate::AnyStore::Sqlite(s) => s.kt_claim_publisher(node, now, until).await,

@@ -43,7 +43,10 @@ fn verdict(kt: Option<&KeyRecord>, fingerprint: &str) -> String {
     match kt {
         Some(r) if r.fingerprint == fingerprint => r.transparency.to_string(),
         Some(_) => "not checked for this key".into(),
-        None => "not checked (the key came from a server without a key directory, or from the cache)".into(),
+        None => {
+            "not checked (the key came from a server without a key directory, or from the cache)"
+                .into()
+        }
     }
 }
 
@@ -56,7 +59,11 @@ pub(crate) fn sender(out: &Printer, home: &Home, source: &str) {
         return;
     };
     let line = match cmtp_app::kt::describe(home, &address) {
-        Some(r) => format!("{} ({})", r.transparency, r.fingerprint.get(..16).unwrap_or("")),
+        Some(r) => format!(
+            "{} ({})",
+            r.transparency,
+            r.fingerprint.get(..16).unwrap_or("")
+        ),
         None => "not checked in a key directory".into(),
     };
     println!("Key:       {}", sanitize(&line));
@@ -102,7 +109,9 @@ pub(crate) fn history(out: &Printer, report: Option<&SelfReport>) {
                             "  {:>7}  {:>11}  {}",
                             h.version,
                             h.epoch,
-                            h.known_as.as_deref().unwrap_or("NOT A KEY THIS DEVICE HOLDS")
+                            h.known_as
+                                .as_deref()
+                                .unwrap_or("NOT A KEY THIS DEVICE HOLDS")
                         );
                     }
                 }

@@ -29,7 +29,10 @@ pub async fn kt_nodes_round_trip<S: Store + KtStore>(store: S) {
         .collect();
     records.push(node(b"azks", b"root record"));
     store.kt_write(records).await.unwrap();
-    let mut want: Vec<Vec<u8>> = (0..1200u32).step_by(3).map(|i| i.to_be_bytes().to_vec()).collect();
+    let mut want: Vec<Vec<u8>> = (0..1200u32)
+        .step_by(3)
+        .map(|i| i.to_be_bytes().to_vec())
+        .collect();
     want.push(b"missing".to_vec());
     let got = store.kt_nodes(want.clone()).await.unwrap();
     assert_eq!(got.len(), 400);
@@ -37,7 +40,10 @@ pub async fn kt_nodes_round_trip<S: Store + KtStore>(store: S) {
         let i = u32::from_be_bytes(id.as_slice().try_into().unwrap());
         assert_eq!(data, &vec![i as u8; 40]);
     }
-    store.kt_write(vec![node(b"azks", b"epoch 2")]).await.unwrap();
+    store
+        .kt_write(vec![node(b"azks", b"epoch 2")])
+        .await
+        .unwrap();
     assert_eq!(
         store.kt_nodes(vec![b"azks".to_vec()]).await.unwrap(),
         vec![(b"azks".to_vec(), b"epoch 2".to_vec())]
@@ -67,7 +73,13 @@ pub async fn kt_value_states<S: Store + KtStore>(store: S) {
         [(1, 1), (3, 2), (7, 3)]
     );
     assert_eq!(all[1], state("bob@a.test", 3, 2, b"v2"));
-    assert!(store.kt_states(b"nobody@a.test".to_vec()).await.unwrap().is_empty());
+    assert!(
+        store
+            .kt_states(b"nobody@a.test".to_vec())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let labels = vec![
         b"bob@a.test".to_vec(),
         b"alice@a.test".to_vec(),
@@ -76,7 +88,9 @@ pub async fn kt_value_states<S: Store + KtStore>(store: S) {
     let mut at5 = store.kt_latest_states(labels.clone(), 5).await.unwrap();
     at5.sort_by(|a, b| a.label.cmp(&b.label));
     assert_eq!(
-        at5.iter().map(|s| (s.label.clone(), s.epoch)).collect::<Vec<_>>(),
+        at5.iter()
+            .map(|s| (s.label.clone(), s.epoch))
+            .collect::<Vec<_>>(),
         [(b"alice@a.test".to_vec(), 2), (b"bob@a.test".to_vec(), 3)]
     );
     let at1 = store.kt_latest_states(labels, 1).await.unwrap();
@@ -93,7 +107,10 @@ pub async fn kt_value_states<S: Store + KtStore>(store: S) {
         .kt_write(vec![KtRecord::Value(state("alice@a.test", 2, 1, b"a1'"))])
         .await
         .unwrap();
-    assert_eq!(store.kt_states(b"alice@a.test".to_vec()).await.unwrap()[0].value, b"a1'");
+    assert_eq!(
+        store.kt_states(b"alice@a.test".to_vec()).await.unwrap()[0].value,
+        b"a1'"
+    );
 }
 
 /// The accounts and their identity keys are what the directory publishes.
@@ -113,7 +130,10 @@ pub async fn kt_heads_are_never_replaced<S: Store + KtStore>(store: S) {
     assert_eq!(store.kt_latest_head().await.unwrap(), None);
     assert_eq!(store.kt_put_head(0, b"h0".to_vec()).await.unwrap(), b"h0");
     assert_eq!(store.kt_put_head(1, b"h1".to_vec()).await.unwrap(), b"h1");
-    assert_eq!(store.kt_put_head(1, b"other".to_vec()).await.unwrap(), b"h1");
+    assert_eq!(
+        store.kt_put_head(1, b"other".to_vec()).await.unwrap(),
+        b"h1"
+    );
     assert_eq!(store.kt_put_head(2, b"h2".to_vec()).await.unwrap(), b"h2");
     assert_eq!(store.kt_head(1).await.unwrap(), Some(b"h1".to_vec()));
     assert_eq!(store.kt_head(9).await.unwrap(), None);
@@ -130,10 +150,22 @@ pub async fn kt_heads_are_never_replaced<S: Store + KtStore>(store: S) {
 /// Cosignatures per epoch and witness; the witness's own record never
 /// goes back to an older epoch; the first proof of misbehaviour stays.
 pub async fn kt_cosignatures_and_witness_records<S: Store + KtStore>(store: S) {
-    store.kt_add_cosignature(4, "c.test", b"c".to_vec()).await.unwrap();
-    store.kt_add_cosignature(4, "b.test", b"b".to_vec()).await.unwrap();
-    store.kt_add_cosignature(4, "b.test", b"b'".to_vec()).await.unwrap();
-    store.kt_add_cosignature(5, "b.test", b"b5".to_vec()).await.unwrap();
+    store
+        .kt_add_cosignature(4, "c.test", b"c".to_vec())
+        .await
+        .unwrap();
+    store
+        .kt_add_cosignature(4, "b.test", b"b".to_vec())
+        .await
+        .unwrap();
+    store
+        .kt_add_cosignature(4, "b.test", b"b'".to_vec())
+        .await
+        .unwrap();
+    store
+        .kt_add_cosignature(5, "b.test", b"b5".to_vec())
+        .await
+        .unwrap();
     assert_eq!(
         store.kt_cosignatures(4).await.unwrap(),
         vec![b"b'".to_vec(), b"c".to_vec()]
@@ -141,9 +173,18 @@ pub async fn kt_cosignatures_and_witness_records<S: Store + KtStore>(store: S) {
     assert!(store.kt_cosignatures(3).await.unwrap().is_empty());
 
     assert_eq!(store.kt_witnessed("a.test").await.unwrap(), None);
-    store.kt_set_witnessed("a.test", 3, b"h3".to_vec()).await.unwrap();
-    store.kt_set_witnessed("a.test", 3, b"h3".to_vec()).await.unwrap();
-    store.kt_set_witnessed("a.test", 5, b"h5".to_vec()).await.unwrap();
+    store
+        .kt_set_witnessed("a.test", 3, b"h3".to_vec())
+        .await
+        .unwrap();
+    store
+        .kt_set_witnessed("a.test", 3, b"h3".to_vec())
+        .await
+        .unwrap();
+    store
+        .kt_set_witnessed("a.test", 5, b"h5".to_vec())
+        .await
+        .unwrap();
     let back = store.kt_set_witnessed("a.test", 4, b"h4".to_vec()).await;
     assert!(matches!(back, Err(StoreError::Constraint(_))), "{back:?}");
     assert_eq!(
@@ -152,8 +193,14 @@ pub async fn kt_cosignatures_and_witness_records<S: Store + KtStore>(store: S) {
     );
 
     assert_eq!(store.kt_evidence("a.test").await.unwrap(), None);
-    store.kt_put_evidence("a.test", b"proof 1".to_vec(), T0).await.unwrap();
-    store.kt_put_evidence("a.test", b"proof 2".to_vec(), T0 + 1).await.unwrap();
+    store
+        .kt_put_evidence("a.test", b"proof 1".to_vec(), T0)
+        .await
+        .unwrap();
+    store
+        .kt_put_evidence("a.test", b"proof 2".to_vec(), T0 + 1)
+        .await
+        .unwrap();
     assert_eq!(
         store.kt_evidence("a.test").await.unwrap(),
         Some(b"proof 1".to_vec())
@@ -164,9 +211,34 @@ pub async fn kt_cosignatures_and_witness_records<S: Store + KtStore>(store: S) {
 /// another takes it over once it has expired.
 pub async fn kt_publisher_lease<S: Store + KtStore>(store: S) {
     assert!(store.kt_claim_publisher("n1", T0, T0 + 60).await.unwrap());
-    assert!(!store.kt_claim_publisher("n2", T0 + 10, T0 + 70).await.unwrap());
-    assert!(store.kt_claim_publisher("n1", T0 + 30, T0 + 90).await.unwrap());
-    assert!(!store.kt_claim_publisher("n2", T0 + 89, T0 + 149).await.unwrap());
-    assert!(store.kt_claim_publisher("n2", T0 + 90, T0 + 150).await.unwrap());
-    assert!(!store.kt_claim_publisher("n1", T0 + 100, T0 + 160).await.unwrap());
+    assert!(
+        !store
+            .kt_claim_publisher("n2", T0 + 10, T0 + 70)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .kt_claim_publisher("n1", T0 + 30, T0 + 90)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .kt_claim_publisher("n2", T0 + 89, T0 + 149)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .kt_claim_publisher("n2", T0 + 90, T0 + 150)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .kt_claim_publisher("n1", T0 + 100, T0 + 160)
+            .await
+            .unwrap()
+    );
 }

@@ -119,10 +119,7 @@ impl KtStore for PostgresStore {
         }
         with_client!(self, Read, |c| {
             let rows = c
-                .query(
-                    "SELECT id, data FROM kt_nodes WHERE id = ANY($1)",
-                    &[&ids],
-                )
+                .query("SELECT id, data FROM kt_nodes WHERE id = ANY($1)", &[&ids])
                 .await
                 .db()?;
             rows.iter()
@@ -366,7 +363,12 @@ impl KtStore for PostgresStore {
         })
     }
 
-    async fn kt_claim_publisher(&self, node: &str, now: u64, until: u64) -> Result<bool, StoreError> {
+    async fn kt_claim_publisher(
+        &self,
+        node: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, StoreError> {
         with_client!(self, Write, |c| {
             let n = c
                 .execute(

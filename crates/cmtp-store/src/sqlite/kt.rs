@@ -85,7 +85,9 @@ fn nodes(c: &Connection, ids: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Sto
             ))
             .db()?;
         let rows = stmt
-            .query_map(params_from_iter(chunk.iter()), |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(params_from_iter(chunk.iter()), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .db()?;
         for row in rows {
             out.push(row.db()?);
@@ -377,7 +379,12 @@ impl KtStore for SqliteStore {
         .await
     }
 
-    async fn kt_claim_publisher(&self, node: &str, now: u64, until: u64) -> Result<bool, StoreError> {
+    async fn kt_claim_publisher(
+        &self,
+        node: &str,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, StoreError> {
         let node = node.to_owned();
         self.write(0, move |c| {
             let changed = c
