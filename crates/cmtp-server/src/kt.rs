@@ -58,6 +58,9 @@ pub const NO_KEY: [u8; 32] = [0; 32];
 
 type Directory = KtDirectory<AnyStore>;
 
+/// A cached `KTAUDIT` answer: `(from, to)` and the answer's body.
+type CachedAudit = ((u64, u64), Arc<Vec<u8>>);
+
 /// A cached lookup: the epoch, the value, the proof.
 type CachedProof = (u64, Vec<u8>, Arc<Vec<u8>>);
 
@@ -74,7 +77,7 @@ pub struct Transparency {
     /// As a witness: one check at a time.
     witnessing: tokio::sync::Mutex<()>,
     /// The last `KTAUDIT` answer (witnesses of one domain ask alike).
-    audits: Mutex<Option<((u64, u64), Arc<Vec<u8>>)>>,
+    audits: Mutex<Option<CachedAudit>>,
 }
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
@@ -180,7 +183,7 @@ async fn ensure_head(sh: &Shared, dir: &Directory, now: u64) -> anyhow::Result<S
     };
     let signed = SignedHead::sign(&sh.key, head);
     let kept = sh.store.kt_put_head(epoch, signed.to_bytes()).await?;
-    Ok(SignedHead::decode(&kept).map_err(err)?)
+    SignedHead::decode(&kept).map_err(err)
 }
 
 /// Starts the directory: the head of its current epoch exists afterwards.

@@ -32,6 +32,10 @@ pub struct KtValueState {
     pub node_label_len: u32,
 }
 
+/// Pairs of byte strings: `(id, data)` of tree nodes, `(label, value)` of
+/// labels.
+pub type KtPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One record written to the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KtRecord {
@@ -58,7 +62,7 @@ pub trait KtStore: Clone + Send + Sync + 'static {
     fn kt_nodes(
         &self,
         ids: Vec<Vec<u8>>,
-    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<KtPairs, StoreError>> + Send;
 
     /// Every state of `label`, oldest epoch first.
     fn kt_states(
@@ -75,9 +79,7 @@ pub trait KtStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<KtValueState>, StoreError>> + Send;
 
     /// Every label with its newest value, by label.
-    fn kt_all_latest(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>> + Send;
+    fn kt_all_latest(&self) -> impl Future<Output = Result<KtPairs, StoreError>> + Send;
 
     /// Every account with its identity key, by account: what the directory
     /// should say.
@@ -189,7 +191,7 @@ impl KtStore for crate::AnyStore {
             crate::AnyStore::Postgres(s) => s.kt_write(records).await,
         }
     }
-    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<KtPairs, StoreError> {
         match self {
             #[cfg(feature = "sqlite")]
             crate::AnyStore::Sqlite(s) => s.kt_nodes(ids).await,
@@ -217,7 +219,7 @@ impl KtStore for crate::AnyStore {
             crate::AnyStore::Postgres(s) => s.kt_latest_states(labels, max_epoch).await,
         }
     }
-    async fn kt_all_latest(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_all_latest(&self) -> Result<KtPairs, StoreError> {
         match self {
             #[cfg(feature = "sqlite")]
             crate::AnyStore::Sqlite(s) => s.kt_all_latest().await,

@@ -189,7 +189,7 @@ mod store;
 mod types;
 
 pub use error::StoreError;
-pub use kt::{KtRecord, KtStore, KtValueState};
+pub use kt::{KtPairs, KtRecord, KtStore, KtValueState};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]

@@ -600,7 +600,7 @@ async fn cmd_read(
         None => Vec::new(),
     };
     out.message(&m, &verdict, &attachments, &saved);
-    crate::kt_output::sender(&out, client.home(), &m.source);
+    crate::kt_output::sender(out, client.home(), &m.source);
     if m.flags & SEEN == 0 {
         store.set_flags(id, SEEN, 0)?;
         push_flags_soon(client, &store).await;

@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::{DbResult, Kind, PostgresStore, retryable};
 use crate::error::StoreError;
-use crate::kt::{KtRecord, KtStore, KtValueState, check_ids};
+use crate::kt::{KtPairs, KtRecord, KtStore, KtValueState, check_ids};
 
 fn sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -112,7 +112,7 @@ impl KtStore for PostgresStore {
         with_client!(self, Write, |c| write(&mut c, &records).await)
     }
 
-    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<KtPairs, StoreError> {
         check_ids(&ids)?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -167,7 +167,7 @@ impl KtStore for PostgresStore {
         })
     }
 
-    async fn kt_all_latest(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_all_latest(&self) -> Result<KtPairs, StoreError> {
         with_client!(self, Read, |c| {
             let rows = c
                 .query(

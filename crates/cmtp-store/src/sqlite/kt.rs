@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::{DbResult, SqliteStore};
 use crate::error::StoreError;
-use crate::kt::{KtRecord, KtStore, KtValueState, check_ids};
+use crate::kt::{KtPairs, KtRecord, KtStore, KtValueState, check_ids};
 
 /// Ids per `IN (...)` query (SQLite allows 32766 parameters; smaller
 /// statements are cached better).
@@ -75,7 +75,7 @@ fn write(c: &Connection, records: &[KtRecord]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn nodes(c: &Connection, ids: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+fn nodes(c: &Connection, ids: &[Vec<u8>]) -> Result<KtPairs, StoreError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let marks = vec!["?"; chunk.len()].join(",");
@@ -137,7 +137,7 @@ impl KtStore for SqliteStore {
         self.write(weight, move |c| write(c, &records)).await
     }
 
-    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_nodes(&self, ids: Vec<Vec<u8>>) -> Result<KtPairs, StoreError> {
         check_ids(&ids)?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -170,7 +170,7 @@ impl KtStore for SqliteStore {
             .await
     }
 
-    async fn kt_all_latest(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn kt_all_latest(&self) -> Result<KtPairs, StoreError> {
         self.read(|c| {
             // SQLite takes the bare columns from the row of max(epoch).
             let mut stmt = c
