@@ -1,6 +1,8 @@
-//! The directory on a real SQLite store: publication, lookups, histories
-//! and audits verify; a proof does not verify for another label, value or
-//! head. The ignored `benchmark` measures what docs/BENCHMARKS.md reports.
+//! The directory on a real SQLite store and on a real PostgreSQL database
+//! (a throwaway cluster, when PostgreSQL is installed): publication,
+//! lookups, histories and audits verify; a proof does not verify for
+//! another label, value or head. The ignored `benchmark` measures what
+//! docs/BENCHMARKS.md reports.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +11,7 @@ use cmtp_kt::directory::{KtDirectory, VrfKey, verify_audit};
 use cmtp_proto::crypto::IdentityKey;
 use cmtp_proto::kt::{EpochHead, key_value, label};
 use cmtp_proto::names::{Address, Domain};
-use cmtp_store::{SqliteConfig, SqliteStore};
+use cmtp_store::{KtStore, PostgresConfig, PostgresStore, SqliteConfig, SqliteStore};
 
 async fn store(dir: &std::path::Path) -> SqliteStore {
     SqliteStore::open(SqliteConfig::new(dir.join("kt.db")))
@@ -35,7 +37,7 @@ fn update(i: usize, generation: u8) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn head(dir: &KtDirectory<SqliteStore>, epoch: u64, root: [u8; 32]) -> EpochHead {
+fn head<S: KtStore>(dir: &KtDirectory<S>, epoch: u64, root: [u8; 32]) -> EpochHead {
     EpochHead {
         domain: Domain::parse("a.example").unwrap(),
         epoch,
@@ -50,6 +52,30 @@ fn head(dir: &KtDirectory<SqliteStore>, epoch: u64, root: [u8; 32]) -> EpochHead
 async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     let tmp = tempfile::tempdir().unwrap();
     let s = store(tmp.path()).await;
+    let empty = store(&tmp.path().join("empty")).await;
+    proofs_verify_and_bind_label_value_and_head(s, empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_from_a_postgresql_directory_verify_and_bind_label_value_and_head() {
+    let Some(cluster) = tokio::task::spawn_blocking(cmtp_testkit::postgres::pg_or_skip)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let open = |name: &'static str| {
+        let url = cluster.create_database(name).unwrap();
+        async move { PostgresStore::open(PostgresConfig::new(url)).await.unwrap() }
+    };
+    let s = open("kt").await;
+    let empty = open("empty").await;
+    proofs_verify_and_bind_label_value_and_head(s, empty).await;
+    drop(cluster);
+}
+
+/// `s` and `empty`: two empty stores of one backend.
+async fn proofs_verify_and_bind_label_value_and_head<S: KtStore>(s: S, empty: S) {
     let vrf = VrfKey::from_seed([7; 32]);
     let dir = KtDirectory::open(s.clone(), vrf.clone(), Some(1 << 20))
         .await
@@ -117,9 +143,7 @@ async fn proofs_from_a_sqlite_directory_verify_and_bind_label_value_and_head() {
     let audit = dir.audit(0, 2).await.unwrap();
     let r0 = {
         // epoch 0's root: the empty tree's (the first head's root)
-        let d = KtDirectory::open(store(&tmp.path().join("empty")).await, vrf, None)
-            .await
-            .unwrap();
+        let d = KtDirectory::open(empty, vrf, None).await.unwrap();
         d.current().await.unwrap().1
     };
     verify_audit(vec![r0, r1, r2], &audit).await.unwrap();
@@ -183,10 +207,6 @@ async fn benchmark() {
         audit.len(),
         t.elapsed().as_secs_f64()
     );
-    let prev_root = KtDirectory::open(s.clone(), vrf.clone(), None)
-        .await
-        .unwrap();
-    let _ = prev_root;
     // Lookups: what KEYPROOF costs when its answer is not cached yet.
     let dir = Arc::new(
         KtDirectory::open(s.clone(), vrf.clone(), Some(512 << 20))
