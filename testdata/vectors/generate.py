@@ -80,6 +80,8 @@ TAGS = {
     "xzibit": b"CMTP-v1 xzibit\0",
     "register": b"CMTP-v2 register\0",
     "key-login": b"CMTP-v2 key-login\0",
+    "kt-head": b"CMTP-v2 kt-head\0",
+    "kt-cosignature": b"CMTP-v2 kt-cosignature\0",
 }
 
 
@@ -363,6 +365,48 @@ def gen_commands(extra):
         "bad_fetch_leading_zero",
         command("FETCH", ["042"]),
         "FETCH id=042: ids are decimal without leading zeros -> BADARGUMENT (§4.2)",
+    )
+    c["keyproof"] = f.add(
+        "keyproof",
+        command("KEYPROOF", ["bob", "b.example"]),
+        "KEYPROOF user=bob domain=b.example: the statement with its key directory",
+        "proof (§20.5)",
+    )
+    c["kthead"] = f.add(
+        "kthead",
+        command("KTHEAD", [""]),
+        "KTHEAD with an empty epoch: the newest signed head (§20.6)",
+    )
+    c["kthead_epoch"] = f.add(
+        "kthead_epoch",
+        command("KTHEAD", ["12"]),
+        "KTHEAD epoch=12",
+    )
+    c["ktaudit"] = f.add(
+        "ktaudit",
+        command("KTAUDIT", ["3", "19"]),
+        "KTAUDIT from=3 to=19: heads 4..19 and the append-only proof (at most",
+        "16 epochs, §20.6)",
+    )
+    c["ktwitness"] = f.add(
+        "ktwitness",
+        command("KTWITNESS", ["a.example"]),
+        "KTWITNESS domain=a.example: witness a.example's newest head (§20.7)",
+    )
+    c["ktevidence"] = f.add(
+        "ktevidence",
+        command("KTEVIDENCE", ["a.example"]),
+        "KTEVIDENCE domain=a.example: the proof of misbehaviour held, if any (§20.7)",
+    )
+    c["kthistory"] = f.add(
+        "kthistory",
+        command("KTHISTORY"),
+        "KTHISTORY: the logged-in account's key history (§20.8)",
+    )
+    f.add(
+        "bad_ktaudit_span",
+        command("KTAUDIT", ["3", "20"]) + command("NOOP"),
+        "KTAUDIT from=3 to=20: over 16 epochs -> BADARGUMENT, framing kept (§20.6)",
     )
     f.add(
         "smtp_ehlo",
@@ -1187,6 +1231,87 @@ def gen_payload(msgs):
     return out
 
 
+# ----------------------------------------------------------------------------
+# §20 Key transparency
+
+
+def kt_head(domain, epoch, root, vrf, previous, time):
+    return u32(1) + string(domain) + u64(epoch) + root + vrf + previous + u64(time)
+
+
+def kt_signed(server, head):
+    return head + server.sign("kt-head", head)
+
+
+def kt_cosignature(witness_key, witness, head, time):
+    sig = witness_key.sign("kt-cosignature", string(witness) + H(head) + u64(time))
+    return string(witness) + witness_key.pub + u64(time) + sig
+
+
+def kt_value(account, domain, key):
+    return H(b"CMTP-v2 kt-value\0" + string(account) + string(domain) + key)
+
+
+def gen_kt(stmts):
+    f = File(
+        "kt.hex",
+        "key transparency: epoch heads, cosignatures, proofs of misbehaviour, answers (PROTOCOL.md §20)",
+    )
+    vrf = b"\x20" * 32
+    h0 = kt_head("a.example", 0, b"\x10" * 32, vrf, b"\0" * 32, T0)
+    f.add(
+        "head_0",
+        h0,
+        "Epoch head (§20.2) of a.example, epoch 0: root 32x0x10, vrf_key 32x0x20,",
+        f"previous 32 zero bytes, time T0 = {T0}",
+    )
+    s0 = f.add("signed_head_0", kt_signed(SERVER_A, h0),
+               "head_0 | Sign(a.example's server key (seed 32x0x01), `CMTP-v2 kt-head\\0` | head_0)")
+    f.add("head_0_hash", H(h0), "H(head_0): what head_1's previous holds")
+    h1 = kt_head("a.example", 1, b"\x11" * 32, vrf, H(h0), T0 + 300)
+    s1 = f.add("signed_head_1", kt_signed(SERVER_A, h1),
+               f"Epoch 1: root 32x0x11, previous = H(head_0), time T0 + 300 = {T0 + 300}, signed")
+    h1b = kt_head("a.example", 1, b"\x99" * 32, vrf, H(h0), T0 + 300)
+    s1b = f.add("signed_head_1_fork", kt_signed(SERVER_A, h1b),
+                "A second head for epoch 1 (root 32x0x99), signed by the same key")
+    h2 = kt_head("a.example", 2, b"\x12" * 32, vrf, b"\x55" * 32, T0 + 600)
+    s2 = f.add("signed_head_2_broken", kt_signed(SERVER_A, h2),
+               "Epoch 2 whose previous (32x0x55) is not H(head_1): a broken chain")
+    c = f.add(
+        "cosignature_b",
+        kt_cosignature(SERVER_B, "b.example", h1, T0 + 310),
+        "b.example's cosignature (§20.3) of head_1: witness NUL | key (seed 32x0x06) |",
+        f"u64 time (T0 + 310 = {T0 + 310}) | Sign(`CMTP-v2 kt-cosignature\\0` | witness NUL |",
+        "H(head_1) | u64 time)",
+    )
+    w = f.add("witnessed_head_1", s1 + u8(1) + c,
+              "KTHEAD answer (§20.6): signed_head_1 | u8 1 | cosignature_b")
+    f.add("misbehaviour_fork", u8(1) + s1 + s1b,
+          "Proof of misbehaviour (§20.7), kind 1 (fork): signed_head_1 | signed_head_1_fork")
+    f.add("misbehaviour_broken_chain", u8(2) + s1 + s2,
+          "Kind 2 (broken chain): signed_head_1 | signed_head_2_broken")
+    f.add("verdict_cosigned", u8(1) + c, "KTWITNESS answer: u8 1 | cosignature_b")
+    f.add("verdict_misbehaved", u8(2) + u8(1) + s1 + s1b,
+          "KTWITNESS answer: u8 2 | misbehaviour_fork")
+    bob_a = key_statement(SERVER_A, "bob", "a.example", BOB.pub, T0, T0 + 30 * DAY)
+    f.add("key_value_bob", kt_value("bob", "a.example", BOB.pub),
+          "The directory value (§20.1) of bob@a.example holding seed 32x0x03's key:",
+          "H(`CMTP-v2 kt-value\\0` | bob NUL | a.example NUL | key)")
+    f.add("proven_key_no_proof", u32(1) + blob(bob_a) + u8(0),
+          "KEYPROOF answer (§20.5) without a proof: u32 1 | blob(key statement of",
+          "bob@a.example, seed 32x0x03, T0 to T0 + 30 days, signed by a.example) | u8 0")
+    proof = b"akd lookup proof (opaque)"
+    f.add("proven_key", u32(1) + blob(bob_a) + u8(1) + w + blob(proof),
+          "KEYPROOF answer with a proof: ... | u8 1 | witnessed_head_1 | blob(lookup",
+          f"proof); the proof here is the placeholder {show(proof)} (akd's encoding is opaque)")
+    f.add("audit_answer", u32(1) + s1 + blob(b"append-only proof"),
+          "KTAUDIT 0 1 answer: u32 1 | signed_head_1 | blob(akd's append-only proof,",
+          "here a placeholder)")
+    f.add("key_history", w + blob(b"history proof"),
+          "KTHISTORY answer: witnessed_head_1 | blob(akd's history proof, a placeholder)")
+    f.write()
+
+
 def main():
     content = gen_content()
     msgs = gen_message(content)
@@ -1196,6 +1321,7 @@ def main():
     gen_replies(cmds, {**payload, **stmts})
     gen_banner()
     gen_dns()
+    gen_kt(stmts)
     print("wrote", ", ".join(sorted(n for n in os.listdir(OUT) if n.endswith(".hex"))))
 
 

@@ -55,6 +55,7 @@ pub mod contacts;
 pub mod export;
 pub mod failure;
 pub mod home;
+pub mod kt;
 pub mod mailbox;
 pub mod search;
 pub mod send;

@@ -391,6 +391,7 @@ impl Client {
             .await?;
         s.statements.put(address, &statement)?;
         self.save_account(address, &identity)?;
+        crate::kt::login_check(&mut s, &self.home, now()).await;
         let account = AccountInfo {
             address: address.clone(),
             statement,
@@ -452,6 +453,11 @@ impl Client {
         match reply.status {
             Status::Success => {}
             Status::AuthFailed => {
+                // The server holds another key for the account: what its
+                // key directory says is kept as a warning.
+                crate::kt::refused_login_check(&mut s, &self.home, &address, &identity, now())
+                    .await;
+                s.close().await;
                 return Err(Error::DeviceKeyRefused {
                     address: address.to_string(),
                 });
@@ -460,6 +466,7 @@ impl Client {
         }
         s.address = Some(address);
         s.identity = Some(identity);
+        crate::kt::login_check(&mut s, &self.home, now()).await;
         Ok(s)
     }
 
@@ -811,6 +818,14 @@ impl Session {
     /// Fetches and verifies `address`'s key statement (no cache).
     async fn fetch_statement(&mut self, address: &Address) -> Result<KeyStatement> {
         let (domain_key, _) = self.domain_key(&address.domain).await?;
+        if self
+            .greeting
+            .extensions
+            .iter()
+            .any(|e| e == crate::kt::EXTENSION)
+        {
+            return Ok(crate::kt::fetch(self, address, &domain_key, now()).await?.0);
+        }
         let reply = self
             .command(&Command::KeyRequest {
                 user: Some(address.account.clone()),

@@ -1,5 +1,8 @@
 //! `keyrequest`: KEYREQUEST answers per second for local accounts' key
-//! statements, one request at a time per connection and pipelined.
+//! statements, one request at a time per connection and pipelined. With
+//! `--proof`, KEYPROOF instead (PROTOCOL.md §20.5): the statement with its
+//! epoch head, cosignatures and lookup proof; the server publishes an epoch
+//! every second until every account is in the directory.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -32,6 +35,9 @@ pub(crate) struct KeyRequestArgs {
     /// Which modes: both, single or pipelined.
     #[arg(long, default_value = "both")]
     pub(crate) mode: String,
+    /// Ask KEYPROOF (statement and key directory proof) instead of KEYREQUEST.
+    #[arg(long)]
+    pub(crate) proof: bool,
 }
 
 impl KeyRequestArgs {
@@ -42,6 +48,7 @@ impl KeyRequestArgs {
             "depth": self.depth,
             "users": self.users,
             "mode": self.mode,
+            "proof": self.proof,
         })
     }
 }
@@ -162,14 +169,27 @@ async fn measure(
 /// One run of `keyrequest`.
 pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Result<Run> {
     let u = args.users.max(1);
-    let server = BenchServer::start(opts, "a.test", u, 0, |_| {}).await?;
+    let proof = args.proof;
+    let server = BenchServer::start(opts, "a.test", u, 0, |c| {
+        if proof {
+            c.transparency.epoch_secs = 1;
+        }
+    })
+    .await?;
     let frames: Vec<Vec<u8>> = server
         .users
         .iter()
         .map(|user| {
-            Command::KeyRequest {
-                user: Some(user.address.account.clone()),
-                domain: Some(server.domain.clone()),
+            if proof {
+                Command::KeyProof {
+                    user: user.address.account.clone(),
+                    domain: Some(server.domain.clone()),
+                }
+            } else {
+                Command::KeyRequest {
+                    user: Some(user.address.account.clone()),
+                    domain: Some(server.domain.clone()),
+                }
             }
             .to_bytes()
         })
@@ -181,19 +201,40 @@ pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Res
         conns.push(c);
     }
     // Warm-up: the first request for an account issues and stores its
-    // statement; check each answer whole once (signature, statement).
+    // statement; check each answer whole once (signature, statement). With
+    // --proof, wait until each account's key is proven (the next epoch).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut proof_size = None;
     for (i, f) in frames.iter().enumerate() {
         let n = conns.len();
         let c = &mut conns[i % n];
-        c.send(f).await?;
-        let (r, seq) = c.reply().await?;
-        if r.status != Status::Success {
-            anyhow::bail!("KEYREQUEST: {} {}", r.status, r.text());
+        loop {
+            c.send(f).await?;
+            let (r, seq) = c.reply().await?;
+            if r.status != Status::Success {
+                anyhow::bail!("KEYREQUEST: {} {}", r.status, r.text());
+            }
+            c.verify(&r, seq, f)?;
+            if !proof {
+                KeyStatement::decode(&r.body)?;
+                break;
+            }
+            let p = cmtp_proto::kt::ProvenKey::decode(&r.body)?;
+            if let Some((_, lookup)) = &p.proof {
+                proof_size = Some((lookup.len(), r.body.len()));
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("no epoch published the accounts within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        c.verify(&r, seq, f)?;
-        KeyStatement::decode(&r.body)?;
     }
     let mut run = Run::default();
+    if let Some((lookup, body)) = proof_size {
+        run.add("lookup_proof_bytes", lookup as f64, "B");
+        run.add("answer_bytes", body as f64, "B");
+    }
     if matches!(args.mode.as_str(), "both" | "single") {
         conns = measure(
             &mut run,

@@ -97,6 +97,20 @@ fn keyrequest_single_and_pipelined() {
 }
 
 #[test]
+fn keyrequest_with_proofs_waits_for_the_epoch_and_reports_the_proof_size() {
+    let m = bench(&["keyrequest", "--proof", "-n", "100", "-c", "2", "-u", "3"]);
+    assert_eq!(num(&m, "single_answers"), 100.0, "{m}");
+    assert_eq!(num(&m, "pipelined_answers"), 100.0, "{m}");
+    assert_eq!(num(&m, "single_errors") + num(&m, "pipelined_errors"), 0.0);
+    // The answer holds the statement, the signed head and the lookup proof.
+    assert!(num(&m, "lookup_proof_bytes") > 500.0, "{m}");
+    assert!(
+        num(&m, "answer_bytes") > num(&m, "lookup_proof_bytes") + 200.0,
+        "{m}"
+    );
+}
+
+#[test]
 fn handshake_negotiates_the_hybrid_group_and_the_classical_one_when_asked() {
     let m = bench(&["handshake", "-n", "12", "-c", "3"]);
     for group in ["hybrid", "classical"] {

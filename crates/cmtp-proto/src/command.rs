@@ -161,6 +161,44 @@ pub enum Command {
         /// Its initial flag bits.
         flags: u32,
     },
+    /// `KEYPROOF user domain`: a user's key statement with its proof in
+    /// the domain's key directory (PROTOCOL.md §20.5); `domain` `None`
+    /// means the server's own domain.
+    KeyProof {
+        /// The account.
+        user: Account,
+        /// The domain, or `None` (empty argument) for the server's domain.
+        domain: Option<Domain>,
+    },
+    /// `KTHEAD epoch`: the server's signed epoch head with its
+    /// cosignatures (§20.6); `None` (empty argument): the newest.
+    KtHead {
+        /// The epoch, or `None` for the newest.
+        epoch: Option<u64>,
+    },
+    /// `KTAUDIT from to`: the heads after `from` up to `to` and the
+    /// directory's append-only proof between them (§20.6).
+    KtAudit {
+        /// The epoch the auditor has.
+        from: u64,
+        /// The epoch it wants (`from < to ≤ from + 16`).
+        to: u64,
+    },
+    /// `KTWITNESS domain`: asks this server to witness `domain`'s newest
+    /// epoch head (§20.7).
+    KtWitness {
+        /// The domain to witness.
+        domain: Domain,
+    },
+    /// `KTEVIDENCE domain`: the proof of misbehaviour this server holds
+    /// against `domain`, if any (§20.7).
+    KtEvidence {
+        /// The domain.
+        domain: Domain,
+    },
+    /// `KTHISTORY`: the history of the logged-in account's key in the
+    /// directory, with its proof (§20.8).
+    KtHistory,
 }
 
 /// What a command word takes after it.
@@ -174,7 +212,9 @@ struct Shape {
 fn shape(word: &[u8]) -> Option<Shape> {
     let s = |args, blob| Some(Shape { args, blob });
     match word {
-        b"OHAI" | b"MAIL" | b"NOOP" | b"HELP" | b"OBAI" | b"LIST" => s(0, None),
+        b"OHAI" | b"MAIL" | b"NOOP" | b"HELP" | b"OBAI" | b"LIST" | b"KTHISTORY" => s(0, None),
+        b"KEYPROOF" | b"KTAUDIT" => s(2, None),
+        b"KTHEAD" | b"KTWITNESS" | b"KTEVIDENCE" => s(1, None),
         b"KEYREQUEST" => s(2, None),
         b"LOGIN" => s(1, Some((KE1_LEN, KE1_LEN))),
         b"LOGINFINISH" => s(0, Some((KE3_LEN, KE3_LEN))),
@@ -530,6 +570,42 @@ fn build(word: &[u8], args: &[&str], blob: &[u8]) -> Result<Command, CommandErro
             folder: Folder::parse(args[0]).map_err(|e| bad(0, e))?,
             flags: decimal_u32(1, args[1], "a flag set")?,
         },
+        b"KEYPROOF" => Command::KeyProof {
+            user: account(0)?,
+            domain: optional(1, args[1], Domain::parse)?,
+        },
+        b"KTHEAD" => {
+            Command::KtHead {
+                epoch: if args[0].is_empty() {
+                    None
+                } else {
+                    Some(message_id(0, args[0]).map_err(|_| {
+                        bad(0, "an epoch is a decimal number without leading zeros")
+                    })?)
+                },
+            }
+        }
+        b"KTAUDIT" => {
+            let epoch = |i: usize| {
+                message_id(i, args[i])
+                    .map_err(|_| bad(i, "an epoch is a decimal number without leading zeros"))
+            };
+            let (from, to) = (epoch(0)?, epoch(1)?);
+            if to <= from || to - from > crate::kt::MAX_AUDIT_SPAN {
+                return Err(bad(
+                    1,
+                    format!("an audit spans 1 to {} epochs", crate::kt::MAX_AUDIT_SPAN),
+                ));
+            }
+            Command::KtAudit { from, to }
+        }
+        b"KTWITNESS" => Command::KtWitness {
+            domain: Domain::parse(args[0]).map_err(|e| bad(0, e))?,
+        },
+        b"KTEVIDENCE" => Command::KtEvidence {
+            domain: Domain::parse(args[0]).map_err(|e| bad(0, e))?,
+        },
+        b"KTHISTORY" => Command::KtHistory,
         _ => unreachable!("shape() knows only these words"),
     })
 }
@@ -559,6 +635,12 @@ impl Command {
             Command::Flags { .. } => "FLAGS",
             Command::Move { .. } => "MOVE",
             Command::Append { .. } => "APPEND",
+            Command::KeyProof { .. } => "KEYPROOF",
+            Command::KtHead { .. } => "KTHEAD",
+            Command::KtAudit { .. } => "KTAUDIT",
+            Command::KtWitness { .. } => "KTWITNESS",
+            Command::KtEvidence { .. } => "KTEVIDENCE",
+            Command::KtHistory => "KTHISTORY",
         }
     }
 
@@ -617,6 +699,21 @@ impl Command {
                 put_str(out, folder.as_str());
                 put_str(out, &flags.to_string());
             }
+            Command::KeyProof { user, domain } => {
+                put_str(out, user.as_str());
+                put_str(out, domain.as_ref().map_or("", |d| d.as_str()));
+            }
+            Command::KtHead { epoch } => {
+                put_str(out, &epoch.map_or(String::new(), |e| e.to_string()))
+            }
+            Command::KtAudit { from, to } => {
+                put_str(out, &from.to_string());
+                put_str(out, &to.to_string());
+            }
+            Command::KtWitness { domain } | Command::KtEvidence { domain } => {
+                put_str(out, domain.as_str())
+            }
+            Command::KtHistory => {}
             Command::Ohai
             | Command::Mail
             | Command::Noop
@@ -647,6 +744,22 @@ impl Command {
                 | Command::Flags { .. }
                 | Command::Move { .. }
                 | Command::Append { .. }
+                | Command::KtHistory
+        )
+    }
+
+    /// Whether the command is one of key transparency's (PROTOCOL.md §20):
+    /// `KEYPROOF`, `KTHEAD`, `KTAUDIT`, `KTWITNESS`, `KTEVIDENCE`,
+    /// `KTHISTORY`.
+    pub fn is_transparency(&self) -> bool {
+        matches!(
+            self,
+            Command::KeyProof { .. }
+                | Command::KtHead { .. }
+                | Command::KtAudit { .. }
+                | Command::KtWitness { .. }
+                | Command::KtEvidence { .. }
+                | Command::KtHistory
         )
     }
 
@@ -952,7 +1065,7 @@ mod tests {
             Just(Command::List),
             (
                 proptest::option::of(account.clone()),
-                proptest::option::of(domain)
+                proptest::option::of(domain.clone())
             )
                 .prop_map(|(user, domain)| Command::KeyRequest { user, domain }),
             (account.clone(), bytes(KE1_LEN)).prop_map(|(user, ke1)| Command::Login { user, ke1 }),
@@ -970,7 +1083,7 @@ mod tests {
                     request
                 }),
             (
-                account,
+                account.clone(),
                 "[A-Za-z0-9_-]{0,40}",
                 bytes(REGISTRATION_REQUEST_LEN)
             )
@@ -1009,7 +1122,62 @@ mod tests {
                     flags,
                 }
             }),
+            (account.clone(), proptest::option::of(domain.clone()))
+                .prop_map(|(user, domain)| Command::KeyProof { user, domain }),
+            proptest::option::of(any::<u64>()).prop_map(|epoch| Command::KtHead { epoch }),
+            (0..u64::MAX - 16, 1..=16u64)
+                .prop_map(|(from, n)| Command::KtAudit { from, to: from + n }),
+            domain
+                .clone()
+                .prop_map(|domain| Command::KtWitness { domain }),
+            domain.prop_map(|domain| Command::KtEvidence { domain }),
+            Just(Command::KtHistory),
         ]
+    }
+
+    #[test]
+    fn transparency_commands_are_framed_and_checked() {
+        assert_eq!(
+            one(b"KEYPROOF\0bob\0b.example\0"),
+            Command::KeyProof {
+                user: Account::parse("bob").unwrap(),
+                domain: Some(Domain::parse("b.example").unwrap())
+            }
+        );
+        assert_eq!(one(b"KTHEAD\0\0"), Command::KtHead { epoch: None });
+        assert_eq!(one(b"KTHEAD\x0012\0"), Command::KtHead { epoch: Some(12) });
+        assert_eq!(
+            one(b"KTAUDIT\x003\x0019\0"),
+            Command::KtAudit { from: 3, to: 19 }
+        );
+        assert!(one(b"KTHISTORY\0").needs_login());
+        assert!(!one(b"KEYPROOF\0bob\0\0").needs_login());
+        for bad in [
+            &b"KEYPROOF\0\0b.example\0"[..],
+            b"KTHEAD\x0001\0",
+            b"KTAUDIT\x003\x003\0",
+            b"KTAUDIT\x003\x0020\0",
+            b"KTAUDIT\x005\x003\0",
+            b"KTWITNESS\0\0",
+            b"KTEVIDENCE\0a..b\0",
+        ] {
+            assert!(
+                matches!(err(bad).kind, CommandError::BadArgument { .. }),
+                "{bad:?}"
+            );
+        }
+        // §16: no new word is an SMTP verb
+        for w in [
+            "KEYPROOF",
+            "KTHEAD",
+            "KTAUDIT",
+            "KTWITNESS",
+            "KTEVIDENCE",
+            "KTHISTORY",
+        ] {
+            assert!(!SMTP_VERBS.contains(&w));
+            assert!(w.len() <= MAX_WORD);
+        }
     }
 
     proptest! {

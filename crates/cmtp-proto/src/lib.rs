@@ -18,6 +18,7 @@
 //! | [`crypto`] | keys, signatures, sealed boxes, xzibit, OPAQUE |
 //! | [`content`] | inner body, attachments, sender signature, crypto systems 0 and 1 |
 //! | [`statements`] | key statements, rotations, receipts, trailers |
+//! | [`kt`] | key transparency: epoch heads, cosignatures, proofs of misbehaviour, the chain rules |
 //! | [`payload`] | reply bodies and extension payloads |
 //! | [`account`] | the client's side of registration and login |
 //!
@@ -39,6 +40,7 @@ pub mod command;
 pub mod connection;
 pub mod content;
 pub mod crypto;
+pub mod kt;
 pub mod limits;
 pub mod message;
 pub mod names;

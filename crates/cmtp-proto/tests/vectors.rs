@@ -52,11 +52,12 @@ use sha2::{Digest, Sha256};
 
 /// The vector files and the test that checks each (`dns.hex` is checked by
 /// `crates/cmtp-client/tests/discovery.rs`, where the TXT parser lives).
-const FILES: [&str; 8] = [
+const FILES: [&str; 9] = [
     "banner.hex",
     "commands.hex",
     "content.hex",
     "dns.hex",
+    "kt.hex",
     "message.hex",
     "payload.hex",
     "replies.hex",
@@ -357,6 +358,29 @@ fn commands_hex() {
                 flags: mailbox::SEEN,
             },
         ),
+        (
+            "keyproof",
+            Command::KeyProof {
+                user: acc("bob"),
+                domain: Some(dom("b.example")),
+            },
+        ),
+        ("kthead", Command::KtHead { epoch: None }),
+        ("kthead_epoch", Command::KtHead { epoch: Some(12) }),
+        ("ktaudit", Command::KtAudit { from: 3, to: 19 }),
+        (
+            "ktwitness",
+            Command::KtWitness {
+                domain: dom("a.example"),
+            },
+        ),
+        (
+            "ktevidence",
+            Command::KtEvidence {
+                domain: dom("a.example"),
+            },
+        ),
+        ("kthistory", Command::KtHistory),
     ];
     let mut words = BTreeSet::new();
     for (name, cmd) in &cases {
@@ -396,7 +420,13 @@ fn commands_hex() {
             "CHANGES",
             "FLAGS",
             "MOVE",
-            "APPEND"
+            "APPEND",
+            "KEYPROOF",
+            "KTHEAD",
+            "KTAUDIT",
+            "KTWITNESS",
+            "KTEVIDENCE",
+            "KTHISTORY"
         ])
     );
     // The example printed in §4.2.
@@ -470,11 +500,145 @@ fn commands_hex() {
     assert!(matches!(e.kind, CommandError::BadArgument { index: 1, .. }));
     let e = err("bad_fetch_leading_zero");
     assert!(matches!(e.kind, CommandError::BadArgument { index: 0, .. }));
+    let e = err("bad_ktaudit_span");
+    assert!(matches!(e.kind, CommandError::BadArgument { index: 1, .. }));
+    assert_eq!(
+        one_command(&v.get("bad_ktaudit_span")[e.resume_at.unwrap()..]),
+        Command::Noop
+    );
     let e = err("smtp_ehlo");
     assert_eq!(
         (e.kind, e.resume_at),
         (CommandError::SmtpVerb("EHLO"), None)
     );
+    v.finish();
+}
+
+// ----------------------------------------------------------- transparency
+
+#[test]
+fn kt_hex() {
+    use cmtp_proto::kt::{
+        AuditAnswer, Cosignature, EpochHead, KeyHistory, Misbehaviour, MisbehaviourKind, ProvenKey,
+        SignedHead, WitnessVerdict, WitnessedHead, key_value,
+    };
+    let v = Vectors::load("kt.hex");
+    let head = |epoch, root: u8, previous: [u8; 32], time| EpochHead {
+        domain: dom("a.example"),
+        epoch,
+        root: [root; 32],
+        vrf_key: [0x20; 32],
+        previous,
+        time,
+    };
+    let h0 = head(0, 0x10, [0; 32], T0);
+    assert_eq!(h0.to_bytes(), v.get("head_0"));
+    assert_eq!(h0.hash().to_vec(), v.get("head_0_hash"));
+    let signed = |name: &str, h: EpochHead| {
+        let s = SignedHead::sign(&server_a(), h);
+        assert_eq!(s.to_bytes(), v.get(name), "encode {name}");
+        let back = SignedHead::decode(&v.get(name)).unwrap();
+        assert_eq!(back, s, "decode {name}");
+        back.verify_for(&server_a().public(), &dom("a.example"))
+            .unwrap();
+        s
+    };
+    let s0 = signed("signed_head_0", h0.clone());
+    let h1 = head(1, 0x11, h0.hash(), T0 + 300);
+    let s1 = signed("signed_head_1", h1.clone());
+    let s1b = signed("signed_head_1_fork", head(1, 0x99, h0.hash(), T0 + 300));
+    let s2 = signed("signed_head_2_broken", head(2, 0x12, [0x55; 32], T0 + 600));
+    assert_eq!(s1.head.previous, s0.head.hash());
+
+    let c = Cosignature::issue(&server_b(), dom("b.example"), &h1, T0 + 310);
+    assert_eq!(c.to_bytes(), v.get("cosignature_b"));
+    let back = Cosignature::decode(&v.get("cosignature_b")).unwrap();
+    back.verify(&h1).unwrap();
+    assert!(back.verify(&s1b.head).is_err());
+    let w = WitnessedHead {
+        head: s1.clone(),
+        cosignatures: vec![c.clone()],
+    };
+    assert_eq!(w.to_bytes(), v.get("witnessed_head_1"));
+    assert_eq!(
+        WitnessedHead::decode(&v.get("witnessed_head_1")).unwrap(),
+        w
+    );
+    assert_eq!(
+        w.witnesses(|_, k| *k == server_b().public()),
+        vec![dom("b.example")]
+    );
+
+    for (name, kind, a, b) in [
+        ("misbehaviour_fork", MisbehaviourKind::Fork, &s1, &s1b),
+        (
+            "misbehaviour_broken_chain",
+            MisbehaviourKind::BrokenChain,
+            &s1,
+            &s2,
+        ),
+    ] {
+        let m = Misbehaviour::between(a, b).unwrap();
+        assert_eq!(m.kind, kind);
+        assert_eq!(m.to_bytes(), v.get(name), "encode {name}");
+        let back = Misbehaviour::decode(&v.get(name)).unwrap();
+        back.verify(&server_a().public()).unwrap();
+        assert!(back.verify(&server_b().public()).is_err());
+    }
+    let fork = Misbehaviour::between(&s1, &s1b).unwrap();
+    for (name, verdict) in [
+        ("verdict_cosigned", WitnessVerdict::Cosigned(c)),
+        ("verdict_misbehaved", WitnessVerdict::Misbehaved(fork)),
+    ] {
+        assert_eq!(verdict.to_bytes(), v.get(name), "encode {name}");
+        assert_eq!(WitnessVerdict::decode(&v.get(name)).unwrap(), verdict);
+    }
+
+    let bob_a = addr("bob@a.example");
+    assert_eq!(
+        key_value(&bob_a, &bob().public()).to_vec(),
+        v.get("key_value_bob")
+    );
+    let st = KeyStatement::issue(
+        &server_a(),
+        Some(acc("bob")),
+        dom("a.example"),
+        bob().public(),
+        T0,
+        T0 + 30 * DAY,
+    )
+    .to_bytes();
+    for (name, p) in [
+        (
+            "proven_key_no_proof",
+            ProvenKey {
+                statement: st.clone(),
+                proof: None,
+            },
+        ),
+        (
+            "proven_key",
+            ProvenKey {
+                statement: st.clone(),
+                proof: Some((w.clone(), b"akd lookup proof (opaque)".to_vec())),
+            },
+        ),
+    ] {
+        assert_eq!(p.to_bytes(), v.get(name), "encode {name}");
+        assert_eq!(ProvenKey::decode(&v.get(name)).unwrap(), p, "decode {name}");
+    }
+    let a = AuditAnswer {
+        heads: vec![s1.clone()],
+        proof: b"append-only proof".to_vec(),
+    };
+    assert_eq!(a.to_bytes(), v.get("audit_answer"));
+    assert_eq!(AuditAnswer::decode(&v.get("audit_answer")).unwrap(), a);
+    let kh = KeyHistory {
+        head: w,
+        proof: b"history proof".to_vec(),
+    };
+    assert_eq!(kh.to_bytes(), v.get("key_history"));
+    assert_eq!(KeyHistory::decode(&v.get("key_history")).unwrap(), kh);
     v.finish();
 }
 

@@ -74,6 +74,9 @@ pub struct Config {
     /// The SMTP gateway (PROTOCOL.md §19): inbound SMTP, outbound SMTP, DKIM.
     #[serde(default)]
     pub smtp: SmtpConfig,
+    /// Key transparency: epochs and witnesses (PROTOCOL.md §20).
+    #[serde(default)]
+    pub transparency: TransparencyConfig,
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -420,6 +423,32 @@ impl Default for RemoteConfig {
     }
 }
 
+/// `[transparency]`: the key directory's epochs and witnesses.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransparencyConfig {
+    /// Seconds between two epochs of the key directory: key changes are
+    /// published, and proven to senders, at most this long after they
+    /// happen (default 300).
+    pub epoch_secs: u64,
+    /// Domains asked to witness (cosign) each new epoch head of this
+    /// domain's directory (default none).
+    pub witnesses: Vec<String>,
+    /// Domains whose directories this server witnesses when they ask
+    /// (`KTWITNESS`); others are refused (default none).
+    pub witness_for: Vec<String>,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        TransparencyConfig {
+            epoch_secs: 300,
+            witnesses: Vec::new(),
+            witness_for: Vec::new(),
+        }
+    }
+}
+
 /// `[dns]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -646,6 +675,7 @@ impl Config {
             remote: RemoteConfig::default(),
             dns: DnsConfig::default(),
             smtp: SmtpConfig::default(),
+            transparency: TransparencyConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
@@ -826,8 +856,23 @@ impl Config {
                 "accounts.statement_validity_days",
                 self.accounts.statement_validity_days,
             ),
+            ("transparency.epoch_secs", self.transparency.epoch_secs),
         ] {
             need(&mut p, v > 0, &format!("{key} must be greater than 0"));
+        }
+        for d in self
+            .transparency
+            .witnesses
+            .iter()
+            .chain(&self.transparency.witness_for)
+        {
+            if let Err(e) = Domain::parse(d) {
+                need(
+                    &mut p,
+                    false,
+                    &format!("transparency: {d:?} is not a domain name: {e}"),
+                );
+            }
         }
         let c = &self.connections;
         need(&mut p, c.max >= 1, "connections.max must be at least 1");

@@ -407,6 +407,21 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "data_timeout_secs",
         "Longest wait for the next bytes of a message, seconds.",
     ),
+    k(
+        "transparency",
+        "epoch_secs",
+        "Seconds between two epochs of the key directory: a key change is\npublished (and provable to senders) at most this long after it happens.",
+    ),
+    k(
+        "transparency",
+        "witnesses",
+        "Domains asked to cosign each new epoch head of this domain's key\ndirectory, e.g. [\"partner.example\"]; they list this domain in their\nwitness_for.",
+    ),
+    k(
+        "transparency",
+        "witness_for",
+        "Domains whose key directories this server witnesses when asked\n(KTWITNESS); requests for others are refused.",
+    ),
     opt(
         "metrics",
         "listen",
@@ -436,6 +451,7 @@ fn section_doc(section: &str) -> &'static str {
         "dns" => "Finding other domains' servers.",
         "remote" => "What strangers may make this server ask of other domains.",
         "smtp" => "The SMTP gateway: cmtpd as the domain's whole mail server.",
+        "transparency" => "Key transparency: the key directory's epochs and witnesses.",
         "metrics" => "Prometheus metrics.",
         "log" => "Logs (to stderr).",
         _ => "",

@@ -29,6 +29,13 @@ a binary payload (u32 length + bytes). Every reply is signed.
   MOVE <folder> <ids>       file your messages into another folder
   APPEND <folder> <flags> <message>  file a message of your own (Sent copy)
   (ids are per user: your first message is 1)
+  KEYPROOF <user> <domain>  key statement with its proof in the domain's key
+                            directory: epoch head, cosignatures, lookup proof
+  KTHEAD <epoch>            signed head of a directory epoch (empty: newest)
+  KTAUDIT <from> <to>       heads and append-only proof between two epochs
+  KTWITNESS <domain>        ask this server to witness a domain's newest head
+  KTEVIDENCE <domain>       proof of a domain's misbehaviour, if held
+  KTHISTORY                 your key's history in the directory (logged in)
 
 Use the cmtp client (`cmtp --help`) rather than typing these by hand.
 ";

@@ -11,7 +11,9 @@
 //! the server store, hold open, dial or compute is budgeted before it is
 //! spent (PROTOCOL.md §15): [`limiter`] (peers, connection slots, logins,
 //! rates), [`budget`] and [`disk`] (bytes being received, free space),
-//! [`decoy`] (what unknown accounts are answered).
+//! [`decoy`] (what unknown accounts are answered). [`kt`] keeps the domain's
+//! key directory (akd), publishes its epochs, asks witnesses to cosign its
+//! heads and witnesses other domains (PROTOCOL.md §20).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -33,6 +35,7 @@ pub mod disk;
 mod help;
 pub mod housekeeping;
 pub mod keyfile;
+pub mod kt;
 pub mod limiter;
 mod mail;
 mod mailbox;

@@ -43,6 +43,7 @@ impl Server {
     }
 
     async fn serve(shared: Arc<Shared>) -> anyhow::Result<Server> {
+        crate::kt::start(&shared, crate::state::now()).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (alive, done) = mpsc::channel::<()>(1);
         let sessions = TaskTracker::new();
@@ -73,6 +74,11 @@ impl Server {
             alive.clone(),
         )));
         tasks.push(tokio::spawn(crate::housekeeping::run(
+            shared.clone(),
+            shutdown_rx.clone(),
+            alive.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::kt::run(
             shared.clone(),
             shutdown_rx.clone(),
             alive.clone(),

@@ -268,6 +268,7 @@ impl Session {
             Command::Changes { since, limit } => self.changes(since, limit).await,
             Command::Flags { set, clear, ids } => self.flags(set, clear, ids).await,
             Command::Move { folder, ids } => self.move_messages(folder, ids).await,
+            c if c.is_transparency() => crate::kt::serve(self, c, now).await,
             other => {
                 let text = format!("{} is not supported by this server", other.word());
                 self.conn.reply(Status::BadCommand, text.as_bytes());

@@ -81,6 +81,8 @@ pub struct Shared {
     /// Messages being received now (accepted at their envelope, not yet
     /// stored or abandoned).
     pub messages_in_flight: std::sync::atomic::AtomicUsize,
+    /// The key directory (PROTOCOL.md §20).
+    pub kt: crate::kt::Transparency,
     bundle: Mutex<Option<(Vec<u8>, u64)>>,
     /// Recently served key statements of local users: account → (statement,
     /// issued_at, when cached). Saves a database read and a signature check
@@ -189,7 +191,9 @@ impl Shared {
             KeyExchange::default(),
         )?);
         let conn_config = ArcSwap::from_pointee(connection_config(&cfg, &key, &tls));
+        let kt = crate::kt::Transparency::open(&store).await?;
         Ok(Shared {
+            kt,
             tls,
             conn_config,
             messages_in_flight: std::sync::atomic::AtomicUsize::new(0),

@@ -25,6 +25,9 @@
 
 use std::collections::HashSet;
 
+mod kt;
+pub use kt::*;
+
 use bytes::Bytes;
 
 use crate::{
@@ -94,6 +97,12 @@ macro_rules! conformance_suite {
             deliver_into_a_folder,
             a_recreated_account_has_a_new_epoch,
             concurrent_deliveries_get_consecutive_ids,
+            kt_nodes_round_trip,
+            kt_value_states,
+            kt_identity_keys_list_accounts,
+            kt_heads_are_never_replaced,
+            kt_cosignatures_and_witness_records,
+            kt_publisher_lease,
         );
     };
     (@cases [$mode:ident] $factory:path; $($case:ident),* $(,)?) => {

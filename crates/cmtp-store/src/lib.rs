@@ -5,8 +5,9 @@
 //! tokens and unlock records, server secrets, key statements, mailboxes with
 //! de-duplication, the outbound relay queue with leases (and entries an
 //! administrator holds), pinned remote server keys, the remote key
-//! statement cache. [`sqlite_backup`] takes online backups of the SQLite
-//! database.
+//! statement cache — and, behind [`KtStore`], the key directory (akd's
+//! records, signed epoch heads, cosignatures, what this server witnessed).
+//! [`sqlite_backup`] takes online backups of the SQLite database.
 //! Backends implement the trait; [`AnyStore`] picks one from a
 //! [`StoreConfig`] and implements [`Store`] by delegation:
 //!
@@ -179,6 +180,7 @@ compile_error!(
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+pub mod kt;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -187,6 +189,7 @@ mod store;
 mod types;
 
 pub use error::StoreError;
+pub use kt::{KtPairs, KtRecord, KtStore, KtValueState};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]

@@ -407,7 +407,7 @@ async fn concurrent_starts_migrate_once() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 4);
+    assert_eq!(rows[0].get::<_, i32>(0), 5);
     for (i, s) in stores.iter().enumerate() {
         s.create_user(new_user(&format!("user{i}")), None, T0)
             .await
@@ -478,7 +478,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         }
     );
     assert!(!e.is_transient());
@@ -572,7 +572,8 @@ async fn killed_connections_are_transient() {
         let waiting: i64 = admin
             .query_one(
                 "SELECT COUNT(*) FROM pg_stat_activity
-                 WHERE application_name = 'cmtpd' AND wait_event_type = 'Lock'",
+                 WHERE application_name = 'cmtpd' AND wait_event_type = 'Lock'
+                   AND datname = current_database()",
                 &[],
             )
             .await

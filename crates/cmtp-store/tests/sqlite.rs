@@ -150,7 +150,7 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, 5);
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -161,7 +161,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 4
+            supported: 5
         }
     );
     assert!(!e.is_transient());

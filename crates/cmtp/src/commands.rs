@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::output::{Printer, sanitize};
 use crate::prompt;
 use crate::{
-    Cli, Cmd, CommandFactory, ContactCmd, ContactsCmd, DraftCmd, OutboxCmd, Output, Shell,
+    Cli, Cmd, CommandFactory, ContactCmd, ContactsCmd, DraftCmd, KeyCmd, OutboxCmd, Output, Shell,
     WriteOpts, exit,
 };
 
@@ -111,6 +111,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             client.identity()?;
         }
     }
+    // In a block of its own, so that the warnings below are printed after
+    // a command that failed too (a refused login is when they matter most).
+    let result: anyhow::Result<u8> = async {
     match command {
         Cmd::Setup if client.is_configured() => {
             errln!(
@@ -400,13 +403,25 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Cmd::Key { address } => {
-            let address = parse_address(&address, "address")?;
+        Cmd::Key {
+            action: Some(KeyCmd::History),
+            ..
+        } => {
+            let mut session = client.session().await?;
+            let report =
+                cmtp_app::kt::self_check(&mut session, client.home(), now()).await?;
+            session.close().await;
+            crate::kt_output::history(&out, report.as_ref());
+            Ok(exit::OK)
+        }
+        Cmd::Key { address, .. } => {
+            let address = parse_address(&address.unwrap_or_default(), "address")?;
             let own = client.address()?;
             let mut session = client.connect(&own.domain).await?;
             let key = session.user_key(&address, true).await?;
             session.close().await;
-            out.key(&address, &key);
+            let kt = cmtp_app::kt::describe(client.home(), &address);
+            crate::kt_output::key(&out, &address, &key, kt.as_ref());
             Ok(exit::OK)
         }
         Cmd::Passwd {
@@ -440,6 +455,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+    }
+    .await;
+    // The self-check of every login (key transparency) warns until the history is clean.
+    crate::kt_output::alarms(client.home());
+    result
 }
 
 fn now() -> u64 {
@@ -1041,6 +1061,7 @@ async fn cmd_read(
         None => Vec::new(),
     };
     out.message(&m, &verdict, &attachments, &saved);
+    crate::kt_output::sender(out, client.home(), &m.source);
     if m.flags & SEEN == 0 {
         store.set_flags(id, SEEN, 0)?;
         push_changes_soon(client, &mut store).await;

@@ -33,6 +33,7 @@ macro_rules! errln {
 }
 
 mod commands;
+mod kt_output;
 mod output;
 mod prompt;
 
@@ -225,6 +226,15 @@ struct WriteOpts {
     /// Keep retrying (with backoff) this long while the server cannot be reached.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     retry_for: u64,
+}
+
+/// `cmtp key ...`.
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Your own key's history in your domain's key directory, checked
+    /// against the directory's proof; warns about any key this device does
+    /// not hold (also done at every login).
+    History,
 }
 
 /// `cmtp draft ...`.
@@ -530,10 +540,17 @@ enum Cmd {
         #[arg(long)]
         permanently: bool,
     },
-    /// Show someone's key: statement, fingerprint, who signed it, validity, pin.
+    /// Show someone's key: statement, fingerprint, who signed it, validity,
+    /// pin, and whether its domain's key directory proves it.
+    /// `cmtp key history`: every key your domain's directory ever published
+    /// for you.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Key {
         /// The address, user@domain.
-        address: String,
+        #[arg(required = true)]
+        address: Option<String>,
+        #[command(subcommand)]
+        action: Option<KeyCmd>,
     },
     /// Change your password (your key stays the same; the old password stops
     /// working). Asks for the current password first.

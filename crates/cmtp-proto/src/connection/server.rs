@@ -117,7 +117,7 @@ pub struct ServerConfig {
 }
 
 /// The extension tokens cmtpd announces (PROTOCOL.md §6.1).
-pub const EXTENSIONS: &[&str] = &["REGISTER", "LOGIN-OPAQUE", "MAILBOX", "RELAY"];
+pub const EXTENSIONS: &[&str] = &["REGISTER", "LOGIN-OPAQUE", "MAILBOX", "RELAY", "KT"];
 
 impl ServerConfig {
     /// A configuration with the protocol's defaults.

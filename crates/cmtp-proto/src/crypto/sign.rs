@@ -4,7 +4,9 @@
 //! where `tag` is one of the fixed ASCII strings of [`SignatureTag`], each
 //! ending in NUL, so that a signature made for one purpose never verifies
 //! for another. Verification is strict (`verify_strict`: canonical `S`,
-//! no small-order `R` or key).
+//! no small-order `R` or key); `S` is checked against the group order here
+//! too, since Cargo's feature unification may build ed25519-dalek with
+//! `legacy_compatibility` (akd_core asks for it), which relaxes that check.
 
 use ed25519_dalek::Signature;
 
@@ -38,11 +40,17 @@ pub enum SignatureTag {
     Register,
     /// `"CMTP-v2 key-login\0"`: a device's login with its identity key.
     KeyLogin,
+    /// `"CMTP-v2 kt-head\0"`: a domain's key directory epoch head
+    /// (PROTOCOL.md §20.2).
+    KtHead,
+    /// `"CMTP-v2 kt-cosignature\0"`: a witness's cosignature of another
+    /// domain's epoch head (§20.3).
+    KtCosignature,
 }
 
 impl SignatureTag {
     /// Every tag, in declaration order.
-    pub const ALL: [SignatureTag; 9] = [
+    pub const ALL: [SignatureTag; 11] = [
         SignatureTag::Reply,
         SignatureTag::KeyStatement,
         SignatureTag::KeyRotation,
@@ -52,6 +60,8 @@ impl SignatureTag {
         SignatureTag::Xzibit,
         SignatureTag::Register,
         SignatureTag::KeyLogin,
+        SignatureTag::KtHead,
+        SignatureTag::KtCosignature,
     ];
 
     /// The tag's bytes, NUL included.
@@ -66,6 +76,8 @@ impl SignatureTag {
             SignatureTag::Xzibit => b"CMTP-v1 xzibit\0",
             SignatureTag::Register => b"CMTP-v2 register\0",
             SignatureTag::KeyLogin => b"CMTP-v2 key-login\0",
+            SignatureTag::KtHead => b"CMTP-v2 kt-head\0",
+            SignatureTag::KtCosignature => b"CMTP-v2 kt-cosignature\0",
         }
     }
 }
@@ -103,6 +115,15 @@ impl PublicKey {
         data: &[&[u8]],
         sig: &[u8; SIGNATURE_LEN],
     ) -> Result<(), CryptoError> {
+        // S must be below the group order whatever features ed25519-dalek
+        // was built with: a crate elsewhere in the build (akd_core) turns on
+        // its `legacy_compatibility`, which lets `verify_strict` take an
+        // unreduced S (a malleable signature).
+        let mut s = [0u8; 32];
+        s.copy_from_slice(&sig[32..]);
+        if bool::from(curve25519_dalek::Scalar::from_canonical_bytes(s).is_none()) {
+            return Err(CryptoError::BadSignature);
+        }
         let msg = signed_message(tag, data);
         let sig = Signature::from_bytes(sig);
         self.verifying_key()
@@ -119,7 +140,7 @@ mod tests {
 
     #[test]
     fn tags_are_exact() {
-        let expected: [&[u8]; 9] = [
+        let expected: [&[u8]; 11] = [
             b"CMTP-v1 reply\0",
             b"CMTP-v1 key-statement\0",
             b"CMTP-v1 key-rotation\0",
@@ -129,6 +150,8 @@ mod tests {
             b"CMTP-v1 xzibit\0",
             b"CMTP-v2 register\0",
             b"CMTP-v2 key-login\0",
+            b"CMTP-v2 kt-head\0",
+            b"CMTP-v2 kt-cosignature\0",
         ];
         for (tag, want) in SignatureTag::ALL.iter().zip(expected) {
             assert_eq!(tag.as_bytes(), want);

@@ -12,6 +12,7 @@
 //! (`synchronous_commit` is never turned off; the store turns it back on for
 //! its own sessions if the server has it off).
 
+mod kt;
 mod ops;
 pub(crate) mod schema;
 

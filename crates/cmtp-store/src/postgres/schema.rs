@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 4;
+pub(crate) const SCHEMA_VERSION: u32 = 5;
 
 /// The key of the advisory lock held while migrating ("cmtpschm"). Advisory
 /// locks are per database, so stores on other databases of the same cluster
@@ -25,7 +25,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x636d_7470_7363_686d;
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database (in the first schema of the
 /// connection's `search_path`).
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1: the SQLite schema, in PostgreSQL types.
 ///
@@ -220,6 +220,54 @@ CREATE TABLE mailbox_gone (
     PRIMARY KEY (account, uid)
 );
 CREATE INDEX mailbox_gone_modseq ON mailbox_gone (account, modseq);
+";
+
+/// Version 5: the key directory (PROTOCOL.md §20), as in SQLite's version 5.
+const V5: &str = "
+CREATE TABLE kt_nodes (
+    id   BYTEA PRIMARY KEY,
+    data BYTEA NOT NULL
+);
+
+CREATE TABLE kt_values (
+    label          BYTEA NOT NULL,
+    epoch          BIGINT NOT NULL,
+    version        BIGINT NOT NULL,
+    value          BYTEA NOT NULL,
+    node_label     BYTEA NOT NULL,
+    node_label_len BIGINT NOT NULL,
+    PRIMARY KEY (label, epoch)
+);
+
+CREATE TABLE kt_heads (
+    epoch BIGINT PRIMARY KEY,
+    head  BYTEA NOT NULL
+);
+
+CREATE TABLE kt_cosignatures (
+    epoch       BIGINT NOT NULL,
+    witness     TEXT NOT NULL,
+    cosignature BYTEA NOT NULL,
+    PRIMARY KEY (epoch, witness)
+);
+
+CREATE TABLE kt_witnessed (
+    domain TEXT PRIMARY KEY,
+    epoch  BIGINT NOT NULL,
+    head   BYTEA NOT NULL
+);
+
+CREATE TABLE kt_evidence (
+    domain   TEXT PRIMARY KEY,
+    evidence BYTEA NOT NULL,
+    found_at BIGINT NOT NULL
+);
+
+CREATE TABLE kt_publisher (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    node  TEXT NOT NULL,
+    until BIGINT NOT NULL
+);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

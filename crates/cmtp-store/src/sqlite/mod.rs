@@ -2,6 +2,7 @@
 //! one writer thread doing group commit, a pool of read-only connections.
 
 pub mod backup;
+mod kt;
 mod ops;
 mod pool;
 pub(crate) mod schema;

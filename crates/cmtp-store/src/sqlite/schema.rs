@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 4;
+pub(crate) const SCHEMA_VERSION: u32 = 5;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Version 1.
 ///
@@ -207,6 +207,59 @@ CREATE TABLE mailbox_gone (
     PRIMARY KEY (account, uid)
 ) WITHOUT ROWID;
 CREATE INDEX mailbox_gone_modseq ON mailbox_gone(account, modseq);
+";
+
+/// Version 5: the key directory (PROTOCOL.md §20). `kt_nodes` holds akd's
+/// tree nodes and tree record by id, `kt_values` each label's value states,
+/// `kt_heads` the signed epoch heads and `kt_cosignatures` what witnesses
+/// returned for them; `kt_witnessed` and `kt_evidence` are the witness's
+/// side (the head cosigned last per domain, proofs of misbehaviour);
+/// `kt_publisher` is the lease of the node that publishes epochs.
+const V5: &str = "
+CREATE TABLE kt_nodes (
+    id   BLOB PRIMARY KEY NOT NULL,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE kt_values (
+    label          BLOB NOT NULL,
+    epoch          INTEGER NOT NULL,
+    version        INTEGER NOT NULL,
+    value          BLOB NOT NULL,
+    node_label     BLOB NOT NULL,
+    node_label_len INTEGER NOT NULL,
+    PRIMARY KEY (label, epoch)
+) WITHOUT ROWID;
+
+CREATE TABLE kt_heads (
+    epoch INTEGER PRIMARY KEY NOT NULL,
+    head  BLOB NOT NULL
+);
+
+CREATE TABLE kt_cosignatures (
+    epoch       INTEGER NOT NULL,
+    witness     TEXT NOT NULL,
+    cosignature BLOB NOT NULL,
+    PRIMARY KEY (epoch, witness)
+) WITHOUT ROWID;
+
+CREATE TABLE kt_witnessed (
+    domain TEXT PRIMARY KEY NOT NULL,
+    epoch  INTEGER NOT NULL,
+    head   BLOB NOT NULL
+);
+
+CREATE TABLE kt_evidence (
+    domain   TEXT PRIMARY KEY NOT NULL,
+    evidence BLOB NOT NULL,
+    found_at INTEGER NOT NULL
+);
+
+CREATE TABLE kt_publisher (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    node  TEXT NOT NULL,
+    until INTEGER NOT NULL
+);
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod content;
 mod dns;
+mod kt;
 mod mail;
 mod postfix;
 mod reset;

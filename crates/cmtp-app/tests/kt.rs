@@ -1,0 +1,598 @@
+//! Key transparency end to end (PROTOCOL.md §20): real cmtpd servers for
+//! a.test (the directory) and b.test (its witness), found through a real
+//! in-process DNS server, and the real client (`cmtp_app`). Epochs are
+//! published by calling the server's publisher directly, so that every
+//! step is deterministic.
+//!
+//! The attacker holds a.test's server: the tests edit its database and use
+//! its key, as such an attacker could.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use cmtp_app::Error;
+use cmtp_app::home::Home;
+use cmtp_app::kt::{self, Transparency};
+use cmtp_app::session::{Client, Options};
+use cmtp_proto::crypto::IdentityKey;
+use cmtp_proto::crypto::opaque::KsfParams;
+use cmtp_proto::kt::{Misbehaviour, MisbehaviourKind, ProvenKey, SignedHead};
+use cmtp_proto::names::{Account, Address};
+use cmtp_proto::statements::KeyStatement;
+use cmtp_server::Server;
+use cmtp_server::config::Config;
+use cmtp_store::KtStore;
+use cmtp_testkit::dns::TestDns;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now() -> u64 {
+    cmtp_server::state::now()
+}
+
+struct Domain {
+    name: &'static str,
+    port: u16,
+    dir: tempfile::TempDir,
+    cfg: Config,
+    server: Option<Server>,
+}
+
+impl Domain {
+    async fn start(
+        name: &'static str,
+        dns: SocketAddr,
+        witnesses: &[&str],
+        witness_for: &[&str],
+    ) -> Domain {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cfg = Config::new(name, dir.path());
+        cfg.listen = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        let k = KsfParams::INSECURE_TEST;
+        cfg.accounts.ksf_min_memory_kib = k.m_cost_kib;
+        cfg.accounts.ksf_min_passes = k.t_cost;
+        cfg.accounts.ksf_min_lanes = k.p_cost;
+        cfg.dns.nameservers = vec![dns];
+        cfg.dns.timeout_ms = 500;
+        cfg.dns.allow_private = ["a.test", "b.test"].map(String::from).to_vec();
+        // Epochs come when the test publishes them: the publisher waits
+        // epoch_secs after the newest head (epoch 0's is made at start).
+        cfg.transparency.epoch_secs = 24 * 3600;
+        cfg.transparency.witnesses = witnesses.iter().map(|s| s.to_string()).collect();
+        cfg.transparency.witness_for = witness_for.iter().map(|s| s.to_string()).collect();
+        let server = Server::start(cfg.clone()).await.unwrap();
+        Domain {
+            name,
+            port,
+            dir,
+            cfg,
+            server: Some(server),
+        }
+    }
+
+    fn shared(&self) -> &std::sync::Arc<cmtp_server::state::Shared> {
+        self.server.as_ref().unwrap().shared()
+    }
+
+    async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.server = Some(Server::start(self.cfg.clone()).await.unwrap());
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Publishes the pending key changes as an epoch (and asks the witnesses).
+    async fn publish(&self) -> Option<u64> {
+        cmtp_server::kt::publish_epoch(self.shared(), now())
+            .await
+            .unwrap()
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("cmtp.db")
+    }
+
+    /// The attacker's edit: `account`'s key in the users table (and the
+    /// statement issued for the old key).
+    fn write_key(&self, account: &str, key: &IdentityKey) {
+        let c = rusqlite::Connection::open(self.db()).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let n = c
+            .execute(
+                "UPDATE users SET identity_pk = ?1 WHERE account = ?2",
+                rusqlite::params![&key.public().to_bytes()[..], account],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        // and the statement it had issued, so that a new one states the key
+        c.execute("DELETE FROM key_statements WHERE account = ?1", [account])
+            .unwrap();
+    }
+}
+
+async fn zone(dns: &TestDns, domain: &str, port: u16) {
+    dns.add_zone(domain).await.unwrap();
+    dns.add_srv(
+        &format!("_cmtp._tcp.{domain}"),
+        10,
+        10,
+        port,
+        &format!("mx.{domain}"),
+    )
+    .await
+    .unwrap();
+    dns.add_a(&format!("mx.{domain}"), Ipv4Addr::LOCALHOST)
+        .await
+        .unwrap();
+}
+
+struct Net {
+    _dns: TestDns,
+    a: Domain,
+    b: Domain,
+    homes: tempfile::TempDir,
+    dns_addr: SocketAddr,
+}
+
+/// a.test keeps a directory witnessed by b.test.
+async fn net() -> Net {
+    let dns = TestDns::start().await.unwrap();
+    let a = Domain::start("a.test", dns.addr(), &["b.test"], &[]).await;
+    let b = Domain::start("b.test", dns.addr(), &[], &["a.test"]).await;
+    zone(&dns, "a.test", a.port).await;
+    zone(&dns, "b.test", b.port).await;
+    Net {
+        dns_addr: dns.addr(),
+        _dns: dns,
+        a,
+        b,
+        homes: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Net {
+    /// A client home for `who@domain` registered on its server.
+    async fn user(&self, who: &str, d: &Domain) -> Client {
+        let home = self.homes.path().join(format!("{who}@{}", d.name));
+        self.client_at(&home, d).await.register_as(who, d).await
+    }
+
+    async fn client_at(&self, home: &Path, d: &Domain) -> ClientBuilder {
+        std::fs::create_dir_all(home).unwrap();
+        std::fs::write(
+            home.join("config.toml"),
+            format!(
+                "server = \"127.0.0.1:{}\"\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 500\n",
+                d.port, self.dns_addr
+            ),
+        )
+        .unwrap();
+        let options = Options {
+            min_ksf: Some(KsfParams::INSECURE_TEST),
+            ..Options::default()
+        };
+        ClientBuilder(Client::open(Home::at(home.to_path_buf()), options).unwrap())
+    }
+}
+
+struct ClientBuilder(Client);
+
+impl ClientBuilder {
+    async fn register_as(mut self, who: &str, d: &Domain) -> Client {
+        let account = Account::parse(who).unwrap();
+        let (token, _) = cmtp_server::admin::invite(&d.shared().store, &account, 3600)
+            .await
+            .unwrap();
+        let address = Address::parse(&format!("{who}@{}", d.name)).unwrap();
+        self.0
+            .register(&address, &token, b"password")
+            .await
+            .unwrap();
+        self.0
+    }
+}
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+
+/// `who`'s key as `client` gets it, and what the directory said.
+async fn key_of(
+    client: &Client,
+    who: &Address,
+) -> Result<(cmtp_proto::crypto::PublicKey, Transparency), Error> {
+    let own = client.address()?;
+    let mut s = client.connect(&own.domain).await?;
+    let k = s.user_key(who, true).await;
+    s.close().await;
+    let k = k?;
+    let record = kt::describe(client.home(), who).expect("a verdict is kept");
+    assert_eq!(record.fingerprint, k.key.fingerprint_hex());
+    Ok((k.key, record.transparency))
+}
+
+fn witnessed_by(t: &Transparency) -> Vec<String> {
+    match t {
+        Transparency::Proven { witnesses, .. } => witnesses.clone(),
+        other => panic!("not proven: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_key_change_shows_in_the_owners_history_and_verifies_after_the_next_epoch() {
+    let n = net().await;
+    let alice = n.user("alice", &n.a).await;
+    let mut bob = n.user("bob", &n.a).await;
+    let bob_addr = addr("bob@a.test");
+
+    // Before the first epoch: a first-contact key without a proof is taken, and said so.
+    let (k0, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert_eq!(t, Transparency::NoProof);
+
+    let e1 = n.a.publish().await.expect("an epoch with the new accounts");
+    let (k, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert_eq!(k, k0);
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e1),
+        "{t}"
+    );
+    assert_eq!(witnessed_by(&t), ["b.test"], "b.test cosigned the head");
+
+    // bob forgets his password: the administrator's reset, a new key.
+    let token =
+        cmtp_server::admin::reset_token(&n.a.shared().store, &Account::parse("bob").unwrap(), 3600)
+            .await
+            .unwrap()
+            .0;
+    bob.reset(&bob_addr, &token, b"new password").await.unwrap();
+    // Until the next epoch the new key has no proof: alice, who saw the old
+    // one proven, refuses it rather than take it on the server's word.
+    match key_of(&alice, &bob_addr).await {
+        Err(Error::Verification(text)) => {
+            assert!(text.contains("not in a.test's key directory yet"), "{text}")
+        }
+        other => panic!("an unproven key change was accepted: {other:?}"),
+    }
+    let e2 = n.a.publish().await.expect("an epoch with bob's new key");
+    assert!(e2 > e1);
+    let (k2, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert_ne!(k2, k0);
+    assert!(
+        matches!(t, Transparency::Proven { epoch, since_epoch, .. } if epoch == e2 && since_epoch == e2),
+        "{t}"
+    );
+
+    // bob's history: both keys, both his own (the old one is kept in his home).
+    let mut s = bob.session().await.unwrap();
+    let report = kt::self_check(&mut s, bob.home(), now())
+        .await
+        .unwrap()
+        .unwrap();
+    s.close().await;
+    assert_eq!(report.epoch, Some(e2));
+    assert_eq!(report.history.len(), 2, "{report:?}");
+    assert_eq!(
+        report.history[0].known_as.as_deref(),
+        Some("this device's key")
+    );
+    assert!(
+        report.history[1]
+            .known_as
+            .as_deref()
+            .unwrap()
+            .starts_with("an earlier key of yours")
+    );
+    assert!(report.alarms().is_empty(), "{:?}", report.alarms());
+    assert_eq!(report.witnesses, ["b.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_key_from_the_server_is_refused_and_its_publication_reported_to_the_owner() {
+    let mut n = net().await;
+    let alice = n.user("alice", &n.a).await;
+    let bob = n.user("bob", &n.a).await;
+    let bob_addr = addr("bob@a.test");
+    n.a.publish().await.unwrap();
+    let (real, t) = key_of(&alice, &bob_addr).await.unwrap();
+    witnessed_by(&t);
+
+    // 1. A server that pairs a statement of a false key with the directory's
+    //    proof (the attacker signs with a.test's key): refused.
+    let evil = IdentityKey::from_seed(&[0xee; 32]);
+    let mut c =
+        cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    c.ohai().await.unwrap();
+    let r = c
+        .command(
+            &cmtp_proto::command::Command::KeyProof {
+                user: Account::parse("bob").unwrap(),
+                domain: None,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    c.close().await;
+    let mut forged = ProvenKey::decode(&r.body).unwrap();
+    assert!(forged.proof.is_some());
+    let honest = KeyStatement::decode(&forged.statement).unwrap();
+    assert_eq!(honest.key, real);
+    forged.statement = KeyStatement::issue(
+        &n.a.shared().key,
+        Some(Account::parse("bob").unwrap()),
+        honest.domain.clone(),
+        evil.public(),
+        honest.issued_at,
+        honest.expires_at,
+    )
+    .to_bytes();
+    let mut state = kt::State::load(alice.home().root()).unwrap();
+    let refused = kt::check_answer(
+        &mut state,
+        &forged.to_bytes(),
+        &bob_addr,
+        &n.a.shared().key.public(),
+        now(),
+        |_, _| true,
+    );
+    match refused {
+        Err(Error::Verification(text)) => assert!(
+            text.contains("NOT the one its key directory holds"),
+            "{text}"
+        ),
+        other => panic!("a statement contradicting the directory was accepted: {other:?}"),
+    }
+
+    // 2. The attacker writes a false key into the database: until an epoch
+    //    publishes it, alice refuses the unproven change.
+    n.a.write_key("bob", &evil);
+    n.a.restart().await; // the attacker's server forgets what it had cached
+    match key_of(&alice, &bob_addr).await {
+        Err(Error::Verification(text)) => assert!(text.contains("changed"), "{text}"),
+        other => panic!("a false key without a proof was accepted: {other:?}"),
+    }
+
+    // 3. The server publishes it: the directory is append-only, so the
+    //    witness cosigns, and alice's client can only take the key — but
+    //    bob's client reports it at his next login, which the server
+    //    refuses (it holds the false key): the client then looks its own
+    //    address up in the directory.
+    assert!(kt::alarms(bob.home()).is_empty());
+    n.a.publish().await.expect("the false key is published");
+    let (k, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert_eq!(k, evil.public());
+    witnessed_by(&t);
+    match bob.session().await {
+        Err(Error::DeviceKeyRefused { .. }) => {}
+        other => panic!(
+            "bob's device key was accepted for a false key: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let alarms = kt::alarms(bob.home());
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert!(
+        alarms[0].contains("a key this device does not hold was published for bob@a.test"),
+        "{}",
+        alarms[0]
+    );
+
+    // 4. The attacker covers its tracks: bob's real key back in the
+    //    database, published at the next epoch. bob's login works again,
+    //    and the history it checks still holds the false key in between.
+    n.a.write_key("bob", &bob.identity().unwrap());
+    n.a.shared().reload(n.a.cfg.clone()).unwrap(); // forgets cached statements
+    let e =
+        n.a.publish()
+            .await
+            .expect("the real key is published again");
+    let mut s = bob.session().await.expect("bob's own key logs in again");
+    let report = kt::self_check(&mut s, bob.home(), now())
+        .await
+        .unwrap()
+        .unwrap();
+    s.close().await;
+    assert_eq!(report.epoch, Some(e));
+    let versions: Vec<_> = report
+        .history
+        .iter()
+        .map(|h| (h.version, h.known_as.is_some()))
+        .collect();
+    assert_eq!(versions, [(3, true), (2, false), (1, true)], "{report:?}");
+    let alarms = kt::alarms(bob.home());
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert!(
+        alarms[0].contains("published for bob@a.test at epoch"),
+        "{}",
+        alarms[0]
+    );
+    n.b.stop().await;
+    n.a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_refused_and_a_forked_directory_is_proven_by_the_witness() {
+    let mut n = net().await;
+    let alice = n.user("alice", &n.a).await;
+    let _bob = n.user("bob", &n.a).await;
+    let carol = n.user("carol", &n.b).await;
+    let bob_addr = addr("bob@a.test");
+    let e1 = n.a.publish().await.unwrap();
+
+    // An answer of epoch e1, kept to be replayed later.
+    let mut c =
+        cmtp_client::Connection::connect(n.a.cfg.listen[0], std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    c.ohai().await.unwrap();
+    let old_answer = c
+        .command(
+            &cmtp_proto::command::Command::KeyProof {
+                user: Account::parse("bob").unwrap(),
+                domain: None,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap()
+        .body;
+    c.close().await;
+
+    // The attacker keeps a copy of the database as of epoch e1 (a
+    // consistent one: what the write-ahead log holds too).
+    let snapshot = n.homes.path().join("a-at-e1.db");
+    rusqlite::Connection::open(n.a.db())
+        .unwrap()
+        .execute("VACUUM INTO ?1", [snapshot.to_str().unwrap()])
+        .unwrap();
+
+    let _dave = n.user("dave", &n.a).await;
+    let e2 = n.a.publish().await.unwrap();
+    assert_eq!(e2, e1 + 1);
+    let (_, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e2),
+        "{t}"
+    );
+
+    // A rollback: the answer of epoch e1 replayed to alice, who saw e2.
+    let mut state = kt::State::load(alice.home().root()).unwrap();
+    match kt::check_answer(
+        &mut state,
+        &old_answer,
+        &bob_addr,
+        &n.a.shared().key.public(),
+        now(),
+        |_, _| true,
+    ) {
+        Err(Error::Verification(text)) => assert!(text.contains("rollback"), "{text}"),
+        other => panic!("an older epoch was accepted: {other:?}"),
+    }
+
+    // A fork: the attacker restores the copy and publishes another epoch e2
+    // (erin instead of dave) — a second head for one epoch.
+    n.a.stop().await;
+    let _ = std::fs::remove_file(n.a.db().with_extension("db-wal"));
+    let _ = std::fs::remove_file(n.a.db().with_extension("db-shm"));
+    let restored = n.a.db().with_extension("restored");
+    std::fs::copy(&snapshot, &restored).unwrap();
+    std::fs::rename(&restored, n.a.db()).unwrap();
+    n.a.restart().await;
+    let _erin = n.user("erin", &n.a).await;
+    assert_eq!(n.a.publish().await, Some(e2));
+    let forked =
+        SignedHead::decode(&n.a.shared().store.kt_head(e2).await.unwrap().unwrap()).unwrap();
+
+    // The witness refused to cosign it and kept the proof.
+    assert!(
+        n.a.shared()
+            .store
+            .kt_cosignatures(e2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let evidence =
+        n.b.shared()
+            .store
+            .kt_evidence("a.test")
+            .await
+            .unwrap()
+            .expect("the witness kept a proof");
+    let m = Misbehaviour::decode(&evidence).unwrap();
+    assert_eq!(m.kind, MisbehaviourKind::Fork);
+    assert_eq!(m.b, forked);
+
+    // carol (at b.test) gets the proof from her server and her client accepts it:
+    // it checks under a.test's key, and a.test's keys are refused from then on.
+    let mut s = carol.session().await.unwrap();
+    let found = kt::fetch_evidence(
+        &mut s,
+        carol.home(),
+        &cmtp_proto::names::Domain::parse("a.test").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        found.map(|(d, e)| (d.to_string(), e)),
+        Some(("a.test".into(), e2))
+    );
+    let refused = s.user_key(&bob_addr, true).await;
+    s.close().await;
+    match refused {
+        Err(Error::Verification(text)) => assert!(text.contains("contradictory"), "{text}"),
+        other => panic!("keys of a domain proven to lie were accepted: {other:?}"),
+    }
+    // alice, who saw the first e2, notices the fork herself.
+    match key_of(&alice, &bob_addr).await {
+        Err(Error::Verification(text)) => assert!(text.contains("different directories"), "{text}"),
+        other => panic!("a forked head was accepted: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_a_broken_chain_is_refused_by_the_witness() {
+    let n = net().await;
+    let _alice = n.user("alice", &n.a).await;
+    let e1 = n.a.publish().await.unwrap();
+    let _bob = n.user("bob", &n.a).await;
+    // The attacker's server signs the next head over a history that is not
+    // the one the witness cosigned: its `previous` is not H(head e1).
+    let store = &n.a.shared().store;
+    let c = rusqlite::Connection::open(n.a.db()).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let e2 = n.a.publish().await.unwrap();
+    assert!(
+        n.a.shared().store.kt_cosignatures(e2).await.unwrap().len() == 1,
+        "the honest head is cosigned"
+    );
+    let _carol = n.user("carol", &n.a).await;
+    // Publish e3 honestly into the directory, then replace its head by one
+    // whose chain link is broken before the witness sees it.
+    cmtp_server::kt::publish_epoch_without_witnesses(n.a.shared(), now())
+        .await
+        .unwrap();
+    let e3 = e2 + 1;
+    let honest = SignedHead::decode(&store.kt_head(e3).await.unwrap().unwrap()).unwrap();
+    let mut broken = honest.head.clone();
+    broken.previous = [0x55; 32];
+    let broken = SignedHead::sign(&n.a.shared().key, broken);
+    c.execute(
+        "UPDATE kt_heads SET head = ?1 WHERE epoch = ?2",
+        rusqlite::params![broken.to_bytes(), e3 as i64],
+    )
+    .unwrap();
+    cmtp_server::kt::ask_witnesses(n.a.shared(), now()).await;
+    assert!(
+        store.kt_cosignatures(e3).await.unwrap().is_empty(),
+        "a broken chain was cosigned"
+    );
+    let m = Misbehaviour::decode(
+        &n.b.shared()
+            .store
+            .kt_evidence("a.test")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.kind, MisbehaviourKind::BrokenChain);
+    assert_eq!((m.a.head.epoch, m.b.head.epoch), (e2, e3));
+    m.verify(&n.a.shared().key.public()).unwrap();
+    let _ = e1;
+}
