@@ -731,6 +731,9 @@ async fn cmd_verify(client: &Client, out: &Printer, who: &str, yes: bool) -> any
         .safety_number(&me, &my_key)
         .expect("the contact has a key");
     out.safety_number(&contact, &number, change.as_ref());
+    // Whether the key is proven in its domain's key directory, and
+    // witnessed by how many domains (PROTOCOL.md §20).
+    crate::kt_output::sender(out, client.home(), &address.to_string());
     let confirmed = if yes {
         true
     } else if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {

@@ -34,7 +34,7 @@ pub(crate) fn key(out: &Printer, address: &Address, k: &VerifiedKey, kt: Option<
         }
         Output::Text => {
             out.key(address, k);
-            println!("directory:   {}", verdict(kt, &k.key.fingerprint_hex()));
+            outln!("directory:   {}", verdict(kt, &k.key.fingerprint_hex()));
         }
     }
 }
@@ -66,7 +66,7 @@ pub(crate) fn sender(out: &Printer, home: &Home, source: &str) {
         ),
         None => "not checked in a key directory".into(),
     };
-    println!("Key:       {}", sanitize(&line));
+    outln!("Key:       {}", sanitize(&line));
 }
 
 /// `cmtp key history`.
@@ -84,16 +84,16 @@ pub(crate) fn history(out: &Printer, report: Option<&SelfReport>) {
         }),
         Output::Text => {
             let Some(r) = report else {
-                println!("your server keeps no key directory");
+                outln!("your server keeps no key directory");
                 return;
             };
             match r.epoch {
-                None => println!(
+                None => outln!(
                     "{}: your key is not in the key directory yet (it is published at the next epoch)",
                     r.address
                 ),
                 Some(e) => {
-                    println!(
+                    outln!(
                         "{}: key history proven at epoch {e}, witnessed by {} domain(s){}",
                         r.address,
                         r.witnesses.len(),
@@ -103,9 +103,9 @@ pub(crate) fn history(out: &Printer, report: Option<&SelfReport>) {
                             format!(" ({})", r.witnesses.join(", "))
                         }
                     );
-                    println!("  version  since epoch  key");
+                    outln!("  version  since epoch  key");
                     for h in &r.history {
-                        println!(
+                        outln!(
                             "  {:>7}  {:>11}  {}",
                             h.version,
                             h.epoch,
@@ -117,7 +117,7 @@ pub(crate) fn history(out: &Printer, report: Option<&SelfReport>) {
                 }
             }
             for a in r.alarms() {
-                eprintln!("!!! {a}");
+                errln!("!!! {a}");
             }
         }
     }
@@ -126,6 +126,6 @@ pub(crate) fn history(out: &Printer, report: Option<&SelfReport>) {
 /// Prints the self-check's warnings kept in the home (after every command).
 pub(crate) fn alarms(home: &Home) {
     for a in cmtp_app::kt::alarms(home) {
-        eprintln!("!!! {}", sanitize(&a));
+        errln!("!!! {}", sanitize(&a));
     }
 }

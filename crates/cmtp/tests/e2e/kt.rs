@@ -82,6 +82,13 @@ fn key_read_and_history_say_proven_and_witnessed() {
             None => false,
         }
     });
+    // `verify` says the same of alice's key.
+    let v = bob.cmd(&["verify", "alice@a.test"]).ok().to_owned();
+    assert!(
+        v.contains("proven in the key directory (epoch ")
+            && v.contains("witnessed by 1 domain (b.test)"),
+        "{v}"
+    );
     let out = bob.cmd(&["read", &id]).ok().to_owned();
     assert!(out.contains("signed by alice@a.test, verified"), "{out}");
     assert!(
