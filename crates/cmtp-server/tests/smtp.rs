@@ -5,6 +5,7 @@
 
 mod support;
 
+use cmtp_testkit::tools::{need, need_dkimpy};
 use std::net::SocketAddr;
 use std::process::Command;
 
@@ -28,29 +29,6 @@ async fn gateway(tweak: impl FnOnce(&mut cmtp_server::config::Config)) -> (TestS
     .await;
     let smtp = s.server.as_ref().unwrap().smtp_addrs()[0];
     (s, smtp)
-}
-
-fn need(tool: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "{tool} is not installed: ./scripts/test installs it");
-}
-
-/// dkimpy, the independent DKIM signer: a clear failure when it is
-/// missing, never a skip.
-fn need_dkimpy() {
-    need("python3");
-    let ok = Command::new("python3")
-        .args(["-c", "import dkim"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "Python's dkimpy is not installed: ./scripts/test installs it"
-    );
 }
 
 /// Runs a Python script with `args`; its stdout, or a panic with stderr.

@@ -6,6 +6,7 @@
 //! - [`postgres`]: throwaway PostgreSQL clusters ([`postgres::PgCluster`]) and
 //!   the skip-or-fail policy for PostgreSQL suites ([`postgres::pg_or_skip`]).
 //! - [`tmpfs`]: a small tmpfs for full-disk tests ([`tmpfs::Tmpfs`]).
+//! - [`tools`]: outside software the interop tests need ([`tools::need`]).
 //!
 //! Every server started here binds to the loopback interface only.
 
@@ -14,3 +15,4 @@
 pub mod dns;
 pub mod postgres;
 pub mod tmpfs;
+pub mod tools;

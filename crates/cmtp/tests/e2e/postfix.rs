@@ -11,6 +11,7 @@
 //! Postfix, swaks' TLS modules, dkimpy and openssl: `scripts/test`
 //! installs them when missing.
 
+use cmtp_testkit::tools::{need, need_dkimpy};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -22,29 +23,6 @@ use crate::support::{Home, Server, free_port, password_file, register, tempdir, 
 /// Where the throwaway Postfix listens (not 127.0.0.1, so that nothing
 /// else on the machine answers on the CMTP port of its address).
 const PF_IP: &str = "127.0.0.2";
-
-fn need(cmd: &str) {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "{cmd} is not installed: ./scripts/test installs it");
-}
-
-/// dkimpy, the independent DKIM signer and verifier: a clear failure when
-/// it is missing, never a skip.
-fn need_dkimpy() {
-    need("python3");
-    let ok = Command::new("python3")
-        .args(["-c", "import dkim"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "Python's dkimpy is not installed: ./scripts/test installs it"
-    );
-}
 
 fn free_port_on(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
