@@ -286,7 +286,7 @@ impl Printer {
     fn message_json(m: &StoredMessage) -> Value {
         let verdict = stored_verdict(m);
         let (status, detail) = verdict_json(&verdict);
-        json!({
+        let mut v = json!({
             "id": m.uid,
             "from": sender(m),
             "from_name": m.from_name,
@@ -303,15 +303,9 @@ impl Printer {
             "flags": flag_names(m.flags),
             "seen": m.flags & SEEN != 0,
             "smtp": cmtp_app::smtp::listing(m).map(|(from, mark)| json!({"from": from, "mark": mark})),
-            "to_list": m.to,
-            "cc": m.cc,
-            "bcc": m.bcc,
-            "message_id": m.message_id,
-            "in_reply_to": m.in_reply_to,
-            "references": m.references,
-            "thread_id": m.thread_id,
-            "content_version": m.content_version,
-        })
+        });
+        with_content_fields(&mut v, m);
+        v
     }
 
     /// Loud warnings about contacts whose key changed (stderr, text and
@@ -755,19 +749,11 @@ impl Printer {
         match self.format {
             Output::Json => {
                 let (status, detail) = verdict_json(verdict);
-                self.json(&json!({
+                let mut v = json!({
                     "id": m.uid,
                     "from": sender(m),
                     "from_name": m.from_name,
                     "to": to,
-                    "to_list": m.to,
-                    "cc": m.cc,
-                    "bcc": m.bcc,
-                    "message_id": m.message_id,
-                    "in_reply_to": m.in_reply_to,
-                    "references": m.references,
-                    "thread_id": m.thread_id,
-                    "content_version": m.content_version,
                     "reply_to": m.reply_to,
                     "subject": subject,
                     "date": date,
@@ -785,7 +771,9 @@ impl Printer {
                         "size": a.data.len(),
                         "saved_to": saved.get(i),
                     })).collect::<Vec<_>>(),
-                }));
+                });
+                with_content_fields(&mut v, m);
+                self.json(&v);
             }
             Output::Text => {
                 outln!("From:      {}", one_line(&display_sender(m)));
@@ -965,6 +953,23 @@ impl Printer {
                 "saved draft {id}; `cmtp draft edit {id}` resumes it, `cmtp draft send {id}` sends it"
             ),
         }
+    }
+}
+
+/// The fields of content version 2 (PROTOCOL.md §8.1) that every JSON form
+/// of a stored message carries: its lists, ids and thread.
+fn with_content_fields(v: &mut Value, m: &StoredMessage) {
+    if let Value::Object(o) = v {
+        o.extend([
+            ("to_list".to_owned(), json!(m.to)),
+            ("cc".to_owned(), json!(m.cc)),
+            ("bcc".to_owned(), json!(m.bcc)),
+            ("message_id".to_owned(), json!(m.message_id)),
+            ("in_reply_to".to_owned(), json!(m.in_reply_to)),
+            ("references".to_owned(), json!(m.references)),
+            ("thread_id".to_owned(), json!(m.thread_id)),
+            ("content_version".to_owned(), json!(m.content_version)),
+        ]);
     }
 }
 
