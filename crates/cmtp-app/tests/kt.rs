@@ -9,6 +9,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use cmtp_app::Error;
 use cmtp_app::home::Home;
@@ -51,6 +52,16 @@ impl Domain {
         witnesses: &[&str],
         witness_for: &[&str],
     ) -> Domain {
+        Self::start_with(name, dns, witnesses, witness_for, |_| {}).await
+    }
+
+    async fn start_with(
+        name: &'static str,
+        dns: SocketAddr,
+        witnesses: &[&str],
+        witness_for: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Domain {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cfg = Config::new(name, dir.path());
@@ -67,6 +78,7 @@ impl Domain {
         cfg.transparency.epoch_secs = 24 * 3600;
         cfg.transparency.witnesses = witnesses.iter().map(|s| s.to_string()).collect();
         cfg.transparency.witness_for = witness_for.iter().map(|s| s.to_string()).collect();
+        tweak(&mut cfg);
         let server = Server::start(cfg.clone()).await.unwrap();
         Domain {
             name,
@@ -149,8 +161,13 @@ struct Net {
 
 /// a.test keeps a directory witnessed by b.test.
 async fn net() -> Net {
+    net_with(|_| {}).await
+}
+
+/// [`net`] with a.test's configuration changed by `tweak`.
+async fn net_with(tweak: impl FnOnce(&mut Config)) -> Net {
     let dns = TestDns::start().await.unwrap();
-    let a = Domain::start("a.test", dns.addr(), &["b.test"], &[]).await;
+    let a = Domain::start_with("a.test", dns.addr(), &["b.test"], &[], tweak).await;
     let b = Domain::start("b.test", dns.addr(), &[], &["a.test"]).await;
     zone(&dns, "a.test", a.port).await;
     zone(&dns, "b.test", b.port).await;
@@ -297,6 +314,111 @@ async fn a_normal_key_change_shows_in_the_owners_history_and_verifies_after_the_
     );
     assert!(report.alarms().is_empty(), "{:?}", report.alarms());
     assert_eq!(report.witnesses, ["b.test"]);
+}
+
+/// Waits up to 20 s for `f` to hold.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_epoch_the_proofs_asked_for_before_are_ready_and_verify() {
+    // Only the proofs asked for are made ahead (not every account's).
+    let n = net_with(|c| c.transparency.precompute_all = 0).await;
+    let alice = n.user("alice", &n.a).await;
+    let _bob = n.user("bob", &n.a).await;
+    let _carol = n.user("carol", &n.a).await;
+    let bob_addr = addr("bob@a.test");
+    let kt = &n.a.shared().kt;
+    let computed = || kt.stats().computed.load(Ordering::Relaxed);
+    let cached = || kt.stats().cached.load(Ordering::Relaxed);
+    let done = || kt.stats().precomputations.load(Ordering::Relaxed);
+
+    let bob = Account::parse("bob").unwrap();
+    let e1 = n.a.publish().await.expect("an epoch with the new accounts");
+    eventually("the precomputation after e1 (nothing asked before)", || {
+        done() >= 1
+    })
+    .await;
+    // In e1, alice asks for bob's key: its proof is made for the request.
+    let before = computed();
+    let (k1, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e1),
+        "{t}"
+    );
+    assert_eq!(
+        computed(),
+        before + 1,
+        "bob's proof was made for the request"
+    );
+
+    // The next epoch (dave is new): bob's proof is made ahead, carol's
+    // (asked by nobody) is not.
+    let runs = done();
+    let _dave = n.user("dave", &n.a).await;
+    let e2 = n.a.publish().await.expect("an epoch with dave");
+    assert!(e2 > e1);
+    eventually("the proofs made ahead after e2", || {
+        done() > runs && kt.is_cached(&bob)
+    })
+    .await;
+    assert_eq!(kt.cached().0, e2);
+    assert!(!kt.is_cached(&Account::parse("carol").unwrap()));
+    assert!(kt.stats().precomputed.load(Ordering::Relaxed) >= 1);
+
+    // alice's first request in e2 is answered from the cache, with the new
+    // head and b.test's cosignature of it; her client verifies all of it.
+    let (before, hits) = (computed(), cached());
+    let (k2, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert_eq!(k2, k1);
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e2),
+        "{t}"
+    );
+    assert_eq!(
+        witnessed_by(&t),
+        ["b.test"],
+        "the cached head has b.test's cosignature"
+    );
+    assert_eq!(computed(), before, "no proof was made for the request");
+    assert!(cached() > hits);
+
+    // Asked in e2 (from the cache), so made ahead again after e3; the
+    // head cached before b.test cosigned it is read again once it has.
+    let runs = done();
+    let _erin = n.user("erin", &n.a).await;
+    let e3 = cmtp_server::kt::publish_epoch_without_witnesses(n.a.shared(), now())
+        .await
+        .unwrap()
+        .expect("an epoch with erin");
+    eventually("the proofs made ahead after e3", || {
+        done() > runs && kt.is_cached(&bob)
+    })
+    .await;
+    assert_eq!(kt.cached().0, e3);
+    let before = computed();
+    let (_, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e3),
+        "{t}"
+    );
+    assert!(witnessed_by(&t).is_empty(), "not cosigned yet");
+    cmtp_server::kt::ask_witnesses(n.a.shared(), now()).await;
+    let (_, t) = key_of(&alice, &bob_addr).await.unwrap();
+    assert!(
+        matches!(t, Transparency::Proven { epoch, .. } if epoch == e3),
+        "{t}"
+    );
+    assert_eq!(witnessed_by(&t), ["b.test"]);
+    assert_eq!(computed(), before, "no proof was made for the requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

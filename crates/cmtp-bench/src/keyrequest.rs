@@ -2,7 +2,11 @@
 //! statements, one request at a time per connection and pipelined. With
 //! `--proof`, KEYPROOF instead (PROTOCOL.md §20.5): the statement with its
 //! epoch head, cosignatures and lookup proof; the server publishes an epoch
-//! every second until every account is in the directory.
+//! every second until every account is in the directory. With
+//! `--after-epoch` as well, what a new epoch costs: after a key change and
+//! the epoch that publishes it, every account's first KEYPROOF of the new
+//! epoch, once as soon as the epoch is served (while the server makes the
+//! proofs asked for before ahead) and once after it has made them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -38,6 +42,16 @@ pub(crate) struct KeyRequestArgs {
     /// Ask KEYPROOF (statement and key directory proof) instead of KEYREQUEST.
     #[arg(long)]
     pub(crate) proof: bool,
+    /// With --proof: then two new epochs, and after each every account's
+    /// first KEYPROOF of the epoch (`after_epoch_now`: as soon as the epoch
+    /// is served; `after_epoch_ready`: once the server has made the proofs
+    /// ahead). `--mode none` skips the cached modes.
+    #[arg(long)]
+    pub(crate) after_epoch: bool,
+    /// The server does not make proofs ahead after an epoch
+    /// (`[transparency] precompute = false`), for comparison.
+    #[arg(long)]
+    pub(crate) no_precompute: bool,
 }
 
 impl KeyRequestArgs {
@@ -49,6 +63,8 @@ impl KeyRequestArgs {
             "users": self.users,
             "mode": self.mode,
             "proof": self.proof,
+            "after_epoch": self.after_epoch,
+            "no_precompute": self.no_precompute,
         })
     }
 }
@@ -113,7 +129,8 @@ async fn measure(
     prefix: &str,
     conns: Vec<BenchConn>,
     frames: &[Vec<u8>],
-    total: usize,
+    // Requests in all; `None`: every account once.
+    total: Option<usize>,
     depth: usize,
     server: &BenchServer,
 ) -> Vec<BenchConn> {
@@ -121,10 +138,18 @@ async fn measure(
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(c + 1));
     let mut handles = Vec::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
-        let count = total / c + usize::from(i < total % c);
-        // Each connection starts at another account.
-        let mut mine = frames.to_vec();
-        mine.rotate_left(i % frames.len());
+        let (mine, count) = if let Some(total) = total {
+            // Each connection starts at another account.
+            let mut mine = frames.to_vec();
+            mine.rotate_left(i % frames.len());
+            (mine, total / c + usize::from(i < total % c))
+        } else {
+            // Every account once: connection i asks for every c-th.
+            let mine: Vec<Vec<u8>> = frames.iter().skip(i).step_by(c).cloned().collect();
+            let n = mine.len();
+            (mine, n)
+        };
+
         let barrier = barrier.clone();
         handles.push(tokio::spawn(async move {
             barrier.wait().await;
@@ -170,9 +195,13 @@ async fn measure(
 pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Result<Run> {
     let u = args.users.max(1);
     let proof = args.proof;
+    let precompute = !args.no_precompute;
     let server = BenchServer::start(opts, "a.test", u, 0, |c| {
         if proof {
             c.transparency.epoch_secs = 1;
+            c.transparency.precompute = precompute;
+            // The server says when it has made the proofs ahead.
+            c.log.level = format!("{},cmtp_server::kt=info", c.log.level);
         }
     })
     .await?;
@@ -241,7 +270,7 @@ pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Res
             "single",
             conns,
             &frames,
-            args.requests,
+            Some(args.requests),
             1,
             &server,
         )
@@ -249,16 +278,72 @@ pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Res
     }
     if matches!(args.mode.as_str(), "both" | "pipelined") {
         let depth = args.depth.max(1);
-        measure(
+        conns = measure(
             &mut run,
             "pipelined",
             conns,
             &frames,
-            args.requests,
+            Some(args.requests),
             depth,
             &server,
         )
         .await;
     }
+    if proof && args.after_epoch {
+        for (round, ready) in [(1, false), (2, true)] {
+            conns = after_epoch(&mut run, conns, &frames, &server, round, ready).await?;
+        }
+    }
     Ok(run)
+}
+
+/// The epoch of the head in a KEYPROOF answer to `frame`.
+async fn proven_epoch(c: &mut BenchConn, frame: &[u8]) -> anyhow::Result<Option<u64>> {
+    c.send(frame).await?;
+    let (r, _) = c.reply().await?;
+    if r.status != Status::Success {
+        anyhow::bail!("KEYPROOF: {} {}", r.status, r.text());
+    }
+    let p = cmtp_proto::kt::ProvenKey::decode(&r.body)?;
+    Ok(p.proof.map(|(h, _)| h.head.head.epoch))
+}
+
+/// A key change (a new account), the epoch that publishes it, then every
+/// account's first KEYPROOF of that epoch: at once (`ready` false) or once
+/// the server has made the proofs ahead.
+async fn after_epoch(
+    run: &mut Run,
+    mut conns: Vec<BenchConn>,
+    frames: &[Vec<u8>],
+    server: &BenchServer,
+    round: usize,
+    ready: bool,
+) -> anyhow::Result<Vec<BenchConn>> {
+    const MADE: &str = "key directory proofs made ahead";
+    let before = proven_epoch(&mut conns[0], &frames[0]).await?;
+    let made = server.log_lines(MADE);
+    server.add_account(&format!("newcomer{round}")).await?;
+    let t = Instant::now();
+    loop {
+        let e = proven_epoch(&mut conns[0], &frames[0]).await?;
+        if e > before {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("no new epoch within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let prefix = if ready {
+        // The server logs when it has made them (if it makes them at all).
+        let t = Instant::now();
+        while server.log_lines(MADE) <= made && t.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        run.add("made_ahead_wait_s", t.elapsed().as_secs_f64(), "s");
+        "after_epoch_ready"
+    } else {
+        "after_epoch_now"
+    };
+    Ok(measure(run, prefix, conns, frames, None, 1, server).await)
 }

@@ -94,6 +94,8 @@ pub(crate) struct BenchServer {
     pub(crate) pid: Option<u32>,
     /// The own server's data directory.
     pub(crate) data_dir: Option<PathBuf>,
+    /// The own server's configuration and log file.
+    own: Option<(Config, PathBuf)>,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     /// The throwaway PostgreSQL cluster of `--store postgres` (stopped on drop,
@@ -142,6 +144,7 @@ impl BenchServer {
                 users,
                 pid: opts.server_pid,
                 data_dir: None,
+                own: None,
                 child: None,
                 dir: None,
                 _postgres: None,
@@ -229,6 +232,7 @@ impl BenchServer {
             users: list,
             pid: Some(child.id()),
             data_dir: Some(data.clone()),
+            own: Some((cfg.clone(), log_path.clone())),
             child: Some(child),
             dir: Some(dir),
             _postgres: postgres,
@@ -240,6 +244,32 @@ impl BenchServer {
         }
         server.wait_ready(&log_path)?;
         Ok(server)
+    }
+
+    /// Creates the account `name` in the own server's store while it runs
+    /// (as `cmtpd user add` does): a key change for its key directory.
+    pub(crate) async fn add_account(&self, name: &str) -> anyhow::Result<()> {
+        let Some((cfg, _)) = &self.own else {
+            bail!("accounts are added only to the bench's own server");
+        };
+        let prepared = admin::prepare(cfg).await?;
+        admin::add_user(
+            cfg,
+            &prepared.store,
+            &Account::parse(name)?,
+            b"bench-password",
+            KsfParams::INSECURE_TEST,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Lines of the own server's log that contain `needle`.
+    pub(crate) fn log_lines(&self, needle: &str) -> usize {
+        self.own
+            .as_ref()
+            .and_then(|(_, log)| std::fs::read_to_string(log).ok())
+            .map_or(0, |t| t.lines().filter(|l| l.contains(needle)).count())
     }
 
     fn wait_ready(&mut self, log: &Path) -> anyhow::Result<()> {

@@ -470,6 +470,29 @@ impl<S: KtStore> KtDirectory<S> {
         }
     }
 
+    /// The lookup proofs of `labels` at the current epoch, in their order,
+    /// made with akd's batch lookup: the tree nodes all the proofs need are
+    /// loaded into the node cache level by level (a few store reads for the
+    /// whole batch instead of some for each proof; without a node cache,
+    /// each proof reads its own). Every label must have been published:
+    /// one that was not fails the whole batch.
+    pub async fn batch_lookup(&self, labels: &[Vec<u8>]) -> Result<Vec<Lookup>, ProofError> {
+        if labels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels: Vec<AkdLabel> = labels.iter().map(|l| AkdLabel(l.clone())).collect();
+        let (proofs, epoch) = self.dir.batch_lookup(&labels).await.map_err(akd_err)?;
+        Ok(proofs
+            .iter()
+            .map(|proof| Lookup {
+                epoch: epoch.0,
+                root: epoch.1,
+                value: proof.value.0.clone(),
+                proof: crate::encode_lookup(proof),
+            })
+            .collect())
+    }
+
     /// The complete history proof of `label` at the current epoch (epoch,
     /// root, proof); `None` if the label was never published.
     pub async fn history(

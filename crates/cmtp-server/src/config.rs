@@ -437,6 +437,16 @@ pub struct TransparencyConfig {
     /// Domains whose directories this server witnesses when they ask
     /// (`KTWITNESS`); others are refused (default none).
     pub witness_for: Vec<String>,
+    /// Whether the lookup proofs of the accounts asked for in an epoch are
+    /// made ahead (in the background) after the next epoch is published,
+    /// so that the first `KEYPROOF` of each after the epoch is answered from
+    /// the cache (default true).
+    pub precompute: bool,
+    /// After each epoch, the lookup proofs of every account are made ahead
+    /// when the directory holds at most this many; in a larger one, only
+    /// those of the accounts asked for (`KEYPROOF`) in the epoch before
+    /// (default 10,000; 0: only those asked for).
+    pub precompute_all: usize,
 }
 
 impl Default for TransparencyConfig {
@@ -445,6 +455,8 @@ impl Default for TransparencyConfig {
             epoch_secs: 300,
             witnesses: Vec::new(),
             witness_for: Vec::new(),
+            precompute: true,
+            precompute_all: 10_000,
         }
     }
 }

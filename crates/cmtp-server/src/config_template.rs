@@ -422,6 +422,16 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "witness_for",
         "Domains whose key directories this server witnesses when asked\n(KTWITNESS); requests for others are refused.",
     ),
+    k(
+        "transparency",
+        "precompute",
+        "Make ahead, after each epoch, the lookup proofs of the accounts asked\nfor (KEYPROOF) in the epoch before, so that their first request after\nthe epoch is answered from the cache.",
+    ),
+    k(
+        "transparency",
+        "precompute_all",
+        "After each epoch the lookup proofs of every account are made ahead\n(in the background) when the directory holds at most this many; in a\nlarger one only those asked for in the epoch before. 0: only those.",
+    ),
     opt(
         "metrics",
         "listen",

@@ -23,7 +23,8 @@
 //! `KTWITNESS` is answered only for the domains in `witness_for`, one check
 //! at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,21 @@ pub const VRF_SECRET: &str = "kt-vrf-v1";
 pub const MAX_AUDIT_REPLY: u64 = cmtp_proto::kt::MAX_AUDIT_PROOF as u64 + 64 * 1024;
 /// Bytes of tree nodes the serving directory keeps in memory.
 const NODE_CACHE: usize = 512 << 20;
-/// Lookup answers kept (per account, for the current epoch).
-const PROOF_CACHE: usize = 200_000;
+/// Lookup proofs kept for the current epoch: at most this many accounts...
+pub const PROOF_CACHE_ENTRIES: usize = 100_000;
+/// ...and this many bytes (proofs, values and names, with a fixed
+/// allowance per entry). A full cache keeps what it has: later proofs of
+/// the epoch are made for each request.
+pub const PROOF_CACHE_BYTES: usize = 256 << 20;
+/// Per-entry allowance for the map and its allocations.
+const PROOF_ENTRY_OVERHEAD: usize = 128;
+/// Labels per akd batch lookup while precomputing: what one pause of the
+/// precomputation (to let a publication through) can be behind.
+const PRECOMPUTE_BATCH: usize = 256;
+/// How long the cached head of the current epoch (with its cosignatures)
+/// is used before the cosignatures are read again: those another node of a
+/// cluster added are seen within this time (this node's, at once).
+const HEAD_TTL: Duration = Duration::from_secs(5);
 /// The value of a deleted account's label: no key.
 pub const NO_KEY: [u8; 32] = [0; 32];
 
@@ -61,8 +75,86 @@ type Directory = KtDirectory<AnyStore>;
 /// A cached `KTAUDIT` answer: `(from, to)` and the answer's body.
 type CachedAudit = ((u64, u64), Arc<Vec<u8>>);
 
-/// A cached lookup: the epoch, the value, the proof.
-type CachedProof = (u64, Vec<u8>, Arc<Vec<u8>>);
+/// A cached lookup: the value and its proof.
+type CachedProof = (Vec<u8>, Arc<Vec<u8>>);
+
+/// Lookup proofs and the witnessed head of the epoch served, and the
+/// accounts asked for in it (whose proofs are made after the next epoch).
+struct ProofCache {
+    /// The epoch of the serving directory.
+    epoch: u64,
+    /// Which opening of the serving directory this cache belongs to.
+    generation: u64,
+    entries: HashMap<Account, CachedProof>,
+    /// What `entries` holds, counted as [`entry_bytes`].
+    bytes: usize,
+    /// Accounts whose proof was asked for in this epoch (at most
+    /// [`PROOF_CACHE_ENTRIES`]).
+    asked: HashSet<Account>,
+    /// The epoch's signed head and its cosignatures, and when they were read.
+    head: Option<(Instant, WitnessedHead)>,
+}
+
+impl ProofCache {
+    fn new(epoch: u64, generation: u64) -> Self {
+        ProofCache {
+            epoch,
+            generation,
+            entries: HashMap::new(),
+            bytes: 0,
+            asked: HashSet::new(),
+            head: None,
+        }
+    }
+
+    /// Keeps `entry` for `user` if it is of this epoch and fits.
+    fn insert(&mut self, epoch: u64, user: &Account, entry: CachedProof) -> bool {
+        let size = entry_bytes(user, &entry);
+        if epoch != self.epoch
+            || self.entries.len() >= PROOF_CACHE_ENTRIES
+            || self.bytes + size > PROOF_CACHE_BYTES
+            || self.entries.contains_key(user)
+        {
+            return false;
+        }
+        self.bytes += size;
+        self.entries.insert(user.clone(), entry);
+        true
+    }
+
+    /// Notes that `user`'s proof of `epoch` was asked for.
+    fn ask(&mut self, epoch: u64, user: &Account) {
+        if epoch == self.epoch
+            && self.asked.len() < PROOF_CACHE_ENTRIES
+            && !self.asked.contains(user)
+        {
+            self.asked.insert(user.clone());
+        }
+    }
+}
+
+fn entry_bytes(user: &Account, (value, proof): &CachedProof) -> usize {
+    user.as_str().len() + value.len() + proof.len() + PROOF_ENTRY_OVERHEAD
+}
+
+/// How `KEYPROOF`s of local accounts were answered since the start.
+#[derive(Debug, Default)]
+pub struct ProofStats {
+    /// From the cache.
+    pub cached: AtomicU64,
+    /// Made for the request (not cached).
+    pub computed: AtomicU64,
+    /// Proofs made ahead, after an epoch.
+    pub precomputed: AtomicU64,
+    /// Precomputations finished (or stopped).
+    pub precomputations: AtomicU64,
+}
+
+/// The part of the state a precomputation shares with the requests.
+struct ProofState {
+    cache: Mutex<ProofCache>,
+    stats: ProofStats,
+}
 
 /// The directory's state in this process.
 pub struct Transparency {
@@ -71,9 +163,10 @@ pub struct Transparency {
     /// each epoch, so its node cache is never stale).
     serving: ArcSwapOption<Directory>,
     /// Lookup proofs of the current epoch, by account.
-    proofs: Mutex<HashMap<Account, CachedProof>>,
-    /// One publication at a time in this process.
-    publishing: tokio::sync::Mutex<()>,
+    proofs: Arc<ProofState>,
+    /// One publication at a time in this process (a precomputation waits
+    /// for the one in progress).
+    publishing: Arc<tokio::sync::Mutex<()>>,
     /// As a witness: one check at a time.
     witnessing: tokio::sync::Mutex<()>,
     /// The last `KTAUDIT` answer (witnesses of one domain ask alike).
@@ -98,31 +191,223 @@ impl Transparency {
         let t = Transparency {
             vrf,
             serving: ArcSwapOption::empty(),
-            proofs: Mutex::new(HashMap::new()),
-            publishing: tokio::sync::Mutex::new(()),
+            proofs: Arc::new(ProofState {
+                cache: Mutex::new(ProofCache::new(0, 0)),
+                stats: ProofStats::default(),
+            }),
+            publishing: Arc::new(tokio::sync::Mutex::new(())),
             witnessing: tokio::sync::Mutex::new(()),
             audits: Mutex::new(None),
         };
-        t.reopen(store).await?;
+        t.reopen(store, None).await?;
         Ok(t)
     }
 
-    async fn reopen(&self, store: &AnyStore) -> anyhow::Result<Arc<Directory>> {
+    /// Serves from a new directory (at the store's newest epoch) with an
+    /// empty proof cache; with `precompute` (this domain, `[transparency]
+    /// precompute_all`), then makes in the background the
+    /// proofs of the accounts asked for in the epoch served before (or of
+    /// all, in a small directory).
+    async fn reopen(
+        &self,
+        store: &AnyStore,
+        precompute: Option<(Domain, usize)>,
+    ) -> anyhow::Result<()> {
         let d = Arc::new(
             KtDirectory::open(store.clone(), self.vrf.clone(), Some(NODE_CACHE))
                 .await
                 .map_err(err)?,
         );
-        self.serving.store(Some(d.clone()));
-        self.proofs.lock().expect("proof cache").clear();
+        let (epoch, _) = d.current().await.map_err(err)?;
+        let (asked, generation) = {
+            let mut cache = self.proofs.cache.lock().expect("proof cache");
+            if cache.epoch == epoch && self.serving.load().is_some() {
+                // Already served (the publisher and the watch for other
+                // nodes' epochs both saw it): keep the cache and the
+                // precomputation under way.
+                return Ok(());
+            }
+            let asked = std::mem::take(&mut cache.asked);
+            *cache = ProofCache::new(epoch, cache.generation + 1);
+            // In the same critical section: a request sees the new cache
+            // only with the new directory.
+            self.serving.store(Some(d.clone()));
+            (asked, cache.generation)
+        };
         *self.audits.lock().expect("audit cache") = None;
-        Ok(d)
+        if let Some((domain, all_up_to)) = precompute {
+            let job = Precompute {
+                dir: d,
+                generation,
+                state: self.proofs.clone(),
+                publishing: self.publishing.clone(),
+                store: store.clone(),
+                domain,
+                asked,
+                all_up_to,
+            };
+            let runtime = tokio::runtime::Handle::current();
+            // On the blocking pool: the runtime's workers stay free for
+            // the requests (and the publisher).
+            tokio::task::spawn_blocking(move || runtime.block_on(job.run()));
+        }
+        Ok(())
+    }
+
+    /// How `KEYPROOF`s were answered since the start.
+    pub fn stats(&self) -> &ProofStats {
+        &self.proofs.stats
+    }
+
+    /// Proofs cached for the epoch served: (epoch, entries, bytes).
+    pub fn cached(&self) -> (u64, usize, usize) {
+        let c = self.proofs.cache.lock().expect("proof cache");
+        (c.epoch, c.entries.len(), c.bytes)
+    }
+
+    /// Whether `account`'s proof is cached for the epoch served.
+    pub fn is_cached(&self, account: &Account) -> bool {
+        self.proofs
+            .cache
+            .lock()
+            .expect("proof cache")
+            .entries
+            .contains_key(account)
     }
 
     fn directory(&self) -> anyhow::Result<Arc<Directory>> {
         self.serving
             .load_full()
             .ok_or_else(|| anyhow::anyhow!("the key directory is not open"))
+    }
+}
+
+/// What [`Transparency::reopen`] precomputes for this server.
+fn precompute(sh: &Shared) -> Option<(Domain, usize)> {
+    let cfg = sh.cfg();
+    let t = &cfg.transparency;
+    t.precompute.then(|| (sh.domain.clone(), t.precompute_all))
+}
+
+/// The proofs made after an epoch: of the accounts asked for in the epoch
+/// before, or of every account of a directory of at most `[transparency]
+/// precompute_all` labels. It runs on one thread of the blocking pool,
+/// by akd batch lookups of [`PRECOMPUTE_BATCH`] labels, waits for a
+/// publication in progress between batches, and stops when a newer
+/// directory is served or the cache is full.
+struct Precompute {
+    dir: Arc<Directory>,
+    generation: u64,
+    state: Arc<ProofState>,
+    publishing: Arc<tokio::sync::Mutex<()>>,
+    store: AnyStore,
+    domain: Domain,
+    asked: HashSet<Account>,
+    /// Every account's proof when the directory holds at most this many.
+    all_up_to: usize,
+}
+
+impl Precompute {
+    async fn run(self) {
+        let started = Instant::now();
+        let generation = self.generation;
+        let state = self.state.clone();
+        match self.make().await {
+            Ok(made) => {
+                if made > 0 {
+                    tracing::info!(
+                        made,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "key directory proofs made ahead"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "key directory proofs not made ahead"),
+        }
+        tracing::debug!(generation, "key directory precomputation over");
+        state.stats.precomputations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the cache is still this directory's and has room.
+    fn wanted(&self) -> bool {
+        let c = self.state.cache.lock().expect("proof cache");
+        c.generation == self.generation
+            && c.entries.len() < PROOF_CACHE_ENTRIES
+            && c.bytes < PROOF_CACHE_BYTES
+    }
+
+    async fn make(mut self) -> anyhow::Result<u64> {
+        let mut accounts: Vec<Account> = self.asked.drain().collect();
+        accounts.sort();
+        let published = self.store.kt_all_latest().await?;
+        if published.len() <= self.all_up_to {
+            let mut seen: HashSet<Account> = accounts.iter().cloned().collect();
+            for (l, v) in &published {
+                if v[..] == NO_KEY {
+                    continue;
+                }
+                let Some(a) = std::str::from_utf8(l)
+                    .ok()
+                    .and_then(|l| Address::parse(l).ok())
+                    .filter(|a| a.domain == self.domain)
+                else {
+                    continue;
+                };
+                if seen.insert(a.account.clone()) {
+                    accounts.push(a.account);
+                }
+            }
+        }
+        drop(published);
+        let mut made = 0u64;
+        for chunk in accounts.chunks(PRECOMPUTE_BATCH) {
+            // A publication in progress goes first.
+            drop(self.publishing.lock().await);
+            if !self.wanted() {
+                break;
+            }
+            let todo: Vec<&Account> = {
+                let c = self.state.cache.lock().expect("proof cache");
+                chunk
+                    .iter()
+                    .filter(|a| !c.entries.contains_key(*a))
+                    .collect()
+            };
+            let labels: Vec<Vec<u8>> = todo
+                .iter()
+                .map(|a| label(&Address::new((*a).clone(), self.domain.clone())))
+                .collect();
+            let lookups = match self.dir.batch_lookup(&labels).await {
+                Ok(l) => l.into_iter().map(Some).collect(),
+                Err(e) => {
+                    // A label not published (a directory edited under us?):
+                    // one by one, leaving that one out.
+                    tracing::debug!(error = %e, "batch lookup failed; one by one");
+                    let mut one = Vec::with_capacity(labels.len());
+                    for l in &labels {
+                        one.push(self.dir.lookup(l).await.ok().flatten());
+                    }
+                    one
+                }
+            };
+            let mut c = self.state.cache.lock().expect("proof cache");
+            if c.generation != self.generation {
+                break;
+            }
+            for (a, l) in todo.into_iter().zip(lookups) {
+                let Some(l) = l else { continue };
+                // Not counted as asked for in this epoch: only requests are.
+                if c.insert(l.epoch, a, (l.value, Arc::new(l.proof))) {
+                    made += 1;
+                }
+            }
+        }
+        self.state
+            .stats
+            .precomputed
+            .fetch_add(made, Ordering::Relaxed);
+        metrics::counter!("cmtp_kt_proofs_precomputed_total").increment(made);
+        Ok(made)
     }
 }
 
@@ -251,7 +536,7 @@ pub async fn publish_epoch_without_witnesses(sh: &Shared, now: u64) -> anyhow::R
         ensure_head(sh, &writer, now).await?;
         writer.publish(changes).await.map_err(err)?;
         let head = ensure_head(sh, &writer, now).await?;
-        t.reopen(&sh.store).await?;
+        t.reopen(&sh.store, precompute(sh)).await?;
         metrics::counter!("cmtp_kt_epochs_total").increment(1);
         metrics::gauge!("cmtp_kt_epoch").set(head.head.epoch as f64);
         tracing::info!(
@@ -331,6 +616,8 @@ async fn ask_witness(sh: &Shared, w: &Domain, head: &SignedHead, now: u64) -> an
             sh.store
                 .kt_add_cosignature(head.head.epoch, w.as_str(), c.to_bytes())
                 .await?;
+            // The cached head is read again with this cosignature.
+            kt(sh).proofs.cache.lock().expect("proof cache").head = None;
             metrics::counter!("cmtp_kt_cosignatures_total").increment(1);
             Ok(())
         }
@@ -386,7 +673,7 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
         if let (Ok(Some((epoch, _))), Ok(dir)) =
             (sh.store.kt_latest_head().await, kt(&sh).directory())
             && dir.current().await.is_ok_and(|(e, _)| e < epoch)
-            && let Err(e) = kt(&sh).reopen(&sh.store).await
+            && let Err(e) = kt(&sh).reopen(&sh.store, precompute(&sh)).await
         {
             tracing::warn!(error = %e, "key directory not reopened");
         }
@@ -456,38 +743,64 @@ pub async fn local_proof(
     let stated = KeyStatement::decode(statement).map_err(err)?;
     let address = Address::new(user.clone(), sh.domain.clone());
     let want = key_value(&address, &stated.key);
-    let dir = kt(sh).directory()?;
-    let (epoch, _) = dir.current().await.map_err(err)?;
-    let cached = kt(sh)
-        .proofs
-        .lock()
-        .expect("proof cache")
-        .get(user)
-        .filter(|(e, _, _)| *e == epoch)
-        .cloned();
+    let t = kt(sh);
+    // One look at the cache: the proof and the head of the epoch served.
+    let (cached, mut head, served) = {
+        let mut c = t.proofs.cache.lock().expect("proof cache");
+        let cached = c.entries.get(user).cloned();
+        let epoch = c.epoch;
+        if cached.is_some() {
+            c.ask(epoch, user);
+        }
+        let head = c
+            .head
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < HEAD_TTL)
+            .map(|(_, h)| h.clone());
+        (cached, head, epoch)
+    };
     let (epoch, value, proof) = match cached {
-        Some(c) => c,
+        Some((value, proof)) => {
+            t.proofs.stats.cached.fetch_add(1, Ordering::Relaxed);
+            (served, value, proof)
+        }
         None => {
+            let dir = t.directory()?;
             let Some(l) = dir.lookup(&label(&address)).await.map_err(err)? else {
                 return Ok(None);
             };
-            let entry = (l.epoch, l.value, Arc::new(l.proof));
-            let mut cache = kt(sh).proofs.lock().expect("proof cache");
-            if cache.len() >= PROOF_CACHE {
-                cache.clear();
+            t.proofs.stats.computed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("cmtp_kt_proofs_computed_total").increment(1);
+            let entry = (l.value, Arc::new(l.proof));
+            let mut c = t.proofs.cache.lock().expect("proof cache");
+            c.ask(l.epoch, user);
+            c.insert(l.epoch, user, entry.clone());
+            if l.epoch != served {
+                // A newer directory was opened meanwhile.
+                head = None;
             }
-            cache.insert(user.clone(), entry.clone());
-            entry
+            (l.epoch, entry.0, entry.1)
         }
     };
     if value[..] != want[..] {
         // The key changed after the last epoch (or is an alias's).
         return Ok(None);
     }
-    let Some(head) = signed_head(sh, epoch).await? else {
-        return Ok(None);
+    let head = match head {
+        Some(h) => h,
+        None => {
+            let Some(signed) = signed_head(sh, epoch).await? else {
+                return Ok(None);
+            };
+            let w = witnessed_head(sh, signed).await?;
+            let mut c = t.proofs.cache.lock().expect("proof cache");
+            if c.epoch == epoch {
+                c.head = Some((Instant::now(), w.clone()));
+            }
+            w
+        }
     };
-    Ok(Some((witnessed_head(sh, head).await?, proof.to_vec())))
+    Ok(Some((head, proof.to_vec())))
 }
 
 async fn remote_key_proof(
