@@ -291,7 +291,8 @@ pub(crate) async fn run(opts: &ServerOpts, args: &KeyRequestArgs) -> anyhow::Res
     }
     if proof && args.after_epoch {
         for (round, ready) in [(1, false), (2, true)] {
-            conns = after_epoch(&mut run, conns, &frames, &server, round, ready).await?;
+            conns =
+                after_epoch(&mut run, conns, &frames, &server, round, ready, precompute).await?;
         }
     }
     Ok(run)
@@ -310,7 +311,7 @@ async fn proven_epoch(c: &mut BenchConn, frame: &[u8]) -> anyhow::Result<Option<
 
 /// A key change (a new account), the epoch that publishes it, then every
 /// account's first KEYPROOF of that epoch: at once (`ready` false) or once
-/// the server has made the proofs ahead.
+/// the server has made the proofs ahead (if it makes them: `precompute`).
 async fn after_epoch(
     run: &mut Run,
     mut conns: Vec<BenchConn>,
@@ -318,29 +319,46 @@ async fn after_epoch(
     server: &BenchServer,
     round: usize,
     ready: bool,
+    precompute: bool,
 ) -> anyhow::Result<Vec<BenchConn>> {
-    const MADE: &str = "key directory proofs made ahead";
     let before = proven_epoch(&mut conns[0], &frames[0]).await?;
-    let made = server.log_lines(MADE);
     server.add_account(&format!("newcomer{round}")).await?;
     let t = Instant::now();
-    loop {
+    let epoch = loop {
         let e = proven_epoch(&mut conns[0], &frames[0]).await?;
         if e > before {
-            break;
+            break e.unwrap_or_default();
         }
         if t.elapsed() > Duration::from_secs(120) {
             anyhow::bail!("no new epoch within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
     let prefix = if ready {
-        // The server logs when it has made them (if it makes them at all).
-        let t = Instant::now();
-        while server.log_lines(MADE) <= made && t.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if precompute {
+            // The server logs when it has made them, with its count and time.
+            let made = format!("key directory proofs made ahead epoch={epoch} ");
+            let t = Instant::now();
+            while server.log_lines(&made) == 0 {
+                if t.elapsed() > Duration::from_secs(600) {
+                    anyhow::bail!("epoch {epoch}'s proofs not made within 600 s");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            run.add("made_ahead_wait_s", t.elapsed().as_secs_f64(), "s");
+            if let (Some(n), Some(ms)) = (
+                server.log_number(&made, "made="),
+                server.log_number(&made, "elapsed_ms="),
+            ) {
+                run.add("made_ahead", n as f64, "");
+                run.add("made_ahead_s", ms as f64 / 1000.0, "s");
+                run.add(
+                    "made_ahead_per_s",
+                    n as f64 * 1000.0 / ms.max(1) as f64,
+                    "proofs/s",
+                );
+            }
         }
-        run.add("made_ahead_wait_s", t.elapsed().as_secs_f64(), "s");
         "after_epoch_ready"
     } else {
         "after_epoch_now"

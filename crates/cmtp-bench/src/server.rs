@@ -272,6 +272,21 @@ impl BenchServer {
             .map_or(0, |t| t.lines().filter(|l| l.contains(needle)).count())
     }
 
+    /// The number after `field` in the last line of the own server's log
+    /// that contains `needle` (`field` ends in `=`: the human format).
+    pub(crate) fn log_number(&self, needle: &str, field: &str) -> Option<u64> {
+        let (_, log) = self.own.as_ref()?;
+        let text = std::fs::read_to_string(log).ok()?;
+        let line = text.lines().rev().find(|l| l.contains(needle))?;
+        let rest = &line[line.find(field)? + field.len()..];
+        let digits: String = rest
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+
     fn wait_ready(&mut self, log: &Path) -> anyhow::Result<()> {
         let until = Instant::now() + Duration::from_secs(120);
         while Instant::now() < until {

@@ -24,7 +24,7 @@
 //! at a time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,8 @@ pub struct ProofStats {
 struct ProofState {
     cache: Mutex<ProofCache>,
     stats: ProofStats,
+    /// The server is shutting down: no more precomputation.
+    closing: AtomicBool,
 }
 
 /// The directory's state in this process.
@@ -194,6 +196,7 @@ impl Transparency {
             proofs: Arc::new(ProofState {
                 cache: Mutex::new(ProofCache::new(0, 0)),
                 stats: ProofStats::default(),
+                closing: AtomicBool::new(false),
             }),
             publishing: Arc::new(tokio::sync::Mutex::new(())),
             witnessing: tokio::sync::Mutex::new(()),
@@ -239,6 +242,7 @@ impl Transparency {
             let job = Precompute {
                 dir: d,
                 generation,
+                epoch,
                 state: self.proofs.clone(),
                 publishing: self.publishing.clone(),
                 store: store.clone(),
@@ -294,10 +298,11 @@ fn precompute(sh: &Shared) -> Option<(Domain, usize)> {
 /// precompute_all` labels. It runs on one thread of the blocking pool,
 /// by akd batch lookups of [`PRECOMPUTE_BATCH`] labels, waits for a
 /// publication in progress between batches, and stops when a newer
-/// directory is served or the cache is full.
+/// directory is served, the cache is full or the server shuts down.
 struct Precompute {
     dir: Arc<Directory>,
     generation: u64,
+    epoch: u64,
     state: Arc<ProofState>,
     publishing: Arc<tokio::sync::Mutex<()>>,
     store: AnyStore,
@@ -310,33 +315,34 @@ struct Precompute {
 impl Precompute {
     async fn run(self) {
         let started = Instant::now();
-        let generation = self.generation;
+        let epoch = self.epoch;
         let state = self.state.clone();
         match self.make().await {
-            Ok(made) => {
-                if made > 0 {
-                    tracing::info!(
-                        made,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "key directory proofs made ahead"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "key directory proofs not made ahead"),
+            Ok((made, wanted)) => tracing::info!(
+                epoch,
+                wanted,
+                made,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "key directory proofs made ahead"
+            ),
+            Err(e) => tracing::warn!(epoch, error = %e, "key directory proofs not made ahead"),
         }
-        tracing::debug!(generation, "key directory precomputation over");
         state.stats.precomputations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the cache is still this directory's and has room.
     fn wanted(&self) -> bool {
+        if self.state.closing.load(Ordering::Relaxed) {
+            return false;
+        }
         let c = self.state.cache.lock().expect("proof cache");
         c.generation == self.generation
             && c.entries.len() < PROOF_CACHE_ENTRIES
             && c.bytes < PROOF_CACHE_BYTES
     }
 
-    async fn make(mut self) -> anyhow::Result<u64> {
+    /// The proofs made, and how many were wanted.
+    async fn make(mut self) -> anyhow::Result<(u64, usize)> {
         let mut accounts: Vec<Account> = self.asked.drain().collect();
         accounts.sort();
         let published = self.store.kt_all_latest().await?;
@@ -407,7 +413,7 @@ impl Precompute {
             .precomputed
             .fetch_add(made, Ordering::Relaxed);
         metrics::counter!("cmtp_kt_proofs_precomputed_total").increment(made);
-        Ok(made)
+        Ok((made, accounts.len()))
     }
 }
 
@@ -679,9 +685,14 @@ pub async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>, _alive: m
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5).min(period)) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // A precomputation under way stops after its batch.
+                kt(&sh).proofs.closing.store(true, Ordering::Relaxed);
+                return;
+            }
         }
         if *shutdown.borrow() {
+            kt(&sh).proofs.closing.store(true, Ordering::Relaxed);
             return;
         }
     }
