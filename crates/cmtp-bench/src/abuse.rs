@@ -39,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use cmtp_proto::account::Login;
+use cmtp_proto::account::{Login, open_release};
 use cmtp_proto::command::Command;
 use cmtp_proto::crypto::opaque::KsfParams;
 use cmtp_proto::message::{Message, Source};
 use cmtp_proto::names::{Account, Address, Domain};
+use cmtp_proto::payload::{LoginChallenge, XzibitRelease};
 use cmtp_proto::reply::Status;
 use cmtp_proto::statements::Receipt;
 use cmtp_proto::tls::ClientTlsConfig;
@@ -96,6 +97,11 @@ pub(crate) struct AbuseArgs {
     /// The legitimate user starts this many seconds into the attack.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) legit_delay: f64,
+    /// Run the legitimate user on a thread and runtime of its own, as a
+    /// client on another machine would be: its latency then does not
+    /// include waiting behind the bench's own attacking tasks.
+    #[arg(long)]
+    pub(crate) legit_thread: bool,
     /// Size of the legitimate user's messages' text, bytes.
     #[arg(short = 's', long, default_value_t = 4096)]
     pub(crate) size: usize,
@@ -113,6 +119,7 @@ impl AbuseArgs {
             "login_spammers": self.login_spammers,
             "legit_messages": self.legit_messages,
             "legit_pause_ms": self.legit_pause_ms,
+            "legit_thread": self.legit_thread,
             "size": self.size,
         })
     }
@@ -399,6 +406,10 @@ async fn spam_logins(
 struct Legit {
     login: Vec<Duration>,
     mail: Vec<Duration>,
+    /// The parts of a login: TCP connect, banner and TLS handshake; OHAI;
+    /// LOGIN's round trip; the client's own work on the challenge (OPRF,
+    /// Argon2id); LOGINFINISH's round trip.
+    phases: [Vec<Duration>; 5],
     sessions: u64,
     errors: u64,
     refused: u64,
@@ -424,14 +435,51 @@ async fn legit_session(
         }
         Err(OpenError::Other(e)) => return Err(e),
     };
+    let t1 = Instant::now();
     let g = c.ohai().await?;
-    let key = c
-        .password_login(&user.address, &user.password, &KsfParams::INSECURE_TEST)
+    let t2 = Instant::now();
+    let address = &user.address;
+    let (login, ke1) = Login::start(user.password.as_bytes(), &mut rand_core::OsRng)?;
+    let r = c
+        .command(&Command::Login {
+            user: address.account.clone(),
+            ke1: ke1.to_vec(),
+        })
         .await?;
+    if r.status != Status::Success {
+        bail!("LOGIN: {} {}", r.status, r.text());
+    }
+    let t3 = Instant::now();
+    let proof = login.finish(
+        user.password.as_bytes(),
+        &LoginChallenge::decode(&r.body)?,
+        address,
+        &KsfParams::INSECURE_TEST,
+        &c.channel_binding,
+        &mut rand_core::OsRng,
+    )?;
+    let t4 = Instant::now();
+    let r = c
+        .command(&Command::LoginFinish {
+            ke3: proof.ke3.to_vec(),
+        })
+        .await?;
+    if r.status != Status::Success {
+        bail!("LOGINFINISH: {} {}", r.status, r.text());
+    }
+    let t5 = Instant::now();
+    let release = XzibitRelease::decode(&r.body)?;
+    let (key, _) = open_release(&release, &g.key, address, &proof.export_key, None)?;
     if key.public() != user.key().public() {
         bail!("the login released another identity key");
     }
     out.login.push(t0.elapsed());
+    for (i, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4]
+        .into_iter()
+        .enumerate()
+    {
+        out.phases[i].push(d);
+    }
     for _ in 0..per_session {
         let Some(m) = messages.next() else { break };
         let t = Instant::now();
@@ -625,14 +673,29 @@ pub(crate) async fn run(opts: &ServerOpts, args: &AbuseArgs) -> anyhow::Result<R
             st.clone(),
         ));
     }
-    let legit_task = tokio::spawn(legit(
+    let legit_task = legit(
         a.addr,
         user,
         sealed,
         args.clone(),
         start + Duration::from_secs_f64(args.legit_delay),
         end,
-    ));
+    );
+    let legit_task = if args.legit_thread {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("legit".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the legitimate user");
+                let _ = tx.send(rt.block_on(legit_task));
+            })?;
+        tokio::spawn(async move { rx.await.expect("the legitimate user's thread") })
+    } else {
+        tokio::spawn(legit_task)
+    };
     while tasks.join_next().await.is_some() {}
     let mut seen = legit_task.await.context("the legitimate user's task")?;
     let attack_secs = start.elapsed().as_secs_f64();
@@ -653,6 +716,18 @@ pub(crate) async fn run(opts: &ServerOpts, args: &AbuseArgs) -> anyhow::Result<R
     run.add_latency("legit_latency", &mut both);
     run.add_latency("legit_login_latency", &mut seen.login);
     run.add_latency("legit_mail_latency", &mut seen.mail);
+    for (name, samples) in [
+        "legit_login_connect",
+        "legit_login_ohai",
+        "legit_login_login",
+        "legit_login_client_work",
+        "legit_login_finish",
+    ]
+    .into_iter()
+    .zip(seen.phases.iter_mut())
+    {
+        run.add_latency(name, samples);
+    }
     run.notes.append(&mut seen.notes);
     run.add("data_dir_before", disk_before as f64 / MIB, "MiB");
     run.add(

@@ -14,13 +14,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cmtp_proto::account::{Login, key_login_signature, open_release};
+use cmtp_proto::account::key_login_signature;
 use cmtp_proto::banner::{Banner, decode_banner};
 use cmtp_proto::command::{Command, request_digest};
-use cmtp_proto::crypto::opaque::KsfParams;
 use cmtp_proto::crypto::{IdentityKey, PublicKey, SignatureTag};
 use cmtp_proto::names::Address;
-use cmtp_proto::payload::{Greeting, LoginChallenge, XzibitRelease};
+use cmtp_proto::payload::Greeting;
 use cmtp_proto::reply::{Reply, ReplyBinding, Status, body_hash, decode_reply};
 use cmtp_proto::tls::{ALPN, ClientTlsConfig, NamedGroup, channel_binding, key_from_spki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,48 +407,6 @@ impl BenchConn {
             bail!("KEYLOGIN {address}: {} {}", r.status, r.text());
         }
         Ok(())
-    }
-
-    /// Logs in with the password (OPAQUE: `LOGIN`, `LOGINFINISH`, PROTOCOL.md
-    /// §12.2), bound to this connection's channel; returns the identity key
-    /// opened from the released xzibit. Needs [`ohai`](Self::ohai).
-    pub(crate) async fn password_login(
-        &mut self,
-        address: &Address,
-        password: &str,
-        floor: &KsfParams,
-    ) -> anyhow::Result<IdentityKey> {
-        let server_key = self.greeting.as_ref().context("LOGIN before OHAI")?.key;
-        let rng = &mut rand_core::OsRng;
-        let (login, ke1) = Login::start(password.as_bytes(), rng)?;
-        let r = self
-            .command(&Command::Login {
-                user: address.account.clone(),
-                ke1: ke1.to_vec(),
-            })
-            .await?;
-        if r.status != Status::Success {
-            bail!("LOGIN {address}: {} {}", r.status, r.text());
-        }
-        let proof = login.finish(
-            password.as_bytes(),
-            &LoginChallenge::decode(&r.body)?,
-            address,
-            floor,
-            &self.channel_binding,
-            rng,
-        )?;
-        let r = self
-            .command(&Command::LoginFinish {
-                ke3: proof.ke3.to_vec(),
-            })
-            .await?;
-        if r.status != Status::Success {
-            bail!("LOGINFINISH {address}: {} {}", r.status, r.text());
-        }
-        let release = XzibitRelease::decode(&r.body)?;
-        let (key, _) = open_release(&release, &server_key, address, &proof.export_key, None)?;
-        Ok(key)
     }
 
     /// Checks the signature of reply number `seq`, the answer to `frame`

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use cmtp_proto::connection::server::ExchangeKind;
 
+use crate::fair::Turn;
 use crate::session::Session;
 
 /// What the server keeps between the two halves of an exchange (the
@@ -79,7 +80,21 @@ impl Session {
         }
     }
 
+    /// Waits for this session's turn in the pool of strangers' logins
+    /// (`crate::fair`): a peer whose logins have been failing comes after
+    /// every other, so LOGIN spam cannot delay the owner's login.
+    async fn login_turn(&self) -> crate::fair::FairPermit {
+        let peer = self.sh.peer_key(self.peer.ip());
+        let failing = self
+            .sh
+            .login_failures
+            .is_limited(&format!("peer:{peer}"), 1, Instant::now());
+        let turn = if failing { Turn::Last } else { Turn::Normal };
+        self.sh.stranger_logins.acquire(peer, turn).await
+    }
+
     pub(crate) async fn login(&mut self, user: Account, ke1: Vec<u8>) {
+        let _turn = self.login_turn().await;
         // The attempt counts as a failure from now until LOGINFINISH proves
         // the password: a client learns from KE2 whether its guess was right,
         // so one that never finishes must not guess for free. Checked and
@@ -175,6 +190,7 @@ impl Session {
     }
 
     pub(crate) async fn key_login(&mut self, user: Account, signature: Vec<u8>) {
+        let _turn = self.login_turn().await;
         // A signature by the identity key cannot be guessed, so KEYLOGIN is
         // limited per peer address only: failed password logins against the
         // account (which anyone can cause) never lock its devices out.

@@ -211,6 +211,18 @@ pub struct ConnectionsConfig {
     /// Leading bits of an IPv6 address that make one peer (default 64: one
     /// host usually holds a whole /64).
     pub ipv6_prefix: u8,
+    /// Logins (`LOGIN`, `KEYLOGIN`: a database read, an OPAQUE step) of
+    /// sessions not logged in that run at once; the others wait their turn,
+    /// a turn per peer, peers whose logins have been failing last
+    /// (`crate::fair`). At least 1.
+    pub stranger_logins: usize,
+    /// Chunks of messages from peers not logged in being written to the
+    /// store at once, a turn per peer: logged-in users' commits never queue
+    /// behind more than these. At least 1.
+    pub stranger_store_writes: usize,
+    /// Of `stranger_logins` and of `stranger_store_writes`, how many one
+    /// peer may have running at once. At least 1.
+    pub stranger_share_per_peer: usize,
 }
 
 impl Default for ConnectionsConfig {
@@ -222,6 +234,9 @@ impl Default for ConnectionsConfig {
             reserved_for_users: None,
             ipv4_prefix: 32,
             ipv6_prefix: 64,
+            stranger_logins: 2,
+            stranger_store_writes: 2,
+            stranger_share_per_peer: 1,
         }
     }
 }
@@ -898,6 +913,21 @@ impl Config {
             c.max_bad_commands >= 1,
             "connections.max_bad_commands must be at least 1",
         );
+        need(
+            &mut p,
+            c.stranger_logins >= 1,
+            "connections.stranger_logins must be at least 1 (0 would refuse every login)",
+        );
+        need(
+            &mut p,
+            c.stranger_store_writes >= 1,
+            "connections.stranger_store_writes must be at least 1 (0 would refuse all mail from other servers)",
+        );
+        need(
+            &mut p,
+            c.stranger_share_per_peer >= 1,
+            "connections.stranger_share_per_peer must be at least 1",
+        );
         let a = &self.accounts;
         need(
             &mut p,
@@ -1100,6 +1130,16 @@ impl Config {
             self.connections.ipv4_prefix,
             self.connections.ipv6_prefix,
         )
+    }
+
+    /// The pools of strangers' work (`crate::fair`): logins, store writes.
+    pub fn stranger_pools(&self) -> (crate::fair::FairLimits, crate::fair::FairLimits) {
+        let c = &self.connections;
+        let pool = |capacity| crate::fair::FairLimits {
+            capacity,
+            per_peer: c.stranger_share_per_peer,
+        };
+        (pool(c.stranger_logins), pool(c.stranger_store_writes))
     }
 
     /// The connection limits.

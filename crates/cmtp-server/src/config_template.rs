@@ -152,6 +152,21 @@ pub const KEY_DOCS: &[KeyDoc] = &[
         "ipv6_prefix",
         "Prefix length that makes one IPv6 peer (64: a /64, what one host\nusually holds).",
     ),
+    k(
+        "connections",
+        "stranger_logins",
+        "Logins of sessions not logged in handled at once; the rest wait, a turn\nper peer, peers whose logins keep failing last.",
+    ),
+    k(
+        "connections",
+        "stranger_store_writes",
+        "Chunks of mail from peers not logged in written to the store at once,\na turn per peer (logged-in users' mail never queues behind more).",
+    ),
+    k(
+        "connections",
+        "stranger_share_per_peer",
+        "Of stranger_logins and stranger_store_writes, what one peer may use at once.",
+    ),
     opt(
         "connections",
         "reserved_for_users",

@@ -32,6 +32,7 @@ pub mod config;
 mod config_template;
 pub mod decoy;
 pub mod disk;
+pub mod fair;
 mod help;
 pub mod housekeeping;
 pub mod keyfile;

@@ -195,7 +195,7 @@ async fn decide(
             .admit_mail(s.peer.ip(), &env.source.domain, true, announced)
             .map_err(|r| Refusal::status(Status::TempFailure, r.to_string()))?;
         return Ok(Accepting {
-            sink: BlobSink::new(sh.store.clone(), reservation),
+            sink: BlobSink::new(&sh, reservation),
             env,
             route: Route::File {
                 account,
@@ -298,7 +298,7 @@ async fn decide(
         .admit_mail(s.peer.ip(), &env.source.domain, is_submission, announced)
         .map_err(|r| Refusal::status(Status::TempFailure, r.to_string()))?;
     Ok(Accepting {
-        sink: BlobSink::new(sh.store.clone(), reservation),
+        sink: BlobSink::new(&sh, reservation),
         env,
         route,
         submission: is_submission,

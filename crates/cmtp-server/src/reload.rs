@@ -40,6 +40,9 @@ impl Shared {
                 .context("applying the [dns] section")?;
         }
         drop(current);
+        let (logins, writes) = merged.stranger_pools();
+        self.stranger_logins.set_limits(logins);
+        self.stranger_writes.set_limits(writes);
         self.store_cfg(merged);
         // Accounts or aliases removed by other processes stop being
         // answered from memory now rather than within a minute.

@@ -18,7 +18,12 @@
 use bytes::{Bytes, BytesMut};
 use cmtp_store::{AnyStore, MessageBody, StagedBlob, Store, StoreError};
 
-use crate::budget::{BudgetRefusal, Reservation};
+use std::sync::Arc;
+
+use crate::budget::{BudgetRefusal, Charge, Reservation};
+use crate::fair::{FairPool, Turn};
+use crate::limiter::PeerKey;
+use crate::state::Shared;
 use crate::state::now;
 
 /// Size of the chunks a message is stored in; a message that fits in one is
@@ -29,6 +34,9 @@ pub(crate) const STORE_CHUNK: usize = 256 * 1024;
 /// store, so memory stays bounded whatever the message size.
 pub(crate) struct BlobSink {
     store: AnyStore,
+    /// For a stranger's message: the pool its writes take turns in, and
+    /// the peer.
+    gate: Option<(Arc<FairPool>, PeerKey)>,
     buf: BytesMut,
     staged: Option<StagedBlob>,
     size: u64,
@@ -37,10 +45,16 @@ pub(crate) struct BlobSink {
 }
 
 impl BlobSink {
-    /// A sink storing into `store` within `reservation`.
-    pub(crate) fn new(store: AnyStore, reservation: Reservation) -> Self {
+    /// A sink storing into `sh`'s store within `reservation`. A stranger's
+    /// message (charged to a peer) writes through `sh.stranger_writes`.
+    pub(crate) fn new(sh: &Shared, reservation: Reservation) -> Self {
+        let gate = match reservation.charge() {
+            Charge::Stranger { peer, .. } => Some((sh.stranger_writes.clone(), *peer)),
+            Charge::Submission => None,
+        };
         BlobSink {
-            store,
+            store: sh.store.clone(),
+            gate,
             buf: BytesMut::new(),
             staged: None,
             size: 0,
@@ -71,6 +85,12 @@ impl BlobSink {
     }
 
     async fn stage(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        // A stranger's chunk waits for its turn, so that logged-in users'
+        // commits never queue behind a flood of staged writes.
+        let _turn = match &self.gate {
+            Some((pool, peer)) => Some(pool.acquire(*peer, Turn::Normal).await),
+            None => None,
+        };
         if self.staged.is_none() {
             self.staged = Some(self.store.stage_begin(now()).await?);
         }

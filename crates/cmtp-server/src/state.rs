@@ -26,6 +26,7 @@ use crate::budget::{BudgetRefusal, Charge, Reservation, StagingBudget, StagingLi
 use crate::config::Config;
 use crate::decoy::KsfDecoys;
 use crate::disk::DiskMonitor;
+use crate::fair::FairPool;
 use crate::limiter::{ConnectionTracker, FailureLimiter, PeerKey, PeerPrefixes, RateLimiter};
 use crate::remote::Remote;
 
@@ -59,6 +60,11 @@ pub struct Shared {
     pub disk: Arc<DiskMonitor>,
     /// Remote KEYREQUESTs of peers that are not logged in.
     pub keyrequests: RateLimiter,
+    /// Logins of sessions not logged in: bounded, a fair share per peer.
+    pub stranger_logins: Arc<FairPool>,
+    /// Strangers' message chunks being written to the store: bounded, a
+    /// fair share per peer.
+    pub stranger_writes: Arc<FairPool>,
     /// Argon2id parameters answered for unknown accounts.
     pub decoys: KsfDecoys,
     /// Other domains: discovery, keys, connections.
@@ -205,6 +211,8 @@ impl Shared {
             peers: cfg.peer_prefixes(),
             budget,
             disk,
+            stranger_logins: FairPool::new(cfg.stranger_pools().0),
+            stranger_writes: FairPool::new(cfg.stranger_pools().1),
             keyrequests: RateLimiter::new(
                 cfg.remote.keyrequests_per_minute,
                 cfg.remote.keyrequest_burst,

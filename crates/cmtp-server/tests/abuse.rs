@@ -434,6 +434,85 @@ async fn a_stranger_cannot_lock_a_user_out_of_password_login() {
     );
 }
 
+/// A peer's key in `s`'s limits.
+fn peer_of(s: &TestServer, addr: &str) -> cmtp_server::limiter::PeerKey {
+    s.shared().peer_key(ip(addr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_its_share_of_stranger_logins_cannot_delay_another_peers_login() {
+    use cmtp_server::fair::Turn;
+    let s = TestServer::start_with("a.test", |c| {
+        c.connections.stranger_logins = 2;
+        c.connections.stranger_share_per_peer = 1;
+    })
+    .await;
+    s.register("alice", "the right one").await;
+    let pool = s.shared().stranger_logins.clone();
+    // The spammer's network already has a login running (held here, as
+    // if its OPAQUE step were slow).
+    let held = pool.acquire(peer_of(&s, "127.0.0.9"), Turn::Normal).await;
+    let mut spammer = Raw::connect_from(s.addr, ip("127.0.0.9")).await;
+    let waiting = tokio::spawn(async move {
+        let r = open_login(&mut spammer, "alice").await;
+        (spammer, r)
+    });
+    eventually("the spammer's second LOGIN waits for its share", || async {
+        pool.waiting() == 1
+    })
+    .await;
+    // Alice, from another address, logs in all the same.
+    let r = password_login(&s, "alice", "the right one").await;
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    assert_eq!(pool.waiting(), 1, "the spammer still waits");
+    assert!(!waiting.is_finished());
+    // Its turn comes once its running login ends.
+    drop(held);
+    let (_, r) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("served")
+        .unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_store_writes_waiting_do_not_hold_up_a_logged_in_users_mail() {
+    use cmtp_server::fair::Turn;
+    let (a, b) = two(|c| c.connections.stranger_store_writes = 1).await;
+    let alice = a.register("alice", "pw").await;
+    a.register("carol", "pw").await;
+    let pool = a.shared().stranger_writes.clone();
+    // Every place for strangers' writes is taken (as by a slow disk
+    // under a flood of uploads).
+    let held = pool.acquire(peer_of(&a, "127.0.0.9"), Turn::Normal).await;
+    let upload = from_b(&a, &b, 2 * MIB, false).to_bytes();
+    let mut stranger = Raw::connect(a.addr).await;
+    // Sent from a task of its own: the server stops reading while the
+    // chunk waits.
+    let stranger = tokio::spawn(async move {
+        raw_mail(&mut stranger, &upload).await;
+        stranger.reply().await
+    });
+    eventually("the stranger's first chunk waits", || async {
+        pool.waiting() == 1
+    })
+    .await;
+    assert_eq!(staged(&a).0, 0, "nothing of the stranger's is written yet");
+    // Alice's own 2 MiB message (staged in chunks too) is stored at once.
+    let mut c = a.login("alice", &alice).await;
+    let m = big(&a.address("alice"), &a.address("carol"), 2 * MIB);
+    let r = c.mail(&m.to_bytes()).await.unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    assert_eq!(pool.waiting(), 1, "the stranger still waits");
+    // Then the stranger's message goes through as well.
+    drop(held);
+    let r = tokio::time::timeout(Duration::from_secs(60), stranger)
+        .await
+        .expect("the stranger's MAIL answered")
+        .unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+}
+
 #[tokio::test]
 async fn the_login_challenge_of_an_unknown_account_looks_like_a_real_one() {
     let s = TestServer::start_with("a.test", |c| {

@@ -127,7 +127,7 @@ pub(crate) async fn seal_and_deliver(
         let reservation = sh
             .admit_mail(ip, &sh.domain, true, size)
             .map_err(|r| anyhow::anyhow!("{r}"))?;
-        let mut sink = BlobSink::new(sh.store.clone(), reservation);
+        let mut sink = BlobSink::new(sh, reservation);
         for chunk in bytes.chunks(crate::staging::STORE_CHUNK) {
             sink.push(chunk).await?;
         }
