@@ -45,14 +45,14 @@ pub(crate) struct Session {
 
 impl Session {
     /// Serves a connection until it ends.
-    pub(crate) async fn run(
+    pub(crate) fn run(
         sh: Arc<Shared>,
         stream: TcpStream,
         peer: SocketAddr,
         slot: ConnectionSlot,
         shutdown: watch::Receiver<bool>,
         cancel: CancellationToken,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         stream.set_nodelay(true).ok();
         let mut nonce = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
@@ -69,27 +69,32 @@ impl Session {
         };
         metrics::counter!("cmtp_connections_total").increment(1);
         metrics::gauge!("cmtp_connections_open").increment(1.0);
-        let cancel = s.cancel.clone();
-        let evicted = s.slot.evicted().clone();
-        tokio::select! {
-            _ = s.serve() => {}
-            _ = cancel.cancelled() => {
-                tracing::info!(peer = %s.peer, "closing the connection: shutdown grace period over");
-                s.conn.abort();
+        // A block, not an `async fn` taking the session: the task then
+        // holds the session once (an `async fn` keeps its arguments beside
+        // the locals they are moved into).
+        async move {
+            let cancel = s.cancel.clone();
+            let evicted = s.slot.evicted().clone();
+            tokio::select! {
+                _ = s.serve() => {}
+                _ = cancel.cancelled() => {
+                    tracing::info!(peer = %s.peer, "closing the connection: shutdown grace period over");
+                    s.conn.abort();
+                }
+                _ = evicted.cancelled() => {
+                    tracing::info!(peer = %s.peer, "closing the connection: its slot was given to a peer holding fewer");
+                    s.conn.abort();
+                }
             }
-            _ = evicted.cancelled() => {
-                tracing::info!(peer = %s.peer, "closing the connection: its slot was given to a peer holding fewer");
-                s.conn.abort();
+            if let Some(close) = s.conn.close_reason() {
+                tracing::debug!(peer = %s.peer, ?close, "connection closed");
             }
+            if s.mail.take().is_some() {
+                tracing::info!(peer = %s.peer, "message abandoned");
+            }
+            let _ = s.stream.shutdown().await;
+            metrics::gauge!("cmtp_connections_open").decrement(1.0);
         }
-        if let Some(close) = s.conn.close_reason() {
-            tracing::debug!(peer = %s.peer, ?close, "connection closed");
-        }
-        if s.mail.take().is_some() {
-            tracing::info!(peer = %s.peer, "message abandoned");
-        }
-        let _ = s.stream.shutdown().await;
-        metrics::gauge!("cmtp_connections_open").decrement(1.0);
     }
 
     async fn serve(&mut self) {
@@ -101,7 +106,7 @@ impl Session {
                 self.conn.reconfigure(Arc::clone(&current));
             }
             while let Some(ev) = self.conn.poll_event(Instant::now()) {
-                if self.handle(ev).await.is_err() {
+                if self.dispatch(ev).await.is_err() {
                     self.conn.handle_eof();
                 }
                 // The slot follows the login (PROTOCOL.md §15).
@@ -110,10 +115,10 @@ impl Session {
                     None => self.slot.demote(),
                 }
             }
-            if self.flush().await.is_err() {
+            if self.send().await.is_err() {
                 self.conn.handle_eof();
                 while let Some(ev) = self.conn.poll_event(Instant::now()) {
-                    let _ = self.handle(ev).await;
+                    let _ = self.dispatch(ev).await;
                 }
                 return;
             }
@@ -165,6 +170,21 @@ impl Session {
         }
     }
 
+    /// Sends what the connection has to send: at once when the socket takes
+    /// it (the usual case), otherwise in a boxed [`Session::flush`].
+    async fn send(&mut self) -> Result<(), Stop> {
+        while !self.conn.output().is_empty() {
+            match self.stream.try_write(self.conn.output()) {
+                Ok(n) if n > 0 => self.conn.consume_output(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Box::pin(self.flush()).await;
+                }
+                _ => return Err(Stop),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends what the connection has to send. A peer that does not read its
     /// replies is cut off after the idle timeout.
     pub(crate) async fn flush(&mut self) -> Result<(), Stop> {
@@ -192,9 +212,10 @@ impl Session {
         Address::new(account.clone(), self.sh.domain.clone())
     }
 
-    /// Runs what an event asks for. The arms that await I/O are boxed: their
-    /// futures are large, and an idle connection's task should not carry them.
-    async fn handle(&mut self, ev: ServerEvent<Exchange>) -> Result<(), Stop> {
+    /// Runs what an event asks for: the events that need no I/O here, the
+    /// others in a boxed [`Session::handle`]. Their futures are large, and
+    /// an idle connection's task should carry only what waiting needs.
+    async fn dispatch(&mut self, ev: ServerEvent<Exchange>) -> Result<(), Stop> {
         match ev {
             ServerEvent::Answered(word) => {
                 metrics::counter!("cmtp_commands_total", "command" => word).increment(1);
@@ -203,18 +224,28 @@ impl Session {
                 metrics::counter!("cmtp_bad_commands_total").increment(1);
                 tracing::debug!(peer = %self.peer, error = %e, "bad command");
             }
+            ServerEvent::MailAnnounced(total) => crate::mail::announced(self, total),
+            ServerEvent::MailAborted => crate::mail::aborted(self),
+            ev => return Box::pin(self.handle(ev)).await,
+        }
+        Ok(())
+    }
+
+    /// Runs an event that awaits I/O (see [`Session::dispatch`]).
+    async fn handle(&mut self, ev: ServerEvent<Exchange>) -> Result<(), Stop> {
+        match ev {
             ServerEvent::Request(cmd) => {
                 metrics::counter!("cmtp_commands_total", "command" => cmd.word()).increment(1);
                 tracing::debug!(peer = %self.peer, command = cmd.word(), "command");
-                return Box::pin(self.request(cmd)).await;
+                return self.request(cmd).await;
             }
             ServerEvent::LoginFinish { ke3, exchange } => {
                 metrics::counter!("cmtp_commands_total", "command" => "LOGINFINISH").increment(1);
-                Box::pin(self.login_finish(ke3, exchange)).await;
+                self.login_finish(ke3, exchange).await;
             }
             ServerEvent::RegFinish { bundle, exchange } => {
                 metrics::counter!("cmtp_commands_total", "command" => "REGFINISH").increment(1);
-                Box::pin(self.reg_finish(bundle, exchange, crate::state::now())).await;
+                self.reg_finish(bundle, exchange, crate::state::now()).await;
             }
             ServerEvent::MailEnvelope {
                 intake,
@@ -228,17 +259,17 @@ impl Session {
                     }
                     _ => crate::mail::Intake::Mail,
                 };
-                Box::pin(crate::mail::envelope(self, intake, envelope, announced)).await;
+                crate::mail::envelope(self, intake, envelope, announced).await;
             }
-            ServerEvent::MailAnnounced(total) => crate::mail::announced(self, total),
-            ServerEvent::MailData(bytes) => Box::pin(crate::mail::data(self, &bytes)).await,
-            ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)).await,
+            ServerEvent::MailData(bytes) => crate::mail::data(self, &bytes).await,
+            ServerEvent::MailLogEnd => crate::mail::log_end(self).await,
             ServerEvent::MailEnd { trailer, hash } => {
                 // Every line logged while finishing carries the hash.
                 let span = tracing::info_span!("message", hash = %hex::encode(hash));
-                Box::pin(crate::mail::finish(self, trailer, hash).instrument(span)).await
+                crate::mail::finish(self, trailer, hash)
+                    .instrument(span)
+                    .await
             }
-            ServerEvent::MailAborted => crate::mail::aborted(self),
             _ => {}
         }
         Ok(())

@@ -347,8 +347,9 @@ pub struct ServerConnection<E = ()> {
     /// When the first byte of an incomplete command arrived.
     partial_since: Option<Instant>,
     shutting_down: bool,
-    /// An event produced outside `poll_event` (a timeout, the peer closing).
-    queued: Option<ServerEvent<E>>,
+    /// An event produced outside `poll_event` (a timeout, the peer closing);
+    /// boxed, as an idle connection keeps this field.
+    queued: Option<Box<ServerEvent<E>>>,
 }
 
 impl<E> std::fmt::Debug for ServerConnection<E> {
@@ -796,7 +797,7 @@ impl<E> ServerConnection<E> {
     /// closed.
     pub fn poll_event(&mut self, now: Instant) -> Option<ServerEvent<E>> {
         if let Some(ev) = self.queued.take() {
-            return Some(ev);
+            return Some(*ev);
         }
         loop {
             match &mut self.state {
@@ -971,7 +972,7 @@ impl<E> ServerConnection<E> {
         if let State::Mail(m) = &self.state
             && matches!(m.phase, MailPhase::Accepted { .. })
         {
-            self.queued = Some(ServerEvent::MailAborted);
+            self.queued = Some(Box::new(ServerEvent::MailAborted));
         }
     }
 
@@ -1291,9 +1292,9 @@ impl<E> ServerConnection<E> {
                 self.input.advance(n);
                 if accepted {
                     // The size first (to reserve), then the length field.
-                    self.queued = Some(ServerEvent::MailData(Bytes::copy_from_slice(
+                    self.queued = Some(Box::new(ServerEvent::MailData(Bytes::copy_from_slice(
                         &len.to_be_bytes(),
-                    )));
+                    ))));
                     Step::Event(ServerEvent::MailAnnounced(m.reader.announced()))
                 } else {
                     Step::Continue
