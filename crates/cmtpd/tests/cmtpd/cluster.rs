@@ -597,6 +597,36 @@ async fn watch_epochs(
     (asked, older)
 }
 
+/// Waits until `head` holds `witness`'s cosignature, made with `key`.
+async fn cosigned_by(
+    store: &cmtp_store::AnyStore,
+    head: &SignedHead,
+    witness: &str,
+    key: &PublicKey,
+    within: Duration,
+) {
+    use cmtp_store::KtStore;
+    let until = Instant::now() + within;
+    loop {
+        let found = store.kt_cosignatures(head.head.epoch).await.unwrap();
+        if let Some(c) = found
+            .iter()
+            .map(|b| cmtp_proto::kt::Cosignature::decode(b).unwrap())
+            .find(|c| c.witness.as_str() == witness)
+        {
+            assert_eq!(c.key, *key);
+            c.verify(&head.head).unwrap();
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{witness} did not cosign epoch {} within {within:?}",
+            head.head.epoch
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -604,13 +634,45 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
+/// Two nodes of a.test on one PostgreSQL publish its key directory every
+/// 2 s: one node (the publisher's lease holder) publishes each epoch, the
+/// heads form one chain, both nodes prove keys for the newest head from the
+/// moment it is written, b.test (asking node 2 first) cosigns the heads and
+/// finds no contradiction, and when the publisher is killed the other node
+/// takes over within the lease and continues the chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_publishes_each_epoch_both_prove_its_head_and_the_other_takes_over_when_it_dies() {
     let Some(pg) = pg_or_skip() else { return };
-    let cl = cluster(pg, 2, |c| {
+    // b.test, a single node, witnesses a.test.
+    let b_port = free_port();
+    let cl = cluster(pg, 2, move |c| {
         c.transparency.epoch_secs = EPOCH_SECS;
+        c.transparency.witnesses = vec!["b.test".into()];
+        c.dns
+            .routes
+            .insert("b.test".into(), vec![format!("127.0.0.1:{b_port}")]);
         c.log.format = cmtp_server::config::LogFormat::Json;
     });
+    let b_dir = cl.dirs[0].parent().unwrap().join("b");
+    write_config(&b_dir, "b.test", b_port, |c| {
+        c.transparency.witness_for = vec!["a.test".into()];
+        // It asks node 2 first (node 1, which starts first, is likely the
+        // publisher), node 1 when node 2 does not answer.
+        c.dns.routes.insert(
+            "a.test".into(),
+            vec![
+                format!("127.0.0.1:{}", cl.ports[1]),
+                format!("127.0.0.1:{}", cl.ports[0]),
+            ],
+        );
+    });
+    let b = Daemon::start(&b_dir, b_port);
+    let b_key = {
+        let mut c = Connection::connect(b.addr, T).await.unwrap();
+        let g = c.ohai().await.unwrap();
+        c.close().await;
+        g.key
+    };
     let logs: Vec<PathBuf> = cl.dirs.iter().map(|d| d.join("cmtpd.log")).collect();
     let mut nodes: Vec<Option<Daemon>> = (0..2)
         .map(|i| Some(start_logged(&cl.dirs[i], cl.ports[i], &logs[i])))
@@ -671,6 +733,7 @@ async fn one_node_publishes_each_epoch_both_prove_its_head_and_the_other_takes_o
             let (h, _) = proven_key(*node, &key, "alice").await;
             assert_eq!(h, head, "node {} proves alice's key for that head", i + 1);
         }
+        cosigned_by(&store, &head, "b.test", &b_key, within).await;
     }
     // (a) One head per epoch, one chain; each epoch published by one node,
     // the lease holder.
@@ -715,6 +778,26 @@ async fn one_node_publishes_each_epoch_both_prove_its_head_and_the_other_takes_o
     assert_eq!(k, identity.public());
     let heads = chained_heads(&store, &key).await;
     assert_eq!(heads.len() as u64, epoch + 2);
+    // b.test cosigned the survivor's head too, and found no contradiction.
+    cosigned_by(&store, &head, "b.test", &b_key, within).await;
+    let mut c = Connection::connect(b.addr, T).await.unwrap();
+    c.ohai().await.unwrap();
+    let r = c
+        .command(
+            &Cmd::KtEvidence {
+                domain: cmtp_proto::names::Domain::parse("a.test").unwrap(),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    c.close().await;
+    assert_eq!(
+        r.status,
+        Status::Failure,
+        "evidence against a.test: {}",
+        r.text()
+    );
     eprintln!(
         "epochs 1..={epoch} published by n{}; n{} took over {took:?} after the SIGKILL",
         publisher + 1,
