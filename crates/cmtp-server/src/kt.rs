@@ -171,6 +171,9 @@ pub struct Transparency {
     publishing: Arc<tokio::sync::Mutex<()>>,
     /// One catch-up with a newer epoch at a time ([`catch_up`]).
     reopening: tokio::sync::Mutex<()>,
+    /// The newest head's epoch as last read by [`catch_up`], and when that
+    /// read began; one read at a time.
+    newest_head: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// As a witness: one check at a time.
     witnessing: tokio::sync::Mutex<()>,
     /// The last `KTAUDIT` answer (witnesses of one domain ask alike).
@@ -202,6 +205,7 @@ impl Transparency {
             }),
             publishing: Arc::new(tokio::sync::Mutex::new(())),
             reopening: tokio::sync::Mutex::new(()),
+            newest_head: tokio::sync::Mutex::new(None),
             witnessing: tokio::sync::Mutex::new(()),
             audits: Mutex::new(None),
         };
@@ -295,18 +299,34 @@ impl Transparency {
 /// writing the head and reopening), and answering from the epoch before
 /// would show a client that saw the new head from the other node an older
 /// epoch — a rollback it must refuse (§20.5) — or no proof for a key that
-/// has one. So every request that answers from the directory reads the
-/// newest head's epoch first (one indexed row) and reopens when it is newer
-/// than the epoch served. On SQLite only this process publishes, and
-/// reopens before it returns from the publication.
+/// has one. So every request that answers from the directory learns the
+/// newest head's epoch from a read of the store that began after the
+/// request arrived (a head the client could have seen was written before),
+/// and reopens when it is newer than the epoch served. One read runs at a
+/// time and answers every request that arrived before it began: under load
+/// a read per round trip to the database, not one per request. On SQLite
+/// only this process publishes, and reopens before it returns from the
+/// publication.
 async fn catch_up(sh: &Shared) -> anyhow::Result<()> {
     if sh.cfg().store.backend != crate::config::StoreBackend::Postgres {
         return Ok(());
     }
-    let Some((newest, _)) = sh.store.kt_latest_head().await? else {
-        return Ok(());
-    };
     let t = kt(sh);
+    let arrived = Instant::now();
+    let newest = {
+        let mut last = t.newest_head.lock().await;
+        match *last {
+            Some((began, epoch)) if began >= arrived => epoch,
+            _ => {
+                let began = Instant::now();
+                let Some((epoch, _)) = sh.store.kt_latest_head().await? else {
+                    return Ok(());
+                };
+                *last = Some((began, epoch));
+                epoch
+            }
+        }
+    };
     let served = || t.proofs.cache.lock().expect("proof cache").epoch;
     if served() >= newest {
         return Ok(());
