@@ -169,6 +169,11 @@ pub struct Transparency {
     /// One publication at a time in this process (a precomputation waits
     /// for the one in progress).
     publishing: Arc<tokio::sync::Mutex<()>>,
+    /// One catch-up with a newer epoch at a time ([`catch_up`]).
+    reopening: tokio::sync::Mutex<()>,
+    /// The newest head's epoch as last read by [`catch_up`], and when that
+    /// read began; one read at a time.
+    newest_head: tokio::sync::Mutex<Option<(Instant, u64)>>,
     /// As a witness: one check at a time.
     witnessing: tokio::sync::Mutex<()>,
     /// The last `KTAUDIT` answer (witnesses of one domain ask alike).
@@ -199,6 +204,8 @@ impl Transparency {
                 closing: AtomicBool::new(false),
             }),
             publishing: Arc::new(tokio::sync::Mutex::new(())),
+            reopening: tokio::sync::Mutex::new(()),
+            newest_head: tokio::sync::Mutex::new(None),
             witnessing: tokio::sync::Mutex::new(()),
             audits: Mutex::new(None),
         };
@@ -284,6 +291,52 @@ impl Transparency {
             .load_full()
             .ok_or_else(|| anyhow::anyhow!("the key directory is not open"))
     }
+}
+
+/// Serves from a directory at least as new as the newest head in the
+/// store. On PostgreSQL the store is shared by the nodes of a cluster: the
+/// newest head may be another node's publication (or this node's, between
+/// writing the head and reopening), and answering from the epoch before
+/// would show a client that saw the new head from the other node an older
+/// epoch — a rollback it must refuse (§20.5) — or no proof for a key that
+/// has one. So every request that answers from the directory learns the
+/// newest head's epoch from a read of the store that began after the
+/// request arrived (a head the client could have seen was written before),
+/// and reopens when it is newer than the epoch served. One read runs at a
+/// time and answers every request that arrived before it began: under load
+/// a read per round trip to the database, not one per request. On SQLite
+/// only this process publishes, and reopens before it returns from the
+/// publication.
+async fn catch_up(sh: &Shared) -> anyhow::Result<()> {
+    if sh.cfg().store.backend != crate::config::StoreBackend::Postgres {
+        return Ok(());
+    }
+    let t = kt(sh);
+    let arrived = Instant::now();
+    let newest = {
+        let mut last = t.newest_head.lock().await;
+        match *last {
+            Some((began, epoch)) if began >= arrived => epoch,
+            _ => {
+                let began = Instant::now();
+                let Some((epoch, _)) = sh.store.kt_latest_head().await? else {
+                    return Ok(());
+                };
+                *last = Some((began, epoch));
+                epoch
+            }
+        }
+    };
+    let served = || t.proofs.cache.lock().expect("proof cache").epoch;
+    if served() >= newest {
+        return Ok(());
+    }
+    // The requests that see the new head together reopen once.
+    let _one = t.reopening.lock().await;
+    if served() >= newest {
+        return Ok(());
+    }
+    t.reopen(&sh.store, precompute(sh)).await
 }
 
 /// What [`Transparency::reopen`] precomputes for this server.
@@ -752,6 +805,7 @@ pub async fn local_proof(
     statement: &[u8],
 ) -> anyhow::Result<Option<(WitnessedHead, Vec<u8>)>> {
     let stated = KeyStatement::decode(statement).map_err(err)?;
+    catch_up(sh).await?;
     let address = Address::new(user.clone(), sh.domain.clone());
     let want = key_value(&address, &stated.key);
     let t = kt(sh);
@@ -896,6 +950,7 @@ async fn kt_audit(s: &mut Session, from: u64, to: u64) -> anyhow::Result<()> {
         s.conn.reply(Status::Success, &body);
         return Ok(());
     }
+    catch_up(&sh).await?;
     let heads = sh.store.kt_heads(from + 1, to).await?;
     if heads.len() as u64 != to - from {
         s.conn
@@ -933,6 +988,7 @@ async fn kt_history(s: &mut Session) -> anyhow::Result<()> {
     };
     let sh = s.sh.clone();
     let address = Address::new(account, sh.domain.clone());
+    catch_up(&sh).await?;
     let dir = kt(&sh).directory()?;
     let Some((epoch, _, proof)) = dir.history(&label(&address)).await.map_err(err)? else {
         s.conn.reply(

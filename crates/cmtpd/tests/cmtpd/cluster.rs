@@ -1,7 +1,9 @@
 //! Several cmtpd nodes for one domain on one PostgreSQL database: any node
 //! serves any command, a node killed with SIGKILL loses nothing that was
-//! acknowledged, and a relay interrupted by a node's death is finished by
-//! another node and delivered once.
+//! acknowledged, a relay interrupted by a node's death is finished by
+//! another node and delivered once, and the key directory is published by
+//! one node at a time, proven alike by all, and taken over when its
+//! publisher dies.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cmtp_client::discovery::{Discovery, DiscoveryConfig};
 use cmtp_proto::account::key_login_signature;
+use cmtp_proto::crypto::PublicKey;
+use cmtp_proto::kt::SignedHead;
 use cmtp_testkit::dns::TestDns;
 use cmtp_testkit::postgres::{PgCluster, pg_or_skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -388,4 +392,415 @@ async fn a_relay_cut_short_by_a_dead_node_is_finished_by_another_and_delivered_o
         "no bounce"
     );
     drop(n2);
+}
+
+/// `[transparency] epoch_secs` of the key transparency cluster test.
+const EPOCH_SECS: u64 = 2;
+/// The publisher's lease at that period (kt.rs: three periods, at least 30 s).
+const PUBLISHER_LEASE_SECS: u64 = 30;
+
+/// Starts node `dir` with its log (JSON lines) written to `log`.
+fn start_logged(dir: &Path, port: u16, log: &Path) -> Daemon {
+    let child = cmtpd(dir)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    d.wait_ready();
+    d
+}
+
+/// The epochs a node's log says it published.
+fn published_in(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "key directory epoch published")
+        .map(|v| v["fields"]["epoch"].as_u64().expect("an epoch number"))
+        .collect()
+}
+
+/// Registers `user` over the wire at the node `at` (an invite from the
+/// shared database); returns its identity key.
+async fn register_at(at: SocketAddr, store: &cmtp_store::AnyStore, user: &str) -> IdentityKey {
+    use cmtp_proto::account::Registration;
+    use cmtp_proto::payload::RegistrationOffer;
+    let account = Account::parse(user).unwrap();
+    let (invite, _) = cmtp_server::admin::invite(store, &account, 3600)
+        .await
+        .unwrap();
+    let identity = IdentityKey::generate(&mut rand_core::OsRng);
+    let mut c = Connection::connect(at, T).await.unwrap();
+    c.ohai().await.unwrap();
+    let rng = &mut rand_core::OsRng;
+    let (reg, request) = Registration::start(b"password", rng).unwrap();
+    let r = c
+        .command(
+            &Cmd::Register {
+                user: account.clone(),
+                invite,
+                request: request.to_vec(),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    let bundle = reg
+        .finish(
+            b"password",
+            &RegistrationOffer::decode(&r.body).unwrap(),
+            &addr(&format!("{user}@a.test")),
+            &identity,
+            KsfParams::INSECURE_TEST,
+            1,
+            &c.channel_binding(),
+            rng,
+        )
+        .unwrap();
+    let r = c
+        .command(
+            &Cmd::RegFinish {
+                bundle: bundle.to_bytes(),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    c.close().await;
+    identity
+}
+
+/// Every head in the database, checked as a witness would: one per
+/// epoch from 0, each signed by a.test's key and chained to the one before.
+async fn chained_heads(store: &cmtp_store::AnyStore, key: &PublicKey) -> Vec<SignedHead> {
+    use cmtp_store::KtStore;
+    let heads: Vec<SignedHead> = store
+        .kt_heads(0, u64::MAX >> 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, b)| SignedHead::decode(b).unwrap())
+        .collect();
+    let domain = cmtp_proto::names::Domain::parse("a.test").unwrap();
+    for (i, h) in heads.iter().enumerate() {
+        assert_eq!(h.head.epoch, i as u64, "the epochs have no gap");
+        h.verify_for(key, &domain).unwrap();
+    }
+    cmtp_proto::kt::check_chain(&heads[0], &heads[1..]).expect("the heads form one chain");
+    heads
+}
+
+/// Waits until the database holds a head newer than `epoch`; returns it.
+async fn next_head(store: &cmtp_store::AnyStore, epoch: u64, within: Duration) -> SignedHead {
+    use cmtp_store::KtStore;
+    let until = Instant::now() + within;
+    loop {
+        if let Some((e, b)) = store.kt_latest_head().await.unwrap()
+            && e > epoch
+        {
+            return SignedHead::decode(&b).unwrap();
+        }
+        assert!(
+            Instant::now() < until,
+            "no epoch after {epoch} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `user@a.test`'s KEYPROOF from the node at `at`, verified as a client
+/// does (PROTOCOL.md §20.5): the statement and head under a.test's key,
+/// akd's lookup proof against the head, the proven value that of the
+/// stated key. Returns the head and the key.
+async fn proven_key(at: SocketAddr, key: &PublicKey, user: &str) -> (SignedHead, PublicKey) {
+    key_proof(at, key, user)
+        .await
+        .unwrap_or_else(|| panic!("{at} gave {user}'s key without a proof"))
+}
+
+/// [`proven_key`], or `None` when the node gives the key without a proof.
+async fn key_proof(at: SocketAddr, key: &PublicKey, user: &str) -> Option<(SignedHead, PublicKey)> {
+    use cmtp_proto::kt::{ProvenKey, key_value};
+    use cmtp_proto::statements::KeyStatement;
+    let mut c = Connection::connect(at, T).await.unwrap();
+    c.expect_key(*key);
+    c.ohai().await.unwrap();
+    let r = c
+        .command(
+            &Cmd::KeyProof {
+                user: Account::parse(user).unwrap(),
+                domain: None,
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    c.close().await;
+    assert_eq!(r.status, Status::Success, "{}", r.text());
+    let answer = ProvenKey::decode(&r.body).unwrap();
+    let address = addr(&format!("{user}@a.test"));
+    let statement = KeyStatement::decode(&answer.statement).unwrap();
+    statement
+        .verify(key, Some(&address.account), &address.domain, now_secs())
+        .unwrap();
+    let (head, proof) = answer.proof?;
+    head.head.verify_for(key, &address.domain).unwrap();
+    let proven = cmtp_kt::verify_lookup(&head.head.head, &address, &proof).unwrap();
+    assert_eq!(
+        proven.value[..],
+        key_value(&address, &statement.key)[..],
+        "the stated key is the one the directory holds"
+    );
+    Some((head.head, statement.key))
+}
+
+/// Until `stop`, asks each node in turn for alice's key, as a client going
+/// from node to node would, and notes every answer whose epoch is older
+/// than the newest head the database held when it was asked (a client
+/// that saw that head from the other node would take it for a rollback),
+/// or that has no proof (alice's key is published).
+async fn watch_epochs(
+    store: cmtp_store::AnyStore,
+    at: Vec<SocketAddr>,
+    key: PublicKey,
+    stop: Arc<AtomicBool>,
+) -> (usize, Vec<String>) {
+    use cmtp_store::KtStore;
+    let (mut asked, mut older) = (0, Vec::new());
+    while !stop.load(Ordering::SeqCst) {
+        for (i, node) in at.iter().enumerate() {
+            let newest = store.kt_latest_head().await.unwrap().unwrap().0;
+            let answer = key_proof(*node, &key, "alice").await;
+            asked += 1;
+            match answer {
+                Some((head, _)) if head.head.epoch >= newest => {}
+                Some((head, _)) => older.push(format!(
+                    "node {} answered with epoch {} after epoch {newest} was published",
+                    i + 1,
+                    head.head.epoch
+                )),
+                None => older.push(format!(
+                    "node {} gave no proof after epoch {newest} was published",
+                    i + 1
+                )),
+            }
+        }
+    }
+    (asked, older)
+}
+
+/// Waits until `head` holds `witness`'s cosignature, made with `key`.
+async fn cosigned_by(
+    store: &cmtp_store::AnyStore,
+    head: &SignedHead,
+    witness: &str,
+    key: &PublicKey,
+    within: Duration,
+) {
+    use cmtp_store::KtStore;
+    let until = Instant::now() + within;
+    loop {
+        let found = store.kt_cosignatures(head.head.epoch).await.unwrap();
+        if let Some(c) = found
+            .iter()
+            .map(|b| cmtp_proto::kt::Cosignature::decode(b).unwrap())
+            .find(|c| c.witness.as_str() == witness)
+        {
+            assert_eq!(c.key, *key);
+            c.verify(&head.head).unwrap();
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{witness} did not cosign epoch {} within {within:?}",
+            head.head.epoch
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Two nodes of a.test on one PostgreSQL publish its key directory every
+/// 2 s: one node (the publisher's lease holder) publishes each epoch, the
+/// heads form one chain, both nodes prove keys for the newest head from the
+/// moment it is written, b.test (asking node 2 first) cosigns the heads and
+/// finds no contradiction, and when the publisher is killed the other node
+/// takes over within the lease and continues the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_publishes_each_epoch_both_prove_its_head_and_the_other_takes_over_when_it_dies() {
+    let Some(pg) = pg_or_skip() else { return };
+    // b.test, a single node, witnesses a.test.
+    let b_port = free_port();
+    let cl = cluster(pg, 2, move |c| {
+        c.transparency.epoch_secs = EPOCH_SECS;
+        c.transparency.witnesses = vec!["b.test".into()];
+        c.dns
+            .routes
+            .insert("b.test".into(), vec![format!("127.0.0.1:{b_port}")]);
+        c.log.format = cmtp_server::config::LogFormat::Json;
+    });
+    let b_dir = cl.dirs[0].parent().unwrap().join("b");
+    write_config(&b_dir, "b.test", b_port, |c| {
+        c.transparency.witness_for = vec!["a.test".into()];
+        // It asks node 2 first (node 1, which starts first, is likely the
+        // publisher), node 1 when node 2 does not answer.
+        c.dns.routes.insert(
+            "a.test".into(),
+            vec![
+                format!("127.0.0.1:{}", cl.ports[1]),
+                format!("127.0.0.1:{}", cl.ports[0]),
+            ],
+        );
+    });
+    let b = Daemon::start(&b_dir, b_port);
+    let b_key = {
+        let mut c = Connection::connect(b.addr, T).await.unwrap();
+        let g = c.ohai().await.unwrap();
+        c.close().await;
+        g.key
+    };
+    let logs: Vec<PathBuf> = cl.dirs.iter().map(|d| d.join("cmtpd.log")).collect();
+    let mut nodes: Vec<Option<Daemon>> = (0..2)
+        .map(|i| Some(start_logged(&cl.dirs[i], cl.ports[i], &logs[i])))
+        .collect();
+    let at: Vec<SocketAddr> = nodes.iter().map(|n| n.as_ref().unwrap().addr).collect();
+    let store = cmtp_store::AnyStore::open(cmtp_store::StoreConfig::Postgres(
+        cmtp_store::PostgresConfig::new(cl.url.clone()),
+    ))
+    .await
+    .unwrap();
+    let key = {
+        let mut c = Connection::connect(at[0], T).await.unwrap();
+        let g = c.ohai().await.unwrap();
+        c.close().await;
+        g.key
+    };
+    let holder = || -> usize {
+        match cl
+            ._pg
+            .psql("SELECT node FROM kt_publisher")
+            .unwrap()
+            .as_str()
+        {
+            "n1" => 0,
+            "n2" => 1,
+            other => panic!("the publisher's lease is held by {other:?}"),
+        }
+    };
+    let within = Duration::from_secs(EPOCH_SECS * 3 + 10);
+
+    // alice and bob (added before the start) are published in the first epoch.
+    let first = next_head(&store, 0, within).await;
+    let mut epoch = first.head.epoch;
+
+    // Key changes through node 2, then node 1: each published in one
+    // epoch, and proven for that epoch's head by both nodes as soon as the
+    // head is in the database (a client may ask either node next).
+    for (user, through) in [("carol", 1), ("dave", 0)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch_epochs(store.clone(), at.clone(), key, stop.clone()));
+        let identity = register_at(at[through], &store, user).await;
+        let head = next_head(&store, epoch, within).await;
+        epoch = head.head.epoch;
+        tokio::time::sleep(Duration::from_millis(EPOCH_SECS * 1000 / 2)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (asked, older) = watcher.await.unwrap();
+        assert!(asked > 10, "the watcher asked {asked} times");
+        assert!(older.is_empty(), "{older:#?}");
+        for (i, node) in at.iter().enumerate() {
+            let (proven_head, k) = proven_key(*node, &key, user).await;
+            assert_eq!(
+                proven_head,
+                head,
+                "node {} proves {user}'s key for the newest head",
+                i + 1
+            );
+            assert_eq!(k, identity.public());
+            let (h, _) = proven_key(*node, &key, "alice").await;
+            assert_eq!(h, head, "node {} proves alice's key for that head", i + 1);
+        }
+        cosigned_by(&store, &head, "b.test", &b_key, within).await;
+    }
+    // (a) One head per epoch, one chain; each epoch published by one node,
+    // the lease holder.
+    let heads = chained_heads(&store, &key).await;
+    assert_eq!(heads.last().unwrap().head.epoch, epoch);
+    let by: Vec<Vec<u64>> = logs.iter().map(|l| published_in(l)).collect();
+    let publisher = holder();
+    let mut all: Vec<u64> = by.concat();
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=epoch).collect::<Vec<_>>(),
+        "every epoch published once, by one node: {by:?}"
+    );
+    assert!(
+        by[1 - publisher].is_empty(),
+        "only the lease holder published: {by:?}"
+    );
+
+    // (c) The lease holder dies (SIGKILL): the other node takes over within
+    // the lease, and the chain goes on from the same head.
+    let survivor = 1 - publisher;
+    let killed_at = Instant::now();
+    nodes[publisher].take();
+    let identity = register_at(at[survivor], &store, "erin").await;
+    let head = next_head(
+        &store,
+        epoch,
+        Duration::from_secs(PUBLISHER_LEASE_SECS + EPOCH_SECS * 3 + 10),
+    )
+    .await;
+    let took = killed_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(PUBLISHER_LEASE_SECS + EPOCH_SECS * 2 + 5),
+        "the survivor took {took:?} to publish"
+    );
+    assert_eq!(head.head.epoch, epoch + 1);
+    assert_eq!(holder(), survivor, "the survivor holds the lease");
+    assert_eq!(published_in(&logs[survivor]), [epoch + 1]);
+    let (proven_head, k) = proven_key(at[survivor], &key, "erin").await;
+    assert_eq!(proven_head, head);
+    assert_eq!(k, identity.public());
+    let heads = chained_heads(&store, &key).await;
+    assert_eq!(heads.len() as u64, epoch + 2);
+    // b.test cosigned the survivor's head too, and found no contradiction.
+    cosigned_by(&store, &head, "b.test", &b_key, within).await;
+    let mut c = Connection::connect(b.addr, T).await.unwrap();
+    c.ohai().await.unwrap();
+    let r = c
+        .command(
+            &Cmd::KtEvidence {
+                domain: cmtp_proto::names::Domain::parse("a.test").unwrap(),
+            },
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    c.close().await;
+    assert_eq!(
+        r.status,
+        Status::Failure,
+        "evidence against a.test: {}",
+        r.text()
+    );
+    eprintln!(
+        "epochs 1..={epoch} published by n{}; n{} took over {took:?} after the SIGKILL",
+        publisher + 1,
+        survivor + 1
+    );
 }
