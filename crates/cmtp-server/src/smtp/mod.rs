@@ -107,14 +107,14 @@ impl Gateway {
     /// [`PublicKey::from_bytes`] does (once per distinct key).
     fn identity_key(&self, bytes: &[u8; 32]) -> Result<PublicKey, cmtp_proto::crypto::CryptoError> {
         if let Some(k) = self.keys.lock().expect("key cache").get(bytes) {
-            return Ok(k.clone());
+            return Ok(*k);
         }
         let key = PublicKey::from_bytes(bytes)?;
         let mut keys = self.keys.lock().expect("key cache");
         if keys.len() >= MAX_CACHED_KEYS {
             keys.clear();
         }
-        keys.insert(*bytes, key.clone());
+        keys.insert(*bytes, key);
         Ok(key)
     }
 
@@ -600,7 +600,7 @@ impl SmtpSession {
                 },
                 name: r.name.clone(),
                 account: r.account.clone(),
-                key: r.key.clone(),
+                key: r.key,
             });
         }
         // The sealing (two X25519 boxes and two signatures per copy) runs on
