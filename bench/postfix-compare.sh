@@ -3,7 +3,8 @@
 # concurrency, local delivery, durable on both sides.
 #
 #   bench/postfix-compare.sh [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-r REPEAT]
-#                            [--smtp] [--install] [--keep] [--json FILE]
+#                            [--smtp] [--cmtpd PATH] [--install] [--keep]
+#                            [--json FILE]
 #
 # --smtp: cmtpd's inbound SMTP gateway instead of CMTP (PROTOCOL.md §19):
 # the same smtp-source sends to cmtpd's [smtp] port, where every message is
@@ -30,11 +31,12 @@ INSTALL=0
 KEEP=0
 JSON=""
 MODE=cmtp
+CMTPD=""
 # Parallel local(8) deliveries to the one recipient (Postfix's default is 2;
 # 20 matches the 20 sessions, and the bench sends to one user).
 LOCAL_CONCURRENCY=20
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         -m|--messages) MESSAGES=$2; shift 2 ;;
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
         --local-concurrency) LOCAL_CONCURRENCY=$2; shift 2 ;;
         --install) INSTALL=1; shift ;;
         --smtp) MODE=smtp; shift ;;
+        --cmtpd) CMTPD=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --json) JSON=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -74,14 +77,18 @@ for tool in python3 cargo; do
     command -v "$tool" >/dev/null || { echo "postfix-compare: needs $tool" >&2; exit 2; }
 done
 
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 if [ "$MODE" = smtp ]; then
-    echo "== building cmtpd (release)"
-    (cd "$ROOT" && cargo build --release -q -p cmtpd)
-    CMTPD="$ROOT/target/release/cmtpd"
+    if [ -z "${CMTPD:-}" ]; then
+        echo "== building cmtpd (release)"
+        (cd "$ROOT" && cargo build --release -q -p cmtpd)
+        CMTPD="$TARGET/release/cmtpd"
+    fi
+    echo "== cmtpd: $CMTPD"
 else
     echo "== building cmtp-bench (release)"
     (cd "$ROOT" && cargo build --release -q -p cmtp-bench)
-    BENCH="$ROOT/target/release/cmtp-bench"
+    BENCH="$TARGET/release/cmtp-bench"
 fi
 
 T=$(mktemp -d /tmp/postfix-compare.XXXXXX)

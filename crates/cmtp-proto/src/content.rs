@@ -40,6 +40,7 @@ use std::fmt;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::crypto::sign::SIGNATURE_LEN;
 use crate::crypto::{CryptoError, IdentityKey, PublicKey, SignatureTag, sealed};
@@ -486,21 +487,28 @@ impl Content {
         recipient: &PublicKey,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Message, ContentError> {
-        let mut inner = self.inner_body()?;
-        let plains = self.attachment_plaintexts();
+        // The plaintexts are wiped when they go out of scope, whatever the
+        // outcome; the recipient's key is prepared once for all parts.
+        let mut inner = Zeroizing::new(self.inner_body()?);
+        let plains: Vec<Zeroizing<Vec<u8>>> = self
+            .attachment_plaintexts()
+            .into_iter()
+            .map(Zeroizing::new)
+            .collect();
         let hashes: Vec<[u8; 32]> = plains.iter().map(|p| Sha256::digest(p).into()).collect();
         let signed = sender_signed_data(
             to,
             &source,
             VERSION_SEALED,
-            &Sha256::digest(&inner).into(),
+            &Sha256::digest(&*inner).into(),
             &hashes,
         );
         inner.extend_from_slice(&sender.sign(SignatureTag::SenderSignature, &[&signed]));
-        let body = sealed::seal(recipient, &inner, rng)?;
+        let key = sealed::SealKey::new(recipient);
+        let body = sealed::seal_with(&key, &inner, rng)?;
         let attachments = plains
             .iter()
-            .map(|p| sealed::seal(recipient, p, rng))
+            .map(|p| sealed::seal_with(&key, p, rng))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Message {
             version: VERSION_SEALED,

@@ -36,13 +36,24 @@ impl Shared {
         account: &Account,
         announced: u64,
     ) -> Result<(), String> {
-        let user = match self.store.user(account.as_str()).await {
-            Ok(Some(u)) => u,
+        match self.store.user(account.as_str()).await {
+            Ok(Some(u)) => self.check_quota_of(account, u.quota, announced).await,
             // Vanished meanwhile: the delivery will say so.
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("temporary failure, try again later: {e}")),
-        };
-        let Some(quota) = user.quota else {
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("temporary failure, try again later: {e}")),
+        }
+    }
+
+    /// As [`check_quota`](Self::check_quota) for an account whose record
+    /// the caller has just read (`quota` is its [`cmtp_store::User::quota`]):
+    /// no read at all when it has no quota.
+    pub async fn check_quota_of(
+        self: &Arc<Self>,
+        account: &Account,
+        quota: Option<u64>,
+        announced: u64,
+    ) -> Result<(), String> {
+        let Some(quota) = quota else {
             return Ok(());
         };
         let usage = match self.store.mailbox_usage(account.as_str()).await {

@@ -22,10 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::names::Account;
 use cmtp_smtp::address::Mailbox;
 use cmtp_smtp::reply::Reply;
 use cmtp_smtp::server::{Event, ServerConfig, SmtpServer, Transaction};
+use cmtp_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,7 +62,15 @@ pub(crate) struct Gateway {
     rate: RateLimiter,
     auth: Option<mail_auth::MessageAuthenticator>,
     pub(crate) hostname: String,
+    /// Recipients' identity keys already decoded and checked, by their
+    /// stored bytes: the checks (a decompression and a scalar
+    /// multiplication for the subgroup) cost more than a signature, and a
+    /// changed key has other bytes, so an entry is never stale.
+    keys: std::sync::Mutex<std::collections::HashMap<[u8; 32], PublicKey>>,
 }
+
+/// Most keys [`Gateway::keys`] holds (it is emptied when full).
+const MAX_CACHED_KEYS: usize = 10_000;
 
 impl Gateway {
     /// The gateway of a server whose configuration has `[smtp] listen`.
@@ -89,7 +99,23 @@ impl Gateway {
             rate,
             auth,
             hostname,
+            keys: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The identity key stored as `bytes`, checked as
+    /// [`PublicKey::from_bytes`] does (once per distinct key).
+    fn identity_key(&self, bytes: &[u8; 32]) -> Result<PublicKey, cmtp_proto::crypto::CryptoError> {
+        if let Some(k) = self.keys.lock().expect("key cache").get(bytes) {
+            return Ok(*k);
+        }
+        let key = PublicKey::from_bytes(bytes)?;
+        let mut keys = self.keys.lock().expect("key cache");
+        if keys.len() >= MAX_CACHED_KEYS {
+            keys.clear();
+        }
+        keys.insert(*bytes, key);
+        Ok(key)
     }
 
     fn machine_config(&self) -> ServerConfig {
@@ -243,6 +269,8 @@ struct Recipient {
     name: Account,
     /// The account whose mailbox it goes to.
     account: Account,
+    /// That account's identity key, read at `RCPT TO`.
+    key: PublicKey,
 }
 
 struct SmtpSession {
@@ -471,6 +499,7 @@ impl SmtpSession {
         let Ok(name) = Account::parse(&local) else {
             return self.smtp.refuse(no_such_user(&m));
         };
+        let temporary = || Reply::new(451, "4.3.0", "temporary failure; try again later");
         let account = match sh.resolve_local(&name).await {
             Ok(Some(a)) => a,
             Ok(None) => {
@@ -479,20 +508,37 @@ impl SmtpSession {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "SMTP: looking up a recipient failed");
-                return self.smtp.refuse(Reply::new(
-                    451,
-                    "4.3.0",
-                    "temporary failure; try again later",
-                ));
+                return self.smtp.refuse(temporary());
             }
         };
-        if let Err(text) = sh.check_quota(&account, self.announced).await {
+        // One read of the account for its quota and the key its copy is
+        // sealed to.
+        let user = match sh.store.user(account.as_str()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return self.smtp.refuse(no_such_user(&m)),
+            Err(e) => {
+                tracing::warn!(error = %e, "SMTP: reading a recipient's account failed");
+                return self.smtp.refuse(temporary());
+            }
+        };
+        let key = match self.gw.identity_key(&user.identity_pk) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(account = %account, error = %e, "SMTP: the recipient's stored key is unusable");
+                return self.smtp.refuse(temporary());
+            }
+        };
+        if let Err(text) = sh
+            .check_quota_of(&account, user.quota, self.announced)
+            .await
+        {
             return self.smtp.refuse(Reply::new(452, "4.2.2", text));
         }
         self.recipients.push(Recipient {
             mailbox: m,
             name,
             account,
+            key,
         });
         self.smtp.accept();
     }
@@ -516,15 +562,16 @@ impl SmtpSession {
             }
             None => verify::Verdicts::unchecked(&self.gw.hostname),
         };
-        let mut eml = seal::trace_fields(
+        let trace = seal::trace_fields(
             &self.gw.hostname,
             &helo,
             ip,
             tls.as_deref(),
             &verdicts.header,
             received_at,
-        )
-        .into_bytes();
+        );
+        let mut eml = Vec::with_capacity(trace.len() + t.data.len());
+        eml.extend_from_slice(trace.as_bytes());
         eml.extend_from_slice(&t.data);
         t.data.zeroize();
         let mail_from = t
@@ -532,50 +579,54 @@ impl SmtpSession {
             .as_ref()
             .map(|m| m.to_string())
             .unwrap_or_default();
-        let mut outcome: Result<Vec<[u8; 32]>, anyhow::Error> = Ok(Vec::new());
-        let mut delivered: Vec<&Account> = Vec::new();
+        // One copy per mailbox, even when two names lead to it.
+        let mut copies: Vec<seal::CopyFor> = Vec::with_capacity(self.recipients.len());
         for r in &self.recipients {
-            // One copy per mailbox, even when two names lead to it.
-            if delivered.contains(&&r.account) {
+            if copies.iter().any(|c| c.account == r.account) {
                 continue;
             }
-            let arrival = cmtp_smtp::arrival::Arrival {
-                helo: helo.clone(),
-                ip: ip.to_string(),
-                mail_from: mail_from.clone(),
-                rcpt_to: r.mailbox.to_string(),
-                tls: tls.clone(),
-                spf: verdicts.spf.clone(),
-                dkim: verdicts.dkim.clone(),
-                dmarc: verdicts.dmarc.clone(),
-                arc: verdicts.arc.clone(),
-                received_at: crate::state::rfc3339(received_at),
-            };
-            match seal::seal_and_deliver(
-                &self.gw.sh,
-                &arrival,
-                &eml,
-                &r.name,
-                &r.account,
-                received_at,
-                ip,
-                &helo,
-            )
-            .await
-            {
-                Ok(hash) => {
-                    delivered.push(&r.account);
-                    if let Ok(v) = &mut outcome {
-                        v.push(hash);
+            copies.push(seal::CopyFor {
+                arrival: cmtp_smtp::arrival::Arrival {
+                    helo: helo.clone(),
+                    ip: ip.to_string(),
+                    mail_from: mail_from.clone(),
+                    rcpt_to: r.mailbox.to_string(),
+                    tls: tls.clone(),
+                    spf: verdicts.spf.clone(),
+                    dkim: verdicts.dkim.clone(),
+                    dmarc: verdicts.dmarc.clone(),
+                    arc: verdicts.arc.clone(),
+                    received_at: crate::state::rfc3339(received_at),
+                },
+                name: r.name.clone(),
+                account: r.account.clone(),
+                key: r.key,
+            });
+        }
+        // The sealing (two X25519 boxes and two signatures per copy) runs on
+        // the blocking pool, so that the runtime's workers go on reading the
+        // other sessions meanwhile; it wipes `eml` when done.
+        let sh = self.gw.sh.clone();
+        let seal_helo = helo.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            seal::seal_copies(&sh, eml, &copies, received_at, ip, &seal_helo)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("sealing failed: {e}")));
+        let outcome: anyhow::Result<Vec<[u8; 32]>> = match sealed {
+            Ok(sealed) => {
+                let hashes: Vec<[u8; 32]> = sealed.iter().map(|c| c.hash).collect();
+                let mut stored = Ok(hashes);
+                for copy in sealed {
+                    if let Err(e) = seal::deliver(&self.gw.sh, copy, received_at, ip).await {
+                        stored = Err(e);
+                        break;
                     }
                 }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
+                stored
             }
-        }
-        eml.zeroize();
+            Err(e) => Err(e),
+        };
         self.reservation = None;
         match outcome {
             Ok(hashes) => {

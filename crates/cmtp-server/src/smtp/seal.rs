@@ -7,7 +7,6 @@
 
 use std::net::IpAddr;
 
-use anyhow::Context;
 use cmtp_proto::content::{Attachment, Content};
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::limits::MAX_FIELD;
@@ -64,60 +63,106 @@ fn subject_of(eml: &[u8]) -> String {
     s
 }
 
-/// Seals `eml` for the mailbox of `account` (addressed as `name`) and
-/// stores it durably; the message hash.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn seal_and_deliver(
+/// One recipient mailbox of a message: what its copy is sealed for.
+pub(crate) struct CopyFor {
+    /// The arrival record (its `Rcpt-To` is this recipient's).
+    pub(crate) arrival: Arrival,
+    /// The local name it was addressed to (an account or an alias).
+    pub(crate) name: Account,
+    /// The account whose mailbox it goes to.
+    pub(crate) account: Account,
+    /// That account's identity key.
+    pub(crate) key: PublicKey,
+}
+
+/// A sealed copy, ready to be stored: nothing in it is plaintext.
+pub(crate) struct Sealed {
+    pub(crate) account: Account,
+    pub(crate) hash: [u8; 32],
+    pub(crate) version: u32,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Seals `eml` once for each of `copies` (CPU only; the caller runs it on
+/// the blocking pool) and wipes `eml` and every plaintext made from it,
+/// whatever the outcome.
+pub(crate) fn seal_copies(
     sh: &Shared,
-    arrival: &Arrival,
-    eml: &[u8],
-    name: &Account,
-    account: &Account,
+    eml: Vec<u8>,
+    copies: &[CopyFor],
     received_at: u64,
     ip: IpAddr,
     helo: &str,
-) -> anyhow::Result<[u8; 32]> {
-    let user = sh
-        .store
-        .user(account.as_str())
-        .await?
-        .with_context(|| format!("the account {account} is gone"))?;
-    let key = PublicKey::from_bytes(&user.identity_pk)?;
-    let to = Address::new(name.clone(), sh.domain.clone());
+) -> anyhow::Result<Vec<Sealed>> {
     let mut content = Content {
-        subject: subject_of(eml),
+        subject: subject_of(&eml),
         date: rfc3339(received_at),
-        text: arrival.encode(),
         attachments: vec![Attachment {
             name: ATTACHMENT_NAME.into(),
             // Content version 1 (PROTOCOL.md §19.2), which carries no media
             // type: the name says what it is.
             media_type: String::new(),
-            data: eml.to_vec(),
+            data: eml,
         }],
         ..Content::default()
     };
-    let source = Source::server(sh.domain.clone());
-    let sealed = content.seal_as(source.clone(), &sh.key, &to, &key, &mut rand_core::OsRng);
-    content.subject.zeroize();
-    for a in &mut content.attachments {
-        a.data.zeroize();
-    }
-    let mut msg = sealed?;
-    let hash = msg.hash();
-    msg.trailer = sign_trailer(&sh.key, &hash);
     let helo: String = helo
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .take(64)
         .collect();
-    msg.log = format!(
-        "{} {} accepted by SMTP from {helo} [{ip}] for {to}\n",
-        rfc3339(received_at),
-        sh.domain
-    )
-    .into_bytes();
-    let bytes = msg.to_bytes();
+    let source = Source::server(sh.domain.clone());
+    let mut out = Vec::with_capacity(copies.len());
+    let mut outcome = Ok(());
+    for c in copies {
+        content.text = c.arrival.encode();
+        let to = Address::new(c.name.clone(), sh.domain.clone());
+        let sealed = content.seal_as(source.clone(), &sh.key, &to, &c.key, &mut rand_core::OsRng);
+        content.text.zeroize();
+        let mut msg = match sealed {
+            Ok(m) => m,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        };
+        let hash = msg.hash();
+        msg.trailer = sign_trailer(&sh.key, &hash);
+        msg.log = format!(
+            "{} {} accepted by SMTP from {helo} [{ip}] for {to}\n",
+            rfc3339(received_at),
+            sh.domain
+        )
+        .into_bytes();
+        out.push(Sealed {
+            account: c.account.clone(),
+            hash,
+            version: msg.version,
+            bytes: msg.to_bytes(),
+        });
+    }
+    content.subject.zeroize();
+    for a in &mut content.attachments {
+        a.data.zeroize();
+    }
+    outcome?;
+    Ok(out)
+}
+
+/// Stores a sealed copy durably (staged in chunks when it is large); done
+/// when its transaction is committed.
+pub(crate) async fn deliver(
+    sh: &Shared,
+    copy: Sealed,
+    received_at: u64,
+    ip: IpAddr,
+) -> anyhow::Result<()> {
+    let Sealed {
+        account,
+        hash,
+        version,
+        bytes,
+    } = copy;
     let size = bytes.len() as u64;
     let body = if bytes.len() <= MAX_CHUNK {
         MessageBody::Inline(bytes.into())
@@ -138,16 +183,16 @@ pub(crate) async fn seal_and_deliver(
         .deliver(NewDelivery {
             account: account.as_str().to_owned(),
             hash,
-            source: source.to_string(),
+            source: Source::server(sh.domain.clone()).to_string(),
             received_at,
-            version: msg.version,
+            version,
             attachment_count: 1,
             size,
             body,
         })
         .await?;
     tracing::debug!(account = %account, hash = %hex::encode(hash), id = delivered.id, "SMTP message sealed and stored");
-    Ok(hash)
+    Ok(())
 }
 
 /// An RFC 5322 date-time in UTC: `Tue, 01 Dec 2026 10:00:00 +0000`.

@@ -168,6 +168,8 @@ impl Drop for Writer {
 }
 
 fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: BatchLimits) {
+    // Room for the transaction control and every operation's statements.
+    conn.set_prepared_statement_cache_capacity(64);
     let mut carried: VecDeque<Box<dyn Job>> = VecDeque::new();
     loop {
         let first = match carried.pop_front() {
@@ -217,7 +219,7 @@ fn rollback(conn: &Connection) {
 }
 
 fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque<Box<dyn Job>>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let err = map_err(e);
         tracing::warn!(error = %err, requests = batch.len(), "cannot begin a write transaction");
         rollback(conn);
@@ -243,7 +245,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque
             }
         }
     }
-    match conn.execute_batch("COMMIT") {
+    match exec_cached(conn, "COMMIT") {
         Ok(()) => {
             tracing::trace!(requests = ran.len(), "write batch committed");
             for job in ran {
@@ -261,6 +263,13 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque
     }
 }
 
+/// Runs one statement without results from the connection's cache of
+/// prepared statements: the transaction control of every batch and request
+/// is parsed once, not each time.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 enum Step {
     /// The request ran (it succeeded, or failed and was rolled back alone).
     Done,
@@ -269,11 +278,11 @@ enum Step {
 }
 
 fn run_one(conn: &Connection, job: &mut dyn Job) -> Step {
-    if let Err(e) = conn.execute_batch("SAVEPOINT request") {
+    if let Err(e) = exec_cached(conn, "SAVEPOINT request") {
         return Step::Abort(map_err(e));
     }
     match job.run(conn) {
-        Ok(()) => match conn.execute_batch("RELEASE request") {
+        Ok(()) => match exec_cached(conn, "RELEASE request") {
             Ok(()) => Step::Done,
             Err(e) => Step::Abort(map_err(e)),
         },
