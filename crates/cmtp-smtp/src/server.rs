@@ -180,6 +180,26 @@ struct DataState {
     refused: Option<Reply>,
 }
 
+impl DataState {
+    /// Counts `bytes` of the message (a line, or the head of a long one)
+    /// without its leading dot at a line's start, and keeps them in `data`
+    /// unless the message is already lost (too big, bad newline, refused),
+    /// in which case `data` is dropped.
+    fn take(&mut self, bytes: &[u8], max: u64, data: &mut Vec<u8>) {
+        let mut content = bytes;
+        if self.line_start && content.first() == Some(&b'.') {
+            content = &content[1..];
+        }
+        self.size = self.size.saturating_add(content.len() as u64);
+        if self.size > max || self.bad_newline || self.refused.is_some() {
+            self.too_big |= self.size > max;
+            *data = Vec::new();
+        } else {
+            data.extend_from_slice(content);
+        }
+    }
+}
+
 /// The server side of one SMTP connection.
 #[derive(Debug)]
 pub struct SmtpServer {
@@ -806,17 +826,7 @@ impl SmtpServer {
                 ended = true;
                 break;
             }
-            let mut content: &[u8] = line;
-            if st.line_start && content.first() == Some(&b'.') {
-                content = &content[1..];
-            }
-            st.size = st.size.saturating_add(content.len() as u64);
-            if st.size > max || st.bad_newline || st.refused.is_some() {
-                st.too_big |= st.size > max;
-                self.data = Vec::new();
-            } else {
-                self.data.extend_from_slice(content);
-            }
+            st.take(line, max, &mut self.data);
             st.line_start = crlf;
         }
         if consumed > 0 {
@@ -838,18 +848,8 @@ impl SmtpServer {
         {
             st.bad_newline = true;
         }
-        let mut content: &[u8] = chunk;
-        if st.line_start && content.first() == Some(&b'.') {
-            content = &content[1..];
-        }
+        st.take(chunk, max, &mut self.data);
         st.line_start = false;
-        st.size = st.size.saturating_add(content.len() as u64);
-        if st.size > max || st.bad_newline || st.refused.is_some() {
-            st.too_big |= st.size > max;
-            self.data = Vec::new();
-        } else {
-            self.data.extend_from_slice(content);
-        }
         self.input.drain(..take);
         true
     }
