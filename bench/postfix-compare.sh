@@ -233,25 +233,9 @@ PY
 # cmtpd's SMTP gateway (--smtp): one server for all runs, one account.
 if [ "$MODE" = smtp ]; then
     CD="$T/cmtpd"
-    mkdir -p "$CD"
-    CPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    SPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    # Defaults but: loopback ports; no per-peer message rate (all sessions
-    # come from 127.0.0.1); SPF/DKIM/DMARC off, as Postfix checks none
-    # either here (and this machine has no DNS).
-    cat > "$CD/cmtpd.toml" <<TOML
-domain = "cmtp.localdomain"
-listen = ["127.0.0.1:$CPORT"]
-
-[smtp]
-listen = ["127.0.0.1:$SPORT"]
-messages_per_minute = 100000000
-message_burst = 100000000
-verify = false
-TOML
-    printf 'bench password\n' > "$T/pw"
-    "$CMTPD" --data-dir "$CD" init --domain cmtp.localdomain >/dev/null
-    "$CMTPD" --data-dir "$CD" user add "$BENCH_USER" --password-file "$T/pw" >/dev/null
+    # shellcheck source=bench/cmtpd-smtp-setup.sh
+    . "$ROOT/bench/cmtpd-smtp-setup.sh"
+    cmtpd_smtp_setup "$CMTPD" "$CD" "$BENCH_USER"
     "$CMTPD" --data-dir "$CD" run > "$CD/cmtpd.log" 2>&1 &
     CMTPD_PID=$!
     for _ in $(seq 100); do

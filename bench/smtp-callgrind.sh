@@ -52,22 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CPORT=$(free_port)
-SPORT=$(free_port)
-cat > "$T/cmtpd.toml" <<TOML
-domain = "cmtp.localdomain"
-listen = ["127.0.0.1:$CPORT"]
-
-[smtp]
-listen = ["127.0.0.1:$SPORT"]
-messages_per_minute = 100000000
-message_burst = 100000000
-verify = false
-TOML
-printf 'bench password\n' > "$T/pw"
-"$CMTPD" --data-dir "$T" init --domain cmtp.localdomain >/dev/null 2>&1
-"$CMTPD" --data-dir "$T" user add bench --password-file "$T/pw" >/dev/null
+# shellcheck source=bench/cmtpd-smtp-setup.sh
+. "$ROOT/bench/cmtpd-smtp-setup.sh"
+cmtpd_smtp_setup "$CMTPD" "$T" bench
 valgrind --tool=callgrind --callgrind-out-file="$OUT" --collect-atstart=yes \
     "$CMTPD" --data-dir "$T" run > "$T/cmtpd.log" 2>&1 &
 PID=$!
