@@ -20,6 +20,7 @@ use cmtp_proto::connection::client::{
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::payload::Greeting;
 use cmtp_proto::reply::{Reply, Status};
+use cmtp_proto::statements::Receipt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -48,6 +49,8 @@ pub struct Connection {
     banner_domain: String,
     timeout: Duration,
     broken: bool,
+    /// The position of the last whole reply read.
+    last_seq: u64,
 }
 
 impl Connection {
@@ -70,6 +73,7 @@ impl Connection {
             banner_domain: String::new(),
             timeout,
             broken: false,
+            last_seq: 0,
         };
         match conn.next_event("the banner").await? {
             ClientEvent::Ready { domain } => conn.banner_domain = domain,
@@ -184,12 +188,34 @@ impl Connection {
     /// The whole reply the state machine expects next.
     async fn next_reply(&mut self, what: &str) -> Result<Reply, ClientError> {
         match self.next_event(what).await? {
-            ClientEvent::Reply { reply, .. } => Ok(reply),
+            ClientEvent::Reply { reply, seq } => {
+                self.last_seq = seq;
+                Ok(reply)
+            }
             other => Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
                 what: what.into(),
                 error: format!("unexpected {other:?}"),
             })),
         }
+    }
+
+    /// The kept receipt (PROTOCOL.md §10.1) of `reply`, the last reply read:
+    /// a SUCCESS to `MAIL` or `APPEND` whose body is the receipt statement,
+    /// with the connection nonce and position its signature binds. Not
+    /// verified here beyond the reply's own check; the caller checks the
+    /// hash and domain.
+    pub fn receipt(&self, reply: &Reply) -> Result<Receipt, ClientError> {
+        let nonce = self
+            .conn
+            .greeting()
+            .map(|g| g.nonce)
+            .ok_or_else(|| ClientError::Closed("a receipt before the greeting".into()))?;
+        Receipt::from_reply(&reply.body, nonce, self.last_seq, reply.signature).map_err(|e| {
+            ClientError::Protocol(PeerMisbehaved::BadPayload {
+                what: "receipt".into(),
+                error: e.to_string(),
+            })
+        })
     }
 
     /// Sends OHAI and reads the greeting; checks that the greeting is signed
