@@ -215,6 +215,12 @@ impl Connection {
     /// verified here beyond the reply's own check; the caller checks the
     /// hash and domain.
     pub fn receipt(&self, reply: &Reply) -> Result<Receipt, ClientError> {
+        if reply.status != Status::Success {
+            return Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
+                what: "receipt".into(),
+                error: format!("a {} reply is no receipt", reply.status),
+            }));
+        }
         let nonce = self
             .conn
             .greeting()

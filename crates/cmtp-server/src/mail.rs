@@ -51,7 +51,8 @@ enum Route {
 pub(crate) struct Accepting {
     env: Envelope,
     route: Route,
-    /// Submitted by the logged-in source: the server signs the trailer.
+    /// Submitted by the logged-in source: the server signs the trailer if
+    /// the message leaves the domain (PROTOCOL.md §7.3).
     submission: bool,
     /// Key of a foreign source domain, to check the trailer.
     source_key: Option<PublicKey>,
