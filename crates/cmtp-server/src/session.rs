@@ -5,7 +5,9 @@
 //! events ask of the server: key statements, logins, the mailbox, storing
 //! messages (the handlers in `auth`, `mailbox`, `mail` and here).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -238,6 +240,23 @@ impl Session {
             }
             ServerEvent::MailAnnounced(total) => crate::mail::announced(self, total),
             ServerEvent::MailAborted => crate::mail::aborted(self),
+            ev @ (ServerEvent::MailEnvelope { .. }
+            | ServerEvent::MailData(_)
+            | ServerEvent::MailLogEnd
+            | ServerEvent::MailEnd { .. }) => self.mail_step(ev).await,
+            ev => return Box::pin(self.handle(ev)).await,
+        }
+        Ok(())
+    }
+
+    /// A message's step as a future boxed at its own size. A plain function,
+    /// so that [`Session::dispatch`]'s own future holds only the box, not
+    /// the step's arguments.
+    fn mail_step(
+        &mut self,
+        ev: ServerEvent<Exchange>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        match ev {
             ServerEvent::MailEnvelope {
                 intake,
                 envelope,
@@ -250,18 +269,19 @@ impl Session {
                     }
                     _ => crate::mail::Intake::Mail,
                 };
-                Box::pin(crate::mail::envelope(self, intake, envelope, announced)).await;
+                Box::pin(crate::mail::envelope(self, intake, envelope, announced))
             }
-            ServerEvent::MailData(bytes) => Box::pin(crate::mail::data(self, &bytes)).await,
-            ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)).await,
+            ServerEvent::MailData(bytes) => {
+                Box::pin(async move { crate::mail::data(self, &bytes).await })
+            }
+            ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)),
             ServerEvent::MailEnd { trailer, hash } => {
                 // Every line logged while finishing carries the hash.
                 let span = tracing::info_span!("message", hash = %hex::encode(hash));
-                Box::pin(crate::mail::finish(self, trailer, hash).instrument(span)).await
+                Box::pin(crate::mail::finish(self, trailer, hash).instrument(span))
             }
-            ev => return Box::pin(self.handle(ev)).await,
+            _ => Box::pin(std::future::ready(())),
         }
-        Ok(())
     }
 
     /// Runs an event that awaits I/O, other than a message's steps (see
