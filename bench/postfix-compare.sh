@@ -3,8 +3,8 @@
 # concurrency, local delivery, durable on both sides.
 #
 #   bench/postfix-compare.sh [-m MESSAGES] [-s SESSIONS] [-l BYTES] [-r REPEAT]
-#                            [--smtp] [--cmtpd PATH] [--install] [--keep]
-#                            [--json FILE]
+#                            [--smtp] [--cmtpd PATH] [--bench PATH]
+#                            [--install] [--keep] [--json FILE]
 #
 # --smtp: cmtpd's inbound SMTP gateway instead of CMTP (PROTOCOL.md §19):
 # the same smtp-source sends to cmtpd's [smtp] port, where every message is
@@ -18,6 +18,8 @@
 # the messages; the clock stops when the last message is a file in the
 # Maildir. The system's Postfix, if any, is not touched. cmtpd side:
 # `cmtp-bench mail` with the same parameters (its own throwaway server).
+# --cmtpd and --bench use given binaries instead of building them (to
+# compare two trees in one sitting).
 # Runs alternate (cmtp, postfix, cmtp, postfix, ...) and the medians are
 # compared. Needs root (Postfix's master runs as root). Installs nothing
 # unless given --install (then: apt-get install -y postfix, unconfigured).
@@ -32,11 +34,12 @@ KEEP=0
 JSON=""
 MODE=cmtp
 CMTPD=""
+BENCH=""
 # Parallel local(8) deliveries to the one recipient (Postfix's default is 2;
 # 20 matches the 20 sessions, and the bench sends to one user).
 LOCAL_CONCURRENCY=20
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         -m|--messages) MESSAGES=$2; shift 2 ;;
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
         --install) INSTALL=1; shift ;;
         --smtp) MODE=smtp; shift ;;
         --cmtpd) CMTPD=$2; shift 2 ;;
+        --bench) BENCH=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --json) JSON=$2; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -86,9 +90,12 @@ if [ "$MODE" = smtp ]; then
     fi
     echo "== cmtpd: $CMTPD"
 else
-    echo "== building cmtp-bench (release)"
-    (cd "$ROOT" && cargo build --release -q -p cmtp-bench)
-    BENCH="$TARGET/release/cmtp-bench"
+    if [ -z "$BENCH" ]; then
+        echo "== building cmtp-bench (release)"
+        (cd "$ROOT" && cargo build --release -q -p cmtp-bench)
+        BENCH="$TARGET/release/cmtp-bench"
+    fi
+    echo "== cmtp-bench: $BENCH"
 fi
 
 T=$(mktemp -d /tmp/postfix-compare.XXXXXX)

@@ -4,7 +4,9 @@
 #![no_main]
 
 use cmtp_proto::crypto::IdentityKey;
-use cmtp_proto::statements::{KeyStatement, Receipt, Rotation, ServerKeyBundle, verify_trailer};
+use cmtp_proto::statements::{
+    KeyStatement, Receipt, ReceiptBody, Rotation, ServerKeyBundle, verify_trailer,
+};
 use cmtp_proto::wire::Reader;
 use libfuzzer_sys::fuzz_target;
 
@@ -36,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         let enc = rc.to_bytes();
         assert_eq!(Receipt::decode(&enc).as_ref(), Ok(&rc));
         let key = IdentityKey::from_seed(&[6; 32]).public();
-        let _ = rc.verify(&key, &rc.hash);
-        let _ = verify_trailer(&key, &rc.hash, &rc.signature);
+        let _ = rc.verify(&key, rc.hash());
+        let _ = verify_trailer(&key, rc.hash(), &rc.signature);
+    }
+    if let Ok(body) = ReceiptBody::decode(data) {
+        assert_eq!(ReceiptBody::decode(&body.to_bytes()).as_ref(), Ok(&body));
     }
 });

@@ -74,7 +74,6 @@ TAGS = {
     "reply": b"CMTP-v1 reply\0",
     "key-statement": b"CMTP-v1 key-statement\0",
     "key-rotation": b"CMTP-v1 key-rotation\0",
-    "receipt": b"CMTP-v1 receipt\0",
     "domain-signature": b"CMTP-v1 domain-signature\0",
     "sender-signature": b"CMTP-v1 sender-signature\0",
     "xzibit": b"CMTP-v1 xzibit\0",
@@ -497,13 +496,13 @@ def gen_replies(cmds, extra):
         common,
     )
 
-    body = extra["receipt"]
+    body = extra["receipt_statement"]
     r, _ = signed_reply(SERVER_A, NONCE, 2, H(cmds["mail"]), "SUCCESS", body)
     f.add(
         "reply_mail_receipt",
         r,
-        "SUCCESS to MAIL, seq 2, request = H(\"MAIL\\0\"), body = `receipt` of",
-        "statements.hex.",
+        "SUCCESS to MAIL, seq 2, request = H(\"MAIL\\0\"), body = `receipt_statement`",
+        "of statements.hex: with the nonce and seq 2 it is a kept receipt (§10.1).",
         common,
     )
 
@@ -939,9 +938,14 @@ def rotation(old, new, domain, issued):
     return part + old.sign("key-rotation", part)
 
 
-def receipt(server, h, accepted, domain):
-    part = h + u64(accepted) + string(domain)
-    return part + server.sign("receipt", part)
+def receipt_statement(h, accepted, domain):
+    return h + u64(accepted) + string(domain)
+
+
+def receipt(server, statement, nonce, seq):
+    """A kept receipt (§10.1): the SUCCESS reply to MAIL, signed as a reply."""
+    _, data = signed_reply(server, nonce, seq, H(b"MAIL\0"), "SUCCESS", statement)
+    return statement + nonce + u64(seq) + server.sign("reply", data)
 
 
 def gen_statements(msgs):
@@ -997,12 +1001,21 @@ def gen_statements(msgs):
         "b.example's bundle without rotations: its own statement (seed 32x0x06,",
         "same times) | u8 0",
     )
-    out["receipt"] = f.add(
+    statement = f.add(
+        "receipt_statement",
+        receipt_statement(msgs["v1_hash"], T0 + 5, "b.example"),
+        "Receipt statement (§10.1), the body of SUCCESS to MAIL, for message_v1 of",
+        f"message.hex: hash = message_v1_hash | u64 accepted_at = T0 + 5 = {T0 + 5} |",
+        "domain b.example NUL. It has no signature of its own.",
+    )
+    out["receipt_statement"] = statement
+    f.add(
         "receipt",
-        receipt(SERVER_B, msgs["v1_hash"], T0 + 5, "b.example"),
-        "Receipt (§10.1) for message_v1 of message.hex: hash = message_v1_hash,",
-        f"accepted_at = T0 + 5 = {T0 + 5}, domain b.example, signed by b.example's",
-        "server (seed 32x0x06) over `CMTP-v1 receipt\\0` | hash | u64 | domain NUL",
+        receipt(SERVER_B, statement, NONCE, 7),
+        "Kept receipt (§10.1): receipt_statement | nonce (00 01 .. 1f) | u64 seq 7 |",
+        "the reply signature of b.example's server (seed 32x0x06): over",
+        "`CMTP-v1 reply\\0` | nonce | u64 7 | H(\"MAIL\\0\") | u32 1 | SUCCESS NUL |",
+        "u64 body_len | SHA-256(receipt_statement)",
     )
 
     # §9.6 safety numbers

@@ -1013,9 +1013,9 @@ impl Session {
         }
     }
 
-    /// Sends an encoded message after MAIL or APPEND and checks the signed
-    /// receipt: signed by the own server's key, for `hash`. Returns the
-    /// receipt's bytes.
+    /// Sends an encoded message after MAIL or APPEND and checks the receipt:
+    /// the SUCCESS reply, signed by the own server's key (checked as every
+    /// reply is), for `hash`. Returns the kept receipt.
     pub async fn submit_bytes(
         &mut self,
         cmd: &Command,
@@ -1053,17 +1053,20 @@ impl Session {
             }
             _ => return Err(Error::from_reply(reply, "MAIL")),
         }
-        let receipt = Receipt::decode(&reply.body)
+        // The reply's signature, checked under the server's key as every
+        // reply's is, is the receipt's (PROTOCOL.md §10.1).
+        let receipt = self
+            .conn
+            .receipt(reply)
             .map_err(|e| Error::Verification(format!("receipt: {e}")))?;
-        receipt.verify(&self.greeting.key, hash).map_err(|_| {
-            Error::Verification(
-                "the receipt is not signed by the server's key for this message".into(),
-            )
+        receipt.body.check_hash(hash).map_err(|_| {
+            Error::Verification("the server's receipt is for another message".into())
         })?;
-        if receipt.domain != self.domain {
+        if receipt.domain() != &self.domain {
             return Err(Error::Verification(format!(
                 "the receipt names {}, not {}",
-                receipt.domain, self.domain
+                receipt.domain(),
+                self.domain
             )));
         }
         Ok(receipt)
@@ -1079,8 +1082,8 @@ impl Session {
         }
     }
 
-    /// Submits a message with MAIL and checks the signed receipt: signed by
-    /// the own server's key, for this message's hash.
+    /// Submits a message with MAIL and checks the receipt: the SUCCESS reply
+    /// signed by the own server's key, for this message's hash.
     pub async fn submit(
         &mut self,
         message: &Message,

@@ -46,7 +46,7 @@ use cmtp_proto::message::{Message, Source};
 use cmtp_proto::names::{Account, Address, Domain};
 use cmtp_proto::payload::{LoginChallenge, XzibitRelease};
 use cmtp_proto::reply::Status;
-use cmtp_proto::statements::Receipt;
+use cmtp_proto::statements::ReceiptBody;
 use cmtp_proto::tls::ClientTlsConfig;
 use rand_core::RngCore;
 use serde_json::json;
@@ -493,12 +493,12 @@ async fn legit_session(
         if reply.status != Status::Success {
             bail!("MAIL: {} {}", reply.status, reply.text().replace('\0', " "));
         }
+        // The reply's signature is the receipt's (PROTOCOL.md §10.1).
         c.verify(&reply, seq, b"MAIL\0")?;
-        let receipt = Receipt::decode(&reply.body)?;
+        let receipt = ReceiptBody::decode(&reply.body)?;
         if receipt.hash != m.hash {
             bail!("the receipt is for another message");
         }
-        receipt.verify(&g.key, &m.hash)?;
         out.mail.push(elapsed);
     }
     c.close().await?;

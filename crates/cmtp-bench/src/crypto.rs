@@ -1,6 +1,6 @@
 //! `crypto`: the hardware limits of what a server and a client compute, on
-//! one core: Ed25519 sign and verify (every reply, receipt and trailer is a
-//! signature), sealed boxes (what a client does per recipient), SHA-256
+//! one core: Ed25519 sign and verify (every reply — a receipt among them —
+//! and every trailer is a signature), sealed boxes (what a client does per recipient), SHA-256
 //! (the server hashes every message and every reply body).
 
 use std::hint::black_box;
@@ -20,11 +20,23 @@ pub(crate) struct CryptoArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) secs: f64,
+    /// Instead of the rates: compute the per-message floor this many times,
+    /// untimed — the SHA-256 of a message of `--floor-bytes` and one Ed25519
+    /// signature of a reply — for counting instructions under callgrind
+    /// (`bench/mail-callgrind.sh`).
+    #[arg(long, value_name = "N")]
+    pub(crate) floor: Option<u64>,
+    /// The message size (on the wire) of `--floor`.
+    #[arg(long, value_name = "BYTES", default_value_t = 4426)]
+    pub(crate) floor_bytes: usize,
 }
 
 impl CryptoArgs {
     pub(crate) fn params(&self) -> serde_json::Value {
-        json!({ "secs": self.secs, "threads": 1 })
+        match self.floor {
+            Some(n) => json!({ "floor": n, "floor_bytes": self.floor_bytes, "threads": 1 }),
+            None => json!({ "secs": self.secs, "threads": 1 }),
+        }
     }
 }
 
@@ -49,8 +61,31 @@ fn rate(secs: f64, mut f: impl FnMut()) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// `--floor N`: what a server cannot avoid per accepted message, N times.
+fn floor(n: u64, bytes: usize) -> Run {
+    let mut run = Run::default();
+    let rng = &mut rand_core::OsRng;
+    let key = IdentityKey::generate(rng);
+    let mut message = vec![0u8; bytes];
+    rng.fill_bytes(&mut message);
+    let mut data = vec![0u8; 124];
+    for i in 0..n {
+        message[..8].copy_from_slice(&i.to_be_bytes());
+        let hash = Sha256::digest(black_box(&message));
+        // The reply's signed data binds the body's hash (PROTOCOL.md §5.3).
+        data[92..124].copy_from_slice(&hash);
+        black_box(key.sign(SignatureTag::Reply, &[black_box(&data)]));
+    }
+    run.add("floor_iterations", n as f64, "");
+    run.add("floor_message_bytes", bytes as f64, "B");
+    run
+}
+
 /// One run of `crypto`.
 pub(crate) fn run(args: &CryptoArgs) -> anyhow::Result<Run> {
+    if let Some(n) = args.floor {
+        return Ok(floor(n, args.floor_bytes));
+    }
     let secs = args.secs.max(0.01);
     let mut run = Run::default();
     let rng = &mut rand_core::OsRng;

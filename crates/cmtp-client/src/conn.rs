@@ -20,6 +20,7 @@ use cmtp_proto::connection::client::{
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::payload::Greeting;
 use cmtp_proto::reply::{Reply, Status};
+use cmtp_proto::statements::Receipt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,6 +28,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::error::ClientError;
 
 pub use cmtp_proto::connection::client::MAX_REPLY_BODY;
+
+thread_local! {
+    /// Each thread's read buffer: zeroed once, lent to one
+    /// `Connection::read_now` at a time (a read never awaits).
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice());
+}
 
 /// A MAIL being streamed (see [`Connection::begin_mail`]).
 #[derive(Debug)]
@@ -48,6 +56,8 @@ pub struct Connection {
     banner_domain: String,
     timeout: Duration,
     broken: bool,
+    /// The position of the last whole reply read.
+    last_seq: u64,
 }
 
 impl Connection {
@@ -70,6 +80,7 @@ impl Connection {
             banner_domain: String::new(),
             timeout,
             broken: false,
+            last_seq: 0,
         };
         match conn.next_event("the banner").await? {
             ClientEvent::Ready { domain } => conn.banner_domain = domain,
@@ -146,14 +157,17 @@ impl Connection {
     /// came (bytes or the end). Readiness can be stale: a `WouldBlock` here
     /// clears it.
     fn read_now(&mut self) -> Result<bool, ClientError> {
-        let mut buf = [0u8; 64 * 1024];
-        match self.rd.try_read(&mut buf) {
-            Ok(0) => self.conn.handle_eof(),
-            Ok(n) => self.conn.handle_input(&buf[..n], Instant::now()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(ClientError::Io(e.to_string())),
-        }
-        Ok(true)
+        // The thread's buffer: one on the stack was zeroed for every read,
+        // which cost more than the read.
+        READ_BUF.with_borrow_mut(|buf| {
+            match self.rd.try_read(buf) {
+                Ok(0) => self.conn.handle_eof(),
+                Ok(n) => self.conn.handle_input(&buf[..n], Instant::now()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(ClientError::Io(e.to_string())),
+            }
+            Ok(true)
+        })
     }
 
     /// The next event, sending what is pending and reading until it comes.
@@ -184,12 +198,40 @@ impl Connection {
     /// The whole reply the state machine expects next.
     async fn next_reply(&mut self, what: &str) -> Result<Reply, ClientError> {
         match self.next_event(what).await? {
-            ClientEvent::Reply { reply, .. } => Ok(reply),
+            ClientEvent::Reply { reply, seq } => {
+                self.last_seq = seq;
+                Ok(reply)
+            }
             other => Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
                 what: what.into(),
                 error: format!("unexpected {other:?}"),
             })),
         }
+    }
+
+    /// The kept receipt (PROTOCOL.md §10.1) of `reply`, the last reply read:
+    /// a SUCCESS to `MAIL` or `APPEND` whose body is the receipt statement,
+    /// with the connection nonce and position its signature binds. Not
+    /// verified here beyond the reply's own check; the caller checks the
+    /// hash and domain.
+    pub fn receipt(&self, reply: &Reply) -> Result<Receipt, ClientError> {
+        if reply.status != Status::Success {
+            return Err(ClientError::Protocol(PeerMisbehaved::BadPayload {
+                what: "receipt".into(),
+                error: format!("a {} reply is no receipt", reply.status),
+            }));
+        }
+        let nonce = self
+            .conn
+            .greeting()
+            .map(|g| g.nonce)
+            .ok_or_else(|| ClientError::Closed("a receipt before the greeting".into()))?;
+        Receipt::from_reply(&reply.body, nonce, self.last_seq, reply.signature).map_err(|e| {
+            ClientError::Protocol(PeerMisbehaved::BadPayload {
+                what: "receipt".into(),
+                error: e.to_string(),
+            })
+        })
     }
 
     /// Sends OHAI and reads the greeting; checks that the greeting is signed

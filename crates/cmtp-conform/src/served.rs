@@ -27,7 +27,7 @@ use cmtp_proto::message::{Message, MessageEvent, MessageReader};
 use cmtp_proto::names::{Account, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason, Greeting};
 use cmtp_proto::reply::{REPLY_VERSION, Reply, ReplyBinding, ReplyHeader, Status, body_hash};
-use cmtp_proto::statements::{KeyStatement, Receipt, ServerKeyBundle, sign_trailer};
+use cmtp_proto::statements::{KeyStatement, ReceiptBody, ServerKeyBundle, sign_trailer};
 use cmtp_proto::tls::{KeyExchange, ServerTlsConfig};
 use rand_core::RngCore;
 use sha2::{Digest, Sha256};
@@ -419,7 +419,11 @@ fn receive(c: &mut Conn<'_>, digest: [u8; 32]) -> io::Result<bool> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let receipt = Receipt::issue(&inner.key, hash, now, inner.domain.clone());
+    let receipt = ReceiptBody {
+        hash,
+        accepted_at: now,
+        domain: inner.domain.clone(),
+    };
     {
         let mut got = inner.received.lock().expect("lock");
         got.push(message);

@@ -3,9 +3,11 @@
 
 use thiserror::Error;
 
+use crate::command::request_digest;
 use crate::crypto::sign::SIGNATURE_LEN;
 use crate::crypto::{CryptoError, IdentityKey, PublicKey, SignatureTag};
 use crate::names::{Account, Domain, NameError};
+use crate::reply::{REPLY_VERSION, ReplyBinding, ReplyHeader, Status, body_hash};
 use crate::wire::{Reader, WireError, put_str, put_u32, put_u64};
 
 /// Version of key statements and rotations.
@@ -358,52 +360,151 @@ impl ServerKeyBundle {
     }
 }
 
-/// The body of SUCCESS after MAIL: the receiving server's signed statement
-/// that it took responsibility for a message.
+/// The body of SUCCESS after MAIL or APPEND: the receiving server's
+/// statement that it took responsibility for a message (PROTOCOL.md §10.1).
+/// It carries no signature of its own: the reply's signature covers it, and
+/// [`Receipt`] keeps that signature with what it binds.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Receipt {
+pub struct ReceiptBody {
     /// The message hash.
     pub hash: [u8; 32],
-    /// When it was accepted.
+    /// When it was accepted (unix seconds).
     pub accepted_at: u64,
     /// The receiving domain.
     pub domain: Domain,
-    /// Its server's signature.
+}
+
+impl ReceiptBody {
+    /// Appends the wire form: `hash[32] | u64 accepted_at | domain NUL`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hash);
+        put_u64(out, self.accepted_at);
+        put_str(out, self.domain.as_str());
+    }
+
+    /// The wire form as a new vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + 8 + self.domain.as_str().len() + 1);
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a receipt statement occupying all of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<ReceiptBody, StatementError> {
+        let mut r = Reader::new(buf);
+        let body = Self::read(&mut r)?;
+        r.finish("receipt statement")?;
+        Ok(body)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<ReceiptBody, StatementError> {
+        let hash = r.array("hash")?;
+        let accepted_at = r.u64("accepted_at")?;
+        let domain = Domain::parse_canonical(r.string(crate::limits::MAX_FIELD, "domain")?)?;
+        Ok(ReceiptBody {
+            hash,
+            accepted_at,
+            domain,
+        })
+    }
+
+    /// Checks that the statement is about the message `hash`.
+    pub fn check_hash(&self, hash: &[u8; 32]) -> Result<(), StatementError> {
+        if &self.hash == hash {
+            Ok(())
+        } else {
+            Err(StatementError::Crypto(CryptoError::BadSignature))
+        }
+    }
+}
+
+/// A kept receipt: proof that a server took responsibility for a message,
+/// verifiable later by anyone who holds the server's key (PROTOCOL.md
+/// §10.1). It is the signed SUCCESS reply to `MAIL` itself: the statement
+/// with the connection nonce and reply position its signature binds, so
+/// accepting a message costs the server one signature, not two.
+///
+/// Wire form: `statement | nonce[32] | u64 seq | signature[64]`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Receipt {
+    /// The statement (the reply body).
+    pub body: ReceiptBody,
+    /// The connection nonce of the server's OHAI reply.
+    pub nonce: [u8; 32],
+    /// The reply's position on that connection.
+    pub seq: u64,
+    /// The reply signature.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
 impl Receipt {
-    fn signed_part(hash: &[u8; 32], accepted_at: u64, domain: &Domain) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(hash);
-        put_u64(&mut out, accepted_at);
-        put_str(&mut out, domain.as_str());
-        out
+    /// The request digest a receipt for `MAIL` answers: SHA-256(`MAIL\0`).
+    pub fn mail_request() -> [u8; 32] {
+        request_digest(b"MAIL\0")
     }
 
-    /// Signs a receipt with the receiving server's key.
-    pub fn issue(
-        server: &IdentityKey,
-        hash: [u8; 32],
-        accepted_at: u64,
-        domain: Domain,
-    ) -> Receipt {
-        let part = Self::signed_part(&hash, accepted_at, &domain);
-        Receipt {
-            signature: server.sign(SignatureTag::Receipt, &[&part]),
-            hash,
-            accepted_at,
-            domain,
+    fn signed_data(body: &[u8], nonce: [u8; 32], seq: u64, request: [u8; 32]) -> Vec<u8> {
+        let header = ReplyHeader {
+            version: REPLY_VERSION,
+            status: Status::Success,
+            body_len: body.len() as u64,
+        };
+        ReplyBinding {
+            nonce,
+            seq,
+            request,
         }
+        .signed_data(&header, &body_hash(body))
+    }
+
+    /// Signs `body` as the SUCCESS reply to `MAIL` at position `seq` of the
+    /// connection with `nonce`, as a server's connection does.
+    pub fn issue(server: &IdentityKey, body: ReceiptBody, nonce: [u8; 32], seq: u64) -> Receipt {
+        let data = Self::signed_data(&body.to_bytes(), nonce, seq, Self::mail_request());
+        Receipt {
+            signature: server.sign(SignatureTag::Reply, &[&data]),
+            body,
+            nonce,
+            seq,
+        }
+    }
+
+    /// Keeps a SUCCESS reply's `body` and `signature`, received at position
+    /// `seq` of the connection with `nonce` (not verified here).
+    pub fn from_reply(
+        body: &[u8],
+        nonce: [u8; 32],
+        seq: u64,
+        signature: [u8; SIGNATURE_LEN],
+    ) -> Result<Receipt, StatementError> {
+        Ok(Receipt {
+            body: ReceiptBody::decode(body)?,
+            nonce,
+            seq,
+            signature,
+        })
+    }
+
+    /// The message hash.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.body.hash
+    }
+
+    /// When the message was accepted.
+    pub fn accepted_at(&self) -> u64 {
+        self.body.accepted_at
+    }
+
+    /// The receiving domain.
+    pub fn domain(&self) -> &Domain {
+        &self.body.domain
     }
 
     /// Appends the wire form.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&Self::signed_part(
-            &self.hash,
-            self.accepted_at,
-            &self.domain,
-        ));
+        self.body.encode(out);
+        out.extend_from_slice(&self.nonce);
+        put_u64(out, self.seq);
         out.extend_from_slice(&self.signature);
     }
 
@@ -417,27 +518,36 @@ impl Receipt {
     /// Decodes a receipt occupying all of `buf` (not verified).
     pub fn decode(buf: &[u8]) -> Result<Receipt, StatementError> {
         let mut r = Reader::new(buf);
-        let hash = r.array("hash")?;
-        let accepted_at = r.u64("accepted_at")?;
-        let domain = Domain::parse_canonical(r.string(crate::limits::MAX_FIELD, "domain")?)?;
+        let body = ReceiptBody::read(&mut r)?;
+        let nonce = r.array("nonce")?;
+        let seq = r.u64("seq")?;
         let signature = r.array("signature")?;
         r.finish("receipt")?;
         Ok(Receipt {
-            hash,
-            accepted_at,
-            domain,
+            body,
+            nonce,
+            seq,
             signature,
         })
     }
 
-    /// Checks the signature under the receiving server's key and that it
-    /// covers `hash`.
+    /// Checks that the receipt is about `hash` and that its signature is the
+    /// receiving server's SUCCESS reply to `MAIL`.
     pub fn verify(&self, server_key: &PublicKey, hash: &[u8; 32]) -> Result<(), StatementError> {
-        if &self.hash != hash {
-            return Err(StatementError::Crypto(CryptoError::BadSignature));
-        }
-        let part = Self::signed_part(&self.hash, self.accepted_at, &self.domain);
-        server_key.verify(SignatureTag::Receipt, &[&part], &self.signature)?;
+        self.verify_answering(server_key, hash, Self::mail_request())
+    }
+
+    /// As [`Receipt::verify`], for the reply to the request with digest
+    /// `request` (an `APPEND` receipt answers the `APPEND` command, §13.6).
+    pub fn verify_answering(
+        &self,
+        server_key: &PublicKey,
+        hash: &[u8; 32],
+        request: [u8; 32],
+    ) -> Result<(), StatementError> {
+        self.body.check_hash(hash)?;
+        let data = Self::signed_data(&self.body.to_bytes(), self.nonce, self.seq, request);
+        server_key.verify(SignatureTag::Reply, &[&data], &self.signature)?;
         Ok(())
     }
 }
@@ -564,14 +674,65 @@ mod tests {
     #[test]
     fn receipts_and_trailers_verify() {
         let server = key(5);
-        let r = Receipt::issue(&server, [7; 32], 1234, d("b.test"));
+        let body = ReceiptBody {
+            hash: [7; 32],
+            accepted_at: 1234,
+            domain: d("b.test"),
+        };
+        assert_eq!(ReceiptBody::decode(&body.to_bytes()).unwrap(), body);
+        let r = Receipt::issue(&server, body, [3; 32], 2);
         let back = Receipt::decode(&r.to_bytes()).unwrap();
+        assert_eq!(back, r);
         back.verify(&server.public(), &[7; 32]).unwrap();
         assert!(back.verify(&server.public(), &[8; 32]).is_err());
+        assert!(back.verify(&key(6).public(), &[7; 32]).is_err());
         let t = sign_trailer(&server, &[1; 32]);
         verify_trailer(&server.public(), &[1; 32], &t).unwrap();
         assert!(verify_trailer(&server.public(), &[2; 32], &t).is_err());
         // A receipt signature is no trailer.
         assert!(verify_trailer(&server.public(), &[7; 32], &r.signature).is_err());
+    }
+
+    #[test]
+    fn a_receipt_is_the_signed_success_reply_to_mail() {
+        let server = key(5);
+        let body = ReceiptBody {
+            hash: [7; 32],
+            accepted_at: 1234,
+            domain: d("b.test"),
+        };
+        let bytes = body.to_bytes();
+        // The reply a connection sends: header, body, signature over the binding.
+        let header = ReplyHeader {
+            version: REPLY_VERSION,
+            status: Status::Success,
+            body_len: bytes.len() as u64,
+        };
+        let binding = ReplyBinding {
+            nonce: [9; 32],
+            seq: 4,
+            request: request_digest(b"MAIL\0"),
+        };
+        let sig = server.sign(
+            SignatureTag::Reply,
+            &[&binding.signed_data(&header, &body_hash(&bytes))],
+        );
+        let kept = Receipt::from_reply(&bytes, [9; 32], 4, sig).unwrap();
+        kept.verify(&server.public(), &[7; 32]).unwrap();
+        // Bound to its position, its connection and its request.
+        let mut moved = kept.clone();
+        moved.seq = 5;
+        assert!(moved.verify(&server.public(), &[7; 32]).is_err());
+        let mut other = kept.clone();
+        other.nonce = [8; 32];
+        assert!(other.verify(&server.public(), &[7; 32]).is_err());
+        assert!(
+            kept.verify_answering(&server.public(), &[7; 32], request_digest(b"APPEND\0"))
+                .is_err()
+        );
+        // A statement with anything after it is not a receipt statement.
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(ReceiptBody::decode(&long).is_err());
     }
 }

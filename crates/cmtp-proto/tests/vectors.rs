@@ -43,7 +43,7 @@ use cmtp_proto::reply::{
     decode_reply,
 };
 use cmtp_proto::statements::{
-    KeyStatement, Receipt, Rotation, ServerKeyBundle, sign_trailer, verify_trailer,
+    KeyStatement, Receipt, ReceiptBody, Rotation, ServerKeyBundle, sign_trailer, verify_trailer,
 };
 use cmtp_proto::wire::Reader;
 use rand::SeedableRng;
@@ -804,11 +804,13 @@ fn replies_hex() {
         2,
         mail,
         Status::Success,
-        statements.peek("receipt"),
+        statements.peek("receipt_statement"),
     );
-    let receipt = Receipt::decode(&r.body).unwrap();
+    // The signed SUCCESS reply to MAIL is the receipt (§10.1).
+    let receipt = Receipt::from_reply(&r.body, nonce(), 2, r.signature).unwrap();
     let hash = a32(&message.peek("message_v1_hash"));
-    receipt.verify(&server_b().public(), &hash).unwrap();
+    receipt.verify(&server_a().public(), &hash).unwrap();
+    assert!(receipt.verify(&server_b().public(), &hash).is_err());
     let r = check_reply(
         &v,
         "reply_deliveryfailure",
@@ -1303,7 +1305,13 @@ fn statements_hex() {
     assert_eq!(back.verify_self(&b, T0).unwrap(), server_b().public());
 
     let hash = a32(&message.peek("message_v1_hash"));
-    let receipt = Receipt::issue(&server_b(), hash, T0 + 5, b.clone());
+    let statement = ReceiptBody {
+        hash,
+        accepted_at: T0 + 5,
+        domain: b.clone(),
+    };
+    assert_eq!(statement.to_bytes(), v.get("receipt_statement"));
+    let receipt = Receipt::issue(&server_b(), statement, nonce(), 7);
     let bytes = v.get("receipt");
     assert_eq!(receipt.to_bytes(), bytes);
     let back = Receipt::decode(&bytes).unwrap();

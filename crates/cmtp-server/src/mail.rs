@@ -8,7 +8,7 @@ use cmtp_proto::message::{Envelope, VERSION_PLAINTEXT};
 use cmtp_proto::names::{Account, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason};
 use cmtp_proto::reply::Status;
-use cmtp_proto::statements::{Receipt, sign_trailer, verify_trailer};
+use cmtp_proto::statements::{ReceiptBody, sign_trailer, verify_trailer};
 use cmtp_store::{NewDelivery, NewOutbound, Store, StoreError};
 
 use std::sync::Arc;
@@ -51,7 +51,8 @@ enum Route {
 pub(crate) struct Accepting {
     env: Envelope,
     route: Route,
-    /// Submitted by the logged-in source: the server signs the trailer.
+    /// Submitted by the logged-in source: the server signs the trailer if
+    /// the message leaves the domain (PROTOCOL.md §7.3).
     submission: bool,
     /// Key of a foreign source domain, to check the trailer.
     source_key: Option<PublicKey>,
@@ -320,7 +321,12 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     };
     let sh = s.sh.clone();
     let trailer = if acc.submission {
-        sign_trailer(&sh.key, &hash)
+        // Only a message that leaves the domain carries the domain's
+        // signature (§7.3); one that stays is stored with a zero trailer.
+        match acc.route {
+            Route::Relay { .. } => sign_trailer(&sh.key, &hash),
+            Route::Local(_) | Route::File { .. } => [0; 64],
+        }
     } else {
         let key = acc.source_key.expect("foreign source has a key");
         if let Err(r) = check_trailer(s, &acc.env.source.domain, key, &hash, &trailer).await {
@@ -409,7 +415,13 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
             metrics::counter!("cmtp_message_bytes_total").increment(size);
             tracing::info!(peer = %s.peer, hash = %hex::encode(hash), from = %env.source, to = %env.destination,
                 size, duplicate, "message {what}");
-            let receipt = Receipt::issue(&sh.key, hash, at, sh.domain.clone());
+            // The receipt statement; the reply's signature makes it a
+            // receipt (§10.1).
+            let receipt = ReceiptBody {
+                hash,
+                accepted_at: at,
+                domain: sh.domain.clone(),
+            };
             s.conn.reply(Status::Success, &receipt.to_bytes());
         }
         // The account went away between the envelope check and the commit.

@@ -21,7 +21,6 @@ use cmtp_proto::content::Content;
 use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::message::Source;
 use cmtp_proto::names::{Account, Address};
-use cmtp_proto::statements::sign_trailer;
 use cmtp_store::{MessageBody, NewDelivery, Store};
 
 use crate::state::{Shared, now, rfc3339};
@@ -149,8 +148,8 @@ impl Shared {
         let source = Source::server(self.domain.clone());
         let mut msg =
             content.seal_as(source.clone(), &self.key, &to, &key, &mut rand_core::OsRng)?;
+        // The trailer stays zero: the notice never leaves the domain (§7.3).
         let hash = msg.hash();
-        msg.trailer = sign_trailer(&self.key, &hash);
         msg.log = format!(
             "{} {} mailbox full notice for {to}\n",
             rfc3339(t),

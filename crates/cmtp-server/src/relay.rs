@@ -22,7 +22,6 @@ use cmtp_proto::message::Source;
 use cmtp_proto::names::{Address, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason};
 use cmtp_proto::reply::Status;
-use cmtp_proto::statements::{Receipt, sign_trailer};
 use cmtp_store::{BlobReader, MessageBody, NewDelivery, OutboundEntry, Store};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
@@ -321,12 +320,15 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
             Err(err) => return Outcome::Retry(format!("{domain}: {err}")),
         }
     };
+    // The reply's signature was checked under the pinned `key` as every
+    // reply's is; for SUCCESS it is the receipt's (§10.1).
+    let receipt = (reply.status == Status::Success).then(|| conn.receipt(&reply));
     if !reply.status.closes_connection() {
         sh.relay_pool.put(&domain, key, conn);
     }
     match &reply.status {
-        Status::Success => match Receipt::decode(&reply.body) {
-            Ok(r) if r.verify(&key, &e.hash).is_ok() => Outcome::Delivered,
+        Status::Success => match receipt {
+            Some(Ok(r)) if r.body.check_hash(&e.hash).is_ok() => Outcome::Delivered,
             _ => Outcome::Retry(format!("{domain} answered SUCCESS without a valid receipt")),
         },
         Status::DeliveryFailure => {
@@ -448,8 +450,8 @@ fn notice(
         &sender_key,
         &mut rand_core::OsRng,
     )?;
+    // The trailer stays zero: the notice never leaves the domain (§7.3).
     let hash = msg.hash();
-    msg.trailer = sign_trailer(&sh.key, &hash);
     msg.log = format!(
         "{} {} delivery failure notice for {}\n",
         rfc3339(t),

@@ -10,7 +10,7 @@ use cmtp_proto::message::{Message, Source, VERSION_SEALED};
 use cmtp_proto::names::{Account, Address, Domain};
 use cmtp_proto::payload::{DeliveryFailure, FailureReason, LoginChallenge, decode_listing};
 use cmtp_proto::reply::{ReplyBinding, Status, body_hash};
-use cmtp_proto::statements::{KeyStatement, Receipt, ServerKeyBundle, verify_trailer};
+use cmtp_proto::statements::{KeyStatement, Receipt, ReceiptBody, ServerKeyBundle};
 use support::{Raw, TestServer, sealed};
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -193,10 +193,12 @@ async fn a_submitted_message_is_signed_stored_and_fetched_whole() {
     let mut c = s.login("alice", &alice).await;
     let r = c.mail(&msg.to_bytes()).await.unwrap();
     assert_eq!(r.status, Status::Success, "{}", r.text());
-    let receipt = Receipt::decode(&r.body).unwrap();
+    // The signed reply is the receipt, verifiable later on its own (§10.1).
+    let receipt = Receipt::decode(&c.receipt(&r).unwrap().to_bytes()).unwrap();
     receipt
         .verify(&s.shared().key.public(), &msg.hash())
         .unwrap();
+    assert!(receipt.verify(&s.shared().key.public(), &[0; 32]).is_err());
 
     let mut b = s.login("bob", &bob).await;
     let r = b.command(&Command::List, 1 << 20).await.unwrap();
@@ -215,7 +217,8 @@ async fn a_submitted_message_is_signed_stored_and_fetched_whole() {
     assert_eq!(stored.hash(), msg.hash());
     assert_eq!(stored.body, msg.body);
     assert_eq!(stored.attachments, msg.attachments);
-    verify_trailer(&s.shared().key.public(), &msg.hash(), &stored.trailer).unwrap();
+    // Mail that stays in the domain carries no domain signature (§7.3).
+    assert_eq!(stored.trailer, [0; 64]);
     let log = String::from_utf8(stored.log.clone()).unwrap();
     assert!(
         log.ends_with("a.test submitted by alice from 127.0.0.1\n"),
@@ -239,7 +242,7 @@ async fn the_same_message_twice_is_stored_once() {
         (r1.status.clone(), r2.status.clone()),
         (Status::Success, Status::Success)
     );
-    assert_eq!(Receipt::decode(&r2.body).unwrap().hash, msg.hash());
+    assert_eq!(ReceiptBody::decode(&r2.body).unwrap().hash, msg.hash());
     let mut b = s.login("bob", &bob).await;
     let list = decode_listing(&b.command(&Command::List, 1 << 20).await.unwrap().body).unwrap();
     assert_eq!(list.len(), 1);
@@ -785,10 +788,20 @@ async fn mailbox_sync_pages_changes_flags_and_append_over_the_wire() {
             .await
             .unwrap();
         assert_eq!(r.status, Status::Success, "{}", r.text());
-        Receipt::decode(&r.body)
-            .unwrap()
-            .verify(&s.shared().key.public(), &copy.hash())
+        // An APPEND receipt answers the APPEND command (§13.6).
+        let receipt = c.receipt(&r).unwrap();
+        receipt
+            .verify_answering(
+                &s.shared().key.public(),
+                &copy.hash(),
+                request_digest(&append.to_bytes()),
+            )
             .unwrap();
+        assert!(
+            receipt
+                .verify(&s.shared().key.public(), &copy.hash())
+                .is_err()
+        );
     }
     let r = c.command(&page(0, 1), 1 << 20).await.unwrap();
     let top = &ListingPage::decode(&r.body).unwrap().entries[0];

@@ -97,6 +97,8 @@ async fn mailbox(
         let msg = Message::decode(&bytes, sh.limits()).unwrap();
         assert_eq!(msg.version, 1, "sealed");
         assert_eq!(msg.source.to_string(), "@b.test", "from the own server");
+        // It never leaves the domain: no domain signature (PROTOCOL.md §7.3).
+        assert_eq!(msg.trailer, [0; 64], "a zero trailer");
         let opened = open(&msg, Some(key)).unwrap();
         opened
             .verify_sender(&msg, &sh.key.public())

@@ -237,8 +237,8 @@ impl Printer {
                     "to": d.recipient,
                     "hash": hex::encode(d.hash),
                     "size": d.size,
-                    "accepted_by": d.receipt.domain.to_string(),
-                    "accepted_at": rfc3339(d.receipt.accepted_at),
+                    "accepted_by": d.receipt.domain().to_string(),
+                    "accepted_at": rfc3339(d.receipt.accepted_at()),
                     "by_smtp": d.by_smtp,
                     "end_to_end": !d.by_smtp,
                 })).collect::<Vec<_>>(),
@@ -268,8 +268,8 @@ impl Printer {
                         d.recipient,
                         if d.by_smtp { " by SMTP" } else { "" },
                         human_size(d.size),
-                        d.receipt.domain,
-                        rfc3339(d.receipt.accepted_at),
+                        d.receipt.domain(),
+                        rfc3339(d.receipt.accepted_at()),
                         hex::encode(&d.hash[..8])
                     );
                 }

@@ -27,8 +27,6 @@ pub enum SignatureTag {
     /// `"CMTP-v1 key-rotation\0"`: a server key rotation statement, signed
     /// by the old key.
     KeyRotation,
-    /// `"CMTP-v1 receipt\0"`: a signed delivery receipt.
-    Receipt,
     /// `"CMTP-v1 domain-signature\0"`: the source domain's message trailer.
     DomainSignature,
     /// `"CMTP-v1 sender-signature\0"`: the sender's signature inside the
@@ -50,11 +48,10 @@ pub enum SignatureTag {
 
 impl SignatureTag {
     /// Every tag, in declaration order.
-    pub const ALL: [SignatureTag; 11] = [
+    pub const ALL: [SignatureTag; 10] = [
         SignatureTag::Reply,
         SignatureTag::KeyStatement,
         SignatureTag::KeyRotation,
-        SignatureTag::Receipt,
         SignatureTag::DomainSignature,
         SignatureTag::SenderSignature,
         SignatureTag::Xzibit,
@@ -70,7 +67,6 @@ impl SignatureTag {
             SignatureTag::Reply => b"CMTP-v1 reply\0",
             SignatureTag::KeyStatement => b"CMTP-v1 key-statement\0",
             SignatureTag::KeyRotation => b"CMTP-v1 key-rotation\0",
-            SignatureTag::Receipt => b"CMTP-v1 receipt\0",
             SignatureTag::DomainSignature => b"CMTP-v1 domain-signature\0",
             SignatureTag::SenderSignature => b"CMTP-v1 sender-signature\0",
             SignatureTag::Xzibit => b"CMTP-v1 xzibit\0",
@@ -140,11 +136,10 @@ mod tests {
 
     #[test]
     fn tags_are_exact() {
-        let expected: [&[u8]; 11] = [
+        let expected: [&[u8]; 10] = [
             b"CMTP-v1 reply\0",
             b"CMTP-v1 key-statement\0",
             b"CMTP-v1 key-rotation\0",
-            b"CMTP-v1 receipt\0",
             b"CMTP-v1 domain-signature\0",
             b"CMTP-v1 sender-signature\0",
             b"CMTP-v1 xzibit\0",
@@ -202,7 +197,7 @@ mod tests {
     fn non_canonical_s_is_refused() {
         // S + L verifies under lax rules; verify_strict must refuse it.
         let k = IdentityKey::from_seed(&[9; 32]);
-        let sig = k.sign(SignatureTag::Receipt, &[b"x"]);
+        let sig = k.sign(SignatureTag::KeyStatement, &[b"x"]);
         // the group order L, little-endian
         let l: [u8; 32] = [
             0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
@@ -221,7 +216,7 @@ mod tests {
         bad[32..].copy_from_slice(&s);
         assert!(
             k.public()
-                .verify(SignatureTag::Receipt, &[b"x"], &bad)
+                .verify(SignatureTag::KeyStatement, &[b"x"], &bad)
                 .is_err()
         );
     }

@@ -12,7 +12,6 @@ use cmtp_proto::crypto::PublicKey;
 use cmtp_proto::limits::MAX_FIELD;
 use cmtp_proto::message::Source;
 use cmtp_proto::names::{Account, Address};
-use cmtp_proto::statements::sign_trailer;
 use cmtp_smtp::arrival::{ATTACHMENT_NAME, Arrival};
 use cmtp_store::{MAX_CHUNK, MessageBody, NewDelivery, Store};
 use zeroize::Zeroize;
@@ -126,8 +125,8 @@ pub(crate) fn seal_copies(
                 break;
             }
         };
+        // The trailer stays zero: the message never leaves the domain (§7.3).
         let hash = msg.hash();
-        msg.trailer = sign_trailer(&sh.key, &hash);
         msg.log = format!(
             "{} {} accepted by SMTP from {helo} [{ip}] for {to}\n",
             rfc3339(received_at),

@@ -87,25 +87,26 @@ pub(crate) fn create_user(
 }
 
 pub(crate) fn user(c: &Connection, account: &str) -> Result<Option<User>, StoreError> {
-    c.query_row(
+    // Cached: read for every message to a local account (its quota).
+    c.prepare_cached(
         "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at, quota
          FROM users WHERE account = ?1",
-        [account],
-        |r| {
-            Ok(User {
-                account: r.get(0)?,
-                identity_pk: r.get(1)?,
-                credentials: Credentials {
-                    opaque_record: r.get(2)?,
-                    ksf: r.get(3)?,
-                    xzibit: r.get(4)?,
-                },
-                created_at: get_u64(r, 5)?,
-                updated_at: get_u64(r, 6)?,
-                quota: get_opt_u64(r, 7)?,
-            })
-        },
     )
+    .db()?
+    .query_row([account], |r| {
+        Ok(User {
+            account: r.get(0)?,
+            identity_pk: r.get(1)?,
+            credentials: Credentials {
+                opaque_record: r.get(2)?,
+                ksf: r.get(3)?,
+                xzibit: r.get(4)?,
+            },
+            created_at: get_u64(r, 5)?,
+            updated_at: get_u64(r, 6)?,
+            quota: get_opt_u64(r, 7)?,
+        })
+    })
     .optional()
     .db()
 }

@@ -298,7 +298,7 @@ fn mail_between_two_domains_end_to_end() {
             .seal(&from, &identity, &to, &key, &mut rand::rngs::OsRng)
             .unwrap();
         let receipt = session.submit(&msg, |_| {}).await.unwrap();
-        assert_eq!(receipt.hash, msg.hash());
+        assert_eq!(receipt.hash(), &msg.hash());
         session.close().await;
     });
     let list = inbox_with(&bob, 2);
