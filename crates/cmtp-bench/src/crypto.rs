@@ -1,7 +1,8 @@
 //! `crypto`: the hardware limits of what a server and a client compute, on
 //! one core: Ed25519 sign and verify (every reply — a receipt among them —
-//! and every trailer is a signature), sealed boxes (what a client does per recipient), SHA-256
-//! (the server hashes every message and every reply body).
+//! and every trailer is a signature), sealed boxes (what a client does per
+//! recipient), SHA-256 (the server hashes every message and every reply
+//! body).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::command::request_digest;
+use crate::connection::server::mail_digest;
 use crate::crypto::sign::SIGNATURE_LEN;
 use crate::crypto::{CryptoError, IdentityKey, PublicKey, SignatureTag};
 use crate::names::{Account, Domain, NameError};
@@ -438,11 +438,6 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The request digest a receipt for `MAIL` answers: SHA-256(`MAIL\0`).
-    pub fn mail_request() -> [u8; 32] {
-        request_digest(b"MAIL\0")
-    }
-
     fn signed_data(body: &[u8], nonce: [u8; 32], seq: u64, request: [u8; 32]) -> Vec<u8> {
         let header = ReplyHeader {
             version: REPLY_VERSION,
@@ -460,7 +455,7 @@ impl Receipt {
     /// Signs `body` as the SUCCESS reply to `MAIL` at position `seq` of the
     /// connection with `nonce`, as a server's connection does.
     pub fn issue(server: &IdentityKey, body: ReceiptBody, nonce: [u8; 32], seq: u64) -> Receipt {
-        let data = Self::signed_data(&body.to_bytes(), nonce, seq, Self::mail_request());
+        let data = Self::signed_data(&body.to_bytes(), nonce, seq, mail_digest());
         Receipt {
             signature: server.sign(SignatureTag::Reply, &[&data]),
             body,
@@ -534,7 +529,7 @@ impl Receipt {
     /// Checks that the receipt is about `hash` and that its signature is the
     /// receiving server's SUCCESS reply to `MAIL`.
     pub fn verify(&self, server_key: &PublicKey, hash: &[u8; 32]) -> Result<(), StatementError> {
-        self.verify_answering(server_key, hash, Self::mail_request())
+        self.verify_answering(server_key, hash, mail_digest())
     }
 
     /// As [`Receipt::verify`], for the reply to the request with digest
@@ -570,6 +565,7 @@ pub fn verify_trailer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::request_digest;
 
     fn key(n: u8) -> IdentityKey {
         IdentityKey::from_seed(&[n; 32])

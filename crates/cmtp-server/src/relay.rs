@@ -322,13 +322,13 @@ async fn deliver(sh: &Shared, e: &OutboundEntry) -> Outcome {
     };
     // The reply's signature was checked under the pinned `key` as every
     // reply's is; for SUCCESS it is the receipt's (§10.1).
-    let receipt = (reply.status == Status::Success).then(|| conn.receipt(&reply));
+    let receipt = conn.receipt(&reply);
     if !reply.status.closes_connection() {
         sh.relay_pool.put(&domain, key, conn);
     }
     match &reply.status {
         Status::Success => match receipt {
-            Some(Ok(r)) if r.body.check_hash(&e.hash).is_ok() => Outcome::Delivered,
+            Ok(r) if r.body.check_hash(&e.hash).is_ok() => Outcome::Delivered,
             _ => Outcome::Retry(format!("{domain} answered SUCCESS without a valid receipt")),
         },
         Status::DeliveryFailure => {
