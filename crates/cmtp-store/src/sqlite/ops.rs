@@ -205,6 +205,14 @@ pub(crate) fn set_quota(
     Ok(n > 0)
 }
 
+pub(crate) fn quota(c: &Connection, account: &str) -> Result<Option<Option<u64>>, StoreError> {
+    c.prepare_cached("SELECT quota FROM users WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| get_opt_u64(r, 0))
+        .optional()
+        .db()
+}
+
 pub(crate) fn mailbox_usage(c: &Connection, account: &str) -> Result<MailboxUsage, StoreError> {
     c.prepare_cached("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM mailbox WHERE account = ?1")
         .db()?
@@ -692,13 +700,13 @@ fn store_body(c: &Connection, body: &MessageBody, size: u64) -> Result<i64, Stor
                 )));
             }
             let chunks = i64::from(!bytes.is_empty());
-            let id: i64 = c
-                .prepare_cached(
-                    "INSERT INTO blobs (size, chunks, staged_at) VALUES (?1, ?2, NULL) RETURNING id",
-                )
+            // `last_insert_rowid` rather than RETURNING, which buffers its
+            // row in an ephemeral table (this is on every delivery's path).
+            c.prepare_cached("INSERT INTO blobs (size, chunks, staged_at) VALUES (?1, ?2, NULL)")
                 .db()?
-                .query_row(params![sql(size), chunks], |r| r.get(0))
+                .execute(params![sql(size), chunks])
                 .db()?;
+            let id = c.last_insert_rowid();
             if chunks == 1 {
                 c.prepare_cached("INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?1, 0, ?2)")
                     .db()?
@@ -753,15 +761,26 @@ pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, Stor
 
 /// Takes the next per-user id and modseq of `account`'s mailbox; `None` if
 /// there is no such account.
+///
+/// An UPDATE and then a SELECT rather than UPDATE ... RETURNING, which
+/// buffers its row in an ephemeral table: this is on every delivery's path.
 fn next_uid(c: &Connection, account: &str) -> Result<Option<(i64, i64)>, StoreError> {
-    c.prepare_cached(
-        "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
-         WHERE account = ?1 RETURNING last_uid, modseq",
-    )
-    .db()?
-    .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
-    .db()
+    let changed = c
+        .prepare_cached(
+            "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+             WHERE account = ?1",
+        )
+        .db()?
+        .execute([account])
+        .db()?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    c.prepare_cached("SELECT last_uid, modseq FROM mailbox_state WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(Some)
+        .db()
 }
 
 /// Raises `account`'s modseq by one and returns it; `None` if there is no
@@ -802,31 +821,28 @@ pub(crate) fn deliver_into(
         return Err(StoreError::UnknownAccount);
     };
     let blob = store_body(c, &d.body, d.size)?;
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size,
-                                  blob_id, uid, modseq, flags, folder)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
-        )
-        .db()?
-        .query_row(
-            params![
-                d.account,
-                d.hash,
-                d.source,
-                sql(d.received_at),
-                d.version,
-                d.attachment_count,
-                sql(d.size),
-                blob,
-                uid,
-                modseq,
-                flags,
-                folder
-            ],
-            |r| r.get(0),
-        )
-        .db()?;
+    c.prepare_cached(
+        "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size,
+                              blob_id, uid, modseq, flags, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )
+    .db()?
+    .execute(params![
+        d.account,
+        d.hash,
+        d.source,
+        sql(d.received_at),
+        d.version,
+        d.attachment_count,
+        sql(d.size),
+        blob,
+        uid,
+        modseq,
+        flags,
+        folder
+    ])
+    .db()?;
+    let id = c.last_insert_rowid();
     c.prepare_cached(
         "INSERT INTO delivered (hash, account, message_id, at) VALUES (?1, ?2, ?3, ?4)",
     )
