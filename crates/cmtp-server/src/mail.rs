@@ -174,6 +174,13 @@ fn refuse_store(s: &mut Session, e: StoreError) {
     refuse(s, r);
 }
 
+/// The span of a complete message (its hash) that every line logged while
+/// refusing it carries. Only made when there is something to log: an
+/// accepted message logs one line with the hash as a field.
+fn message_span(hash: &[u8; 32]) -> tracing::span::EnteredSpan {
+    tracing::info_span!("message", hash = %hex::encode(hash)).entered()
+}
+
 /// Checks the envelope (PROTOCOL.md §7.4 steps 1–6; §13.6 for APPEND) —
 /// before any byte of the body is read — then reserves the message's bytes
 /// announced so far (disk reserve, staging budgets).
@@ -330,6 +337,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } else {
         let key = acc.source_key.expect("foreign source has a key");
         if let Err(r) = check_trailer(s, &acc.env.source.domain, key, &hash, &trailer).await {
+            let _span = message_span(&hash);
             return refuse(s, r);
         }
         trailer
@@ -339,11 +347,15 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } = *acc;
     let mut sink = sink;
     if let Err(e) = sink.push(&trailer).await {
+        let _span = message_span(&hash);
         return refuse_store(s, e);
     }
     let (body, size) = match sink.finish().await {
         Ok(x) => x,
-        Err(e) => return refuse_store(s, e),
+        Err(e) => {
+            let _span = message_span(&hash);
+            return refuse_store(s, e);
+        }
     };
     // If storing fails, the staged bytes go at once, not at maintenance.
     let staged = match &body {
@@ -425,14 +437,18 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
             s.conn.reply(Status::Success, &receipt.to_bytes());
         }
         // The account went away between the envelope check and the commit.
-        Err(StoreError::UnknownAccount) => refuse(
-            s,
-            Refusal::delivery(
-                FailureReason::NoSuchUser,
-                format!("no user {} here", env.destination),
-            ),
-        ),
+        Err(StoreError::UnknownAccount) => {
+            let _span = message_span(&hash);
+            refuse(
+                s,
+                Refusal::delivery(
+                    FailureReason::NoSuchUser,
+                    format!("no user {} here", env.destination),
+                ),
+            )
+        }
         Err(e) => {
+            let _span = message_span(&hash);
             if let Some(blob) = staged {
                 let store = sh.store.clone();
                 tokio::spawn(async move {
@@ -470,7 +486,7 @@ async fn check_trailer(
             format!("the domain signature does not verify under the key of {domain}"),
         )),
         Some(Err(e)) => {
-            tracing::info!(peer = %s.peer, %domain, error = %e, "cannot refresh the key of a source domain");
+            tracing::info!(peer = %s.peer, %domain, hash = %hex::encode(hash), error = %e, "cannot refresh the key of a source domain");
             Err(Refusal::status(
                 Status::TempFailure,
                 format!(

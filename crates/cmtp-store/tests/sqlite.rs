@@ -172,7 +172,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 5
+            supported: 6
         }
     );
     assert!(!e.is_transient());

@@ -855,26 +855,39 @@ pub(crate) fn deliver_into(
     })
 }
 
-const MAILBOX_COLUMNS: &str = "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks, m.modseq, m.flags, m.folder";
+/// The columns of a [`MailboxEntry`] ([`entry_row`]), from `mailbox m`.
+macro_rules! entry_columns {
+    () => {
+        "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, m.modseq, m.flags, m.folder"
+    };
+}
+const ENTRY_COLUMNS: &str = entry_columns!();
+/// An entry's columns and its blob's, from `mailbox m JOIN blobs b`
+/// ([`mailbox_row`]). Listings need no blob: they read `mailbox` alone.
+const MAILBOX_COLUMNS: &str = concat!(entry_columns!(), ", b.id, b.size, b.chunks");
+
+fn entry_row(r: &Row<'_>) -> rusqlite::Result<MailboxEntry> {
+    Ok(MailboxEntry {
+        id: get_u64(r, 0)?,
+        hash: r.get(1)?,
+        size: get_u64(r, 2)?,
+        received_at: get_u64(r, 3)?,
+        source: r.get(4)?,
+        version: r.get(5)?,
+        attachment_count: r.get(6)?,
+        modseq: get_u64(r, 7)?,
+        flags: r.get(8)?,
+        folder: r.get(9)?,
+    })
+}
 
 fn mailbox_row(r: &Row<'_>) -> rusqlite::Result<(MailboxEntry, BlobRef)> {
     Ok((
-        MailboxEntry {
-            id: get_u64(r, 0)?,
-            hash: r.get(1)?,
-            size: get_u64(r, 2)?,
-            received_at: get_u64(r, 3)?,
-            source: r.get(4)?,
-            version: r.get(5)?,
-            attachment_count: r.get(6)?,
-            modseq: get_u64(r, 10)?,
-            flags: r.get(11)?,
-            folder: r.get(12)?,
-        },
+        entry_row(r)?,
         BlobRef {
-            id: get_u64(r, 7)?,
-            size: get_u64(r, 8)?,
-            chunks: r.get(9)?,
+            id: get_u64(r, 10)?,
+            size: get_u64(r, 11)?,
+            chunks: r.get(12)?,
         },
     ))
 }
@@ -907,14 +920,12 @@ pub(crate) fn mailbox_page(
     let before = if before == 0 { i64::MAX } else { sql(before) };
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+            "SELECT {ENTRY_COLUMNS} FROM mailbox m
              WHERE m.account = ?1 AND m.uid < ?2 ORDER BY m.uid DESC LIMIT ?3"
         ))
         .db()?;
     let rows = stmt
-        .query_map(params![account, before, limit_sql(limit)], |r| {
-            mailbox_row(r).map(|(e, _)| e)
-        })
+        .query_map(params![account, before, limit_sql(limit)], entry_row)
         .db()?;
     let entries = rows.collect::<rusqlite::Result<_>>().db()?;
     Ok(MailboxPage { state, entries })
@@ -931,13 +942,13 @@ pub(crate) fn mailbox_changes(
     let mut changes: Vec<MailboxChange> = {
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+                "SELECT {ENTRY_COLUMNS} FROM mailbox m
                  WHERE m.account = ?1 AND m.modseq > ?2 ORDER BY m.modseq LIMIT ?3"
             ))
             .db()?;
         let rows = stmt
             .query_map(params![account, sql(since), limit_sql(limit) + 1], |r| {
-                mailbox_row(r).map(|(e, _)| MailboxChange::Entry(e))
+                entry_row(r).map(MailboxChange::Entry)
             })
             .db()?;
         rows.collect::<rusqlite::Result<_>>().db()?
@@ -1047,13 +1058,11 @@ pub(crate) fn move_messages(
 pub(crate) fn list_mailbox(c: &Connection, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+            "SELECT {ENTRY_COLUMNS} FROM mailbox m
              WHERE m.account = ?1 ORDER BY m.uid"
         ))
         .db()?;
-    let rows = stmt
-        .query_map([account], |r| mailbox_row(r).map(|(e, _)| e))
-        .db()?;
+    let rows = stmt.query_map([account], entry_row).db()?;
     rows.collect::<rusqlite::Result<_>>().db()
 }
 
