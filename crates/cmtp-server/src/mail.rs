@@ -14,6 +14,8 @@ use cmtp_store::{NewDelivery, NewOutbound, Store, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tracing::Instrument;
+
 use crate::session::{Session, internal_error};
 use crate::staging::BlobSink;
 use crate::state::Shared;
@@ -479,14 +481,23 @@ async fn check_trailer(
     if verify_trailer(&pinned, hash, trailer).is_ok() {
         return Ok(());
     }
-    match s.sh.remote.refresh_server_key_limited(domain, now()).await {
+    // What the refresh logs (a changed key, a rotation) carries the hash.
+    let span = tracing::info_span!("message", hash = %hex::encode(hash));
+    let refreshed = s
+        .sh
+        .remote
+        .refresh_server_key_limited(domain, now())
+        .instrument(span.clone())
+        .await;
+    let _span = span.entered();
+    match refreshed {
         Some(Ok(fresh)) if verify_trailer(&fresh, hash, trailer).is_ok() => Ok(()),
         Some(Ok(_)) => Err(Refusal::delivery(
             FailureReason::BadSignature,
             format!("the domain signature does not verify under the key of {domain}"),
         )),
         Some(Err(e)) => {
-            tracing::info!(peer = %s.peer, %domain, hash = %hex::encode(hash), error = %e, "cannot refresh the key of a source domain");
+            tracing::info!(peer = %s.peer, %domain, error = %e, "cannot refresh the key of a source domain");
             Err(Refusal::status(
                 Status::TempFailure,
                 format!(
