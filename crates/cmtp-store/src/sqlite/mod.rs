@@ -371,6 +371,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn quota(&self, account: &str) -> Result<Option<Option<u64>>, StoreError> {
+        let account = account.to_owned();
+        self.read(move |c| ops::quota(c, &account)).await
+    }
+
     async fn mailbox_usage(&self, account: &str) -> Result<MailboxUsage, StoreError> {
         let account = account.to_owned();
         self.read(move |c| ops::mailbox_usage(c, &account)).await
