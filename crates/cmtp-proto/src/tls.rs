@@ -300,7 +300,7 @@ pub(crate) fn decrypt<S: rustls::SideData>(
     mut rd: &[u8],
     wire: &mut Vec<u8>,
 ) -> (Vec<u8>, Result<bool, String>) {
-    use std::io::Read;
+    use std::io::BufRead;
     let mut plain = Vec::new();
     // At least one pass even without new bytes: records that arrived with
     // the ClientHello are already buffered in the connection (§4.4).
@@ -315,13 +315,22 @@ pub(crate) fn decrypt<S: rustls::SideData>(
                 return (plain, Err(e.to_string()));
             }
         };
-        let n = io.plaintext_bytes_to_read();
-        if n > 0 {
-            let start = plain.len();
-            plain.resize(start + n, 0);
-            if tls.reader().read_exact(&mut plain[start..]).is_err() {
-                return (plain, Err("TLS plaintext lost".into()));
-            }
+        // Copied out chunk by chunk (`BufRead`): no zero-filled buffer to
+        // read into first.
+        let mut n = io.plaintext_bytes_to_read();
+        plain.reserve(n);
+        let mut reader = tls.reader();
+        while n > 0 {
+            let took = match reader.fill_buf() {
+                Ok(chunk) if !chunk.is_empty() => {
+                    let chunk = &chunk[..chunk.len().min(n)];
+                    plain.extend_from_slice(chunk);
+                    chunk.len()
+                }
+                _ => return (plain, Err("TLS plaintext lost".into())),
+            };
+            reader.consume(took);
+            n -= took;
         }
         if io.peer_has_closed() {
             return (plain, Ok(true));

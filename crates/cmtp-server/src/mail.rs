@@ -14,6 +14,8 @@ use cmtp_store::{NewDelivery, NewOutbound, Store, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tracing::Instrument;
+
 use crate::session::{Session, internal_error};
 use crate::staging::BlobSink;
 use crate::state::Shared;
@@ -174,6 +176,13 @@ fn refuse_store(s: &mut Session, e: StoreError) {
     refuse(s, r);
 }
 
+/// The span of a complete message (its hash) that every line logged while
+/// refusing it carries. Only made when there is something to log: an
+/// accepted message logs one line with the hash as a field.
+fn message_span(hash: &[u8; 32]) -> tracing::span::EnteredSpan {
+    tracing::info_span!("message", hash = %hex::encode(hash)).entered()
+}
+
 /// Checks the envelope (PROTOCOL.md §7.4 steps 1–6; §13.6 for APPEND) —
 /// before any byte of the body is read — then reserves the message's bytes
 /// announced so far (disk reserve, staging budgets).
@@ -330,6 +339,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } else {
         let key = acc.source_key.expect("foreign source has a key");
         if let Err(r) = check_trailer(s, &acc.env.source.domain, key, &hash, &trailer).await {
+            let _span = message_span(&hash);
             return refuse(s, r);
         }
         trailer
@@ -339,11 +349,15 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } = *acc;
     let mut sink = sink;
     if let Err(e) = sink.push(&trailer).await {
+        let _span = message_span(&hash);
         return refuse_store(s, e);
     }
     let (body, size) = match sink.finish().await {
         Ok(x) => x,
-        Err(e) => return refuse_store(s, e),
+        Err(e) => {
+            let _span = message_span(&hash);
+            return refuse_store(s, e);
+        }
     };
     // If storing fails, the staged bytes go at once, not at maintenance.
     let staged = match &body {
@@ -425,14 +439,18 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
             s.conn.reply(Status::Success, &receipt.to_bytes());
         }
         // The account went away between the envelope check and the commit.
-        Err(StoreError::UnknownAccount) => refuse(
-            s,
-            Refusal::delivery(
-                FailureReason::NoSuchUser,
-                format!("no user {} here", env.destination),
-            ),
-        ),
+        Err(StoreError::UnknownAccount) => {
+            let _span = message_span(&hash);
+            refuse(
+                s,
+                Refusal::delivery(
+                    FailureReason::NoSuchUser,
+                    format!("no user {} here", env.destination),
+                ),
+            )
+        }
         Err(e) => {
+            let _span = message_span(&hash);
             if let Some(blob) = staged {
                 let store = sh.store.clone();
                 tokio::spawn(async move {
@@ -463,7 +481,16 @@ async fn check_trailer(
     if verify_trailer(&pinned, hash, trailer).is_ok() {
         return Ok(());
     }
-    match s.sh.remote.refresh_server_key_limited(domain, now()).await {
+    // What the refresh logs (a changed key, a rotation) carries the hash.
+    let span = tracing::info_span!("message", hash = %hex::encode(hash));
+    let refreshed = s
+        .sh
+        .remote
+        .refresh_server_key_limited(domain, now())
+        .instrument(span.clone())
+        .await;
+    let _span = span.entered();
+    match refreshed {
         Some(Ok(fresh)) if verify_trailer(&fresh, hash, trailer).is_ok() => Ok(()),
         Some(Ok(_)) => Err(Refusal::delivery(
             FailureReason::BadSignature,

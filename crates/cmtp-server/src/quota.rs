@@ -35,8 +35,8 @@ impl Shared {
         account: &Account,
         announced: u64,
     ) -> Result<(), String> {
-        match self.store.user(account.as_str()).await {
-            Ok(Some(u)) => self.check_quota_of(account, u.quota, announced).await,
+        match self.store.quota(account.as_str()).await {
+            Ok(Some(quota)) => self.check_quota_of(account, quota, announced).await,
             // Vanished meanwhile: the delivery will say so.
             Ok(None) => Ok(()),
             Err(e) => Err(format!("temporary failure, try again later: {e}")),

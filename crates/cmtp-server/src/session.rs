@@ -19,7 +19,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::auth::Exchange;
 use crate::limiter::ConnectionSlot;
@@ -276,9 +275,7 @@ impl Session {
             }
             ServerEvent::MailLogEnd => Box::pin(crate::mail::log_end(self)),
             ServerEvent::MailEnd { trailer, hash } => {
-                // Every line logged while finishing carries the hash.
-                let span = tracing::info_span!("message", hash = %hex::encode(hash));
-                Box::pin(crate::mail::finish(self, trailer, hash).instrument(span))
+                Box::pin(crate::mail::finish(self, trailer, hash))
             }
             _ => Box::pin(std::future::ready(())),
         }

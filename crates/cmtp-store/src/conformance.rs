@@ -1187,12 +1187,16 @@ pub async fn queue_concurrent_leases<S: Store>(store: S) {
 pub async fn quotas_and_usage<S: Store>(store: S) {
     with_users(&store, &["alice", "bob"]).await;
     assert_eq!(store.user("alice").await.unwrap().unwrap().quota, None);
+    assert_eq!(store.quota("alice").await.unwrap(), Some(None));
     assert!(store.set_quota("alice", Some(1000)).await.unwrap());
     assert!(!store.set_quota("nobody", Some(1)).await.unwrap());
     assert_eq!(
         store.user("alice").await.unwrap().unwrap().quota,
         Some(1000)
     );
+    assert_eq!(store.quota("alice").await.unwrap(), Some(Some(1000)));
+    assert_eq!(store.quota("bob").await.unwrap(), Some(None));
+    assert_eq!(store.quota("nobody").await.unwrap(), None);
     assert_eq!(
         store.mailbox_usage("alice").await.unwrap(),
         MailboxUsage::default()

@@ -72,6 +72,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         quota: Option<u64>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The quota of `account` alone, read for every message delivered to
+    /// it: `None` if there is no such user, `Some(None)` if it has no quota.
+    fn quota(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<Option<Option<u64>>, StoreError>> + Send;
+
     /// How many messages, and bytes, the mailbox of `account` holds (zero
     /// for an unknown account).
     fn mailbox_usage(
@@ -609,6 +616,7 @@ impl Store for AnyStore {
         fn delete_user(&self, account: &str) -> bool;
         fn update_credentials(&self, account: &str, credentials: Credentials, now: u64) -> bool;
         fn set_quota(&self, account: &str, quota: Option<u64>) -> bool;
+        fn quota(&self, account: &str) -> Option<Option<u64>>;
         fn mailbox_usage(&self, account: &str) -> MailboxUsage;
         fn claim_quota_notice(&self, account: &str, now: u64, interval: u64) -> bool;
         fn unlock_user(&self, account: &str, now: u64) -> bool;

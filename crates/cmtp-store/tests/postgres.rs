@@ -407,7 +407,7 @@ async fn concurrent_starts_migrate_once() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i32>(0), 5);
+    assert_eq!(rows[0].get::<_, i32>(0), 6);
     for (i, s) in stores.iter().enumerate() {
         s.create_user(new_user(&format!("user{i}")), None, T0)
             .await
@@ -478,7 +478,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 5
+            supported: 6
         }
     );
     assert!(!e.is_transient());

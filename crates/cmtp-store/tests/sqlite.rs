@@ -139,6 +139,17 @@ async fn a_version_1_database_is_migrated_keeping_everything() {
     store.add_alias("ally", "alice", T0).await.unwrap();
     assert!(store.set_held(queue[0].id, true).await.unwrap());
     store.integrity_check().await.unwrap();
+    drop(store);
+    // Version 6 dropped the index that no query used.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'mailbox' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["mailbox_blob", "mailbox_modseq", "mailbox_uid"]);
 }
 
 #[tokio::test]
@@ -150,7 +161,7 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -161,7 +172,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 5
+            supported: 6
         }
     );
     assert!(!e.is_transient());

@@ -382,6 +382,10 @@ impl Store for PostgresStore {
         attempt!(self, Write, |c| ops::set_quota(&c, account, quota).await)
     }
 
+    async fn quota(&self, account: &str) -> Result<Option<Option<u64>>, StoreError> {
+        attempt!(self, Read, |c| ops::quota(&c, account).await)
+    }
+
     async fn mailbox_usage(&self, account: &str) -> Result<MailboxUsage, StoreError> {
         attempt!(self, Read, |c| ops::mailbox_usage(&c, account).await)
     }

@@ -303,6 +303,19 @@ pub(crate) async fn set_quota(
     Ok(n > 0)
 }
 
+pub(crate) async fn quota(c: &Client, account: &str) -> Result<Option<Option<u64>>, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT quota FROM users WHERE account = $1")
+        .await
+        .db()?;
+    c.query_opt(&stmt, &[&account])
+        .await
+        .db()?
+        .as_ref()
+        .map(|r| get_opt_u64(r, 0))
+        .transpose()
+}
+
 pub(crate) async fn mailbox_usage(c: &Client, account: &str) -> Result<MailboxUsage, StoreError> {
     let stmt = c
         .prepare_cached(

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 5;
+pub(crate) const SCHEMA_VERSION: u32 = 6;
 
 /// The key of the advisory lock held while migrating ("cmtpschm"). Advisory
 /// locks are per database, so stores on other databases of the same cluster
@@ -25,7 +25,7 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x636d_7470_7363_686d;
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database (in the first schema of the
 /// connection's `search_path`).
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Version 1: the SQLite schema, in PostgreSQL types.
 ///
@@ -268,6 +268,14 @@ CREATE TABLE kt_publisher (
     node  TEXT NOT NULL,
     until BIGINT NOT NULL
 );
+";
+
+/// Version 6: the index `mailbox_account` (account, id) goes. Since version
+/// 4 every query of one account's mailbox uses `mailbox_uid` (account, uid)
+/// or `mailbox_modseq` (account, modseq), and each delivery paid for an
+/// index nothing read (docs/BENCHMARKS.md, issue 17).
+const V6: &str = "
+DROP INDEX IF EXISTS mailbox_account;
 ";
 
 /// Creates the schema in an empty database, or brings an older one up to

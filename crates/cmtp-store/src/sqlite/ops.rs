@@ -205,6 +205,14 @@ pub(crate) fn set_quota(
     Ok(n > 0)
 }
 
+pub(crate) fn quota(c: &Connection, account: &str) -> Result<Option<Option<u64>>, StoreError> {
+    c.prepare_cached("SELECT quota FROM users WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| get_opt_u64(r, 0))
+        .optional()
+        .db()
+}
+
 pub(crate) fn mailbox_usage(c: &Connection, account: &str) -> Result<MailboxUsage, StoreError> {
     c.prepare_cached("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM mailbox WHERE account = ?1")
         .db()?
@@ -692,13 +700,13 @@ fn store_body(c: &Connection, body: &MessageBody, size: u64) -> Result<i64, Stor
                 )));
             }
             let chunks = i64::from(!bytes.is_empty());
-            let id: i64 = c
-                .prepare_cached(
-                    "INSERT INTO blobs (size, chunks, staged_at) VALUES (?1, ?2, NULL) RETURNING id",
-                )
+            // `last_insert_rowid` rather than RETURNING, which buffers its
+            // row in an ephemeral table (this is on every delivery's path).
+            c.prepare_cached("INSERT INTO blobs (size, chunks, staged_at) VALUES (?1, ?2, NULL)")
                 .db()?
-                .query_row(params![sql(size), chunks], |r| r.get(0))
+                .execute(params![sql(size), chunks])
                 .db()?;
+            let id = c.last_insert_rowid();
             if chunks == 1 {
                 c.prepare_cached("INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?1, 0, ?2)")
                     .db()?
@@ -753,15 +761,26 @@ pub(crate) fn deliver(c: &Connection, d: &NewDelivery) -> Result<Delivered, Stor
 
 /// Takes the next per-user id and modseq of `account`'s mailbox; `None` if
 /// there is no such account.
+///
+/// An UPDATE and then a SELECT rather than UPDATE ... RETURNING, which
+/// buffers its row in an ephemeral table: this is on every delivery's path.
 fn next_uid(c: &Connection, account: &str) -> Result<Option<(i64, i64)>, StoreError> {
-    c.prepare_cached(
-        "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
-         WHERE account = ?1 RETURNING last_uid, modseq",
-    )
-    .db()?
-    .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
-    .optional()
-    .db()
+    let changed = c
+        .prepare_cached(
+            "UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+             WHERE account = ?1",
+        )
+        .db()?
+        .execute([account])
+        .db()?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    c.prepare_cached("SELECT last_uid, modseq FROM mailbox_state WHERE account = ?1")
+        .db()?
+        .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(Some)
+        .db()
 }
 
 /// Raises `account`'s modseq by one and returns it; `None` if there is no
@@ -802,31 +821,28 @@ pub(crate) fn deliver_into(
         return Err(StoreError::UnknownAccount);
     };
     let blob = store_body(c, &d.body, d.size)?;
-    let id: i64 = c
-        .prepare_cached(
-            "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size,
-                                  blob_id, uid, modseq, flags, folder)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
-        )
-        .db()?
-        .query_row(
-            params![
-                d.account,
-                d.hash,
-                d.source,
-                sql(d.received_at),
-                d.version,
-                d.attachment_count,
-                sql(d.size),
-                blob,
-                uid,
-                modseq,
-                flags,
-                folder
-            ],
-            |r| r.get(0),
-        )
-        .db()?;
+    c.prepare_cached(
+        "INSERT INTO mailbox (account, hash, source, received_at, version, attachment_count, size,
+                              blob_id, uid, modseq, flags, folder)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )
+    .db()?
+    .execute(params![
+        d.account,
+        d.hash,
+        d.source,
+        sql(d.received_at),
+        d.version,
+        d.attachment_count,
+        sql(d.size),
+        blob,
+        uid,
+        modseq,
+        flags,
+        folder
+    ])
+    .db()?;
+    let id = c.last_insert_rowid();
     c.prepare_cached(
         "INSERT INTO delivered (hash, account, message_id, at) VALUES (?1, ?2, ?3, ?4)",
     )
@@ -839,26 +855,39 @@ pub(crate) fn deliver_into(
     })
 }
 
-const MAILBOX_COLUMNS: &str = "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, b.id, b.size, b.chunks, m.modseq, m.flags, m.folder";
+/// The columns of a [`MailboxEntry`] ([`entry_row`]), from `mailbox m`.
+macro_rules! entry_columns {
+    () => {
+        "m.uid, m.hash, m.size, m.received_at, m.source, m.version, m.attachment_count, m.modseq, m.flags, m.folder"
+    };
+}
+const ENTRY_COLUMNS: &str = entry_columns!();
+/// An entry's columns and its blob's, from `mailbox m JOIN blobs b`
+/// ([`mailbox_row`]). Listings need no blob: they read `mailbox` alone.
+const MAILBOX_COLUMNS: &str = concat!(entry_columns!(), ", b.id, b.size, b.chunks");
+
+fn entry_row(r: &Row<'_>) -> rusqlite::Result<MailboxEntry> {
+    Ok(MailboxEntry {
+        id: get_u64(r, 0)?,
+        hash: r.get(1)?,
+        size: get_u64(r, 2)?,
+        received_at: get_u64(r, 3)?,
+        source: r.get(4)?,
+        version: r.get(5)?,
+        attachment_count: r.get(6)?,
+        modseq: get_u64(r, 7)?,
+        flags: r.get(8)?,
+        folder: r.get(9)?,
+    })
+}
 
 fn mailbox_row(r: &Row<'_>) -> rusqlite::Result<(MailboxEntry, BlobRef)> {
     Ok((
-        MailboxEntry {
-            id: get_u64(r, 0)?,
-            hash: r.get(1)?,
-            size: get_u64(r, 2)?,
-            received_at: get_u64(r, 3)?,
-            source: r.get(4)?,
-            version: r.get(5)?,
-            attachment_count: r.get(6)?,
-            modseq: get_u64(r, 10)?,
-            flags: r.get(11)?,
-            folder: r.get(12)?,
-        },
+        entry_row(r)?,
         BlobRef {
-            id: get_u64(r, 7)?,
-            size: get_u64(r, 8)?,
-            chunks: r.get(9)?,
+            id: get_u64(r, 10)?,
+            size: get_u64(r, 11)?,
+            chunks: r.get(12)?,
         },
     ))
 }
@@ -891,14 +920,12 @@ pub(crate) fn mailbox_page(
     let before = if before == 0 { i64::MAX } else { sql(before) };
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+            "SELECT {ENTRY_COLUMNS} FROM mailbox m
              WHERE m.account = ?1 AND m.uid < ?2 ORDER BY m.uid DESC LIMIT ?3"
         ))
         .db()?;
     let rows = stmt
-        .query_map(params![account, before, limit_sql(limit)], |r| {
-            mailbox_row(r).map(|(e, _)| e)
-        })
+        .query_map(params![account, before, limit_sql(limit)], entry_row)
         .db()?;
     let entries = rows.collect::<rusqlite::Result<_>>().db()?;
     Ok(MailboxPage { state, entries })
@@ -915,13 +942,13 @@ pub(crate) fn mailbox_changes(
     let mut changes: Vec<MailboxChange> = {
         let mut stmt = c
             .prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+                "SELECT {ENTRY_COLUMNS} FROM mailbox m
                  WHERE m.account = ?1 AND m.modseq > ?2 ORDER BY m.modseq LIMIT ?3"
             ))
             .db()?;
         let rows = stmt
             .query_map(params![account, sql(since), limit_sql(limit) + 1], |r| {
-                mailbox_row(r).map(|(e, _)| MailboxChange::Entry(e))
+                entry_row(r).map(MailboxChange::Entry)
             })
             .db()?;
         rows.collect::<rusqlite::Result<_>>().db()?
@@ -1031,13 +1058,11 @@ pub(crate) fn move_messages(
 pub(crate) fn list_mailbox(c: &Connection, account: &str) -> Result<Vec<MailboxEntry>, StoreError> {
     let mut stmt = c
         .prepare_cached(&format!(
-            "SELECT {MAILBOX_COLUMNS} FROM mailbox m JOIN blobs b ON b.id = m.blob_id
+            "SELECT {ENTRY_COLUMNS} FROM mailbox m
              WHERE m.account = ?1 ORDER BY m.uid"
         ))
         .db()?;
-    let rows = stmt
-        .query_map([account], |r| mailbox_row(r).map(|(e, _)| e))
-        .db()?;
+    let rows = stmt.query_map([account], entry_row).db()?;
     rows.collect::<rusqlite::Result<_>>().db()
 }
 
