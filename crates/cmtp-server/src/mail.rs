@@ -483,12 +483,11 @@ async fn check_trailer(
     }
     // What the refresh logs (a changed key, a rotation) carries the hash.
     let span = tracing::info_span!("message", hash = %hex::encode(hash));
-    let refreshed = s
-        .sh
-        .remote
-        .refresh_server_key_limited(domain, now())
-        .instrument(span.clone())
-        .await;
+    let refreshed =
+        s.sh.remote
+            .refresh_server_key_limited(domain, now())
+            .instrument(span.clone())
+            .await;
     let _span = span.entered();
     match refreshed {
         Some(Ok(fresh)) if verify_trailer(&fresh, hash, trailer).is_ok() => Ok(()),
