@@ -177,10 +177,11 @@ fn refuse_store(s: &mut Session, e: StoreError) {
 }
 
 /// The span of a complete message (its hash) that every line logged while
-/// refusing it carries. Only made when there is something to log: an
-/// accepted message logs one line with the hash as a field.
-fn message_span(hash: &[u8; 32]) -> tracing::span::EnteredSpan {
-    tracing::info_span!("message", hash = %hex::encode(hash)).entered()
+/// refusing it, or refreshing the key its trailer failed under, carries.
+/// Only made when there is something to log: an accepted message logs one
+/// line with the hash as a field.
+fn message_span(hash: &[u8; 32]) -> tracing::Span {
+    tracing::info_span!("message", hash = %hex::encode(hash))
 }
 
 /// Checks the envelope (PROTOCOL.md §7.4 steps 1–6; §13.6 for APPEND) —
@@ -339,7 +340,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } else {
         let key = acc.source_key.expect("foreign source has a key");
         if let Err(r) = check_trailer(s, &acc.env.source.domain, key, &hash, &trailer).await {
-            let _span = message_span(&hash);
+            let _span = message_span(&hash).entered();
             return refuse(s, r);
         }
         trailer
@@ -349,13 +350,13 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
     } = *acc;
     let mut sink = sink;
     if let Err(e) = sink.push(&trailer).await {
-        let _span = message_span(&hash);
+        let _span = message_span(&hash).entered();
         return refuse_store(s, e);
     }
     let (body, size) = match sink.finish().await {
         Ok(x) => x,
         Err(e) => {
-            let _span = message_span(&hash);
+            let _span = message_span(&hash).entered();
             return refuse_store(s, e);
         }
     };
@@ -440,7 +441,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
         }
         // The account went away between the envelope check and the commit.
         Err(StoreError::UnknownAccount) => {
-            let _span = message_span(&hash);
+            let _span = message_span(&hash).entered();
             refuse(
                 s,
                 Refusal::delivery(
@@ -450,7 +451,7 @@ pub(crate) async fn finish(s: &mut Session, trailer: [u8; 64], hash: [u8; 32]) {
             )
         }
         Err(e) => {
-            let _span = message_span(&hash);
+            let _span = message_span(&hash).entered();
             if let Some(blob) = staged {
                 let store = sh.store.clone();
                 tokio::spawn(async move {
@@ -482,7 +483,7 @@ async fn check_trailer(
         return Ok(());
     }
     // What the refresh logs (a changed key, a rotation) carries the hash.
-    let span = tracing::info_span!("message", hash = %hex::encode(hash));
+    let span = message_span(hash);
     let refreshed =
         s.sh.remote
             .refresh_server_key_limited(domain, now())

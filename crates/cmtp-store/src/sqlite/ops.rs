@@ -87,7 +87,8 @@ pub(crate) fn create_user(
 }
 
 pub(crate) fn user(c: &Connection, account: &str) -> Result<Option<User>, StoreError> {
-    // Cached: read for every message to a local account (its quota).
+    // Cached: read at every login and for every SMTP recipient (its key and
+    // quota).
     c.prepare_cached(
         "SELECT account, identity_pk, opaque_record, ksf, xzibit, created_at, updated_at, quota
          FROM users WHERE account = ?1",
