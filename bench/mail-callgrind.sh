@@ -15,7 +15,11 @@
 # only: the kernel's TCP, WAL writes and fsyncs are not counted (perf stat
 # counts them where the machine supports it). `--keep DIR` keeps the
 # callgrind files; `callgrind_annotate --inclusive=yes FILE` shows where the
-# instructions went.
+# instructions went. valgrind counts glibc's `rep movsb` copies once per
+# byte (a 16 KiB page: 16,384); with GLIBC_TUNABLES=
+# glibc.cpu.x86_rep_movsb_threshold=4194304 in the environment glibc copies
+# in AVX loops instead, which counts closer to the processor's work
+# (docs/BENCHMARKS.md, issue 17 continued (3)).
 set -euo pipefail
 
 MESSAGES=2000
@@ -31,7 +35,7 @@ while [ $# -gt 0 ]; do
         -s|--size) SIZE=$2; shift 2 ;;
         --bench) BENCH=$2; shift 2 ;;
         --keep) KEEP=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done

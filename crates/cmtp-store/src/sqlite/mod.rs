@@ -152,6 +152,9 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
             "cannot switch the database to WAL (journal_mode is {mode})"
         )));
     }
+    // The statement journals of the writer's savepoints stay in memory up to
+    // 4 MiB: the bundled SQLite is built with SQLITE_STMTJRNL_SPILL
+    // (.cargo/config.toml says why; tests/sqlite_writer_io.rs checks it).
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
