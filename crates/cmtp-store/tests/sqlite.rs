@@ -161,7 +161,7 @@ async fn schema_versions_are_checked() {
     let v: u32 = conn
         .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 6);
+    assert_eq!(v, 7);
     conn.execute("UPDATE schema_version SET version = 99", [])
         .unwrap();
     drop(conn);
@@ -172,7 +172,7 @@ async fn schema_versions_are_checked() {
         e,
         StoreError::SchemaTooNew {
             found: 99,
-            supported: 6
+            supported: 7
         }
     );
     assert!(!e.is_transient());

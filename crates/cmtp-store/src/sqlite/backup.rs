@@ -147,6 +147,10 @@ pub fn backup(
         let mut dst = Connection::open(&partial).db()?;
         copy_all(&src, &mut dst)?;
         drop(src);
+        let bodies = super::bodies_path(db);
+        if bodies.exists() {
+            take_bodies(&dst, &bodies)?;
+        }
         // A standalone file: no WAL beside it.
         let _: String = dst
             .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
@@ -188,6 +192,56 @@ pub fn backup(
     Ok(summary)
 }
 
+/// Copies into the backup `dst` (a copy of the database) the chunks its
+/// blobs keep in the bodies database `bodies`, into its own `blob_chunks`:
+/// the backup is one file, and a store restored from it reads them there.
+///
+/// The bodies are read after the database was copied: a chunk the copy
+/// counts was committed before it (the bodies commit first), but the
+/// message may have been deleted since and its chunks swept. Such a
+/// message is left out of the backup, as if the copy had been taken just
+/// after its deletion. Staged blobs (uploads in progress) are left out.
+fn take_bodies(dst: &Connection, bodies: &Path) -> Result<(), StoreError> {
+    dst.execute(
+        "ATTACH DATABASE ?1 AS bodies",
+        [bodies.to_string_lossy().as_ref()],
+    )
+    .db()?;
+    let copied = (|| {
+        dst.execute_batch(
+            "DELETE FROM blob_chunks WHERE blob_id IN (SELECT id FROM blobs WHERE staged_at IS NOT NULL);
+             DELETE FROM blobs WHERE staged_at IS NOT NULL;
+             INSERT INTO main.blob_chunks (blob_id, seq, data)
+             SELECT c.blob_id, c.seq, c.data FROM bodies.chunks c JOIN main.blobs b ON b.id = c.blob_id
+             WHERE c.seq < b.chunks
+               AND NOT EXISTS (SELECT 1 FROM main.blob_chunks x
+                               WHERE x.blob_id = c.blob_id AND x.seq = c.seq);",
+        )
+        .db()
+    })();
+    let detached = dst.execute_batch("DETACH DATABASE bodies").db();
+    copied?;
+    detached?;
+    let gone: Vec<i64> = {
+        let mut stmt = dst
+            .prepare(
+                "SELECT id FROM blobs b
+                 WHERE chunks > (SELECT COUNT(*) FROM blob_chunks c WHERE c.blob_id = b.id)",
+            )
+            .db()?;
+        let rows = stmt.query_map([], |r| r.get(0)).db()?;
+        rows.collect::<rusqlite::Result<_>>().db()?
+    };
+    for id in gone {
+        for table in ["mailbox", "outbound", "blob_chunks"] {
+            dst.execute(&format!("DELETE FROM {table} WHERE blob_id = ?1"), [id])
+                .db()?;
+        }
+        dst.execute("DELETE FROM blobs WHERE id = ?1", [id]).db()?;
+    }
+    Ok(())
+}
+
 /// One file stored in the backup `backup` (read-only; `None` if there is no
 /// file of that name). Blocking.
 pub fn read_file(backup: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -210,11 +264,13 @@ pub fn read_file(backup: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreErro
 /// not exist), mode 0600; returns the files stored in the backup and what
 /// it holds. Blocking.
 pub fn restore(backup: &Path, db: &Path) -> Result<(BackupFiles, BackupSummary), StoreError> {
-    if db.exists() {
-        return Err(StoreError::InvalidInput(format!(
-            "{} exists: restore into an empty data directory",
-            db.display()
-        )));
+    for file in [db.to_owned(), super::bodies_path(db)] {
+        if file.exists() {
+            return Err(StoreError::InvalidInput(format!(
+                "{} exists: restore into an empty data directory",
+                file.display()
+            )));
+        }
     }
     let src = Connection::open_with_flags(
         backup,

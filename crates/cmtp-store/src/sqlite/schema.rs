@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 6;
+pub(crate) const SCHEMA_VERSION: u32 = 7;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Version 1.
 ///
@@ -269,6 +269,13 @@ CREATE TABLE kt_publisher (
 const V6: &str = "
 DROP INDEX IF EXISTS mailbox_account;
 ";
+
+/// Version 7: staged blobs keep their chunks in the bodies database beside
+/// the database (`PATH-bodies`, `super::bodies_path`); the database's own
+/// `blob_chunks` keeps messages stored in one piece and every chunk written
+/// before. Nothing changes in this file: the version tells an older build,
+/// which would not find those chunks, that it cannot open the store.
+const V7: &str = "";
 
 /// Creates the schema in an empty database, or brings an older one up to
 /// [`SCHEMA_VERSION`], in one transaction.
