@@ -3,8 +3,10 @@
 //! pages. What these tests show: the chunks are there and the database's
 //! pages are small; they leave with their message, at once for an aborted
 //! upload; chunks a crash left behind go when the store opens; a chunk
-//! the bodies database refuses leaves the blob as it was; a backup carries
-//! the bodies and a restored store reads them.
+//! the bodies database refuses leaves the blob as it was; a store whose
+//! bodies database is missing is refused; a backup carries the bodies and a
+//! restored store reads them, and refuses to copy a message whose chunks
+//! are lost.
 
 use std::path::{Path, PathBuf};
 
@@ -266,4 +268,47 @@ async fn a_backup_carries_the_bodies_and_a_restored_store_reads_them() {
         .unwrap();
     assert_eq!(read_all(&store, s).await, b"small");
     store.integrity_check().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_without_its_bodies_database_is_refused_not_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    drop(open_with_alice(&path).await);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = bodies(&path).into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let e = SqliteStore::open(SqliteConfig::new(&path))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Corrupt(ref m) if m.contains("-bodies")),
+        "{e:?}"
+    );
+    assert!(!bodies(&path).exists(), "no empty one made in its place");
+}
+
+#[tokio::test]
+async fn a_backup_refuses_a_message_whose_chunks_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmtp.db");
+    let store = open_with_alice(&path).await;
+    let body = pattern(600_000, 6);
+    let staged = upload(&store, &body, 256 * 1024).await;
+    let blob = staged.id();
+    store
+        .deliver(staged_delivery(staged, body.len(), 1))
+        .await
+        .unwrap();
+    {
+        let c = Connection::open(bodies(&path)).unwrap();
+        c.execute("DELETE FROM chunks WHERE blob_id = ?1", [blob as i64])
+            .unwrap();
+    }
+    let copy = dir.path().join("backup.cmtpd");
+    let e = sqlite_backup::backup(&path, &copy, &[]).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    assert!(!copy.exists());
 }

@@ -129,6 +129,20 @@ pub(crate) fn bodies_path(path: &Path) -> PathBuf {
     p.into()
 }
 
+/// Every file of the store at `path`: the database, its log and index,
+/// the bodies database and its log and index.
+pub(crate) fn store_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::with_capacity(6);
+    for base in [path.to_owned(), bodies_path(path)] {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = base.as_os_str().to_owned();
+            p.push(suffix);
+            files.push(PathBuf::from(p));
+        }
+    }
+    files
+}
+
 /// The schema of the bodies database: the chunks of staged blobs (the
 /// chunks of messages stored in one piece stay in the database's own
 /// `blob_chunks`). A chunk belongs to the database's `blobs` row of the
@@ -211,7 +225,7 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
 
 /// The writer's connection to the bodies database (created if missing),
 /// once the database is known to be the store's.
-fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreError> {
+pub(crate) fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreError> {
     let bodies = open_rw(&bodies_path(&config.path), config, 65536)?;
     // Chunks are written once and read once: a small cache (32 pages).
     bodies
@@ -244,13 +258,17 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
     conn.busy_timeout(busy_timeout).db()?;
     configure(&conn)?;
     // Read-only like the connection (an attached file takes its flags).
-    let bodies = bodies_path(path);
-    conn.execute(
-        "ATTACH DATABASE ?1 AS bodies",
-        [bodies.to_string_lossy().as_ref()],
-    )
-    .db()?;
+    attach_bodies(&conn, &bodies_path(path))?;
     Ok(conn)
+}
+
+/// Attaches the bodies database `bodies` to `conn` as `bodies`.
+pub(crate) fn attach_bodies(conn: &Connection, bodies: &Path) -> Result<(), StoreError> {
+    let name = bodies
+        .to_str()
+        .ok_or_else(|| StoreError::InvalidInput(format!("{} is not UTF-8", bodies.display())))?;
+    conn.execute("ATTACH DATABASE ?1 AS bodies", [name]).db()?;
+    Ok(())
 }
 
 /// Settings of every connection, the writer's and the readers':
@@ -283,8 +301,21 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 
 fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     let mut main = open_writer(&config)?;
+    // The bodies database exists before the schema says it is in use
+    // (version 7): a store that cannot create it (a full disk) stays at its
+    // version, which the previous build still opens. A store at version 7
+    // without it has lost its large messages: refused, not made anew.
+    let version = schema::current_version(&main)?;
+    let bodies = bodies_path(&config.path);
+    if version >= schema::BODIES_SINCE && !bodies.exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} is missing: the chunks of large messages are in it (restore both files)",
+            bodies.display()
+        )));
+    }
+    let bodies = open_bodies(&config)?;
     schema::migrate(&mut main)?;
-    let conn = writer::Db::new(main, open_bodies(&config)?);
+    let conn = writer::Db::new(main, bodies);
     conn.watch_blobs()?;
     // Nobody can be uploading into a store that a server is just opening
     // (an administrator's command opening it beside a running server must
@@ -309,12 +340,12 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
         .map(|_| open_reader(&config.path, config.busy_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     // Chunks whose blob went in the last moments of the previous run (a
-    // blob's row goes first, its chunks at the next sweep). Like the staged
+    // blob's row goes first, its chunks after the commit). Like the staged
     // blobs, only when a server opens the store.
     if config.clear_abandoned_uploads {
         let swept = ops::bodies_orphans(&readers[0])
-            .and_then(|ids| ops::sweep_bodies(&conn, &ids))
-            .and_then(|n| conn.commit_bodies().map(|()| n));
+            .and_then(|ids| conn.note_gone(&ids))
+            .and_then(|()| conn.sweep_gone());
         match swept {
             Ok(0) => {}
             Ok(blobs) => tracing::info!(blobs, "removed the chunks of deleted blobs"),
@@ -572,14 +603,17 @@ impl Store for SqliteStore {
         let report = self
             .write(0, move |c| ops::purge_expired(c, now, retention))
             .await?;
-        // Then the chunks of the blobs gone (now or before), found in what
-        // is committed: a blob id absent there never comes back.
-        let orphans = self.read(|c| ops::bodies_orphans(c)).await?;
-        if !orphans.is_empty() {
-            let swept = self
-                .write(0, move |c| ops::sweep_bodies(c, &orphans))
-                .await?;
-            tracing::debug!(blobs = swept, "swept the chunks of deleted blobs");
+        // Then chunks a crash or a failed removal left in the bodies
+        // database: the writer removes those whose blob the committed
+        // database lacks once the batch noting them commits. Best effort:
+        // the purge above is done whatever becomes of this.
+        let noted = match self.read(|c| ops::bodies_orphans(c)).await {
+            Ok(orphans) if orphans.is_empty() => Ok(()),
+            Ok(orphans) => self.write(0, move |c| c.note_gone(&orphans)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "cannot look for the chunks of deleted blobs now");
         }
         Ok(report)
     }
@@ -836,13 +870,12 @@ impl Store for SqliteStore {
         let path = self.inner.path.clone();
         let measure = move || {
             let mut total = 0;
-            for suffix in ["", "-wal", "-shm", "-bodies", "-bodies-wal", "-bodies-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                match std::fs::metadata(&p) {
+            for (i, p) in store_files(&path).iter().enumerate() {
+                match std::fs::metadata(p) {
                     Ok(m) => total += m.len(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
-                    Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
+                    // The database itself must be there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && i != 0 => {}
+                    Err(e) => return Err(StoreError::Io(format!("{}: {e}", p.display()))),
                 }
             }
             Ok(total)

@@ -699,9 +699,11 @@ pub(crate) fn read_chunk(c: &Connection, blob: u64, seq: u32) -> Result<Option<B
 const SWEEP_BATCH: i64 = 1000;
 
 /// Blobs that have chunks in the bodies database but no row in the
-/// database any more (deleted, purged, aborted), as committed: a blob id
-/// absent there never comes back (ids are AUTOINCREMENT), so their chunks
-/// can go. Needs a reader connection (the bodies database attached).
+/// database (deleted, purged, aborted), as a reader sees them: candidates
+/// only, as the two snapshots are not taken at one instant (a blob begun
+/// between them looks orphaned). The writer checks each against the
+/// committed database before removing anything ([`Db::note_gone`]). Needs
+/// a reader connection (the bodies database attached).
 pub(crate) fn bodies_orphans(c: &Connection) -> Result<Vec<i64>, StoreError> {
     let mut stmt = c
         .prepare_cached(
@@ -713,8 +715,9 @@ pub(crate) fn bodies_orphans(c: &Connection) -> Result<Vec<i64>, StoreError> {
     rows.collect::<rusqlite::Result<_>>().db()
 }
 
-/// Removes the chunks of `blobs` (found by [`bodies_orphans`]) from the
-/// bodies database; returns how many blobs had chunks.
+/// Removes the chunks of `blobs` from the bodies database; returns how
+/// many blobs had chunks. Only for blobs the committed database lacks
+/// ([`Db::sweep_gone`]).
 pub(crate) fn sweep_bodies(c: &Db, blobs: &[i64]) -> Result<u64, StoreError> {
     let mut swept = 0;
     for id in blobs {

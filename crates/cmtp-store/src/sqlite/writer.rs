@@ -91,10 +91,29 @@ impl Db {
         if ids.is_empty() {
             return Ok(0);
         }
-        let swept = super::ops::sweep_bodies(self, &ids)?;
-        self.commit_bodies()?;
+        let swept = super::ops::sweep_bodies(self, &ids).and_then(|n| {
+            self.commit_bodies()?;
+            Ok(n)
+        });
+        if swept.is_err() && self.bodies_open.replace(false) {
+            rollback(&self.bodies);
+        }
+        let swept = swept?;
         exec_cached(&self.main, "DELETE FROM temp.gone_blobs").map_err(map_err)?;
         Ok(swept)
+    }
+
+    /// Notes `blobs` for [`Db::sweep_gone`] (candidates read from an older
+    /// snapshot: the sweep checks each against the committed database).
+    pub(crate) fn note_gone(&self, blobs: &[i64]) -> Result<(), StoreError> {
+        let mut stmt = self
+            .main
+            .prepare_cached("INSERT OR IGNORE INTO temp.gone_blobs (id) VALUES (?1)")
+            .map_err(map_err)?;
+        for id in blobs {
+            stmt.execute([id]).map_err(map_err)?;
+        }
+        Ok(())
     }
 
     /// The bodies database, inside the current transaction on it (begun
@@ -305,9 +324,10 @@ fn writer_loop(conn: Db, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: Bat
         }
         run_batch(&conn, batch, &mut carried);
     }
-    // The write-ahead log stays when the store closes (it lets the store
-    // open on a full disk), but what it holds goes into the database file
-    // now: the file alone is then a complete copy of a stopped store.
+    // The write-ahead logs stay when the store closes (they let the store
+    // open on a full disk), but what they hold goes into the two database
+    // files now: the files alone are then a complete copy of a stopped
+    // store.
     for c in [conn.main, conn.bodies] {
         match c.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0)) {
             Ok(0) => {}
