@@ -221,8 +221,8 @@ fn take_bodies(dst: &Connection, db: &Path, bodies: &Path) -> Result<(), StoreEr
     .db()?;
     dst.busy_timeout(Duration::from_secs(10)).db()?;
     super::attach_bodies(dst, bodies)?;
-    let copied = (|| {
-        dst.execute_batch(
+    let copied = dst
+        .execute_batch(
             "DELETE FROM blob_chunks WHERE blob_id IN (SELECT id FROM blobs WHERE staged_at IS NOT NULL);
              DELETE FROM blobs WHERE staged_at IS NOT NULL;
              INSERT INTO main.blob_chunks (blob_id, seq, data)
@@ -231,8 +231,7 @@ fn take_bodies(dst: &Connection, db: &Path, bodies: &Path) -> Result<(), StoreEr
                AND NOT EXISTS (SELECT 1 FROM main.blob_chunks x
                                WHERE x.blob_id = c.blob_id AND x.seq = c.seq);",
         )
-        .db()
-    })();
+        .db();
     let detached = dst.execute_batch("DETACH DATABASE bodies").db();
     copied?;
     detached?;
@@ -385,10 +384,16 @@ pub fn restore(backup: &Path, db: &Path) -> Result<(BackupFiles, BackupSummary),
     match result {
         Ok(summary) => Ok((files, summary)),
         Err(e) => {
-            for file in super::store_files(db) {
-                let _ = std::fs::remove_file(file);
-            }
+            remove_restored(db);
             Err(e)
         }
+    }
+}
+
+/// Removes what [`restore`] made of the store at `db` (the database, its
+/// bodies database and their logs), for a restore given up after it.
+pub fn remove_restored(db: &Path) {
+    for file in super::store_files(db) {
+        let _ = std::fs::remove_file(file);
     }
 }

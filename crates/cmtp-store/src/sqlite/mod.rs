@@ -607,7 +607,7 @@ impl Store for SqliteStore {
         // database: the writer removes those whose blob the committed
         // database lacks once the batch noting them commits. Best effort:
         // the purge above is done whatever becomes of this.
-        let noted = match self.read(|c| ops::bodies_orphans(c)).await {
+        let noted = match self.read(ops::bodies_orphans).await {
             Ok(orphans) if orphans.is_empty() => Ok(()),
             Ok(orphans) => self.write(0, move |c| c.note_gone(&orphans)).await,
             Err(e) => Err(e),
