@@ -625,7 +625,8 @@ async fn a_store_opens_and_serves_reads_on_a_full_disk() {
 }
 
 /// The write-ahead log outlives the store, but a stopped store is whole in
-/// its database file: copying that file alone is a complete backup.
+/// its database file (and, for messages over one chunk, its bodies
+/// database): nothing it acknowledged is only in the log.
 #[tokio::test]
 async fn a_stopped_store_is_whole_in_its_database_file() {
     let dir = tempfile::tempdir().unwrap();
