@@ -16,10 +16,10 @@
 # counts them where the machine supports it). `--keep DIR` keeps the
 # callgrind files; `callgrind_annotate --inclusive=yes FILE` shows where the
 # instructions went. valgrind counts glibc's `rep movsb` copies once per
-# byte (a 16 KiB page: 16,384); with GLIBC_TUNABLES=
+# byte (a 4 KiB page: 4,096); with GLIBC_TUNABLES=
 # glibc.cpu.x86_rep_movsb_threshold=4194304 in the environment glibc copies
 # in AVX loops instead, which counts closer to the processor's work
-# (docs/BENCHMARKS.md, issue 17 continued (3)).
+# (docs/BENCHMARKS.md, issue 17 continued (3) and (4)).
 set -euo pipefail
 
 MESSAGES=2000

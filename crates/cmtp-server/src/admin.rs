@@ -492,7 +492,7 @@ pub async fn restore(
             .map(|(_, d)| d.as_slice())
     };
     let Some(key_bytes) = file(BACKUP_KEY) else {
-        let _ = std::fs::remove_file(&db);
+        cmtp_store::sqlite_backup::remove_restored(&db);
         bail!("the backup holds no server key");
     };
     write_private(&key_path, key_bytes)?;

@@ -144,9 +144,20 @@ pub fn backup(
         )
         .db()?;
         src.busy_timeout(Duration::from_secs(10)).db()?;
+        // Nor checkpoint and delete the log as it closes: a start on a full
+        // disk needs it (as the store's own connections keep it).
+        src.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .db()?;
         let mut dst = Connection::open(&partial).db()?;
         copy_all(&src, &mut dst)?;
         drop(src);
+        let bodies = super::bodies_path(db);
+        if bodies.exists() {
+            take_bodies(&dst, db, &bodies)?;
+        }
         // A standalone file: no WAL beside it.
         let _: String = dst
             .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
@@ -188,6 +199,95 @@ pub fn backup(
     Ok(summary)
 }
 
+/// Copies into the backup `dst` (a copy of the database `db`) the chunks
+/// its blobs keep in the bodies database `bodies`, into its own
+/// `blob_chunks`: the backup is one file, and a store restored from it
+/// reads them there.
+///
+/// The bodies are read after the database was copied: a chunk the copy
+/// counts was committed before it (the bodies commit first), but the
+/// message may have been deleted since and its chunks removed. Such a
+/// message is left out of the backup, as if the copy had been taken just
+/// after its deletion; one whose blob the database still has fails the
+/// backup (its chunks are lost: the store needs repair, not a copy).
+/// Staged blobs (uploads in progress) are left out.
+fn take_bodies(dst: &Connection, db: &Path, bodies: &Path) -> Result<(), StoreError> {
+    // Closing must leave the server's bodies log in place (as its own
+    // connections do): a start on a full disk needs it.
+    dst.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .db()?;
+    dst.busy_timeout(Duration::from_secs(10)).db()?;
+    super::attach_bodies(dst, bodies)?;
+    let copied = dst
+        .execute_batch(
+            "DELETE FROM blob_chunks WHERE blob_id IN (SELECT id FROM blobs WHERE staged_at IS NOT NULL);
+             DELETE FROM blobs WHERE staged_at IS NOT NULL;
+             INSERT INTO main.blob_chunks (blob_id, seq, data)
+             SELECT c.blob_id, c.seq, c.data FROM bodies.chunks c JOIN main.blobs b ON b.id = c.blob_id
+             WHERE c.seq < b.chunks
+               AND NOT EXISTS (SELECT 1 FROM main.blob_chunks x
+                               WHERE x.blob_id = c.blob_id AND x.seq = c.seq);",
+        )
+        .db();
+    let detached = dst.execute_batch("DETACH DATABASE bodies").db();
+    copied?;
+    detached?;
+    let gone: Vec<i64> = {
+        let mut stmt = dst
+            .prepare(
+                "SELECT id FROM blobs b
+                 WHERE chunks > (SELECT COUNT(*) FROM blob_chunks c WHERE c.blob_id = b.id)",
+            )
+            .db()?;
+        let rows = stmt.query_map([], |r| r.get(0)).db()?;
+        rows.collect::<rusqlite::Result<_>>().db()?
+    };
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let live = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .db()?;
+    live.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .db()?;
+    live.busy_timeout(Duration::from_secs(10)).db()?;
+    for id in &gone {
+        let exists: bool = live
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM blobs WHERE id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+            .db()?;
+        if exists {
+            return Err(StoreError::Corrupt(format!(
+                "blob {id} has chunks missing from {}",
+                bodies.display()
+            )));
+        }
+    }
+    tracing::info!(
+        messages = gone.len(),
+        "left out of the backup: deleted while it was taken"
+    );
+    for id in gone {
+        for table in ["mailbox", "outbound", "blob_chunks"] {
+            dst.execute(&format!("DELETE FROM {table} WHERE blob_id = ?1"), [id])
+                .db()?;
+        }
+        dst.execute("DELETE FROM blobs WHERE id = ?1", [id]).db()?;
+    }
+    Ok(())
+}
+
 /// One file stored in the backup `backup` (read-only; `None` if there is no
 /// file of that name). Blocking.
 pub fn read_file(backup: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -207,14 +307,16 @@ pub fn read_file(backup: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreErro
 }
 
 /// Restores the backup `backup` into the new database file `db` (which must
-/// not exist), mode 0600; returns the files stored in the backup and what
-/// it holds. Blocking.
+/// not exist, nor its log or its bodies database), mode 0600; returns the
+/// files stored in the backup and what it holds. Blocking.
 pub fn restore(backup: &Path, db: &Path) -> Result<(BackupFiles, BackupSummary), StoreError> {
-    if db.exists() {
-        return Err(StoreError::InvalidInput(format!(
-            "{} exists: restore into an empty data directory",
-            db.display()
-        )));
+    for file in super::store_files(db) {
+        if file.exists() {
+            return Err(StoreError::InvalidInput(format!(
+                "{} exists: restore into an empty data directory",
+                file.display()
+            )));
+        }
     }
     let src = Connection::open_with_flags(
         backup,
@@ -273,14 +375,25 @@ pub fn restore(backup: &Path, db: &Path) -> Result<(BackupFiles, BackupSummary),
         std::fs::File::open(db)
             .and_then(|f| f.sync_all())
             .map_err(|e| io("syncing", db, e))?;
+        // Every chunk is in the database now; the store's bodies database
+        // starts empty (a store of version 7 without one is refused).
+        drop(super::open_bodies(&super::SqliteConfig::new(db))?);
         sync_dir(db);
         Ok(summary)
     })();
     match result {
         Ok(summary) => Ok((files, summary)),
         Err(e) => {
-            let _ = std::fs::remove_file(db);
+            remove_restored(db);
             Err(e)
         }
+    }
+}
+
+/// Removes what [`restore`] made of the store at `db` (the database, its
+/// bodies database and their logs), for a restore given up after it.
+pub fn remove_restored(db: &Path) {
+    for file in super::store_files(db) {
+        let _ = std::fs::remove_file(file);
     }
 }

@@ -1,5 +1,6 @@
-//! The embedded SQLite backend: one database file, WAL, `synchronous=FULL`,
-//! one writer thread doing group commit, a pool of read-only connections.
+//! The embedded SQLite backend: a database file and its bodies database
+//! (the chunks of large messages), WAL, `synchronous=FULL`, one writer
+//! thread doing group commit, a pool of read-only connections.
 
 pub mod backup;
 mod kt;
@@ -29,7 +30,8 @@ use crate::types::{
 #[non_exhaustive]
 pub struct SqliteConfig {
     /// The database file (created with mode 0600, and its directory, if
-    /// missing). The `-wal` and `-shm` files live beside it.
+    /// missing). The `-wal` and `-shm` files live beside it, and the bodies
+    /// database `PATH-bodies` (the chunks of large messages) with its own.
     pub path: PathBuf,
     /// How many read-only connections serve reads concurrently (default 4).
     pub read_connections: usize,
@@ -43,8 +45,8 @@ pub struct SqliteConfig {
     /// writer; further writers wait before queueing, so memory stays bounded
     /// however many connections write at once.
     pub max_batch_bytes: usize,
-    /// An upper bound on the database file's size (SQLite's
-    /// `max_page_count`); writes beyond it fail with the transient
+    /// An upper bound on the size of the database file, and on that of the
+    /// bodies database (SQLite's `max_page_count`); writes beyond it fail with the transient
     /// [`StoreError::Full`]. `None` (the default): only the disk limits it.
     pub max_size: Option<u64>,
     /// Remove staged blobs left by a previous run when opening (default
@@ -120,16 +122,47 @@ impl<T> DbResult<T> for rusqlite::Result<T> {
     }
 }
 
-fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
-    if let Some(dir) = config.path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+/// The bodies database of the database `path`: `PATH-bodies`, beside it.
+pub(crate) fn bodies_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-bodies");
+    p.into()
+}
+
+/// Every file of the store at `path`: the database, its log and index,
+/// the bodies database and its log and index.
+pub(crate) fn store_files(path: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::with_capacity(6);
+    for base in [path.to_owned(), bodies_path(path)] {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = base.as_os_str().to_owned();
+            p.push(suffix);
+            files.push(PathBuf::from(p));
+        }
     }
-    create_private(&config.path)?;
+    files
+}
+
+/// The schema of the bodies database: the chunks of staged blobs (the
+/// chunks of messages stored in one piece stay in the database's own
+/// `blob_chunks`). A chunk belongs to the database's `blobs` row of the
+/// same id; chunks whose blob is gone are swept ([`ops::sweep_bodies`]).
+const BODIES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chunks (
+    blob_id INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (blob_id, seq)
+);
+";
+
+/// Opens (creating if missing) a database file of the store for writing,
+/// with `page_size` for a new file: WAL, `synchronous=FULL`, at most
+/// `max_size` bytes.
+fn open_rw(path: &Path, config: &SqliteConfig, page_size: u32) -> Result<Connection, StoreError> {
+    create_private(path)?;
     let conn = Connection::open_with_flags(
-        &config.path,
+        path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -137,19 +170,16 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
     .db()?;
     conn.busy_timeout(config.busy_timeout).db()?;
     configure(&conn)?;
-    // Larger pages for a new database (ignored for an existing one): a small
-    // message then fits in one page and a commit writes fewer WAL frames. 4
-    // KiB pages cost 1% fewer instructions per small message (fewer bytes
-    // checksummed and journalled per dirty page) but made 16 MiB messages
-    // 30% slower (four times the overflow pages and WAL frames):
-    // docs/BENCHMARKS.md, issue 17.
-    conn.execute_batch("PRAGMA page_size = 16384").db()?;
+    // Ignored for an existing file.
+    conn.execute_batch(&format!("PRAGMA page_size = {page_size}"))
+        .db()?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .db()?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Internal(format!(
-            "cannot switch the database to WAL (journal_mode is {mode})"
+            "cannot switch {} to WAL (journal_mode is {mode})",
+            path.display()
         )));
     }
     // The statement journals of the writer's savepoints stay in memory up to
@@ -172,6 +202,36 @@ fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
             .db()?;
     }
     Ok(conn)
+}
+
+/// The writer's connection to the database.
+fn open_writer(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    if let Some(dir) = config.path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+    }
+    // Small pages for the database: a delivery changes a few dozen bytes
+    // in each of several index pages (the de-duplication key, the
+    // account's uid and modseq), and a commit writes each such page whole
+    // to the log, then again at the checkpoint. 4 KiB pages halved the
+    // bytes written per small message against 16 KiB ones. Large messages
+    // arrive as staged blobs, whose chunks go to the bodies database, with
+    // 64 KiB pages: a 16 MiB message is then 256 pages, not 4,096
+    // (docs/BENCHMARKS.md, issue 17).
+    open_rw(&config.path, config, 4096)
+}
+
+/// The writer's connection to the bodies database (created if missing),
+/// once the database is known to be the store's.
+pub(crate) fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let bodies = open_rw(&bodies_path(&config.path), config, 65536)?;
+    // Chunks are written once and read once: a small cache (32 pages).
+    bodies
+        .execute_batch(&format!("PRAGMA cache_size = -2048; {BODIES_SCHEMA}"))
+        .db()?;
+    Ok(bodies)
 }
 
 /// Creates the database file readable by its owner only (it holds the
@@ -197,7 +257,18 @@ pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connect
     .db()?;
     conn.busy_timeout(busy_timeout).db()?;
     configure(&conn)?;
+    // Read-only like the connection (an attached file takes its flags).
+    attach_bodies(&conn, &bodies_path(path))?;
     Ok(conn)
+}
+
+/// Attaches the bodies database `bodies` to `conn` as `bodies`.
+pub(crate) fn attach_bodies(conn: &Connection, bodies: &Path) -> Result<(), StoreError> {
+    let name = bodies
+        .to_str()
+        .ok_or_else(|| StoreError::InvalidInput(format!("{} is not UTF-8", bodies.display())))?;
+    conn.execute("ATTACH DATABASE ?1 AS bodies", [name]).db()?;
+    Ok(())
 }
 
 /// Settings of every connection, the writer's and the readers':
@@ -229,15 +300,30 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
-    let mut conn = open_writer(&config)?;
-    schema::migrate(&mut conn)?;
+    let mut main = open_writer(&config)?;
+    // The bodies database exists before the schema says it is in use
+    // (version 7): a store that cannot create it (a full disk) stays at its
+    // version, which the previous build still opens. A store at version 7
+    // without it has lost its large messages: refused, not made anew.
+    let version = schema::current_version(&main)?;
+    let bodies = bodies_path(&config.path);
+    if version >= schema::BODIES_SINCE && !bodies.exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} is missing: the chunks of large messages are in it (restore both files)",
+            bodies.display()
+        )));
+    }
+    let bodies = open_bodies(&config)?;
+    schema::migrate(&mut main)?;
+    let conn = writer::Db::new(main, bodies);
+    conn.watch_blobs()?;
     // Nobody can be uploading into a store that a server is just opening
     // (an administrator's command opening it beside a running server must
     // not touch them). On a full disk the removal itself may not fit: the
     // store opens anyway (reads and small writes work), and maintenance
     // removes them later.
     if config.clear_abandoned_uploads {
-        match ops::purge_staged(&conn, None) {
+        match ops::purge_staged(&conn, None).and_then(|n| conn.sweep_gone().map(|_| n)) {
             Ok(0) => {}
             Ok(abandoned) => tracing::info!(
                 abandoned,
@@ -253,6 +339,23 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     let readers = (0..config.read_connections.max(1))
         .map(|_| open_reader(&config.path, config.busy_timeout))
         .collect::<Result<Vec<_>, _>>()?;
+    // Chunks whose blob went in the last moments of the previous run (a
+    // blob's row goes first, its chunks after the commit). Like the staged
+    // blobs, only when a server opens the store.
+    if config.clear_abandoned_uploads {
+        let swept = ops::bodies_orphans(&readers[0])
+            .and_then(|ids| conn.note_gone(&ids))
+            .and_then(|()| conn.sweep_gone());
+        match swept {
+            Ok(0) => {}
+            Ok(blobs) => tracing::info!(blobs, "removed the chunks of deleted blobs"),
+            Err(e) if e.is_transient() => tracing::warn!(
+                error = %e,
+                "cannot remove the chunks of deleted blobs now; maintenance will"
+            ),
+            Err(e) => return Err(e),
+        }
+    }
     let writer = writer::Writer::start(
         conn,
         writer::BatchLimits {
@@ -287,7 +390,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, weight: usize, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&writer::Db) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.writer.write(weight, op).await
     }
@@ -497,8 +600,22 @@ impl Store for SqliteStore {
         now: u64,
         retention: Retention,
     ) -> Result<PurgeReport, StoreError> {
-        self.write(0, move |c| ops::purge_expired(c, now, retention))
-            .await
+        let report = self
+            .write(0, move |c| ops::purge_expired(c, now, retention))
+            .await?;
+        // Then chunks a crash or a failed removal left in the bodies
+        // database: the writer removes those whose blob the committed
+        // database lacks once the batch noting them commits. Best effort:
+        // the purge above is done whatever becomes of this.
+        let noted = match self.read(ops::bodies_orphans).await {
+            Ok(orphans) if orphans.is_empty() => Ok(()),
+            Ok(orphans) => self.write(0, move |c| c.note_gone(&orphans)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "cannot look for the chunks of deleted blobs now");
+        }
+        Ok(report)
     }
 
     async fn secret_get_or_init(
@@ -753,13 +870,12 @@ impl Store for SqliteStore {
         let path = self.inner.path.clone();
         let measure = move || {
             let mut total = 0;
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.clone().into_os_string();
-                p.push(suffix);
-                match std::fs::metadata(&p) {
+            for (i, p) in store_files(&path).iter().enumerate() {
+                match std::fs::metadata(p) {
                     Ok(m) => total += m.len(),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
-                    Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
+                    // The database itself must be there.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && i != 0 => {}
+                    Err(e) => return Err(StoreError::Io(format!("{}: {e}", p.display()))),
                 }
             }
             Ok(total)

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::DbResult;
+use super::writer::Db;
 use crate::error::StoreError;
 use crate::types::{
     Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, INBOX, KeyStatement, MAX_CHUNK,
@@ -626,7 +627,11 @@ pub(crate) fn stage_begin(c: &Connection, now: u64) -> Result<StagedBlob, StoreE
     Ok(StagedBlob { id: id_u64(id) })
 }
 
-pub(crate) fn stage_append(c: &Connection, blob: u64, chunk: &Bytes) -> Result<(), StoreError> {
+/// Appends a chunk to a staged blob: the count and size on its row, the
+/// bytes in the bodies database (written last, see [`Db`]). A chunk left
+/// there by a batch whose database COMMIT failed has the same sequence
+/// number as the next one, which replaces it.
+pub(crate) fn stage_append(c: &Db, blob: u64, chunk: &Bytes) -> Result<(), StoreError> {
     if chunk.is_empty() {
         return Err(StoreError::InvalidInput("empty chunk".into()));
     }
@@ -643,7 +648,8 @@ pub(crate) fn stage_append(c: &Connection, blob: u64, chunk: &Bytes) -> Result<(
     let Some(seq) = seq else {
         return Err(StoreError::BlobNotFound);
     };
-    c.prepare_cached("INSERT INTO blob_chunks (blob_id, seq, data) VALUES (?1, ?2, ?3)")
+    c.bodies()?
+        .prepare_cached("INSERT OR REPLACE INTO chunks (blob_id, seq, data) VALUES (?1, ?2, ?3)")
         .db()?
         .execute(params![sql(blob), seq, &chunk[..]])
         .db()?;
@@ -666,16 +672,68 @@ pub(crate) fn stage_abort(c: &Connection, blob: u64) -> Result<bool, StoreError>
     Ok(staged)
 }
 
+/// A chunk of a blob: from `blob_chunks` (a message stored in one piece,
+/// or any message of a store older than the bodies database), else from
+/// the bodies database (a staged blob's). Needs a reader connection, which
+/// has the bodies database attached.
 pub(crate) fn read_chunk(c: &Connection, blob: u64, seq: u32) -> Result<Option<Bytes>, StoreError> {
-    let data: Option<Vec<u8>> = c
-        .prepare_cached("SELECT data FROM blob_chunks WHERE blob_id = ?1 AND seq = ?2")
-        .db()?
-        .query_row(params![sql(blob), seq], |r| r.get(0))
-        .optional()
-        .db()?;
-    Ok(data.map(Bytes::from))
+    for sql_text in [
+        "SELECT data FROM main.blob_chunks WHERE blob_id = ?1 AND seq = ?2",
+        "SELECT data FROM bodies.chunks WHERE blob_id = ?1 AND seq = ?2
+         AND EXISTS (SELECT 1 FROM main.blobs WHERE id = ?1)",
+    ] {
+        let data: Option<Vec<u8>> = c
+            .prepare_cached(sql_text)
+            .db()?
+            .query_row(params![sql(blob), seq], |r| r.get(0))
+            .optional()
+            .db()?;
+        if let Some(data) = data {
+            return Ok(Some(Bytes::from(data)));
+        }
+    }
+    Ok(None)
 }
 
+/// The most blobs one sweep removes from the bodies database.
+const SWEEP_BATCH: i64 = 1000;
+
+/// Blobs that have chunks in the bodies database but no row in the
+/// database (deleted, purged, aborted), as a reader sees them: candidates
+/// only, as the two snapshots are not taken at one instant (a blob begun
+/// between them looks orphaned). The writer checks each against the
+/// committed database before removing anything ([`Db::note_gone`]). Needs
+/// a reader connection (the bodies database attached).
+pub(crate) fn bodies_orphans(c: &Connection) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT DISTINCT c.blob_id FROM bodies.chunks c
+             WHERE NOT EXISTS (SELECT 1 FROM main.blobs b WHERE b.id = c.blob_id) LIMIT ?1",
+        )
+        .db()?;
+    let rows = stmt.query_map([SWEEP_BATCH], |r| r.get(0)).db()?;
+    rows.collect::<rusqlite::Result<_>>().db()
+}
+
+/// Removes the chunks of `blobs` from the bodies database; returns how
+/// many blobs had chunks. Only for blobs the committed database lacks
+/// ([`Db::sweep_gone`]).
+pub(crate) fn sweep_bodies(c: &Db, blobs: &[i64]) -> Result<u64, StoreError> {
+    let mut swept = 0;
+    for id in blobs {
+        let n = c
+            .bodies()?
+            .prepare_cached("DELETE FROM chunks WHERE blob_id = ?1")
+            .db()?
+            .execute([id])
+            .db()?;
+        swept += u64::from(n > 0);
+    }
+    Ok(swept)
+}
+
+/// Removes a blob's row and the chunks it has in the database; its chunks
+/// in the bodies database go once this is committed ([`Db::sweep_gone`]).
 fn delete_blob(c: &Connection, id: i64) -> Result<(), StoreError> {
     c.prepare_cached("DELETE FROM blob_chunks WHERE blob_id = ?1")
         .db()?

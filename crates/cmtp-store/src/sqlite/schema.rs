@@ -7,11 +7,11 @@ use crate::error::StoreError;
 
 /// The schema version this build writes. Bump it with a new entry in
 /// [`MIGRATIONS`].
-pub(crate) const SCHEMA_VERSION: u32 = 6;
+pub(crate) const SCHEMA_VERSION: u32 = 7;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`; entry 0
 /// creates the first schema in an empty database.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Version 1.
 ///
@@ -270,13 +270,20 @@ const V6: &str = "
 DROP INDEX IF EXISTS mailbox_account;
 ";
 
-/// Creates the schema in an empty database, or brings an older one up to
-/// [`SCHEMA_VERSION`], in one transaction.
-pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .db()?;
-    let has_table: bool = tx
+/// Version 7: staged blobs keep their chunks in the bodies database beside
+/// the database (`PATH-bodies`, `super::bodies_path`); the database's own
+/// `blob_chunks` keeps messages stored in one piece and every chunk written
+/// before. Nothing changes in this file: the version tells an older build,
+/// which would not find those chunks, that it cannot open the store.
+const V7: &str = "";
+
+/// The first version whose store has a bodies database beside it.
+pub(crate) const BODIES_SINCE: u32 = 7;
+
+/// The schema version of the database (0 for an empty file); an error for
+/// a file that holds tables but is no cmtpd database.
+pub(crate) fn current_version(conn: &Connection) -> Result<u32, StoreError> {
+    let has_table: bool = conn
         .query_row(
             "SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version')",
             [],
@@ -284,12 +291,12 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .db()?;
     let current: u32 = if has_table {
-        tx.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .optional()
             .db()?
             .ok_or_else(|| StoreError::Corrupt("schema_version is empty".into()))?
     } else {
-        let tables: i64 = tx
+        let tables: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
                 [],
@@ -303,6 +310,16 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         0
     };
+    Ok(current)
+}
+
+/// Creates the schema in an empty database, or brings an older one up to
+/// [`SCHEMA_VERSION`], in one transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .db()?;
+    let current = current_version(&tx)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             found: current,

@@ -14,7 +14,9 @@
 //! batch. No request is ever answered `Ok` unless the COMMIT that carried it
 //! succeeded.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread::JoinHandle;
 
@@ -24,11 +26,139 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::map_err;
 use crate::error::StoreError;
 
+/// The writer's two connections: the database (a `Db` derefs to it) and
+/// the bodies database (`bodies`), where staged blobs keep their chunks.
+///
+/// A batch's transaction on the bodies database begins when a request
+/// first asks for it, and commits *before* the database's: whatever the
+/// database refers to in the bodies database is durable first. A COMMIT
+/// of the database that fails after the bodies' succeeded leaves chunks
+/// nothing counts (a later chunk of the same blob replaces them, a swept
+/// blob takes them along). A request writes the bodies database as its
+/// last step, so a request that fails has written nothing there.
+pub(crate) struct Db {
+    main: Connection,
+    bodies: Connection,
+    bodies_open: Cell<bool>,
+}
+
+impl Deref for Db {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.main
+    }
+}
+
+impl Db {
+    pub(crate) fn new(main: Connection, bodies: Connection) -> Db {
+        Db {
+            main,
+            bodies,
+            bodies_open: Cell::new(false),
+        }
+    }
+
+    /// Watches the database's `blobs`, once its schema is in place: a TEMP
+    /// trigger notes every blob deleted, in the transaction (a request
+    /// rolled back takes its notes along). [`Db::sweep_gone`] removes their
+    /// chunks from the bodies database once the deletion is committed.
+    pub(crate) fn watch_blobs(&self) -> Result<(), StoreError> {
+        self.main
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS gone_blobs (id INTEGER PRIMARY KEY);
+                 CREATE TEMP TRIGGER IF NOT EXISTS blob_gone AFTER DELETE ON main.blobs
+                 BEGIN INSERT OR IGNORE INTO gone_blobs (id) VALUES (OLD.id); END;",
+            )
+            .map_err(map_err)
+    }
+
+    /// Removes from the bodies database the chunks of the blobs whose
+    /// deletion was just committed (outside any transaction: what the
+    /// database says now is committed); returns how many had chunks there.
+    pub(crate) fn sweep_gone(&self) -> Result<u64, StoreError> {
+        let ids: Vec<i64> = {
+            let mut stmt = self
+                .main
+                .prepare_cached(
+                    "SELECT g.id FROM temp.gone_blobs g
+                     WHERE NOT EXISTS (SELECT 1 FROM main.blobs b WHERE b.id = g.id)",
+                )
+                .map_err(map_err)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(map_err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(map_err)?
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let swept = super::ops::sweep_bodies(self, &ids).and_then(|n| {
+            self.commit_bodies()?;
+            Ok(n)
+        });
+        if swept.is_err() && self.bodies_open.replace(false) {
+            rollback(&self.bodies);
+        }
+        let swept = swept?;
+        exec_cached(&self.main, "DELETE FROM temp.gone_blobs").map_err(map_err)?;
+        Ok(swept)
+    }
+
+    /// Notes `blobs` for [`Db::sweep_gone`] (candidates read from an older
+    /// snapshot: the sweep checks each against the committed database).
+    pub(crate) fn note_gone(&self, blobs: &[i64]) -> Result<(), StoreError> {
+        let mut stmt = self
+            .main
+            .prepare_cached("INSERT OR IGNORE INTO temp.gone_blobs (id) VALUES (?1)")
+            .map_err(map_err)?;
+        for id in blobs {
+            stmt.execute([id]).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// The bodies database, inside the current transaction on it (begun
+    /// here if there is none).
+    pub(crate) fn bodies(&self) -> Result<&Connection, StoreError> {
+        if !self.bodies_open.get() {
+            exec_cached(&self.bodies, "BEGIN IMMEDIATE").map_err(map_err)?;
+            self.bodies_open.set(true);
+        }
+        Ok(&self.bodies)
+    }
+
+    /// Commits the transaction on the bodies database, if one is open.
+    /// Outside the writer thread's batches (opening the store), call it
+    /// before the database's own changes are committed.
+    pub(crate) fn commit_bodies(&self) -> Result<(), StoreError> {
+        if self.bodies_open.replace(false)
+            && let Err(e) = exec_cached(&self.bodies, "COMMIT")
+        {
+            rollback(&self.bodies);
+            return Err(map_err(e));
+        }
+        Ok(())
+    }
+
+    /// Whether SQLite rolled back the bodies transaction on its own (on a
+    /// full disk or an I/O error): what the batch wrote there is gone.
+    fn bodies_lost(&self) -> bool {
+        self.bodies_open.get() && self.bodies.is_autocommit()
+    }
+
+    /// Rolls back both transactions.
+    fn rollback(&self) {
+        rollback(&self.main);
+        if self.bodies_open.replace(false) {
+            rollback(&self.bodies);
+        }
+    }
+}
+
 /// A write request waiting for the writer thread.
 trait Job: Send {
     /// Runs the request on the open transaction, keeps its result, and says
     /// whether it failed (and how).
-    fn run(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    fn run(&mut self, conn: &Db) -> Result<(), StoreError>;
     /// Answers the caller once the batch's fate (`commit`) is known.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
     /// How many payload bytes the request carries (for the batch budget).
@@ -45,9 +175,9 @@ struct TypedJob<T, F> {
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
 {
-    fn run(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    fn run(&mut self, conn: &Db) -> Result<(), StoreError> {
         let Some(op) = self.op.take() else {
             return Err(StoreError::Internal("write request ran twice".into()));
         };
@@ -108,7 +238,7 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(crate) fn start(conn: Connection, limits: BatchLimits) -> Result<Writer, StoreError> {
+    pub(crate) fn start(conn: Db, limits: BatchLimits) -> Result<Writer, StoreError> {
         let (sender, receiver) = mpsc::channel(limits.max_requests.max(1) * 4);
         let thread = std::thread::Builder::new()
             .name("cmtp-store-writer".into())
@@ -129,7 +259,7 @@ impl Writer {
     pub(crate) async fn write<T, F>(&self, weight: usize, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         let stopped = || StoreError::Unavailable("the database writer has stopped".into());
         let sender = self.sender.as_ref().ok_or_else(stopped)?;
@@ -167,7 +297,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: BatchLimits) {
+fn writer_loop(conn: Db, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: BatchLimits) {
     // Room for the transaction control and every operation's statements.
     conn.set_prepared_statement_cache_capacity(64);
     let mut carried: VecDeque<Box<dyn Job>> = VecDeque::new();
@@ -194,17 +324,20 @@ fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<Box<dyn Job>>, lim
         }
         run_batch(&conn, batch, &mut carried);
     }
-    // The write-ahead log stays when the store closes (it lets the store
-    // open on a full disk), but what it holds goes into the database file
-    // now: the file alone is then a complete copy of a stopped store.
-    match conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0)) {
-        Ok(0) => {}
-        Ok(_) => tracing::warn!("the final checkpoint could not complete (a reader held it)"),
-        Err(e) => tracing::warn!(error = %e, "the final checkpoint failed"),
-    }
-    // Close explicitly so that a failure is at least logged.
-    if let Err((_, e)) = conn.close() {
-        tracing::warn!(error = %e, "closing the database writer connection failed");
+    // The write-ahead logs stay when the store closes (they let the store
+    // open on a full disk), but what they hold goes into the two database
+    // files now: the files alone are then a complete copy of a stopped
+    // store.
+    for c in [conn.main, conn.bodies] {
+        match c.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!("the final checkpoint could not complete (a reader held it)"),
+            Err(e) => tracing::warn!(error = %e, "the final checkpoint failed"),
+        }
+        // Close explicitly so that a failure is at least logged.
+        if let Err((_, e)) = c.close() {
+            tracing::warn!(error = %e, "closing a database writer connection failed");
+        }
     }
 }
 
@@ -218,11 +351,11 @@ fn rollback(conn: &Connection) {
     }
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque<Box<dyn Job>>) {
+fn run_batch(conn: &Db, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque<Box<dyn Job>>) {
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let err = map_err(e);
         tracing::warn!(error = %err, requests = batch.len(), "cannot begin a write transaction");
-        rollback(conn);
+        conn.rollback();
         for job in batch {
             job.finish(Err(err.clone()));
         }
@@ -235,7 +368,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque
             Step::Done => ran.push(job),
             Step::Abort(err) => {
                 tracing::warn!(error = %err, rolled_back = ran.len() + 1, "write batch aborted");
-                rollback(conn);
+                conn.rollback();
                 job.finish(Err(err.clone()));
                 for job in ran {
                     job.finish(Err(err.clone()));
@@ -245,9 +378,25 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque
             }
         }
     }
+    // The bodies first: the database may refer to them once it commits.
+    if let Err(err) = conn.commit_bodies() {
+        tracing::warn!(error = %err, requests = ran.len(), "COMMIT of the bodies failed; batch rolled back");
+        conn.rollback();
+        for job in ran {
+            job.finish(Err(err.clone()));
+        }
+        return;
+    }
     match exec_cached(conn, "COMMIT") {
         Ok(()) => {
             tracing::trace!(requests = ran.len(), "write batch committed");
+            // Before the answers: an aborted upload's bytes are gone when
+            // the abort returns. Should this fail, the chunks stay until
+            // the next sweep; the batch is committed all the same.
+            if let Err(e) = conn.sweep_gone() {
+                conn.rollback();
+                tracing::warn!(error = %e, "cannot remove the chunks of deleted blobs now; maintenance will");
+            }
             for job in ran {
                 job.finish(Ok(()));
             }
@@ -255,7 +404,7 @@ fn run_batch(conn: &Connection, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque
         Err(e) => {
             let err = map_err(e);
             tracing::warn!(error = %err, requests = ran.len(), "COMMIT failed; batch rolled back");
-            rollback(conn);
+            conn.rollback();
             for job in ran {
                 job.finish(Err(err.clone()));
             }
@@ -277,11 +426,18 @@ enum Step {
     Abort(StoreError),
 }
 
-fn run_one(conn: &Connection, job: &mut dyn Job) -> Step {
+fn run_one(conn: &Db, job: &mut dyn Job) -> Step {
     if let Err(e) = exec_cached(conn, "SAVEPOINT request") {
         return Step::Abort(map_err(e));
     }
-    match job.run(conn) {
+    let outcome = job.run(conn);
+    if conn.bodies_lost() {
+        let e = outcome.err().filter(StoreError::is_transient);
+        return Step::Abort(e.unwrap_or_else(|| {
+            StoreError::Io("the bodies database rolled its transaction back".into())
+        }));
+    }
+    match outcome {
         Ok(()) => match exec_cached(conn, "RELEASE request") {
             Ok(()) => Step::Done,
             Err(e) => Step::Abort(map_err(e)),
