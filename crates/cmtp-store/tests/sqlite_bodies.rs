@@ -52,6 +52,18 @@ async fn upload(store: &SqliteStore, body: &[u8], chunk: usize) -> StagedBlob {
     staged
 }
 
+/// Uploads `body` in chunks of `chunk` bytes and delivers it to alice;
+/// returns the blob's id and the message's.
+async fn deliver_uploaded(store: &SqliteStore, body: &[u8], chunk: usize) -> (u64, u64) {
+    let staged = upload(store, body, chunk).await;
+    let blob = staged.id();
+    let d = store
+        .deliver(staged_delivery(staged, body.len(), 1))
+        .await
+        .unwrap();
+    (blob, d.id)
+}
+
 fn staged_delivery(staged: StagedBlob, size: usize, n: u64) -> NewDelivery {
     NewDelivery {
         size: size as u64,
@@ -124,11 +136,7 @@ async fn chunks_left_without_their_blob_are_swept_when_the_store_opens() {
     let body = pattern(600_000, 3);
     let kept = {
         let store = open_with_alice(&path).await;
-        let staged = upload(&store, &body, 200_000).await;
-        store
-            .deliver(staged_delivery(staged, body.len(), 1))
-            .await
-            .unwrap()
+        deliver_uploaded(&store, &body, 200_000).await.1
     };
     // As a crash between a deletion's COMMIT and the sweep leaves them:
     // chunks of a blob the database does not have.
@@ -143,11 +151,7 @@ async fn chunks_left_without_their_blob_are_swept_when_the_store_opens() {
     assert_eq!(chunks_in_bodies(&path, 999), 2);
     let store = open_with_alice(&path).await;
     assert_eq!(chunks_in_bodies(&path, 999), 0, "swept at opening");
-    let (_, b) = store
-        .mailbox_message("alice", kept.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, b) = store.mailbox_message("alice", kept).await.unwrap().unwrap();
     assert_eq!(
         read_all(&store, b).await,
         body,
@@ -222,12 +226,7 @@ async fn a_backup_carries_the_bodies_and_a_restored_store_reads_them() {
     let path = dir.path().join("cmtp.db");
     let big = pattern(900_000, 4);
     let store = open_with_alice(&path).await;
-    let staged = upload(&store, &big, 256 * 1024).await;
-    let big_id = store
-        .deliver(staged_delivery(staged, big.len(), 1))
-        .await
-        .unwrap()
-        .id;
+    let (_, big_id) = deliver_uploaded(&store, &big, 256 * 1024).await;
     let small_id = store
         .deliver(delivery("alice", hash(2), b"small", T0))
         .await
@@ -296,12 +295,7 @@ async fn a_backup_refuses_a_message_whose_chunks_are_lost() {
     let path = dir.path().join("cmtp.db");
     let store = open_with_alice(&path).await;
     let body = pattern(600_000, 6);
-    let staged = upload(&store, &body, 256 * 1024).await;
-    let blob = staged.id();
-    store
-        .deliver(staged_delivery(staged, body.len(), 1))
-        .await
-        .unwrap();
+    let (blob, _) = deliver_uploaded(&store, &body, 256 * 1024).await;
     {
         let c = Connection::open(bodies(&path)).unwrap();
         c.execute("DELETE FROM chunks WHERE blob_id = ?1", [blob as i64])

@@ -136,21 +136,7 @@ pub fn backup(
         .open(&partial)
         .map_err(|e| io("creating", &partial, e))?;
     let result = (|| {
-        // Read-write without create: a WAL database whose -shm file is gone
-        // (no server running) cannot be opened read-only. Only read here.
-        let src = Connection::open_with_flags(
-            db,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .db()?;
-        src.busy_timeout(Duration::from_secs(10)).db()?;
-        // Nor checkpoint and delete the log as it closes: a start on a full
-        // disk needs it (as the store's own connections keep it).
-        src.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .db()?;
+        let src = open_live(db)?;
         let mut dst = Connection::open(&partial).db()?;
         copy_all(&src, &mut dst)?;
         drop(src);
@@ -199,6 +185,22 @@ pub fn backup(
     Ok(summary)
 }
 
+/// A connection to the live database `db`, only read from: read-write
+/// without create, as a WAL database whose -shm file is gone (no server
+/// running) cannot be opened read-only; with the store's own settings
+/// (`super::configure`), so that closing it does not checkpoint and delete
+/// the log a start on a full disk needs; waiting up to 10 s for locks.
+fn open_live(db: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .db()?;
+    super::configure(&conn)?;
+    conn.busy_timeout(Duration::from_secs(10)).db()?;
+    Ok(conn)
+}
+
 /// Copies into the backup `dst` (a copy of the database `db`) the chunks
 /// its blobs keep in the bodies database `bodies`, into its own
 /// `blob_chunks`: the backup is one file, and a store restored from it
@@ -214,11 +216,7 @@ pub fn backup(
 fn take_bodies(dst: &Connection, db: &Path, bodies: &Path) -> Result<(), StoreError> {
     // Closing must leave the server's bodies log in place (as its own
     // connections do): a start on a full disk needs it.
-    dst.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .db()?;
+    super::configure(dst)?;
     dst.busy_timeout(Duration::from_secs(10)).db()?;
     super::attach_bodies(dst, bodies)?;
     let copied = dst
@@ -248,17 +246,7 @@ fn take_bodies(dst: &Connection, db: &Path, bodies: &Path) -> Result<(), StoreEr
     if gone.is_empty() {
         return Ok(());
     }
-    let live = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .db()?;
-    live.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .db()?;
-    live.busy_timeout(Duration::from_secs(10)).db()?;
+    let live = open_live(db)?;
     for id in &gone {
         let exists: bool = live
             .query_row(

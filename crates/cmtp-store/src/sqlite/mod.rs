@@ -315,8 +315,7 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     }
     let bodies = open_bodies(&config)?;
     schema::migrate(&mut main)?;
-    let conn = writer::Db::new(main, bodies);
-    conn.watch_blobs()?;
+    let conn = writer::Db::new(main, bodies)?;
     // Nobody can be uploading into a store that a server is just opening
     // (an administrator's command opening it beside a running server must
     // not touch them). On a full disk the removal itself may not fit: the

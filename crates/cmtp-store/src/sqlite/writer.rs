@@ -51,26 +51,23 @@ impl Deref for Db {
 }
 
 impl Db {
-    pub(crate) fn new(main: Connection, bodies: Connection) -> Db {
-        Db {
+    /// The writer's connections, `main` with its schema in place. A TEMP
+    /// trigger on `main` notes every blob deleted, in the transaction (a
+    /// request rolled back takes its notes along); [`Db::sweep_gone`]
+    /// removes their chunks from the bodies database once the deletion is
+    /// committed.
+    pub(crate) fn new(main: Connection, bodies: Connection) -> Result<Db, StoreError> {
+        main.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS gone_blobs (id INTEGER PRIMARY KEY);
+             CREATE TEMP TRIGGER IF NOT EXISTS blob_gone AFTER DELETE ON main.blobs
+             BEGIN INSERT OR IGNORE INTO gone_blobs (id) VALUES (OLD.id); END;",
+        )
+        .map_err(map_err)?;
+        Ok(Db {
             main,
             bodies,
             bodies_open: Cell::new(false),
-        }
-    }
-
-    /// Watches the database's `blobs`, once its schema is in place: a TEMP
-    /// trigger notes every blob deleted, in the transaction (a request
-    /// rolled back takes its notes along). [`Db::sweep_gone`] removes their
-    /// chunks from the bodies database once the deletion is committed.
-    pub(crate) fn watch_blobs(&self) -> Result<(), StoreError> {
-        self.main
-            .execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS gone_blobs (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TRIGGER IF NOT EXISTS blob_gone AFTER DELETE ON main.blobs
-                 BEGIN INSERT OR IGNORE INTO gone_blobs (id) VALUES (OLD.id); END;",
-            )
-            .map_err(map_err)
+        })
     }
 
     /// Removes from the bodies database the chunks of the blobs whose
@@ -394,7 +391,6 @@ fn run_batch(conn: &Db, batch: Vec<Box<dyn Job>>, carried: &mut VecDeque<Box<dyn
             // the abort returns. Should this fail, the chunks stay until
             // the next sweep; the batch is committed all the same.
             if let Err(e) = conn.sweep_gone() {
-                conn.rollback();
                 tracing::warn!(error = %e, "cannot remove the chunks of deleted blobs now; maintenance will");
             }
             for job in ran {
