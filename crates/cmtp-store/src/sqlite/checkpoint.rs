@@ -262,10 +262,10 @@ mod tests {
 
     #[test]
     fn limits_are_counted_in_the_databases_own_pages() {
-        let small = Limits::for_bytes(16 << 20, 4096);
-        assert_eq!((small.soft, small.hard), (4096, 16384));
-        let large = Limits::for_bytes(16 << 20, 65536);
-        assert_eq!((large.soft, large.hard), (256, 1024));
+        let small = Limits::for_bytes(4 << 20, 4096);
+        assert_eq!((small.soft, small.hard), (1024, 4096));
+        let large = Limits::for_bytes(4 << 20, 65536);
+        assert_eq!((large.soft, large.hard), (64, 256));
         // A tiny setting still leaves the writer room between checkpoints.
         assert_eq!(Limits::for_bytes(0, 4096).soft, 16);
     }

@@ -57,7 +57,7 @@ pub struct SqliteConfig {
     pub clear_abandoned_uploads: bool,
     /// The bytes of write-ahead log after which a thread beside the writer
     /// copies them into the database file (a checkpoint), for each of the
-    /// two databases (default 16 MiB). From four times this much the writer
+    /// two databases (default 4 MiB). From four times this much the writer
     /// checkpoints itself after a commit, so the log stays about that size.
     pub checkpoint_bytes: u64,
 }
@@ -73,7 +73,7 @@ impl SqliteConfig {
             max_batch_bytes: 16 << 20,
             max_size: None,
             clear_abandoned_uploads: true,
-            checkpoint_bytes: 16 << 20,
+            checkpoint_bytes: 4 << 20,
         }
     }
 }
