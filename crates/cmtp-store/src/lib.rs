@@ -60,8 +60,9 @@
 //! write-ahead log and its shared-memory index are kept when the store
 //! closes, so that the store opens again, and serves reads, on a disk that
 //! has filled up in the meantime; the log's content is checkpointed into the
-//! database file as the store closes, so the file alone is a complete copy
-//! of a stopped store. One writer
+//! database file by a thread beside the writer while the store runs, and as
+//! the store closes, so the file alone is a complete copy of a stopped
+//! store. One writer
 //! thread owns the only write connection: it takes every write request
 //! waiting (up to [`SqliteConfig::max_batch`] requests or
 //! [`SqliteConfig::max_batch_bytes`]), runs them in one transaction — each

@@ -3,6 +3,7 @@
 //! thread doing group commit, a pool of read-only connections.
 
 pub mod backup;
+mod checkpoint;
 mod kt;
 mod ops;
 mod pool;
@@ -54,6 +55,11 @@ pub struct SqliteConfig {
     /// running server (an administration command): the uploads in progress
     /// are that server's.
     pub clear_abandoned_uploads: bool,
+    /// The bytes of write-ahead log after which a thread beside the writer
+    /// copies them into the database file (a checkpoint), for each of the
+    /// two databases (default 4 MiB). From four times this much the writer
+    /// checkpoints itself after a commit, so the log stays about that size.
+    pub checkpoint_bytes: u64,
 }
 
 impl SqliteConfig {
@@ -67,6 +73,7 @@ impl SqliteConfig {
             max_batch_bytes: 16 << 20,
             max_size: None,
             clear_abandoned_uploads: true,
+            checkpoint_bytes: 4 << 20,
         }
     }
 }
@@ -234,6 +241,37 @@ pub(crate) fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreErro
     Ok(bodies)
 }
 
+/// The checkpoint thread's connection to the database file `path`, which
+/// exists: read-write (a checkpoint writes the database file), and syncing
+/// it as the writer's connection does.
+fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .db()?;
+    configure(&conn)?;
+    conn.execute_batch("PRAGMA synchronous = FULL").db()?;
+    // A connection that has not read the database yet does not know it is
+    // in WAL mode, and its checkpoints would quietly do nothing.
+    let _: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .db()?;
+    Ok(conn)
+}
+
+/// How often the log of the database `conn` writes to is checkpointed.
+fn checkpoint_limits(
+    conn: &Connection,
+    config: &SqliteConfig,
+) -> Result<checkpoint::Limits, StoreError> {
+    let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).db()?;
+    Ok(checkpoint::Limits::for_bytes(
+        config.checkpoint_bytes,
+        page_size,
+    ))
+}
+
 /// Creates the database file readable by its owner only (it holds the
 /// server's OPAQUE secret); SQLite gives the `-wal` and `-shm` files the
 /// same mode.
@@ -278,8 +316,9 @@ pub(crate) fn attach_bodies(conn: &Connection, bodies: &Path) -> Result<(), Stor
 ///   both (32 KiB at least), which fails on a full disk. Kept, they let the
 ///   store open and serve reads on a full disk, and the log's existing
 ///   space takes small writes such as deletions. The log is still
-///   checkpointed while the store runs (every 1000 pages), by the writer as
-///   the store closes, and kept to `journal_size_limit`;
+///   checkpointed while the store runs (by the checkpoint thread, see
+///   `checkpoint.rs`), by the writer as the store closes, and kept to
+///   `journal_size_limit`;
 /// - the query planner's stability guarantee: a statement's plan never
 ///   depends on the values bound to it, so a cached statement is not
 ///   prepared again when they change. Without it SQLite re-prepared the
@@ -313,8 +352,21 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
             bodies.display()
         )));
     }
-    let bodies = open_bodies(&config)?;
+    let mut bodies = open_bodies(&config)?;
     schema::migrate(&mut main)?;
+    let logs = vec![
+        checkpoint::Log {
+            limits: checkpoint_limits(&main, &config)?,
+            own: open_checkpointer(&config.path)?,
+            writer: &mut main,
+        },
+        checkpoint::Log {
+            limits: checkpoint_limits(&bodies, &config)?,
+            own: open_checkpointer(&bodies_path(&config.path))?,
+            writer: &mut bodies,
+        },
+    ];
+    let checkpointer = checkpoint::Checkpointer::start(logs)?;
     let conn = writer::Db::new(main, bodies)?;
     // Nobody can be uploading into a store that a server is just opening
     // (an administrator's command opening it beside a running server must
@@ -357,6 +409,7 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     }
     let writer = writer::Writer::start(
         conn,
+        checkpointer,
         writer::BatchLimits {
             max_requests: config.max_batch.max(1),
             max_bytes: config.max_batch_bytes.max(1),

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::map_err;
 use crate::error::StoreError;
 
@@ -234,12 +235,17 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
-    pub(crate) fn start(conn: Db, limits: BatchLimits) -> Result<Writer, StoreError> {
+    /// Starts the writer thread on `conn`; it stops `checkpointer` before
+    /// its final checkpoints.
+    pub(crate) fn start(
+        conn: Db,
+        checkpointer: Checkpointer,
+        limits: BatchLimits,
+    ) -> Result<Writer, StoreError> {
         let (sender, receiver) = mpsc::channel(limits.max_requests.max(1) * 4);
         let thread = std::thread::Builder::new()
             .name("cmtp-store-writer".into())
-            .spawn(move || writer_loop(conn, receiver, limits))
+            .spawn(move || writer_loop(conn, checkpointer, receiver, limits))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         let max_queued_kib = u32::try_from((limits.max_bytes.saturating_mul(4) >> 10).max(2048))
             .unwrap_or(u32::MAX >> 4);
@@ -294,7 +300,12 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(conn: Db, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: BatchLimits) {
+fn writer_loop(
+    conn: Db,
+    checkpointer: Checkpointer,
+    mut receiver: mpsc::Receiver<Box<dyn Job>>,
+    limits: BatchLimits,
+) {
     // Room for the transaction control and every operation's statements.
     conn.set_prepared_statement_cache_capacity(64);
     let mut carried: VecDeque<Box<dyn Job>> = VecDeque::new();
@@ -321,6 +332,8 @@ fn writer_loop(conn: Db, mut receiver: mpsc::Receiver<Box<dyn Job>>, limits: Bat
         }
         run_batch(&conn, batch, &mut carried);
     }
+    // Nothing is committed any more: the checkpoint thread is done.
+    drop(checkpointer);
     // The write-ahead logs stay when the store closes (they let the store
     // open on a full disk), but what they hold goes into the two database
     // files now: the files alone are then a complete copy of a stopped
