@@ -6,9 +6,8 @@
 //! each; at 20 concurrent connections that was most of the database's CPU.
 //!
 //! A worker task is started when a delivery finds fewer than [`WORKERS`]
-//! running and stops
-//! when the queue is empty, so an idle store has no task, and a store
-//! opened on one runtime may be used on another. A worker never waits for
+//! running, and stops when the queue is empty, so an idle store has no
+//! task, and a store opened on one runtime may be used on another. A worker never waits for
 //! a batch to fill: it takes what is queued (up to [`MAX_BATCH`] deliveries
 //! and [`MAX_BATCH_BYTES`]), and a batch of one goes as before, through
 //! [`ops::deliver`] and `attempt!`. The worker owns the deliveries it
