@@ -64,7 +64,7 @@ const MAX_QUEUED: usize = 256;
 /// Workers of one store at once. One kept the batches large but ran every
 /// delivery of the node in one PostgreSQL backend (one core): on the
 /// `mail` benchmark (20 connections, 2 cores) it was slower than no
-/// batching, four were 13-19% faster (noisy runs; see the report).
+/// batching, four were 18-21% faster (two noisy runs each).
 const WORKERS: usize = 4;
 
 /// One queued delivery and where its answer goes.
