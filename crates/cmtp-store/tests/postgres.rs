@@ -791,6 +791,326 @@ async fn full_disk_is_transient_and_recoverable() {
     drop(fs);
 }
 
+// ----- group commit: concurrent deliveries share transactions -----
+
+/// Starts every delivery at once (a task each, so that they queue behind
+/// one another and share batches) and returns their answers in order.
+async fn deliver_at_once(
+    store: &PostgresStore,
+    deliveries: Vec<NewDelivery>,
+) -> Vec<Result<cmtp_store::Delivered, StoreError>> {
+    let tasks: Vec<_> = deliveries
+        .into_iter()
+        .map(|d| {
+            let s = store.clone();
+            tokio::spawn(async move { s.deliver(d).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+/// Every account's entries, `(uid, id, modseq)` in uid order, read behind
+/// the store's back.
+async fn entries_by_account(url: &str) -> HashMap<String, Vec<(i64, i64, i64)>> {
+    let client = raw(url).await;
+    let mut by_account: HashMap<String, Vec<(i64, i64, i64)>> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT account, uid, id, modseq FROM mailbox ORDER BY account, uid",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        by_account
+            .entry(row.get(0))
+            .or_default()
+            .push((row.get(1), row.get(2), row.get(3)));
+    }
+    by_account
+}
+
+/// Within each account, ids and modseqs grow with the uid: the uids were
+/// taken in commit order (a later transaction to one account got both a
+/// later uid and a later id).
+fn assert_uids_in_commit_order(by_account: &HashMap<String, Vec<(i64, i64, i64)>>) {
+    for (account, entries) in by_account {
+        for pair in entries.windows(2) {
+            let ((u0, i0, m0), (u1, i1, m1)) = (pair[0], pair[1]);
+            assert!(
+                u0 < u1 && i0 < i1 && m0 < m1,
+                "{account}: uid {u0} (id {i0}, modseq {m0}) before uid {u1} (id {i1}, modseq {m1})"
+            );
+        }
+    }
+}
+
+/// 400 deliveries to 5 accounts at once: every one is stored, each
+/// account's uids are exactly 1..=80 and follow commit order, every answer
+/// names the stored entry, and the rows were written by far fewer
+/// transactions than deliveries (rows of one transaction share `xmin`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deliveries_share_commits_with_distinct_increasing_uids() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let store = PostgresStore::open(config(&url)).await.unwrap();
+    const ACCOUNTS: u64 = 5;
+    const MESSAGES: u64 = 400;
+    for a in 0..ACCOUNTS {
+        store
+            .create_user(new_user(&format!("u{a}")), None, T0)
+            .await
+            .unwrap();
+    }
+    let deliveries = (0..MESSAGES)
+        .map(|n| {
+            delivery(
+                &format!("u{}", n % ACCOUNTS),
+                hash(n),
+                &pattern(4096, n),
+                T0,
+            )
+        })
+        .collect();
+    let answers = deliver_at_once(&store, deliveries).await;
+
+    let client = raw(&url).await;
+    let mut uid_of: HashMap<Vec<u8>, i64> = HashMap::new();
+    for row in client
+        .query("SELECT hash, uid FROM mailbox", &[])
+        .await
+        .unwrap()
+    {
+        uid_of.insert(row.get(0), row.get(1));
+    }
+    assert_eq!(uid_of.len() as u64, MESSAGES, "lost or doubled");
+    for (n, answer) in answers.into_iter().enumerate() {
+        let d = answer.unwrap_or_else(|e| panic!("delivery {n}: {e:?}"));
+        assert!(!d.duplicate, "delivery {n} called a duplicate");
+        assert_eq!(
+            d.id as i64,
+            uid_of[&hash(n as u64).to_vec()],
+            "delivery {n}: the answer names another entry"
+        );
+    }
+    let by_account = entries_by_account(&url).await;
+    for (account, entries) in &by_account {
+        let uids: Vec<i64> = entries.iter().map(|e| e.0).collect();
+        let expected: Vec<i64> = (1..=(MESSAGES / ACCOUNTS) as i64).collect();
+        assert_eq!(uids, expected, "{account}'s uids");
+    }
+    assert_uids_in_commit_order(&by_account);
+    let transactions: i64 = client
+        .query_one("SELECT count(DISTINCT xmin::TEXT) FROM mailbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        transactions < (MESSAGES / 2) as i64,
+        "{MESSAGES} deliveries took {transactions} transactions"
+    );
+}
+
+/// Each of 60 messages delivered three times at once (copies of one
+/// message mostly in one batch), then all again: exactly one answer per
+/// message stores it, every other answer is a duplicate naming the same
+/// entry, and the mailbox holds each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_in_one_batch_and_across_batches_are_reported_as_duplicates() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let store = PostgresStore::open(config(&url)).await.unwrap();
+    for user in ["alice", "bob"] {
+        store.create_user(new_user(user), None, T0).await.unwrap();
+    }
+    const MESSAGES: u64 = 60;
+    let account = |n: u64| if n.is_multiple_of(2) { "alice" } else { "bob" };
+    let deliveries = (0..MESSAGES)
+        .flat_map(|n| (0..3).map(move |_| n))
+        .map(|n| delivery(account(n), hash(n), &pattern(1000, n), T0))
+        .collect();
+    let answers = deliver_at_once(&store, deliveries).await;
+    let mut id_of = HashMap::new();
+    for (n, copies) in (0..MESSAGES).zip(answers.chunks(3)) {
+        let copies: Vec<_> = copies.iter().map(|a| a.clone().unwrap()).collect();
+        let originals = copies.iter().filter(|d| !d.duplicate).count();
+        assert_eq!(originals, 1, "message {n} stored {originals} times");
+        assert!(
+            copies.iter().all(|d| d.id == copies[0].id && d.id > 0),
+            "message {n}: {copies:?}"
+        );
+        id_of.insert(n, copies[0].id);
+    }
+    let again = (0..MESSAGES)
+        .map(|n| delivery(account(n), hash(n), &pattern(1000, n), T0 + 1))
+        .collect();
+    for (n, answer) in (0..MESSAGES).zip(deliver_at_once(&store, again).await) {
+        let d = answer.unwrap();
+        assert!(d.duplicate, "message {n} stored again");
+        assert_eq!(d.id, id_of[&n], "message {n}: another id");
+    }
+    let by_account = entries_by_account(&url).await;
+    assert_eq!(
+        by_account.values().map(Vec::len).sum::<usize>() as u64,
+        MESSAGES
+    );
+    assert_uids_in_commit_order(&by_account);
+}
+
+/// A quarter of 240 concurrent deliveries go to an unknown recipient (the
+/// statement stores nothing; the batch commits the others): each of them
+/// fails alone with the error it gets on its own, every other is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_recipient_in_a_batch_fails_alone() {
+    failing_deliveries_fail_alone(false).await;
+}
+
+/// As above, and every sixteenth delivery's source has a NUL byte, which
+/// PostgreSQL refuses with an error that aborts the batch's transaction:
+/// those fail alone with that error, every other is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_refused_by_postgres_in_a_batch_fails_alone() {
+    failing_deliveries_fail_alone(true).await;
+}
+
+async fn failing_deliveries_fail_alone(bad_sources: bool) {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let store = PostgresStore::open(config(&url)).await.unwrap();
+    for user in ["alice", "bob"] {
+        store.create_user(new_user(user), None, T0).await.unwrap();
+    }
+    const MESSAGES: u64 = 240;
+    let bad = |n: u64| bad_sources && n % 16 == 6;
+    let deliveries = (0..MESSAGES)
+        .map(|n| {
+            let account = match n % 4 {
+                1 => "nobody",
+                0 => "alice",
+                _ => "bob",
+            };
+            let mut d = delivery(account, hash(n), &pattern(500, n), T0);
+            if bad(n) {
+                d.source = "bad\0source@remote.example".to_owned();
+            }
+            d
+        })
+        .collect();
+    let answers = deliver_at_once(&store, deliveries).await;
+    let mut stored = 0;
+    for (n, answer) in (0..MESSAGES).zip(answers) {
+        match (n % 4, bad(n), answer) {
+            (1, _, Err(StoreError::UnknownAccount)) => {}
+            (_, true, Err(StoreError::InvalidInput(_))) => {}
+            (k, false, Ok(d)) if k != 1 && !d.duplicate => stored += 1,
+            (_, _, answer) => panic!("delivery {n}: {answer:?}"),
+        }
+    }
+    assert_eq!(stored, if bad_sources { 165 } else { 180 });
+    let by_account = entries_by_account(&url).await;
+    assert_eq!(by_account.values().map(Vec::len).sum::<usize>(), stored);
+    assert_eq!(by_account["alice"].len(), 60);
+    assert_uids_in_commit_order(&by_account);
+}
+
+/// Two nodes deliver at once to the same six accounts, one walking them
+/// upwards and the other downwards (so that batches taking the accounts'
+/// locks in arrival order would deadlock), plus 60 messages both deliver:
+/// every delivery succeeds, every message is stored once, uids follow
+/// commit order, and PostgreSQL detected no deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_batches_crosswise_neither_deadlock_nor_lose() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    let a = PostgresStore::open(config(&url)).await.unwrap();
+    let b = PostgresStore::open(config(&url)).await.unwrap();
+    const ACCOUNTS: u64 = 6;
+    for n in 0..ACCOUNTS {
+        a.create_user(new_user(&format!("u{n}")), None, T0)
+            .await
+            .unwrap();
+    }
+    const OWN: u64 = 300;
+    const SHARED: u64 = 60;
+    let make = |node: u64| -> Vec<NewDelivery> {
+        let mut ds = Vec::new();
+        for n in 0..OWN {
+            let k = if node == 0 {
+                n % ACCOUNTS
+            } else {
+                ACCOUNTS - 1 - n % ACCOUNTS
+            };
+            ds.push(delivery(
+                &format!("u{k}"),
+                hash(node * 1000 + n),
+                &pattern(700, node * 1000 + n),
+                T0,
+            ));
+            if n.is_multiple_of(5) {
+                let s = 5000 + n / 5;
+                ds.push(delivery(
+                    &format!("u{}", s % ACCOUNTS),
+                    hash(s),
+                    &pattern(700, s),
+                    T0,
+                ));
+            }
+        }
+        ds
+    };
+    let deadlocks = || async {
+        raw(&url)
+            .await
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadlocks_before = deadlocks().await;
+    let (da, db) = (make(0), make(1));
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(deliver_at_once(&a, da), deliver_at_once(&b, db))
+    })
+    .await
+    .expect("the nodes' deliveries hung");
+    let mut shared_originals = 0;
+    for (node, answers) in [(0, ra), (1, rb)] {
+        assert_eq!(answers.len() as u64, OWN + SHARED);
+        for (i, answer) in answers.into_iter().enumerate() {
+            let d = answer.unwrap_or_else(|e| panic!("node {node}, delivery {i}: {e:?}"));
+            // Every sixth delivery is a shared message.
+            if i % 6 == 1 {
+                shared_originals += usize::from(!d.duplicate);
+            } else {
+                assert!(!d.duplicate, "node {node}, delivery {i}");
+            }
+        }
+    }
+    assert_eq!(shared_originals as u64, SHARED);
+    let by_account = entries_by_account(&url).await;
+    assert_eq!(
+        by_account.values().map(Vec::len).sum::<usize>() as u64,
+        2 * OWN + SHARED,
+        "lost or doubled"
+    );
+    assert_uids_in_commit_order(&by_account);
+    // Statistics reach pg_stat_database within a second of a backend going
+    // idle.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(deadlocks().await, deadlocks_before, "deadlocks detected");
+}
+
 // ----- what concurrency buys -----
 
 /// Prints durable inline deliveries (1 KiB) per second with 1, 8 and 64

@@ -26,8 +26,8 @@ use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
     Alias, BlobRef, Credentials, Delivered, Enqueued, FlagsChanged, KeyStatement, MailboxChanges,
-    MailboxEntry, MailboxPage, MailboxUsage, NewDelivery, NewOutbound, NewUser, OutboundEntry, Pin,
-    PurgeReport, QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
+    MailboxEntry, MailboxPage, MailboxUsage, MessageBody, NewDelivery, NewOutbound, NewUser,
+    OutboundEntry, Pin, PurgeReport, QueueStats, Retention, StagedBlob, Unlock, User, UserSummary,
 };
 
 /// How to open a [`PostgresStore`]. Build it with [`PostgresConfig::new`]
@@ -122,6 +122,8 @@ fn redact(url: &str) -> String {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Inline deliveries' group commit.
+    batch: std::sync::Arc<batch::Batcher>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -245,6 +247,9 @@ macro_rules! attempt {
     }};
 }
 
+// After `attempt!`, which it uses.
+mod batch;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Read,
@@ -326,11 +331,35 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Internal(format!("building the connection pool: {e}")))?;
-        Ok(PostgresStore { pool })
+        let batch = std::sync::Arc::new(batch::Batcher::new(pool.clone()));
+        Ok(PostgresStore { pool, batch })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         self.pool.get().await.map_err(map_pool_err)
+    }
+
+    /// A delivery: the common case (a valid inline body) in the next batch
+    /// (`batch`), any other alone.
+    async fn deliver_to(
+        &self,
+        delivery: NewDelivery,
+        folder: &str,
+        flags: u32,
+    ) -> Result<Delivered, StoreError> {
+        if let MessageBody::Inline(bytes) = &delivery.body
+            && let Ok(chunks) = ops::check_inline(bytes, delivery.size)
+        {
+            let bytes = bytes.clone();
+            return self
+                .batch
+                .deliver(delivery, bytes, chunks, folder, flags)
+                .await;
+        }
+        attempt!(self, Write, |c| ops::deliver(
+            &mut c, &delivery, folder, flags
+        )
+        .await)
     }
 }
 
@@ -550,13 +579,7 @@ impl Store for PostgresStore {
     }
 
     async fn deliver(&self, delivery: NewDelivery) -> Result<Delivered, StoreError> {
-        attempt!(self, Write, |c| ops::deliver(
-            &mut c,
-            &delivery,
-            crate::types::INBOX,
-            0
-        )
-        .await)
+        self.deliver_to(delivery, crate::types::INBOX, 0).await
     }
 
     async fn deliver_into(
@@ -565,10 +588,7 @@ impl Store for PostgresStore {
         folder: &str,
         flags: u32,
     ) -> Result<Delivered, StoreError> {
-        attempt!(self, Write, |c| ops::deliver(
-            &mut c, &delivery, folder, flags
-        )
-        .await)
+        self.deliver_to(delivery, folder, flags).await
     }
 
     async fn mailbox_page(

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use super::DbResult;
 use crate::error::StoreError;
@@ -38,7 +39,7 @@ fn unsigned(v: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
 }
 
-fn get_u64(row: &Row, idx: usize) -> Result<u64, StoreError> {
+pub(super) fn get_u64(row: &Row, idx: usize) -> Result<u64, StoreError> {
     let v: i64 = row.try_get(idx).db()?;
     unsigned(v, row.columns()[idx].name())
 }
@@ -864,7 +865,7 @@ async fn discard_body<C: GenericClient>(c: &C, body: &MessageBody) -> Result<(),
 
 /// Checks an inline body against its announced size; returns its chunk
 /// count (0 for an empty body).
-fn check_inline(bytes: &Bytes, size: u64) -> Result<i64, StoreError> {
+pub(super) fn check_inline(bytes: &Bytes, size: u64) -> Result<i64, StoreError> {
     check_chunk(bytes.len())?;
     if bytes.len() as u64 != size {
         return Err(StoreError::InvalidInput(format!(
@@ -922,6 +923,92 @@ pub(crate) async fn deliver(
     Ok(delivered)
 }
 
+/// The statement of [`deliver_inline`] (also run, several in one
+/// transaction, by the batches of `super::batch`); its parameters are
+/// [`InlineValues::params`]. One row (the new uid) when the message was
+/// stored, none otherwise.
+pub(super) const DELIVER_INLINE: &str = "WITH st AS (
+         UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
+         WHERE account = $1::TEXT
+           AND NOT EXISTS (SELECT 1 FROM delivered WHERE hash = $2::BYTEA)
+         RETURNING last_uid, modseq),
+     claim AS (
+         INSERT INTO delivered (hash, account, message_id, at)
+         SELECT $2::BYTEA, $1::TEXT, nextval('mailbox_id_seq'), $4::BIGINT FROM st
+         ON CONFLICT (hash) DO NOTHING
+         RETURNING message_id),
+     b AS (
+         INSERT INTO blobs (size, chunks, staged_at)
+         SELECT $6::BIGINT, $8::BIGINT, NULL FROM claim
+         RETURNING id),
+     ch AS (
+         INSERT INTO blob_chunks (blob_id, seq, data)
+         SELECT id, 0, $9::BYTEA FROM b WHERE $8::BIGINT = 1),
+     m AS (
+         INSERT INTO mailbox (id, account, hash, source, received_at, version,
+                              attachment_count, size, blob_id, uid, modseq, flags, folder)
+         SELECT claim.message_id, $1::TEXT, $2::BYTEA, $3::TEXT, $4::BIGINT, $5::BIGINT,
+                $7::BIGINT, $6::BIGINT, b.id, st.last_uid, st.modseq, $11::BIGINT,
+                $10::TEXT
+         FROM claim, b, st
+         RETURNING uid)
+     SELECT uid FROM m";
+
+/// The values [`DELIVER_INLINE`] binds, converted once so that the
+/// parameter list can borrow them.
+pub(super) struct InlineValues<'a> {
+    d: &'a NewDelivery,
+    hash: &'a [u8],
+    bytes: &'a [u8],
+    folder: &'a str,
+    received_at: i64,
+    version: i64,
+    size: i64,
+    attachments: i64,
+    chunks: i64,
+    flags: i64,
+}
+
+impl<'a> InlineValues<'a> {
+    pub(super) fn new(
+        d: &'a NewDelivery,
+        bytes: &'a Bytes,
+        chunks: i64,
+        folder: &'a str,
+        flags: u32,
+    ) -> InlineValues<'a> {
+        InlineValues {
+            d,
+            hash: &d.hash,
+            bytes,
+            folder,
+            received_at: sql(d.received_at),
+            version: i64::from(d.version),
+            size: sql(d.size),
+            attachments: i64::from(d.attachment_count),
+            chunks,
+            flags: i64::from(flags),
+        }
+    }
+
+    /// The parameters of [`DELIVER_INLINE`], in order.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.d.account,
+            &self.hash,
+            &self.d.source,
+            &self.received_at,
+            &self.version,
+            &self.size,
+            &self.attachments,
+            &self.chunks,
+            &self.bytes,
+            &self.folder,
+            &self.flags,
+        ]
+    }
+}
+
 /// The common case in one statement (one round trip, committed on its own):
 /// a valid inline body for an existing recipient and a new hash. The
 /// recipient's mailbox counters are raised (which fails to find a row for
@@ -941,55 +1028,9 @@ async fn deliver_inline(
     folder: &str,
     flags: u32,
 ) -> Result<Option<Delivered>, StoreError> {
-    let stmt = c
-        .prepare_cached(
-            "WITH st AS (
-                 UPDATE mailbox_state SET last_uid = last_uid + 1, modseq = modseq + 1
-                 WHERE account = $1::TEXT
-                   AND NOT EXISTS (SELECT 1 FROM delivered WHERE hash = $2::BYTEA)
-                 RETURNING last_uid, modseq),
-             claim AS (
-                 INSERT INTO delivered (hash, account, message_id, at)
-                 SELECT $2::BYTEA, $1::TEXT, nextval('mailbox_id_seq'), $4::BIGINT FROM st
-                 ON CONFLICT (hash) DO NOTHING
-                 RETURNING message_id),
-             b AS (
-                 INSERT INTO blobs (size, chunks, staged_at)
-                 SELECT $6::BIGINT, $8::BIGINT, NULL FROM claim
-                 RETURNING id),
-             ch AS (
-                 INSERT INTO blob_chunks (blob_id, seq, data)
-                 SELECT id, 0, $9::BYTEA FROM b WHERE $8::BIGINT = 1),
-             m AS (
-                 INSERT INTO mailbox (id, account, hash, source, received_at, version,
-                                      attachment_count, size, blob_id, uid, modseq, flags, folder)
-                 SELECT claim.message_id, $1::TEXT, $2::BYTEA, $3::TEXT, $4::BIGINT, $5::BIGINT,
-                        $7::BIGINT, $6::BIGINT, b.id, st.last_uid, st.modseq, $11::BIGINT,
-                        $10::TEXT
-                 FROM claim, b, st
-                 RETURNING uid)
-             SELECT uid FROM m",
-        )
-        .await
-        .db()?;
-    let result = c
-        .query_opt(
-            &stmt,
-            &[
-                &d.account,
-                &&d.hash[..],
-                &d.source,
-                &sql(d.received_at),
-                &i64::from(d.version),
-                &sql(d.size),
-                &i64::from(d.attachment_count),
-                &chunks,
-                &&bytes[..],
-                &folder,
-                &i64::from(flags),
-            ],
-        )
-        .await;
+    let stmt = c.prepare_cached(DELIVER_INLINE).await.db()?;
+    let values = InlineValues::new(d, bytes, chunks, folder, flags);
+    let result = c.query_opt(&stmt, &values.params()).await;
     match result {
         Ok(Some(row)) => Ok(Some(Delivered {
             id: get_u64(&row, 0)?,
