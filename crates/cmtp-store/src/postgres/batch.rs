@@ -29,7 +29,10 @@
 //! one failing delivery fails alone and a busy database is retried as
 //! before; only a database out of reach (no connection within the pool's
 //! timeout) fails the whole batch at once, as each delivery would alone
-//! after waiting as long again. A delivery is answered `Ok` only once the commit that carried
+//! after waiting as long again. One account's mailbox locked for long
+//! (the account being deleted) holds up the other deliveries of the
+//! batches waiting on it, not only its own: a lock timeout would not help
+//! while the fallback runs the batch's deliveries one after the other. A delivery is answered `Ok` only once the commit that carried
 //! it has succeeded; if the commit itself fails, the outcome is unknown
 //! (unless PostgreSQL says it rolled back) and its deliveries get the error
 //! as a lone statement's would.
@@ -213,7 +216,7 @@ impl Batcher {
             // The database is out of reach (no connection within the
             // pool's timeout): each delivery alone would wait that long
             // again, one after the other, and get the same answer.
-            Err(Failed::Before(e @ StoreError::Unavailable(_))) => {
+            Err(Failed::Unreachable(e)) => {
                 for job in batch {
                     job.answer(Err(e.clone()));
                 }
@@ -246,7 +249,7 @@ impl Batcher {
     /// new uid of each job (in the batch's order), `None` where nothing was
     /// stored.
     async fn together(&self, batch: &[Job]) -> Result<Vec<Option<u64>>, Failed> {
-        let mut c = self.client().await.map_err(Failed::Before)?;
+        let mut c = self.client().await.map_err(Failed::Unreachable)?;
         let stmt = c
             .prepare_cached(ops::DELIVER_INLINE)
             .await
@@ -305,6 +308,8 @@ fn answer_stored(
 }
 
 enum Failed {
+    /// No connection to the database in time; nothing was run.
+    Unreachable(StoreError),
     /// Nothing was committed.
     Before(StoreError),
     /// The commit failed, committed or not; the uids the batch had stored.
