@@ -106,9 +106,9 @@ async fn a_thread_beside_the_writer_copies_the_log_into_the_database() {
          through the log (who checkpointed it?)"
     );
     // Without checkpoints the log would hold all of them (about 2,800
-    // pages); the writer's own limit is 256 pages, 512 at most when the
-    // checkpoint thread is slow. Room is left for a machine so loaded that
-    // the checkpoint thread holds the lock longer still.
+    // pages); the writer copies the rest from 256 pages once the thread
+    // left little, and from 1,024 whatever is left (a machine so loaded
+    // that the checkpoint thread lags far behind).
     let log = wal_len(&db);
     assert!(
         log <= 1024 * FRAME,

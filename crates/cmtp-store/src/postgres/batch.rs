@@ -27,7 +27,12 @@
 //! (a deadlock, a lost connection, one delivery's invalid data) rolls the
 //! whole batch back and runs its deliveries one by one as before, so that
 //! one failing delivery fails alone and a busy database is retried as
-//! before. A delivery is answered `Ok` only once the commit that carried
+//! before; only a database out of reach (no connection within the pool's
+//! timeout) fails the whole batch at once, as each delivery would alone
+//! after waiting as long again. One account's mailbox locked for long
+//! (the account being deleted) holds up the other deliveries of the
+//! batches waiting on it, not only its own: a lock timeout would not help
+//! while the fallback runs the batch's deliveries one after the other. A delivery is answered `Ok` only once the commit that carried
 //! it has succeeded; if the commit itself fails, the outcome is unknown
 //! (unless PostgreSQL says it rolled back) and its deliveries get the error
 //! as a lone statement's would.
@@ -144,28 +149,30 @@ impl Batcher {
             reply,
             _room: room,
         };
-        let start = {
+        let worker = {
             let mut state = self.state();
             state.queue.push_back(job);
-            let start = state.workers < WORKERS;
-            if start {
+            (state.workers < WORKERS).then(|| {
                 state.workers += 1;
-            }
-            start
+                // Counted from here: a task dropped before it ran (a
+                // runtime shutting down) counts itself out too.
+                Running(Some(Arc::clone(self)))
+            })
         };
-        if start {
-            tokio::spawn(Arc::clone(self).work());
+        if let Some(running) = worker {
+            tokio::spawn(Arc::clone(self).work(running));
         }
+        // Whether the delivery was stored is unknown then: a transient
+        // error, so that the sender tries again (the hash de-duplicates).
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Internal(
+            Err(StoreError::Unavailable(
                 "the delivery worker stopped before answering".into(),
             ))
         })
     }
 
     /// Runs batches until the queue is empty.
-    async fn work(self: Arc<Self>) {
-        let mut running = Running(Some(Arc::clone(&self)));
+    async fn work(self: Arc<Self>, mut running: Running) {
         loop {
             let batch = {
                 let mut state = self.state();
@@ -206,6 +213,15 @@ impl Batcher {
                 })
             }),
             Err(Failed::Commit(e, uids)) => answer_stored(batch, uids, |_| Err(e.clone())),
+            // The database is out of reach (no connection within the
+            // pool's timeout): each delivery alone would wait that long
+            // again, one after the other, and get the same answer.
+            Err(Failed::Unreachable(e)) => {
+                for job in batch {
+                    job.answer(Err(e.clone()));
+                }
+                return;
+            }
             Err(Failed::Before(e)) => {
                 tracing::debug!(error = %e, "a delivery batch failed; delivering one by one");
                 batch
@@ -233,7 +249,7 @@ impl Batcher {
     /// new uid of each job (in the batch's order), `None` where nothing was
     /// stored.
     async fn together(&self, batch: &[Job]) -> Result<Vec<Option<u64>>, Failed> {
-        let mut c = self.client().await.map_err(Failed::Before)?;
+        let mut c = self.client().await.map_err(Failed::Unreachable)?;
         let stmt = c
             .prepare_cached(ops::DELIVER_INLINE)
             .await
@@ -292,20 +308,36 @@ fn answer_stored(
 }
 
 enum Failed {
+    /// No connection to the database in time; nothing was run.
+    Unreachable(StoreError),
     /// Nothing was committed.
     Before(StoreError),
     /// The commit failed, committed or not; the uids the batch had stored.
     Commit(StoreError, Vec<Option<u64>>),
 }
 
-/// Keeps the worker count right if a worker panics (a worker that returns
-/// has already counted itself out).
+/// Keeps the worker count right if a worker panics or its task is dropped
+/// (a worker that returns has already counted itself out). The last one
+/// gone answers what is still queued, which nobody would take otherwise.
 struct Running(Option<Arc<Batcher>>);
 
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(batcher) = self.0.take() {
-            batcher.state().workers -= 1;
+            let orphans: Vec<Job> = {
+                let mut state = batcher.state();
+                state.workers -= 1;
+                if state.workers == 0 {
+                    state.queue.drain(..).collect()
+                } else {
+                    Vec::new()
+                }
+            };
+            for job in orphans {
+                job.answer(Err(StoreError::Unavailable(
+                    "the delivery worker stopped".into(),
+                )));
+            }
         }
     }
 }

@@ -20,17 +20,23 @@
 //! grow without end). So once the log holds `hard` pages, the writer
 //! copies the rest itself after a commit, as SQLite's automatic checkpoint
 //! would, as soon as the checkpoint thread has left it little to copy (a
-//! quarter of `soft` at most: what came in during that checkpoint); at
-//! twice `hard`, whatever is left. The log then starts over at the
-//! writer's next write: it stays under twice `hard` pages and one batch,
-//! and the writer pays one short checkpoint every `hard` pages instead of
-//! a whole one every 1000.
+//! quarter of `soft` at most: what came in during that checkpoint); from
+//! twice `hard`, up to `soft` pages; from four times `hard` (a disk slower
+//! than the writer), whatever is left. The log then starts over at the
+//! writer's next write. The writer pays one short checkpoint every `hard`
+//! pages instead of a whole one every 1000. A reader that stays on an old
+//! snapshot (a backup) keeps any checkpoint from copying past it, as
+//! before: the log grows until it ends.
+//!
+//! After a checkpoint failed for another reason than a lock (a full disk,
+//! an I/O error), neither the thread nor the writer tries again for a
+//! second.
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
@@ -78,9 +84,39 @@ impl std::fmt::Debug for Checkpointer {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    /// Per database: the log's pages copied into the database by the last
-    /// checkpoint (the thread's or the writer's).
-    copied: Vec<AtomicU32>,
+    logs: Vec<LogState>,
+    /// The clock's origin for `LogState::paused_until`.
+    origin: Instant,
+}
+
+/// What the writer's hook and the thread know of one database's log.
+#[derive(Default)]
+struct LogState {
+    /// The log's generation (high 32 bits: how often the hook saw the log
+    /// start over) and its pages copied into the database (low 32 bits):
+    /// a checkpoint that ran on an older log does not count for the new.
+    copied: AtomicU64,
+    /// Until when (milliseconds from `Shared::origin`) no checkpoint is
+    /// tried, after one failed.
+    paused_until: AtomicU64,
+    /// A failure was logged as a warning and nothing succeeded since.
+    warned: AtomicBool,
+}
+
+fn pack(generation: u32, copied: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(copied)
+}
+
+fn generation(packed: u64) -> u32 {
+    (packed >> 32) as u32
+}
+
+fn copied(packed: u64) -> u32 {
+    packed as u32
+}
+
+fn frames(n: c_int) -> u32 {
+    u32::try_from(n).unwrap_or(0)
 }
 
 struct State {
@@ -117,15 +153,19 @@ impl Checkpointer {
                 stop: false,
             }),
             wake: Condvar::new(),
-            copied: logs.iter().map(|_| AtomicU32::new(0)).collect(),
+            logs: logs.iter().map(|_| LogState::default()).collect(),
+            origin: Instant::now(),
         });
         let mut own = Vec::with_capacity(logs.len());
         for (index, log) in logs.into_iter().enumerate() {
             let hook = Arc::clone(&shared);
             let limits = log.limits;
+            // The log's pages after the previous commit: it only grows
+            // until it starts over.
+            let mut last = 0;
             log.writer
                 .wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
-                    hook.committed(index, limits, wal, pages);
+                    hook.committed(index, limits, wal, frames(pages), &mut last);
                     // The commit happened whatever the checkpoint did: an
                     // error here would fail the COMMIT statement.
                     Ok(())
@@ -160,30 +200,68 @@ impl Drop for Checkpointer {
 }
 
 impl Shared {
-    /// The writer's log hook: `pages` are in the log of database `index`
-    /// after a commit.
-    fn committed(&self, index: usize, limits: Limits, wal: &mut Wal, pages: c_int) {
-        let pages = u32::try_from(pages).unwrap_or(0);
-        let copied = &self.copied[index];
-        let mut done = copied.load(Ordering::Relaxed);
-        if pages < done {
-            // The log started over since that checkpoint.
-            done = 0;
-            copied.store(0, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn paused(&self, log: &LogState) -> bool {
+        self.now_ms() < log.paused_until.load(Ordering::Relaxed)
+    }
+
+    /// Notes a failed checkpoint: logged once (until one succeeds), and no
+    /// other tried for [`AFTER_FAILURE`].
+    fn failed(&self, log: &LogState, e: &rusqlite::Error) {
+        let until = self
+            .now_ms()
+            .saturating_add(AFTER_FAILURE.as_millis() as u64);
+        log.paused_until.store(until, Ordering::Relaxed);
+        if log.warned.swap(true, Ordering::Relaxed) {
+            tracing::debug!(error = %e, "a checkpoint failed again");
+        } else {
+            tracing::warn!(error = %e, "a checkpoint failed; the log grows until one succeeds");
         }
-        let pending = pages - done;
-        // The log starts over at the writer's next write only if the whole
-        // log is copied by then, which only the writer can make sure of:
-        // it copies the rest itself once the checkpoint thread has left it
-        // little (what came in during that checkpoint), or at twice the
-        // limit whatever is left.
+    }
+
+    fn succeeded(&self, log: &LogState, generation: u32, now: u32) {
+        log.warned.store(false, Ordering::Relaxed);
+        // Only for the log it ran on, and never backwards.
+        let _ = log
+            .copied
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (self::generation(cur) == generation && copied(cur) < now)
+                    .then_some(pack(generation, now))
+            });
+    }
+
+    /// The writer's log hook: `pages` are in the log of database `index`
+    /// after a commit; `last` were after the previous one.
+    fn committed(&self, index: usize, limits: Limits, wal: &mut Wal, pages: u32, last: &mut u32) {
+        let log = &self.logs[index];
+        let mut packed = log.copied.load(Ordering::Acquire);
+        if pages < *last || pages < copied(packed) {
+            // The log started over: what was copied of it counts no more.
+            packed = pack(generation(packed).wrapping_add(1), 0);
+            log.copied.store(packed, Ordering::Release);
+        }
+        *last = pages;
+        if pages < limits.soft || self.paused(log) {
+            return;
+        }
+        let pending = pages - copied(packed);
         let full = pages >= limits.hard;
-        if full && (pending <= limits.soft / 4 || pages >= limits.hard.saturating_mul(2)) {
+        let rest = if pages >= limits.hard.saturating_mul(4) {
+            u32::MAX
+        } else if pages >= limits.hard.saturating_mul(2) {
+            limits.soft
+        } else {
+            limits.soft / 4
+        };
+        if full && pending <= rest {
             match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
-                Ok((_, now)) => copied.store(u32::try_from(now).unwrap_or(0), Ordering::Relaxed),
+                Ok((_, now)) => self.succeeded(log, generation(packed), frames(now)),
                 // The checkpoint thread is at it: the next commit tries again.
                 Err(e) if is_locked(&e) => {}
-                Err(e) => tracing::debug!(error = %e, pages, "the writer's checkpoint failed"),
+                Err(e) => self.failed(log, &e),
             }
         } else if full || pending >= limits.soft {
             let mut state = self.state();
@@ -197,7 +275,6 @@ impl Shared {
 }
 
 fn run(shared: &Shared, conns: &[Connection]) {
-    let mut failing = false;
     loop {
         let due = {
             let mut state = shared.state();
@@ -213,37 +290,14 @@ fn run(shared: &Shared, conns: &[Connection]) {
             let none = vec![false; state.due.len()];
             std::mem::replace(&mut state.due, none)
         };
-        let mut failed = false;
         for (index, conn) in conns.iter().enumerate().filter(|(i, _)| due[*i]) {
-            match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                Ok((_, copied)) => shared.copied[index]
-                    .store(u32::try_from(copied).unwrap_or(0), Ordering::Relaxed),
+            let log = &shared.logs[index];
+            let on = generation(log.copied.load(Ordering::Acquire));
+            match conn.wal_checkpoint_v2(Some("main"), CheckpointMode::PASSIVE) {
+                Ok((_, now)) => shared.succeeded(log, on, frames(now)),
                 // The writer is checkpointing itself (its log is full).
                 Err(e) if is_locked(&e) => {}
-                Err(e) => {
-                    failed = true;
-                    if failing {
-                        tracing::debug!(error = %e, "a checkpoint failed again");
-                    } else {
-                        tracing::warn!(
-                            error = %e,
-                            "a checkpoint failed; the log grows until one succeeds"
-                        );
-                    }
-                }
-            }
-        }
-        failing = failed;
-        if failed {
-            // A full disk: do not spin on it, and stay ready to stop.
-            let state = shared.state();
-            if !state.stop {
-                drop(
-                    shared
-                        .wake
-                        .wait_timeout_while(state, AFTER_FAILURE, |s| !s.stop)
-                        .unwrap_or_else(PoisonError::into_inner),
-                );
+                Err(e) => shared.failed(log, &e),
             }
         }
     }

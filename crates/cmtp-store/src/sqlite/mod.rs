@@ -58,7 +58,8 @@ pub struct SqliteConfig {
     /// The bytes of write-ahead log after which a thread beside the writer
     /// copies them into the database file (a checkpoint), for each of the
     /// two databases (default 4 MiB). From four times this much the writer
-    /// checkpoints itself after a commit, so the log stays about that size.
+    /// copies what that thread has left after a commit, so that the log can
+    /// start over.
     pub checkpoint_bytes: u64,
 }
 
@@ -244,12 +245,15 @@ pub(crate) fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreErro
 /// The checkpoint thread's connection to the database file `path`, which
 /// exists: read-write (a checkpoint writes the database file), and syncing
 /// it as the writer's connection does.
-fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+fn open_checkpointer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .db()?;
+    // For opening (a server beside may be recovering its log); a PASSIVE
+    // checkpoint never waits on it.
+    conn.busy_timeout(busy_timeout).db()?;
     configure(&conn)?;
     conn.execute_batch("PRAGMA synchronous = FULL").db()?;
     // A connection that has not read the database yet does not know it is
@@ -357,12 +361,12 @@ fn open_blocking(config: SqliteConfig) -> Result<SqliteStore, StoreError> {
     let logs = vec![
         checkpoint::Log {
             limits: checkpoint_limits(&main, &config)?,
-            own: open_checkpointer(&config.path)?,
+            own: open_checkpointer(&config.path, config.busy_timeout)?,
             writer: &mut main,
         },
         checkpoint::Log {
             limits: checkpoint_limits(&bodies, &config)?,
-            own: open_checkpointer(&bodies_path(&config.path))?,
+            own: open_checkpointer(&bodies_path(&config.path), config.busy_timeout)?,
             writer: &mut bodies,
         },
     ];
