@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use cmtp_store::conformance::{T0, delivery, hash, new_user, pattern};
 use cmtp_store::{SqliteConfig, SqliteStore, Store};
 
+mod task_io;
+use task_io::{thread_named, wal_len, written_by};
+
 static ONE_STORE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The log after which the checkpoint thread is woken: 64 pages of 4 KiB.
@@ -22,38 +25,6 @@ const CHECKPOINT_BYTES: u64 = 256 << 10;
 const PAGE: u64 = 4096;
 /// A log frame: its 24-byte header and the page.
 const FRAME: u64 = PAGE + 24;
-
-/// The id of the one thread named `name` (the kernel keeps the first 15
-/// bytes of a thread's name).
-fn thread_named(name: &str) -> u32 {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let entry = entry.unwrap();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            found.push(entry.file_name().to_string_lossy().parse::<u32>().unwrap());
-        }
-    }
-    assert_eq!(found.len(), 1, "one thread named {name}: {found:?}");
-    found[0]
-}
-
-/// The bytes the thread has passed to write(2) and its kin (`wchar`).
-fn written_by(tid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/self/task/{tid}/io")).expect("task io");
-    io.lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .expect("wchar")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn wal_len(db: &Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
-}
 
 async fn open(db: &Path, accounts: &[String]) -> SqliteStore {
     let mut config = SqliteConfig::new(db);

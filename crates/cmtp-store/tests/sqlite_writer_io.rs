@@ -12,42 +12,11 @@
 
 #![cfg(target_os = "linux")]
 
-use std::path::Path;
-
 use cmtp_store::conformance::{T0, delivery, hash, new_user, pattern};
 use cmtp_store::{SqliteConfig, SqliteStore, Store};
 
-/// The writer thread's id: the thread named `cmtp-store-writer` (the kernel
-/// keeps the first 15 bytes of a thread's name).
-fn writer_thread() -> u32 {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let entry = entry.unwrap();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == "cmtp-store-writ" {
-            found.push(entry.file_name().to_string_lossy().parse::<u32>().unwrap());
-        }
-    }
-    assert_eq!(found.len(), 1, "one writer thread: {found:?}");
-    found[0]
-}
-
-/// The bytes the thread has passed to write(2) and its kin (`wchar`).
-fn written_by(tid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/self/task/{tid}/io")).expect("task io");
-    io.lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .expect("wchar")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn wal_len(db: &Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
-}
+mod task_io;
+use task_io::{thread_named, wal_len, written_by};
 
 #[test]
 fn the_bundled_sqlite_keeps_4_mib_of_statement_journal_in_memory() {
@@ -74,7 +43,7 @@ async fn the_writer_writes_the_log_and_no_statement_journal() {
     for a in &accounts {
         store.create_user(new_user(a), None, T0).await.unwrap();
     }
-    let tid = writer_thread();
+    let tid = thread_named("cmtp-store-writ");
     let (wal_before, written_before) = (wal_len(&db), written_by(tid));
 
     // One at a time: every delivery is its own commit, well under the
