@@ -191,14 +191,11 @@ pub fn backup(
 /// (`super::configure`), so that closing it does not checkpoint and delete
 /// the log a start on a full disk needs; waiting up to 10 s for locks.
 fn open_live(db: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+    super::connect(
         db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+        Duration::from_secs(10),
     )
-    .db()?;
-    super::configure(&conn)?;
-    conn.busy_timeout(Duration::from_secs(10)).db()?;
-    Ok(conn)
 }
 
 /// Copies into the backup `dst` (a copy of the database `db`) the chunks

@@ -125,12 +125,6 @@ struct State {
     stop: bool,
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// One database: the writer's connection to it, the checkpoint thread's
 /// own (read-write) connection, and when to checkpoint.
 pub(crate) struct Log<'a> {
@@ -200,6 +194,10 @@ impl Drop for Checkpointer {
 }
 
 impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

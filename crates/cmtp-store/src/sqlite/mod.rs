@@ -169,15 +169,11 @@ CREATE TABLE IF NOT EXISTS chunks (
 /// `max_size` bytes.
 fn open_rw(path: &Path, config: &SqliteConfig, page_size: u32) -> Result<Connection, StoreError> {
     create_private(path)?;
-    let conn = Connection::open_with_flags(
+    let conn = connect(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .db()?;
-    conn.busy_timeout(config.busy_timeout).db()?;
-    configure(&conn)?;
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        config.busy_timeout,
+    )?;
     // Ignored for an existing file.
     conn.execute_batch(&format!("PRAGMA page_size = {page_size}"))
         .db()?;
@@ -246,15 +242,9 @@ pub(crate) fn open_bodies(config: &SqliteConfig) -> Result<Connection, StoreErro
 /// exists: read-write (a checkpoint writes the database file), and syncing
 /// it as the writer's connection does.
 fn open_checkpointer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .db()?;
-    // For opening (a server beside may be recovering its log); a PASSIVE
-    // checkpoint never waits on it.
-    conn.busy_timeout(busy_timeout).db()?;
-    configure(&conn)?;
+    // The timeout is for opening (a server beside may be recovering its
+    // log); a PASSIVE checkpoint never waits on it.
+    let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE, busy_timeout)?;
     conn.execute_batch("PRAGMA synchronous = FULL").db()?;
     // A connection that has not read the database yet does not know it is
     // in WAL mode, and its checkpoints would quietly do nothing.
@@ -292,13 +282,7 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 }
 
 pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .db()?;
-    conn.busy_timeout(busy_timeout).db()?;
-    configure(&conn)?;
+    let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY, busy_timeout)?;
     // Read-only like the connection (an attached file takes its flags).
     attach_bodies(&conn, &bodies_path(path))?;
     Ok(conn)
@@ -311,6 +295,20 @@ pub(crate) fn attach_bodies(conn: &Connection, bodies: &Path) -> Result<(), Stor
         .ok_or_else(|| StoreError::InvalidInput(format!("{} is not UTF-8", bodies.display())))?;
     conn.execute("ATTACH DATABASE ?1 AS bodies", [name]).db()?;
     Ok(())
+}
+
+/// A connection to the store's database file `path` with `flags` (used by
+/// one thread at a time), waiting up to `busy_timeout` for another
+/// process's locks, with the settings of every connection ([`configure`]).
+pub(crate) fn connect(
+    path: &Path,
+    flags: OpenFlags,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).db()?;
+    conn.busy_timeout(busy_timeout).db()?;
+    configure(&conn)?;
+    Ok(conn)
 }
 
 /// Settings of every connection, the writer's and the readers':
