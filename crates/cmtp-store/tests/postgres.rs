@@ -534,14 +534,9 @@ async fn unreachable_server_is_transient() {
 /// noticing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_are_transient() {
-    let Some(url) = fresh_database().await else {
+    let Some((store, url)) = store_with_accounts(["alice"]).await else {
         return;
     };
-    let store = PostgresStore::open(config(&url)).await.unwrap();
-    store
-        .create_user(new_user("alice"), None, T0)
-        .await
-        .unwrap();
     let admin = raw(&url).await;
     // Only this test's database: the cluster is shared with the tests
     // running beside it.
@@ -813,6 +808,22 @@ async fn deliver_at_once(
     answers
 }
 
+/// A store on a fresh database with the accounts `accounts`, and the
+/// database's URL; `None` without PostgreSQL.
+async fn store_with_accounts(
+    accounts: impl IntoIterator<Item = impl AsRef<str>>,
+) -> Option<(PostgresStore, String)> {
+    let url = fresh_database().await?;
+    let store = PostgresStore::open(config(&url)).await.unwrap();
+    for account in accounts {
+        store
+            .create_user(new_user(account.as_ref()), None, T0)
+            .await
+            .unwrap();
+    }
+    Some((store, url))
+}
+
 /// Every account's entries, `(uid, id, modseq)` in uid order, read behind
 /// the store's back.
 async fn entries_by_account(url: &str) -> HashMap<String, Vec<(i64, i64, i64)>> {
@@ -855,18 +866,12 @@ fn assert_uids_in_commit_order(by_account: &HashMap<String, Vec<(i64, i64, i64)>
 /// transactions than deliveries (rows of one transaction share `xmin`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deliveries_share_commits_with_distinct_increasing_uids() {
-    let Some(url) = fresh_database().await else {
-        return;
-    };
-    let store = PostgresStore::open(config(&url)).await.unwrap();
     const ACCOUNTS: u64 = 5;
     const MESSAGES: u64 = 400;
-    for a in 0..ACCOUNTS {
-        store
-            .create_user(new_user(&format!("u{a}")), None, T0)
-            .await
-            .unwrap();
-    }
+    let Some((store, url)) = store_with_accounts((0..ACCOUNTS).map(|a| format!("u{a}"))).await
+    else {
+        return;
+    };
     let deliveries = (0..MESSAGES)
         .map(|n| {
             delivery(
@@ -922,13 +927,9 @@ async fn concurrent_deliveries_share_commits_with_distinct_increasing_uids() {
 /// entry, and the mailbox holds each message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_in_one_batch_and_across_batches_are_reported_as_duplicates() {
-    let Some(url) = fresh_database().await else {
+    let Some((store, url)) = store_with_accounts(["alice", "bob"]).await else {
         return;
     };
-    let store = PostgresStore::open(config(&url)).await.unwrap();
-    for user in ["alice", "bob"] {
-        store.create_user(new_user(user), None, T0).await.unwrap();
-    }
     const MESSAGES: u64 = 60;
     let account = |n: u64| if n.is_multiple_of(2) { "alice" } else { "bob" };
     let deliveries = (0..MESSAGES)
@@ -980,13 +981,9 @@ async fn delivery_refused_by_postgres_in_a_batch_fails_alone() {
 }
 
 async fn failing_deliveries_fail_alone(bad_sources: bool) {
-    let Some(url) = fresh_database().await else {
+    let Some((store, url)) = store_with_accounts(["alice", "bob"]).await else {
         return;
     };
-    let store = PostgresStore::open(config(&url)).await.unwrap();
-    for user in ["alice", "bob"] {
-        store.create_user(new_user(user), None, T0).await.unwrap();
-    }
     const MESSAGES: u64 = 240;
     let bad = |n: u64| bad_sources && n % 16 == 6;
     let deliveries = (0..MESSAGES)
@@ -1027,17 +1024,11 @@ async fn failing_deliveries_fail_alone(bad_sources: bool) {
 /// commit order, and PostgreSQL detected no deadlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_batches_crosswise_neither_deadlock_nor_lose() {
-    let Some(url) = fresh_database().await else {
+    const ACCOUNTS: u64 = 6;
+    let Some((a, url)) = store_with_accounts((0..ACCOUNTS).map(|n| format!("u{n}"))).await else {
         return;
     };
-    let a = PostgresStore::open(config(&url)).await.unwrap();
     let b = PostgresStore::open(config(&url)).await.unwrap();
-    const ACCOUNTS: u64 = 6;
-    for n in 0..ACCOUNTS {
-        a.create_user(new_user(&format!("u{n}")), None, T0)
-            .await
-            .unwrap();
-    }
     const OWN: u64 = 300;
     const SHARED: u64 = 60;
     let make = |node: u64| -> Vec<NewDelivery> {
