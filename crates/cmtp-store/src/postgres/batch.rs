@@ -201,7 +201,7 @@ impl Batcher {
     async fn run(&self, mut batch: Vec<Job>) {
         if batch.len() == 1 {
             let job = batch.remove(0);
-            let result = self.alone(&job).await;
+            let result = self.alone(&job.delivery, &job.folder, job.flags).await;
             job.answer(result);
             return;
         }
@@ -228,19 +228,22 @@ impl Batcher {
             }
         };
         for job in alone {
-            let result = self.alone(&job).await;
+            let result = self.alone(&job.delivery, &job.folder, job.flags).await;
             job.answer(result);
         }
     }
 
     /// One delivery as without batches: its own statement or transaction,
-    /// run again after a busy error.
-    async fn alone(&self, job: &Job) -> Result<Delivered, StoreError> {
+    /// run again after a busy error (also the way of a delivery that is
+    /// not for a batch).
+    pub(super) async fn alone(
+        &self,
+        delivery: &NewDelivery,
+        folder: &str,
+        flags: u32,
+    ) -> Result<Delivered, StoreError> {
         attempt!(self, Write, |c| ops::deliver(
-            &mut c,
-            &job.delivery,
-            &job.folder,
-            job.flags
+            &mut c, delivery, folder, flags
         )
         .await)
     }

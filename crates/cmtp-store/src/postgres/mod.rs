@@ -340,7 +340,7 @@ impl PostgresStore {
     }
 
     /// A delivery: the common case (a valid inline body) in the next batch
-    /// (`batch`), any other alone.
+    /// (`batch`), any other alone (`batch::Batcher::alone`).
     async fn deliver_to(
         &self,
         delivery: NewDelivery,
@@ -356,10 +356,7 @@ impl PostgresStore {
                 .deliver(delivery, bytes, chunks, folder, flags)
                 .await;
         }
-        attempt!(self, Write, |c| ops::deliver(
-            &mut c, &delivery, folder, flags
-        )
-        .await)
+        self.batch.alone(&delivery, folder, flags).await
     }
 }
 
